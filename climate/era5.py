@@ -1,0 +1,192 @@
+"""Open ERA5 files with xarray and convert fields to and from `(B, N, C)` signals on a `SphereGrid`."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climate.schema import ALIASES, LATITUDE, LONGITUDE, SAMPLE, TIME
+from manifold_aps.geometry import SphereGrid
+
+__all__ = ["FieldLayout", "from_signal", "grid_domain", "open_era5", "to_signal"]
+
+
+def _engine(path: str) -> str | None:
+    suffix = Path(path.rstrip("/")).suffix.lower()
+    if suffix in (".grib", ".grb", ".grib2", ".grb2"):
+        return "cfgrib"
+    if suffix == ".zarr":
+        return "zarr"
+    return None  # xarray picks netCDF4 / h5netcdf / scipy
+
+
+def _expand(paths) -> list[str]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {item!r}")
+        for m in matches:
+            if not os.path.exists(m):
+                raise FileNotFoundError(f"ERA5 file not found: {m}")
+        out.extend(matches)
+    return out
+
+
+def normalise(ds: xr.Dataset) -> xr.Dataset:
+    """Rename ERA5's coordinate variants to `climate.schema` names and drop GRIB leftovers.
+
+    `valid_time` becomes `time` when it is the time dimension (CDS netCDF since 2024); a scalar
+    `time` beside a `valid_time` dimension is dropped first.
+    """
+    if "valid_time" in ds.dims and TIME in ds.coords and TIME not in ds.dims:
+        ds = ds.drop_vars(TIME)
+    renames = {k: v for k, v in ALIASES.items() if k in ds.variables and v not in ds.variables}
+    ds = ds.rename(renames)
+    if LATITUDE not in ds.dims or LONGITUDE not in ds.dims:
+        raise ValueError(
+            f"expected latitude/longitude dimensions (or lat/lon), got dimensions {list(ds.dims)}"
+        )
+    return ds
+
+
+def open_era5(paths, variables=None, *, chunks=None) -> xr.Dataset:
+    """Open one or many ERA5 files (netCDF, GRIB via cfgrib, zarr) as one normalised Dataset.
+
+    Arguments:
+        paths: a path, a glob pattern or a list of them.
+        variables: names to keep (default all data variables).
+        chunks: dask chunks (e.g. `{"time": 24}`) for lazy loading; None loads eagerly on access.
+
+    Returns:
+        a Dataset with `latitude`, `longitude` (and `time`, `level`, `number` when present), units
+        and attributes as in the files.
+
+    Raises:
+        FileNotFoundError: a path matches no file.
+        KeyError: a requested variable is not in the files.
+    """
+    files = _expand(paths)
+    engines = {_engine(f) for f in files}
+    if len(engines) > 1:
+        raise ValueError(f"cannot mix file formats in one call: {files}")
+    engine = engines.pop()
+    kwargs = {"engine": engine} if engine else {}
+    if engine == "cfgrib":
+        kwargs["backend_kwargs"] = {"indexpath": ""}  # no .idx files beside read-only data
+    if len(files) == 1:
+        ds = xr.open_dataset(files[0], chunks=chunks, **kwargs)
+    else:
+        ds = xr.open_mfdataset(files, chunks=chunks or {}, combine="by_coords", **kwargs)
+    ds = normalise(ds)
+    if variables is not None:
+        variables = [variables] if isinstance(variables, str) else list(variables)
+        missing = [v for v in variables if v not in ds.data_vars]
+        if missing:
+            raise KeyError(f"variable(s) {missing} not in {files}; available: {list(ds.data_vars)}")
+        ds = ds[variables]
+    return ds
+
+
+def grid_domain(obj: xr.Dataset | xr.DataArray) -> SphereGrid:
+    """The `SphereGrid` of a field's `latitude`/`longitude` coordinates (degrees)."""
+    for name in (LATITUDE, LONGITUDE):
+        if name not in obj.coords:
+            raise ValueError(f"the field has no {name!r} coordinate; coordinates: {list(obj.coords)}")
+    return SphereGrid(obj[LATITUDE].values, obj[LONGITUDE].values)
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """How a DataArray was flattened into `(B, N, C)`; `from_signal` uses it to rebuild it.
+
+    Attributes:
+        batch_dims: dimensions stacked into `B`, in order.
+        channel_dim: the dimension used as `C`, or None (then `C = 1`).
+        sizes: size of every dimension of the original DataArray.
+        coords: its coordinates (no data is kept).
+        name: its name.
+        attrs: its attributes.
+    """
+
+    batch_dims: tuple[str, ...]
+    channel_dim: str | None
+    sizes: dict
+    coords: dict
+    name: str | None
+    attrs: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """`(B, N, C)`."""
+        b = int(np.prod([self.sizes[d] for d in self.batch_dims])) if self.batch_dims else 1
+        c = self.sizes[self.channel_dim] if self.channel_dim else 1
+        return b, self.sizes[LATITUDE] * self.sizes[LONGITUDE], c
+
+
+def to_signal(
+    da: xr.DataArray, *, channel_dim: str | None = None, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, FieldLayout]:
+    """Flatten a field `(..., latitude, longitude)` into a signal `(B, N, C)`.
+
+    `N = nlat * nlon` in the DataArray's own latitude/longitude order (node `i * nlon + j`, as in
+    `SphereGrid`); every other dimension except `channel_dim` is stacked into `B`, in the
+    DataArray's order. NaN stays NaN.
+
+    Returns:
+        the signal and the `FieldLayout` that `from_signal` needs to invert it exactly.
+    """
+    if not isinstance(da, xr.DataArray):
+        raise TypeError(f"expected an xarray.DataArray, got {type(da).__name__}")
+    if LATITUDE not in da.dims or LONGITUDE not in da.dims:
+        raise ValueError(f"{da.name!r} needs latitude and longitude dimensions, got {da.dims}")
+    if channel_dim is not None and channel_dim not in da.dims:
+        raise ValueError(f"channel_dim {channel_dim!r} is not a dimension of {da.name!r}: {da.dims}")
+    batch_dims = tuple(d for d in da.dims if d not in (LATITUDE, LONGITUDE, channel_dim))
+    order = batch_dims + ((channel_dim,) if channel_dim else ()) + (LATITUDE, LONGITUDE)
+    layout = FieldLayout(
+        batch_dims=batch_dims,
+        channel_dim=channel_dim,
+        sizes=dict(da.sizes),
+        coords={k: v.variable.copy() for k, v in da.coords.items()},
+        name=da.name,
+        attrs=dict(da.attrs),
+    )
+    b, n, c = layout.shape
+    arr = np.asarray(da.transpose(*order).values).reshape(b, c, n).transpose(0, 2, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(dtype), layout
+
+
+def from_signal(
+    signal: torch.Tensor, layout: FieldLayout, *, name: str | None = None, attrs: dict | None = None
+) -> xr.DataArray:
+    """Rebuild a DataArray from a signal `(B, N, C)`, or `(S, B, N, C)` with a leading `sample` dim.
+
+    The dimension order is `([sample,] *batch_dims, [channel_dim,] latitude, longitude)`; the
+    coordinates are those of the original field.
+    """
+    b, n, c = layout.shape
+    arr = signal.detach().cpu().numpy()
+    if arr.shape[-3:] != (b, n, c) or arr.ndim not in (3, 4):
+        raise ValueError(f"signal must have shape ([S,] {b}, {n}, {c}), got {tuple(arr.shape)}")
+    lead = (SAMPLE,) if arr.ndim == 4 else ()
+    arr = np.swapaxes(arr, -1, -2)  # (..., B, C, N)
+    channel = (layout.channel_dim,) if layout.channel_dim else ()
+    shape = [layout.sizes[d] for d in layout.batch_dims + channel + (LATITUDE, LONGITUDE)]
+    arr = arr.reshape(*arr.shape[: len(lead)], *shape)
+    dims = lead + layout.batch_dims + channel + (LATITUDE, LONGITUDE)
+    return xr.DataArray(
+        arr,
+        dims=dims,
+        coords=layout.coords,
+        name=name if name is not None else layout.name,
+        attrs=dict(layout.attrs if attrs is None else attrs),
+    )
