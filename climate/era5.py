@@ -14,16 +14,32 @@ import xarray as xr
 from climate.schema import ALIASES, LATITUDE, LONGITUDE, SAMPLE, TIME
 from manifold_aps.geometry import SphereGrid
 
-__all__ = ["FieldLayout", "from_signal", "grid_domain", "open_era5", "to_signal"]
+__all__ = ["NETCDF_ENGINE", "FieldLayout", "from_signal", "grid_domain", "open_era5", "to_signal"]
+
+NETCDF_ENGINE = "h5netcdf"  # engine for writing netCDF-4 (see `_engine` for why not netCDF4)
 
 
-def _engine(path: str) -> str | None:
+def _engine(path: str) -> str:
+    """The xarray engine for a file, from its suffix and its first bytes.
+
+    netCDF-4 (HDF5) files are read with h5netcdf and classic netCDF-3 files with scipy, never
+    with the netCDF4 library: its wheel bundles a libcurl that clashes with pyproj's and makes
+    the interpreter abort at exit once cartopy has been used ("double free or corruption").
+    """
     suffix = Path(path.rstrip("/")).suffix.lower()
     if suffix in (".grib", ".grb", ".grib2", ".grb2"):
         return "cfgrib"
-    if suffix == ".zarr":
+    if suffix == ".zarr" or os.path.isdir(path):
         return "zarr"
-    return None  # xarray picks netCDF4 / h5netcdf / scipy
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic.startswith(b"\x89HDF"):
+        return "h5netcdf"
+    if magic.startswith(b"CDF"):
+        return "scipy"
+    if magic.startswith(b"GRIB"):
+        return "cfgrib"
+    raise ValueError(f"{path}: not a netCDF, GRIB or zarr file (first bytes {magic[:4]!r})")
 
 
 def _expand(paths) -> list[str]:
@@ -79,7 +95,7 @@ def open_era5(paths, variables=None, *, chunks=None) -> xr.Dataset:
     if len(engines) > 1:
         raise ValueError(f"cannot mix file formats in one call: {files}")
     engine = engines.pop()
-    kwargs = {"engine": engine} if engine else {}
+    kwargs: dict = {"engine": engine}
     if engine == "cfgrib":
         kwargs["backend_kwargs"] = {"indexpath": ""}  # no .idx files beside read-only data
     if len(files) == 1:

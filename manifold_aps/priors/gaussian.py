@@ -46,7 +46,9 @@ class GaussianPrior(nn.Module):
     :math:`C = \Phi\,\mathrm{diag}(s)\,\Phi^T` with the full mass-orthonormal eigenbasis
     :math:`\Phi` (`N` modes) of the domain and the Matérn spectrum `s` of `matern_spectrum`:
     variance :math:`\sigma^2` (average over the surface), length scale :math:`\ell` (units of the
-    domain's positions: radians on the unit sphere), smoothness :math:`\nu`. Densities are with
+    domain's positions: radians on the unit sphere), smoothness :math:`\nu`, plus an optional
+    white-noise component of variance `nugget` at a cell of average area (white with respect to
+    area: :math:`\tau^2\bar m M^{-1}`, so :math:`s_k \mathrel{+}= \tau^2 \bar m`). Densities are with
     respect to Lebesgue measure on the node values :math:`\mathbb{R}^{N}` (per channel).
 
     Internally `C` is kept as its Euclidean eigendecomposition :math:`U\,\mathrm{diag}(c)\,U^T`, so
@@ -58,6 +60,7 @@ class GaussianPrior(nn.Module):
         variance: :math:`\sigma^2` (signal units squared).
         length_scale: :math:`\ell` (domain length units).
         smoothness: :math:`\nu > 0`.
+        nugget: :math:`\tau^2 \ge 0`, small-scale variance not explained by the Matérn part.
         mean: a number or a tensor `(N, C)` (e.g. a climatology); default 0.
         sde: the diffusion the exact `score` refers to (default `VPSDE()`).
 
@@ -75,6 +78,7 @@ class GaussianPrior(nn.Module):
         variance: float = 1.0,
         length_scale: float = 0.3,
         smoothness: float = 1.0,
+        nugget: float = 0.0,
         mean: float | torch.Tensor = 0.0,
         sde: VPSDE | None = None,
     ):
@@ -87,6 +91,9 @@ class GaussianPrior(nn.Module):
         for name, value in [("variance", variance), ("length_scale", length_scale), ("smoothness", smoothness)]:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not (math.isfinite(nugget) and nugget >= 0):
+            raise ValueError(f"nugget must be a finite number >= 0, got {nugget!r}")
+        self.nugget = float(nugget)
         self.domain = domain
         self.variance, self.length_scale, self.smoothness = float(variance), float(length_scale), float(smoothness)
         self.sde = sde if sde is not None else VPSDE()
@@ -95,8 +102,9 @@ class GaussianPrior(nn.Module):
             raise ValueError(f"mean must be a number or a tensor (N={domain.num_nodes}, C), got {tuple(mean.shape)}")
         self.register_buffer("mean", mean)
         lam, phi = domain.eigenbasis(domain.num_nodes)
-        s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
         m = domain.mass
+        s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
+        s = s + self.nugget * m.mean()
         # C = Phi diag(s) Phi^T = M^{-1/2} Q diag(s) Q^T M^{-1/2} with Q = M^{1/2} Phi orthogonal.
         root = phi * s.sqrt()  # C = root root^T
         cov = root @ root.T
@@ -112,12 +120,18 @@ class GaussianPrior(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"domain={self.domain!r}, variance={self.variance:.4g}, "
-            f"length_scale={self.length_scale:.4g}, smoothness={self.smoothness:.4g}"
+            f"length_scale={self.length_scale:.4g}, smoothness={self.smoothness:.4g}, "
+            f"nugget={self.nugget:.4g}"
         )
 
     def config(self) -> dict:
         """Hyper-parameters, for checkpoints and `history` attributes."""
-        return {"variance": self.variance, "length_scale": self.length_scale, "smoothness": self.smoothness}
+        return {
+            "variance": self.variance,
+            "length_scale": self.length_scale,
+            "smoothness": self.smoothness,
+            "nugget": self.nugget,
+        }
 
     def _mean_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.mean.to(dtype=x.dtype, device=x.device)
@@ -202,6 +216,7 @@ def fit_matern(
     *,
     mean: float | torch.Tensor = 0.0,
     smoothness: float | None = None,
+    fit_nugget: bool = False,
     init: tuple[float, float, float] | None = None,
     sde: VPSDE | None = None,
 ) -> MaternFit:
@@ -217,6 +232,7 @@ def fit_matern(
         data: complete fields `(B, N, C)` (no NaN), e.g. training time steps.
         mean: the prior mean subtracted before fitting (a number or `(N, C)`).
         smoothness: fix :math:`\nu` (else it is fitted in [0.25, 8]).
+        fit_nugget: also fit the white-noise `nugget` (else it is 0).
         init: starting `(variance, length_scale, smoothness)`.
         sde: passed on to the prior.
 
@@ -241,23 +257,33 @@ def fit_matern(
     ls0 = math.sqrt(area) / 10 if init is None else init[1]
     nu0 = (smoothness or 1.0) if init is None else init[2]
 
+    mean_mass = m.mean()
+    k_nu = 2 if smoothness is None else None
+
     def unpack(theta):
-        nu = torch.tensor(smoothness, dtype=torch.float64) if smoothness is not None else torch.exp(theta[2])
-        return torch.exp(theta[0]), torch.exp(theta[1]), nu
+        nu = torch.tensor(smoothness, dtype=torch.float64) if k_nu is None else torch.exp(theta[k_nu])
+        nugget = torch.exp(theta[-1]) if fit_nugget else torch.zeros((), dtype=torch.float64)
+        return torch.exp(theta[0]), torch.exp(theta[1]), nu, nugget
 
     def objective(theta_np):
         theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=True)
-        var, ls, nu = unpack(theta)
-        s = matern_spectrum(lam, var, ls, nu, area)
+        var, ls, nu, nugget = unpack(theta)
+        s = matern_spectrum(lam, var, ls, nu, area) + nugget * mean_mass
         nll = 0.5 * (power / s).sum() + 0.5 * n_fields * torch.log(s).sum() - const
         (grad,) = torch.autograd.grad(nll, theta)
         return float(nll.detach()), grad.numpy()
 
-    x0 = [math.log(max(var0, 1e-12)), math.log(ls0)] + ([] if smoothness is not None else [math.log(nu0)])
+    x0 = [math.log(max(var0, 1e-12)), math.log(ls0)]
     bounds = [(None, None), (math.log(1e-4 * math.sqrt(area)), math.log(10 * math.sqrt(area)))]
     if smoothness is None:
+        x0.append(math.log(nu0))
         bounds.append((math.log(0.25), math.log(8.0)))
+    if fit_nugget:
+        x0.append(math.log(max(var0, 1e-12) * 1e-2))
+        bounds.append((math.log(max(var0, 1e-12) * 1e-8), None))
     res = scipy.optimize.minimize(objective, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
-    var, ls, nu = (float(v) for v in unpack(torch.tensor(res.x)))
-    prior = GaussianPrior(domain, variance=var, length_scale=ls, smoothness=nu, mean=mean, sde=sde)
+    var, ls, nu, nugget = (float(v) for v in unpack(torch.tensor(res.x)))
+    prior = GaussianPrior(
+        domain, variance=var, length_scale=ls, smoothness=nu, nugget=nugget, mean=mean, sde=sde
+    )
     return MaternFit(prior=prior, log_likelihood=-float(res.fun), num_fields=n_fields)
