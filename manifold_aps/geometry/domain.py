@@ -19,7 +19,7 @@ def sparse_to_torch(matrix: sp.spmatrix, dtype: torch.dtype = torch.float64) -> 
     coo = sp.coo_matrix(matrix)
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(coo.data).to(dtype)
-    return torch.sparse_coo_tensor(indices, values, coo.shape).coalesce()
+    return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
 
 
 @dataclass(frozen=True)
