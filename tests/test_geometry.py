@@ -240,3 +240,17 @@ def test_geodesic_distances():
     graph = mesh.geodesic_distance(0)
     chord = np.linalg.norm(mesh.positions.numpy() - mesh.positions.numpy()[0], axis=1)
     assert np.all(graph >= chord - 1e-12)  # a path along edges is never shorter than the chord
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    from manifold_aps.checkpoint import atomic_path
+
+    target = tmp_path / "result.npy"
+    with atomic_path(target) as tmp:
+        np.save(tmp, np.arange(3))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_path(target) as tmp:
+            np.save(tmp, np.arange(5))
+            raise RuntimeError("interrupted")
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.npy"]  # no temp file left

@@ -1,0 +1,65 @@
+"""The demo as a user runs it: the CLI in a subprocess, outputs checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import REPO
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "manifold_aps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_demo_cli_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    res = _cli("demo", "--times", "3", "--samples", "8", "--output-dir", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "RMSE posterior mean" in res.stdout
+    scores = json.loads((out / "scores.json").read_text())
+    # the posterior mean beats nearest-neighbour filling and the climatology on hidden cells
+    assert scores["rmse_posterior_mean"] < scores["rmse_nearest_neighbour"] < scores["rmse_climatology"]
+    assert 0.5 < scores["coverage_90_analytic"] <= 1.0
+    assert (out / "map.png").stat().st_size > 10_000
+    ds = xr.open_dataset(out / "imputed.nc", engine="h5netcdf")
+    observed = ds["observed_mask"].values == 1
+    assert 0.25 < observed.mean() < 0.35
+    truth = ds["t2m"].values
+    # observed values are the input values bit for bit, in the mean and in every sample
+    np.testing.assert_array_equal(ds["t2m_mean"].values[observed], truth[observed])
+    for s in range(ds.sizes["sample"]):
+        np.testing.assert_array_equal(ds["t2m_samples"].values[s][observed], truth[observed])
+    assert np.all(ds["t2m_std"].values[observed] == 0)
+    assert np.all(ds["t2m_std"].values[~observed] > 0)
+    assert ds["t2m_mean"].attrs["units"] == "K"
+    assert "ancillary_variables" in ds["t2m_mean"].attrs
+    assert "manifold-aps demo" in ds.attrs["history"]
+
+
+@pytest.mark.parametrize("mask", ["stations", "swath", "box"])
+def test_demo_other_masks(tmp_path, mask):
+    res = _cli("demo", "--mask", mask, "--times", "1", "--samples", "4", "--no-plot", "--output-dir", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "scores.json").read_text())["rmse_posterior_mean"] > 0
+
+
+def test_demo_bad_input_is_a_clear_error(tmp_path):
+    res = _cli("demo", "--var", "z500", "--output-dir", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "z500" in res.stderr and "Traceback" not in res.stderr
+    res = _cli("demo", "--missing", "1.0", "--output-dir", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2 and "missing must lie" in res.stderr
+
+
+def test_help_explains_the_demo():
+    res = _cli("demo", "--help", cwd=REPO)
+    assert res.returncode == 0
+    assert "example:" in res.stdout and "--mask" in res.stdout
