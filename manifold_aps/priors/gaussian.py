@@ -186,6 +186,23 @@ class GaussianPrior(nn.Module):
         t = self._times(x, t)
         return self._diffused_log_prob_and_score(x, self.sde.scale_t(t), self.sde.sigma_t(t))[0]
 
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""Exact noise prediction :math:`-\sigma_t \nabla\log p_t(x)`, `(B, N, C)`."""
+        t = self._times(x, t)
+        return -self.sde.sigma_t(t)[:, None, None] * self.score(x, t)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity: the Gaussian prior diffuses signals in their own units."""
+        return x
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Identity (see `normalize`)."""
+        return z
+
+    def log_abs_det_normalize(self) -> float:
+        """0: `normalize` is the identity."""
+        return 0.0
+
     def sigma_t(self, t):
         """Noise level of the prior's diffusion at time `t` (see `VPSDE.sigma_t`)."""
         return self.sde.sigma_t(t)
