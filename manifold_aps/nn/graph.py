@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,6 +14,9 @@ from manifold_aps.geometry import Domain
 from manifold_aps.geometry.domain import sparse_to_torch
 
 __all__ = ["DomainTensors", "diffusion_matrix"]
+
+# torch flags sparse CSR as "beta" at every construction; we rely only on its stable matmul.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 def diffusion_matrix(domain: Domain) -> sp.csr_matrix:

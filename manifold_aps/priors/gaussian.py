@@ -105,17 +105,34 @@ class GaussianPrior(nn.Module):
         m = domain.mass
         s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
         s = s + self.nugget * m.mean()
-        # C = Phi diag(s) Phi^T = M^{-1/2} Q diag(s) Q^T M^{-1/2} with Q = M^{1/2} Phi orthogonal.
-        root = phi * s.sqrt()  # C = root root^T
-        cov = root @ root.T
-        if torch.allclose(m, m[0].expand_as(m)):  # uniform mass: Q = sqrt(m0) Phi is orthonormal
-            c, u = s / m[0], phi * m[0].sqrt()
-        else:
-            c, u = torch.linalg.eigh(0.5 * (cov + cov.T))
-            c = c.clamp_min(c.max() * 1e-15)
-        self.register_buffer("cov_eigenvalues", c)  # (N,)
-        self.register_buffer("cov_eigenvectors", u)  # (N, N), orthonormal
+        # C = Phi diag(s) Phi^T = root root^T; sampling needs only `root`.
+        self.register_buffer("root", phi * s.sqrt())
         self.register_buffer("spectrum", s)
+        self._uniform_mass = bool(torch.allclose(m, m[0].expand_as(m)))
+        self._phi_scale = float(m[0].sqrt()) if self._uniform_mass else None
+        self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _euclidean_eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(c, U)` with `C = U diag(c) U^T`, `U` orthonormal; computed on first use (O(N^3))."""
+        if self._eig is None:
+            if self._uniform_mass:  # Q = sqrt(m0) Phi is orthonormal: C = Q diag(s / m0) Q^T
+                m0 = self._phi_scale**2
+                self._eig = (self.spectrum / m0, self.root / self.spectrum.sqrt() * self._phi_scale)
+            else:
+                cov = self.root @ self.root.T
+                c, u = torch.linalg.eigh(0.5 * (cov + cov.T))
+                self._eig = (c.clamp_min(c.max() * 1e-15), u)
+        return self._eig
+
+    @property
+    def cov_eigenvalues(self) -> torch.Tensor:
+        """Eigenvalues `c` `(N,)` of the covariance (Euclidean), ascending or mode order."""
+        return self._euclidean_eigen()[0]
+
+    @property
+    def cov_eigenvectors(self) -> torch.Tensor:
+        """Orthonormal eigenvectors `U` `(N, N)` of the covariance."""
+        return self._euclidean_eigen()[1]
 
     def extra_repr(self) -> str:
         return (
@@ -138,13 +155,12 @@ class GaussianPrior(nn.Module):
 
     def covariance(self) -> torch.Tensor:
         """The covariance `C` of one channel, shape `(N, N)`, float64."""
-        u, c = self.cov_eigenvectors, self.cov_eigenvalues
-        return (u * c) @ u.T
+        return self.root @ self.root.T
 
     def sample(self, n: int, *, channels: int = 1, rng: torch.Generator | None = None) -> torch.Tensor:
         """`n` independent draws, shape `(n, N, channels)`, float64."""
         z = torch.randn(n, self.domain.num_nodes, channels, generator=rng, dtype=torch.float64)
-        x = torch.einsum("nk,bkc->bnc", self.cov_eigenvectors * self.cov_eigenvalues.sqrt(), z)
+        x = torch.einsum("nk,bkc->bnc", self.root, z)
         return x + self.mean.to(x.dtype)
 
     def _diffused_log_prob_and_score(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):

@@ -9,7 +9,7 @@ from manifold_aps.geometry import Domain
 from manifold_aps.nn import ScoreNet, ScoreNetConfig
 from manifold_aps.priors.sde import VPSDE
 
-__all__ = ["ChannelNormalizer", "ScorePrior", "dsm_loss"]
+__all__ = ["ChannelNormalizer", "ScorePrior", "dsm_loss", "dsm_noise"]
 
 
 class ChannelNormalizer(nn.Module):
@@ -124,28 +124,27 @@ class ScorePrior(nn.Module):
         return self.sde.scale_t(t)
 
 
-def dsm_loss(
-    prior: ScorePrior,
-    x: torch.Tensor,
-    generator: torch.Generator | None = None,
-    t_min: float = 1e-3,
-) -> torch.Tensor:
+def dsm_noise(
+    batch_size: int, shape: tuple[int, ...], generator: torch.Generator | None, *, t_min: float = 1e-3,
+    dtype=torch.float32, device=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified times `(B,)` in [t_min, 1] and standard noise `(B, *shape)` for `dsm_loss`.
+
+    Element `i` draws its time in the `i`-th of `B` equal sub-intervals (stratification lowers
+    the variance of the loss without biasing it).
+    """
+    u = (torch.arange(batch_size, dtype=dtype, device=device) + torch.rand(batch_size, generator=generator, dtype=dtype, device=device)) / batch_size
+    eps = torch.randn((batch_size, *shape), generator=generator, dtype=dtype, device=device)
+    return t_min + (1 - t_min) * u, eps
+
+
+def dsm_loss(prior: ScorePrior, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     r"""Denoising score matching with the standard (noise-prediction) weighting.
 
-    :math:`\mathbb{E}_{t\sim U(t_{min},1),\epsilon}\|\hat\epsilon_\theta(\alpha_t z+\sigma_t\epsilon,
-    t)-\epsilon\|^2`, averaged over batch, nodes and channels; `z = normalize(x)`. Stratified `t`:
-    element `i` of a batch of `B` draws `t` in the `i`-th of `B` equal sub-intervals, which lowers
-    the variance of the loss without biasing it.
-
-    Arguments:
-        prior: the model.
-        x: clean signals `(B, N, C)` in physical units.
-        generator: randomness (times and noise), on `x`'s device.
+    :math:`\mathbb{E}\|\hat\epsilon_\theta(\alpha_t z+\sigma_t\epsilon, t)-\epsilon\|^2`, averaged over
+    batch, nodes and channels, with `z = normalize(x)`; `t` `(B,)` and `eps` `(B, N, C)` come from
+    `dsm_noise`.
     """
     z = prior.normalize(x)
-    b = z.shape[0]
-    u = (torch.arange(b, device=z.device, dtype=z.dtype) + torch.rand(b, generator=generator, device=z.device, dtype=z.dtype)) / b
-    t = t_min + (1 - t_min) * u
-    eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
     a, s = prior.sde.scale_t(t)[:, None, None], prior.sde.sigma_t(t)[:, None, None]
     return (prior.eps(a * z + s * eps, t) - eps).pow(2).mean()

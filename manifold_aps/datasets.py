@@ -1,0 +1,251 @@
+"""Training signals for priors: tensor datasets with augmentation, Gaussian sources, real builders.
+
+`build_prior_dataset(name)` returns a `PriorDataset` for the priors the project trains:
+
+* ``era5-uk``: ERA5 t2m over the UK at 0.25° (the shipped sample). Train: 1-18 March 2019,
+  validation: 19-21 March, test: 25-31 March (the days between are left out so that test hours
+  are not next to training hours).
+* ``era5-global``: ERA5 t2m, global 1° (24 steps, 25-31 March 2026), regridded to HEALPix
+  (nside 16); augmented by rotations about the polar axis by whole degrees (an exact roll of
+  the lat-lon field before regridding). Train: steps 0-15, validation 16-17, test 18-23.
+* ``wmap``: the WMAP 7-year W-band temperature map [mK], degraded to nside 16, augmented by
+  random rotations in SO(3) (exact on its spherical-harmonic expansion, lmax = 3 nside - 1).
+* ``mesh-bunny`` / ``mesh-spot``: on the real meshes, an equal mixture of Matérn Gaussian
+  draws and heat-diffused random point sources.
+* ``gaussian-healpix8`` / ``gaussian-bumpy``: draws of a known Matérn prior (the closed-form
+  checks of the score network).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from manifold_aps.geometry import Domain, HealpixSphere, TriangleMesh
+from manifold_aps.priors.gaussian import GaussianPrior
+
+__all__ = [
+    "DATASETS",
+    "GaussianSource",
+    "PriorDataset",
+    "TensorSource",
+    "build_prior_dataset",
+    "data_dir",
+]
+
+
+def data_dir() -> Path:
+    """`$MANIFOLD_APS_DATA`, default `../shared/data` relative to the working directory."""
+    return Path(os.environ.get("MANIFOLD_APS_DATA", "../shared/data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; set MANIFOLD_APS_DATA to the folder of the shared data")
+    return path
+
+
+class TensorSource:
+    """Signals drawn at random (with replacement) from a tensor, optionally augmented.
+
+    Arguments:
+        train: `(M, N, C)` training signals.
+        val: `(M', N, C)` validation signals.
+        augment: optional `(x (n, N, C), generator) -> (n, N, C)`, applied to every batch.
+    """
+
+    def __init__(self, train: torch.Tensor, val: torch.Tensor, augment: Callable | None = None):
+        self.train, self.val, self.augment = train.float(), val.float(), augment
+
+    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        idx = torch.randint(0, self.train.shape[0], (n,), generator=generator)
+        x = self.train[idx]
+        return self.augment(x, generator) if self.augment else x
+
+    def validation(self) -> torch.Tensor:
+        return self.val
+
+
+class GaussianSource:
+    """Fresh draws of a `GaussianPrior` at every batch (unlimited data); fixed validation draws."""
+
+    def __init__(self, prior: GaussianPrior, num_val: int = 64, channels: int = 1):
+        self.prior, self.channels = prior, channels
+        self.val = prior.sample(num_val, channels=channels, rng=torch.Generator().manual_seed(4242)).float()
+
+    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        return self.prior.sample(n, channels=self.channels, rng=generator).float()
+
+    def validation(self) -> torch.Tensor:
+        return self.val
+
+
+@dataclass
+class PriorDataset:
+    """A domain, its training source and held-out test signals.
+
+    Attributes:
+        name: registry name.
+        domain: the domain.
+        source: training/validation signals (`TensorSource` or `GaussianSource`).
+        test: held-out signals `(M, N, C)` in physical units (may be empty).
+        units: units of the signal.
+        description: one line on where it comes from.
+        reference: for Gaussian datasets, the exact prior (for closed-form checks).
+    """
+
+    name: str
+    domain: Domain
+    source: object
+    test: torch.Tensor
+    units: str
+    description: str
+    reference: GaussianPrior | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        """`C`."""
+        return self.source.validation().shape[-1]
+
+
+def _era5_uk(root: Path) -> PriorDataset:
+    from climate.demo import default_sample_path
+    from climate.era5 import grid_domain, open_era5, to_signal
+
+    da = open_era5(default_sample_path(), "t2m")["t2m"].load()
+    day = da["time"].dt.day
+    train, _ = to_signal(da.where(day <= 18, drop=True), dtype=torch.float32)
+    val, _ = to_signal(da.where((day >= 19) & (day <= 21), drop=True), dtype=torch.float32)
+    test, _ = to_signal(da.where(day >= 25, drop=True), dtype=torch.float32)
+    return PriorDataset(
+        "era5-uk", grid_domain(da), TensorSource(train, val), test, "K",
+        "ERA5 t2m UK 0.25°, hourly; train 1-18 Mar 2019, val 19-21, test 25-31",
+    )
+
+
+def _era5_global(root: Path, nside: int = 16) -> PriorDataset:
+    from climate.era5 import grid_domain, open_era5
+    from climate.regrid import latlon_to_healpix_matrix
+    from manifold_aps.geometry.domain import sparse_to_torch
+
+    da = open_era5(_require(root / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc"), "t2m")["t2m"].load()
+    grid = grid_domain(da)
+    matrix = sparse_to_torch(latlon_to_healpix_matrix(grid, nside), torch.float32)
+    fields = torch.from_numpy(da.values.astype(np.float32))  # (T, nlat, nlon)
+    nlon = fields.shape[-1]
+
+    def regrid(x):  # (n, nlat, nlon) -> (n, Npix, 1)
+        flat = x.reshape(x.shape[0], -1).T
+        return torch.sparse.mm(matrix, flat).T[:, :, None]
+
+    train_ll = fields[:16]
+
+    class _Rolled(TensorSource):
+        def batch(self, generator, n):
+            idx = torch.randint(0, train_ll.shape[0], (n,), generator=generator)
+            shifts = torch.randint(0, nlon, (n,), generator=generator)
+            x = torch.stack([torch.roll(train_ll[i], int(s), dims=-1) for i, s in zip(idx, shifts)])
+            return regrid(x)
+
+    source = _Rolled(regrid(train_ll), regrid(fields[16:18]))
+    return PriorDataset(
+        "era5-global", HealpixSphere(nside), source, regrid(fields[18:]), "K",
+        f"ERA5 t2m global 1° regridded to HEALPix nside {nside}; train steps 0-15 (rolled in longitude), val 16-17, test 18-23",
+    )
+
+
+def _wmap(root: Path, nside: int = 16, pool: int = 2048) -> PriorDataset:
+    import healpy as hp
+    from scipy.spatial.transform import Rotation
+
+    path = _require(root / "sphere" / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits")
+    m32 = hp.read_map(path, field=0, dtype=np.float64)
+    m = hp.ud_grade(m32, nside)
+    lmax = 3 * nside - 1
+    alm = hp.map2alm(m, lmax=lmax)
+
+    def rotations(count, seed):
+        eul = Rotation.random(count, random_state=seed).as_euler("ZYZ")
+        out = np.empty((count, hp.nside2npix(nside)))
+        for i, (a, b, c) in enumerate(eul):
+            r = alm.copy()
+            hp.rotate_alm(r, a, b, c, lmax=lmax)
+            out[i] = hp.alm2map(r, nside, lmax=lmax)
+        return torch.from_numpy(out[:, :, None]).float()
+
+    source = TensorSource(rotations(pool, 1), rotations(64, 2))
+    return PriorDataset(
+        "wmap", HealpixSphere(nside), source, torch.from_numpy(m[None, :, None]).float(), "mK",
+        f"WMAP 7-yr W-band I map, nside {nside}, {pool} random SO(3) rotations (band limit {lmax})",
+        extra={"map": m},
+    )
+
+
+def _mesh_signals(mesh: TriangleMesh, name: str, seed: int = 0) -> PriorDataset:
+    from manifold_aps.operators import HeatBlur
+
+    ls = 0.1 * np.sqrt(mesh.total_area)
+    gp = GaussianPrior(mesh, variance=1.0, length_scale=ls, smoothness=1.5)
+    blurs = [HeatBlur(mesh, t * mesh.total_area) for t in (0.002, 0.005, 0.01)]
+
+    def sources(n, g):
+        x = torch.zeros(n, mesh.num_nodes, 1, dtype=torch.float64)
+        for i in range(n):
+            k = int(torch.randint(1, 6, (), generator=g))
+            nodes = torch.randint(0, mesh.num_nodes, (k,), generator=g)
+            x[i, nodes, 0] = torch.randn(k, generator=g, dtype=torch.float64) / mesh.mass[nodes] * mesh.mass.mean()
+        out = torch.zeros_like(x)
+        which = torch.randint(0, len(blurs), (n,), generator=g)
+        for j, blur in enumerate(blurs):
+            sel = which == j
+            if sel.any():
+                out[sel] = blur(x[sel])
+        return out / out.flatten(1).std(1).clamp_min(1e-12)[:, None, None]
+
+    def draw(n, g):
+        half = n // 2
+        return torch.cat([gp.sample(half, rng=g), sources(n - half, g)]).float()
+
+    g = torch.Generator().manual_seed(seed)
+    train, val, test = draw(4096, g), draw(64, g), draw(64, g)
+    return PriorDataset(
+        name, mesh, TensorSource(train, val), test, "1",
+        f"{mesh.name}: Matérn(nu=1.5, l={ls:.3g}) draws and heat-diffused point sources, 4096 training signals",
+    )
+
+
+def _gaussian(domain: Domain, length_scale: float, name: str) -> PriorDataset:
+    prior = GaussianPrior(domain, variance=1.0, length_scale=length_scale, smoothness=1.5)
+    test = prior.sample(64, rng=torch.Generator().manual_seed(777)).float()
+    return PriorDataset(
+        name, domain, GaussianSource(prior), test, "1",
+        f"draws of a Matérn prior (nu=1.5, l={length_scale:.3g}) on {domain!r}", reference=prior,
+    )
+
+
+DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
+    "era5-uk": _era5_uk,
+    "era5-global": _era5_global,
+    "wmap": _wmap,
+    "mesh-bunny": lambda root: _mesh_signals(TriangleMesh.from_file(_require(root / "meshes" / "bunny.off")), "mesh-bunny"),
+    "mesh-spot": lambda root: _mesh_signals(
+        TriangleMesh.from_file(_require(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"
+    ),
+    "gaussian-healpix8": lambda root: _gaussian(HealpixSphere(8), 0.25, "gaussian-healpix8"),
+    "gaussian-bumpy": lambda root: _gaussian(
+        TriangleMesh.from_file(_require(root / "meshes" / "bumpy.off")), 1.5, "gaussian-bumpy"
+    ),
+}
+
+
+def build_prior_dataset(name: str, root: str | os.PathLike | None = None) -> PriorDataset:
+    """Build a dataset of `DATASETS` from the shared data folder (`data_dir()` by default)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    return DATASETS[name](Path(root) if root else data_dir())
