@@ -37,7 +37,7 @@ def diffusion_matrix(domain: Domain) -> sp.csr_matrix:
 class DomainTensors(nn.Module):
     r"""Geometry of one domain as non-persistent buffers (moved by `.to(device)`, never saved).
 
-    Buffers: `diffusion` (sparse CSR `(N, N)`, see `diffusion_matrix`), `basis` `(N, K)` and
+    Buffers (float64; layers cast them to their input's dtype): `diffusion` (sparse CSR `(N, N)`, see `diffusion_matrix`), `basis` `(N, K)` and
     `analysis` `(K, N)` with :math:`\Phi^T M` (so `analysis @ basis = I`), `eigenvalues` `(K,)`,
     `positional` `(N, P)`: the eigenvectors 1..P scaled to unit mean square (an intrinsic
     positional encoding).
@@ -54,12 +54,24 @@ class DomainTensors(nn.Module):
         k = min(max(num_modes, num_positional + 1), domain.num_nodes)
         lam, phi = domain.eigenbasis(k)
         mass = domain.mass
+        # Precomputed in float64 and cast to the input's dtype at call time (exact inverses of
+        # spectral flow layers need analysis @ basis = I to float64 precision).
         self.register_buffer(
-            "diffusion", sparse_to_torch(diffusion_matrix(domain), torch.float32).to_sparse_csr(), persistent=False
+            "diffusion", sparse_to_torch(diffusion_matrix(domain), torch.float64).to_sparse_csr(), persistent=False
         )
-        self.register_buffer("basis", phi[:, :num_modes].float(), persistent=False)
-        self.register_buffer("analysis", (phi[:, :num_modes] * mass[:, None]).T.contiguous().float(), persistent=False)
+        self.register_buffer("basis", phi[:, :num_modes].clone(), persistent=False)
+        self.register_buffer("analysis", (phi[:, :num_modes] * mass[:, None]).T.contiguous(), persistent=False)
         scale = float(lam[1]) if lam.numel() > 1 and lam[1] > 0 else 1.0
-        self.register_buffer("eigenvalues", (lam[:num_modes] / scale).float(), persistent=False)
+        self.register_buffer("eigenvalues", lam[:num_modes] / scale, persistent=False)
         pe = phi[:, 1 : num_positional + 1] * math.sqrt(domain.total_area)
-        self.register_buffer("positional", pe.float(), persistent=False)
+        self.register_buffer("positional", pe, persistent=False)
+
+    def diffusion_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sparse diffusion operator in `dtype` (cast once per dtype and cached)."""
+        if self.diffusion.dtype == dtype:
+            return self.diffusion
+        cache = self.__dict__.setdefault("_diffusion_cache", {})
+        key = (dtype, self.diffusion.device)
+        if key not in cache:
+            cache[key] = self.diffusion.to(dtype)
+        return cache[key]

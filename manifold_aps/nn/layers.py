@@ -62,7 +62,7 @@ class DiffusionConv(MessagePassing):
         b, n, c = h.shape
         terms = [h]
         flat = h.transpose(0, 1).reshape(n, b * c)
-        adj = graph.diffusion if graph.diffusion.dtype == h.dtype else graph.diffusion.to(h.dtype)
+        adj = graph.diffusion_as(h.dtype)
         for _ in range(self.hops):
             flat = self.propagate(adj, x=flat)
             terms.append(flat.reshape(n, b, c).transpose(0, 1))
@@ -110,14 +110,18 @@ class ResBlock(nn.Module):
         time_dim: size of the time embedding.
         hops: hops of each `DiffusionConv`.
         spectral: add a `SpectralFilter` branch.
+        norm: normalise each node's channels (LayerNorm); off keeps the block's response to the
+            input's amplitude, which conditioners of linear-Gaussian problems need.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, hops: int = 2, spectral: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, time_dim: int, hops: int = 2, spectral: bool = True, norm: bool = True
+    ):
         super().__init__()
-        self.norm1 = NodeLayerNorm(in_channels)
+        self.norm1 = NodeLayerNorm(in_channels) if norm else nn.Identity()
         self.conv1 = DiffusionConv(in_channels, out_channels, hops)
         self.time = nn.Linear(time_dim, out_channels)
-        self.norm2 = NodeLayerNorm(out_channels)
+        self.norm2 = NodeLayerNorm(out_channels) if norm else nn.Identity()
         self.conv2 = DiffusionConv(out_channels, out_channels, hops)
         self.spectral = SpectralFilter(out_channels, time_dim) if spectral else None
         self.skip = nn.Linear(in_channels, out_channels) if in_channels != out_channels else nn.Identity()

@@ -84,6 +84,7 @@ class ScoreNet(nn.Module):
         for i, step in enumerate(steps):
             self.register_buffer(f"pool{i}", sparse_to_torch(step.pool, torch.float32).to_sparse_csr(), persistent=False)
             self.register_buffer(f"unpool{i}", sparse_to_torch(step.unpool, torch.float32).to_sparse_csr(), persistent=False)
+        # pooling matrices stay float32 (averages; exactness is not needed); cast per call otherwise
         self.time = TimeEmbedding(cfg.time_dim)
         width = cfg.channels
         self.lift = nn.Linear(in_channels + cfg.num_positional, width[0])

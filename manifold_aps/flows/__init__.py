@@ -1,0 +1,24 @@
+"""Conditional normalizing flows on domains (couplings, spectral scaling, Stiefel channel mixing)."""
+
+from manifold_aps.flows.conditioner import GraphConditioner
+from manifold_aps.flows.flow import ConditionalFlow, FlowConfig
+from manifold_aps.flows.layers import (
+    AffineCoupling,
+    ConditionalAffine,
+    FlowCondition,
+    SpectralScale,
+    StiefelChannelMix,
+    bounded_log_scale,
+)
+
+__all__ = [
+    "AffineCoupling",
+    "ConditionalAffine",
+    "ConditionalFlow",
+    "FlowCondition",
+    "FlowConfig",
+    "GraphConditioner",
+    "SpectralScale",
+    "StiefelChannelMix",
+    "bounded_log_scale",
+]

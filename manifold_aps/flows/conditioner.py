@@ -1,0 +1,43 @@
+"""Conditioner networks of the flows and the conditioning features built from `(y, A)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from manifold_aps.nn import DomainTensors
+from manifold_aps.nn.layers import ResBlock
+
+__all__ = ["GraphConditioner"]
+
+
+class GraphConditioner(nn.Module):
+    """A small geometry-aware network `(B, N, F_in)` -> `(B, N, F_out)` for flow layers.
+
+    Residual blocks of diffusion convolutions and spectral filters (no normalisation layers, so the
+    output can scale with the input, as posterior means do), modulated by a global context vector
+    (e.g. the observed fraction). The last layer starts at zero: a fresh flow layer is the identity.
+
+    Arguments:
+        in_features, out_features: feature counts.
+        context_dim: size of the global context vector.
+        width: hidden channels.
+        depth: residual blocks.
+        hops: diffusion hops per convolution.
+    """
+
+    def __init__(self, in_features: int, out_features: int, context_dim: int, width: int = 32, depth: int = 2, hops: int = 2):
+        super().__init__()
+        self.lift = nn.Linear(in_features, width)
+        self.blocks = nn.ModuleList(
+            [ResBlock(width, width, context_dim, hops=hops, spectral=True, norm=False) for _ in range(depth)]
+        )
+        self.out = nn.Linear(width, out_features)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor, graph: DomainTensors) -> torch.Tensor:
+        h = self.lift(h)
+        for block in self.blocks:
+            h = block(h, context, graph)
+        return self.out(torch.nn.functional.silu(h))
