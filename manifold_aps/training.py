@@ -209,8 +209,9 @@ class Trainer:
         kind: what the model is (stored and checked on load), e.g. "score-prior".
         domain: the domain (its fingerprint and repr go into the checkpoint).
         model_config: plain-type description of the model, stored with the weights.
-        optimizer: optional factory `params -> torch.optim.Optimizer` (default Adam; e.g.
-            geoopt's RiemannianAdam for manifold parameters).
+        optimizer: optional factory `params -> torch.optim.Optimizer` (default
+            `geoopt.optim.RiemannianAdam`: Adam for ordinary parameters, and it keeps
+            `geoopt.ManifoldParameter`s on their manifold).
         progress: show a tqdm bar (rank 0 only).
     """
 
@@ -245,7 +246,13 @@ class Trainer:
         self.objective = objective.to(self.device)
         self.model = objective.model
         params = [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = optimizer(params) if optimizer else torch.optim.Adam(params, lr=config.lr)
+        if optimizer is None:
+            import geoopt
+
+            # Adam on Euclidean parameters, Riemannian Adam on manifold ones (Stiefel mixings)
+            self.optimizer = geoopt.optim.RiemannianAdam(params, lr=config.lr)
+        else:
+            self.optimizer = optimizer(params)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.runner = objective
         if self.world > 1:
