@@ -59,55 +59,134 @@ def data_weight(step: int, total: int, warmup_fraction: float) -> float:
 
 
 class TikhonovEstimate(nn.Module):
-    r"""A cheap first estimate of the posterior mean: unrolled conjugate gradients on
-    :math:`(A^TA/\sigma^2 + aM + bS)\,x = A^Ty/\sigma^2` with learnable :math:`a, b > 0`.
+    r"""A cheap, mask-aware first estimate of the posterior mean, with a learned Gaussian prior.
 
-    `S` is the domain's stiffness and `M` its mass: the quadratic is a Gaussian (SPDE-Matérn-like)
-    smoothness prior, so the estimate interpolates masks and deblurs. Differentiable in `y`,
-    `a`, `b`; a fixed number of iterations keeps its cost known (`iterations` operator pairs).
+    Solves :math:`(A^TA/\sigma^2 + Q_\theta)\,x = A^Ty/\sigma^2` by unrolled Jacobi-preconditioned
+    conjugate gradients (a fixed number of iterations, differentiable). The learned precision is
+    geometric: :math:`Q_\theta = M\,p(L)` with :math:`p(\lambda) = a_0 + a_1\lambda + a_2\lambda^2`
+    (:math:`a_j > 0`; sparse: :math:`aM + bS + cSM^{-1}S`) on all modes, replaced on the `K` lowest
+    Laplace-Beltrami modes by free gains :math:`g_k`:
+    :math:`Q_\theta = M p(L) + M\Phi\,\mathrm{diag}(e^{g_k} - p(\lambda_k))\,\Phi^T M`, so
+    that a Gaussian prior whose precision is `Q_theta` gives the exact posterior mean. It also
+    returns :math:`\log` of the preconditioner's inverse diagonal, a proxy of the posterior variance.
 
     Arguments:
         domain: the domain.
-        iterations: CG iterations.
+        iterations: PCG iterations.
+        num_modes: `K`, low modes with free gains (0 for none).
     """
 
-    def __init__(self, domain: Domain, iterations: int = 30):
+    def __init__(self, domain: Domain, iterations: int = 30, num_modes: int = 32):
         super().__init__()
         self.iterations = iterations
-        scale = float(domain.mass.mean())
-        self.register_buffer("mass", domain.mass.clone(), persistent=False)
-        self.register_buffer("stiffness", sparse_to_torch(domain.stiffness()).to_sparse_csr(), persistent=False)
-        # a, b start so that the regulariser is O(1) per node relative to unit-variance signals
-        self.log_a = nn.Parameter(torch.tensor(math.log(1.0 / scale)))
-        self.log_b = nn.Parameter(torch.tensor(math.log(0.1)))
+        mass = domain.mass
+        stiff = domain.stiffness()
+        self.register_buffer("mass", mass.clone(), persistent=False)
+        self.register_buffer("stiffness", sparse_to_torch(stiff).to_sparse_csr(), persistent=False)
+        s2 = (stiff.multiply(stiff)).T @ (1.0 / mass.numpy())  # diag(S M^-1 S)_i = sum_j S_ij^2 / m_j
+        self.register_buffer("diag_s", torch.from_numpy(stiff.diagonal().copy()), persistent=False)
+        self.register_buffer("diag_ss", torch.from_numpy(s2), persistent=False)
+        k = min(num_modes, domain.num_nodes)
+        if k:
+            lam, phi = domain.eigenbasis(k)
+            self.register_buffer("lam", lam, persistent=False)
+            self.register_buffer("basis", phi, persistent=False)
+            self.register_buffer("analysis", (phi * mass[:, None]).T.contiguous(), persistent=False)
+        self.num_modes = k
+        m = float(mass.mean())
+        # start near a white prior of unit variance per node: p(lambda) ~ 1/m
+        self.log_a = nn.Parameter(torch.tensor([math.log(1.0 / m), math.log(0.1 / m * m), math.log(1e-3 * m)]))
+        self.log_gain = nn.Parameter(torch.zeros(k))  # offsets of log g_k from log p(lambda_k)
 
-    def _quad(self, x):
-        b, n, c = x.shape
-        flat = x.transpose(0, 1).reshape(n, b * c)
-        sx = torch.sparse.mm(self.stiffness.to(x.dtype), flat).reshape(n, b, c).transpose(0, 1)
-        return self.log_a.exp() * self.mass.to(x.dtype)[None, :, None] * x + self.log_b.exp() * sx
+    @torch.no_grad()
+    def fit_to_spectrum(self, eigenvalues: torch.Tensor, variances: torch.Tensor) -> float:
+        """Initialise :math:`Q_\theta` from a prior's per-mode variances (standardised units).
 
-    def forward(self, y: torch.Tensor, operator: LinearOperator, sigma: torch.Tensor | float) -> torch.Tensor:
-        """Estimate `(B, N, C)` from observations `y` `(B, N_out, C)` with noise `sigma` (same units)."""
+        The low-mode gains take the exact precisions :math:`1/v_k`; the polynomial is fitted to
+        :math:`\log(1/v_k)` of the remaining modes by least squares (L-BFGS over :math:`\log a_j`).
+        No clean signal is used: the variances come from the prior (exact for a Gaussian prior,
+        from prior samples for a score prior). Returns the mean squared log misfit on those modes.
+
+        Arguments:
+            eigenvalues: :math:`\lambda_k` `(K,)` ascending, the first `num_modes` of them
+                matching this estimator's modes.
+            variances: prior variance of each mode's coefficient `(K,)`.
+        """
+        import scipy.optimize
+
+        lam = eigenvalues.double()
+        target = -torch.log(variances.double().clamp_min(1e-30))
+        hi = slice(self.num_modes, None) if lam.numel() > self.num_modes + 3 else slice(None)
+
+        def objective(theta):
+            with torch.enable_grad():
+                t = torch.tensor(theta, requires_grad=True)
+                a = t.exp()
+                p = a[0] + a[1] * lam[hi] + a[2] * lam[hi] ** 2
+                loss = (torch.log(p) - target[hi]).pow(2).mean()
+                (grad,) = torch.autograd.grad(loss, t)
+            return float(loss), grad.numpy()
+
+        res = scipy.optimize.minimize(objective, self.log_a.detach().double().numpy(), jac=True, method="L-BFGS-B")
+        self.log_a.copy_(torch.from_numpy(res.x).to(self.log_a.dtype))
+        if self.num_modes:
+            p_low = self._poly(lam[: self.num_modes].to(self.log_a.dtype))
+            self.log_gain.copy_((target[: self.num_modes].to(p_low.dtype) - torch.log(p_low)))
+        return float(res.fun)
+
+    def _poly(self, lam):
+        a = self.log_a.exp()
+        return a[0] + a[1] * lam + a[2] * lam**2
+
+    def _sparse(self, v):
+        b, n, c = v.shape
+        flat = v.transpose(0, 1).reshape(n, b * c)
+        return torch.sparse.mm(self.stiffness.to(v.dtype), flat).reshape(n, b, c).transpose(0, 1)
+
+    def precision(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`Q_\theta x` for `x` `(B, N, C)`."""
+        a = self.log_a.exp().to(x.dtype)
+        m = self.mass.to(x.dtype)[None, :, None]
+        sx = self._sparse(x)
+        out = a[0] * m * x + a[1] * sx + a[2] * self._sparse(sx / m)
+        if self.num_modes:
+            lam = self.lam.to(x.dtype)
+            p = self._poly(lam)
+            gain = p * torch.expm1(self.log_gain.to(x.dtype))  # e^{g} - p with g = log p + offset
+            coef = torch.einsum("kn,bnc->bkc", self.analysis.to(x.dtype), x) * gain[None, :, None]
+            out = out + m * torch.einsum("nk,bkc->bnc", self.basis.to(x.dtype), coef)
+        return out
+
+    def forward(self, y: torch.Tensor, operator: LinearOperator, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """Estimate `(B, N, C)` and log inverse-diagonal `(B, N, C)` from `y` `(B, N_out, C)`."""
         inv_s2 = 1.0 / torch.as_tensor(sigma, dtype=y.dtype) ** 2
+        a = self.log_a.exp().to(y.dtype)
+        obs = operator.range_mask
+        obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
+        diag = (
+            operator.transpose(obs) * inv_s2
+            + (a[0] * self.mass.to(y.dtype) + a[1] * self.diag_s.to(y.dtype) + a[2] * self.diag_ss.to(y.dtype))[None, :, None]
+        )
 
         def apply(v):
-            return operator.transpose(operator(v)) * inv_s2 + self._quad(v)
+            return operator.transpose(operator(v)) * inv_s2 + self.precision(v)
 
         rhs = operator.transpose(y) * inv_s2
         x = torch.zeros_like(rhs)
         r = rhs
-        p = r
-        rr = (r * r).sum(1, keepdim=True)
+        zr = r / diag
+        p = zr
+        rz = (r * zr).sum(1, keepdim=True)
         for _ in range(self.iterations):
             ap = apply(p)
-            alpha = rr / (p * ap).sum(1, keepdim=True).clamp_min(1e-30)
+            alpha = rz / (p * ap).sum(1, keepdim=True).clamp_min(1e-30)
             x = x + alpha * p
             r = r - alpha * ap
-            rr_new = (r * r).sum(1, keepdim=True)
-            p = r + (rr_new / rr.clamp_min(1e-30)) * p
-            rr = rr_new
-        return x
+            zr = r / diag
+            rz_new = (r * zr).sum(1, keepdim=True)
+            p = zr + (rz_new / rz.clamp_min(1e-30)) * p
+            rz = rz_new
+        return x, -torch.log(diag)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +227,8 @@ class AmortizedFlowPosterior(nn.Module):
     Works in the prior's standardised space `z = prior.normalize(x)` (identity for a Gaussian
     prior): `y` is mapped to :math:`y_z = (y - A\mu)/s` with noise :math:`\sigma/s`, the flow draws `z`, and
     `sample` returns `prior.denormalize(z)`. Conditioning features per node: :math:`A^Ty_z`, the
-    coverage :math:`A^T\mathbf 1_{obs}` and the `TikhonovEstimate`; global context: observed fraction
+    coverage :math:`A^T\mathbf 1_{obs}`, the `TikhonovEstimate` and its log variance proxy; global
+    context: observed fraction
     and :math:`\log\sigma_z`.
 
     Arguments:
@@ -171,7 +251,7 @@ class AmortizedFlowPosterior(nn.Module):
         self.register_buffer("norm_std", (std if std is not None else torch.ones(channels)).double().clone())
         self.register_buffer("norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone())
         self.estimate = TikhonovEstimate(domain, self.config.cg_iterations) if self.config.cg_iterations else None
-        features = 3 * channels if self.estimate is not None else 2 * channels
+        features = 4 * channels if self.estimate is not None else 2 * channels
         self.flow = ConditionalFlow(domain, channels, features, self.CONTEXT, self.config.flow, seed=seed)
 
     # -- unit conversions (physical <-> standardised) ------------------------------------------
@@ -200,7 +280,7 @@ class AmortizedFlowPosterior(nn.Module):
         coverage = operator.transpose(obs)
         feats = [operator.transpose(y_z), coverage]
         if self.estimate is not None:
-            feats.append(self.estimate(y_z, operator, sigma_z))
+            feats.extend(self.estimate(y_z, operator, sigma_z))
         frac = obs.flatten(1).mean(1)
         context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
         return self.flow.condition(torch.cat(feats, dim=-1), context)

@@ -1,0 +1,129 @@
+"""Distil an APS engine for a named problem (what `manifold-aps distill` runs) and load it back.
+
+A problem is a dataset of `manifold_aps.datasets` (its domain and training signals, which only
+serve to simulate observations), a prior (the exact Gaussian of a `gaussian-*` dataset, or a
+trained `ScorePrior` checkpoint), a mask family and a noise level.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from manifold_aps.datasets import PriorDataset, TensorSource, build_prior_dataset
+from manifold_aps.operators import (
+    CapMaskGenerator,
+    GaussianNoise,
+    MaskGenerator,
+    MixtureMaskGenerator,
+    RandomMaskGenerator,
+    StationMaskGenerator,
+    SwathMaskGenerator,
+)
+from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, ReverseKLObjective
+from manifold_aps.posterior.observations import SimulatedObservations
+from manifold_aps.priors.gaussian import GaussianPrior
+from manifold_aps.priors.sampling import reverse_sde_sample
+from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint
+
+__all__ = ["KIND", "MASK_FAMILIES", "distill", "load_engine", "mask_family", "prior_mode_variances", "resolve_prior"]
+
+KIND = "aps-flow"
+
+MASK_FAMILIES = {
+    "random": lambda d: RandomMaskGenerator(d, missing=(0.5, 0.95)),
+    "caps": lambda d: CapMaskGenerator(d, num_caps=(1), cap_area=(0.05, 0.3)),
+    "stations": lambda d: StationMaskGenerator(d, num_stations=(max(1, d.num_nodes // 20), max(1, d.num_nodes // 4))),
+    "swaths": lambda d: SwathMaskGenerator(d, num_swaths=(1, 4), half_width_deg=(5.0, 15.0)),
+}
+
+
+def mask_family(name: str, domain) -> MaskGenerator:
+    """A mask generator by name: one of `MASK_FAMILIES` or "mixture" (all of them, equally likely)."""
+    if name == "mixture":
+        return MixtureMaskGenerator([make(domain) for make in MASK_FAMILIES.values()])
+    if name not in MASK_FAMILIES:
+        raise ValueError(f"masks must be one of {sorted(MASK_FAMILIES) + ['mixture']}, got {name!r}")
+    return MASK_FAMILIES[name](domain)
+
+
+def resolve_prior(dataset: PriorDataset, prior: str | os.PathLike):
+    """"exact" -> the dataset's Gaussian reference; otherwise a `ScorePrior` checkpoint path."""
+    if str(prior) == "exact":
+        if dataset.reference is None:
+            raise ValueError(f"dataset {dataset.name!r} has no exact prior; pass a trained prior checkpoint")
+        return dataset.reference
+    from manifold_aps.priors.train import load_prior
+
+    return load_prior(prior, dataset.domain)
+
+
+@torch.no_grad()
+def prior_mode_variances(prior, domain, num_modes: int, *, num_samples: int = 128, steps: int = 200, seed: int = 0):
+    """Per-mode prior variances of the standardised signal on the first `num_modes` LB modes.
+
+    Exact for a `GaussianPrior`; for a score prior, from `num_samples` reverse-SDE samples.
+    Returns `(eigenvalues (K,), variances (K,))`.
+    """
+    lam, phi = domain.eigenbasis(num_modes)
+    if isinstance(prior, GaussianPrior):
+        return lam, prior.spectrum[:num_modes].clone()
+    g = torch.Generator().manual_seed(seed)
+    z = reverse_sde_sample(prior, (num_samples, domain.num_nodes, prior.channels), steps=steps, generator=g).sample
+    coef = torch.einsum("nk,n,bnc->bkc", phi, domain.mass, z.double())
+    return lam, coef.pow(2).mean((0, 2))
+
+
+def distill(
+    dataset: PriorDataset | str,
+    prior: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    aps: APSConfig | None = None,
+    masks: str = "random",
+    noise_std: float = 0.1,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[AmortizedFlowPosterior, TrainResult]:
+    """Train an APS engine; the checkpoint is `out_dir/checkpoint.pt` (kind "aps-flow")."""
+    ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
+    p = resolve_prior(ds, prior)
+    noise = GaussianNoise(noise_std)
+    aps = aps or APSConfig()
+    torch.manual_seed(config.seed)
+    engine = AmortizedFlowPosterior(ds.domain, ds.channels, p, noise, aps, seed=config.seed)
+    if engine.estimate is not None:
+        k = min(ds.domain.num_nodes, 512)
+        lam, var = prior_mode_variances(p, ds.domain, k, seed=config.seed)
+        std = engine.norm_std.mean()
+        engine.estimate.fit_to_spectrum(lam, var if isinstance(p, GaussianPrior) is False else var / std**2)
+    observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
+    objective = ReverseKLObjective(engine, p, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed)
+    model_config = {
+        "dataset": ds.name,
+        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
+        "masks": masks,
+        "noise_std": noise_std,
+        "channels": ds.channels,
+        "aps": aps.to_dict(),
+    }
+    trainer = Trainer(objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config, progress=progress)
+    result = trainer.fit(resume=resume, stop_after=stop_after)
+    return engine, result
+
+
+def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = None):
+    """Load a distilled engine with its dataset and prior; returns `(engine, dataset, prior)`."""
+    ckpt = load_checkpoint(path, kind=KIND)
+    cfg = ckpt["model_config"]
+    ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
+    if ckpt["fingerprint"] != ds.domain.fingerprint:
+        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
+    p = resolve_prior(ds, cfg["prior"])
+    engine = AmortizedFlowPosterior(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), APSConfig.from_dict(cfg["aps"]))
+    engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+    return engine.eval(), ds, p
