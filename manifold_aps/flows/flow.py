@@ -10,6 +10,7 @@ from torch import nn
 
 from manifold_aps.flows.layers import (
     AffineCoupling,
+    AnchorAffine,
     ConditionalAffine,
     FlowCondition,
     SpectralScale,
@@ -51,7 +52,8 @@ class ConditionalFlow(nn.Module):
     discretisation of a unit white-noise field (a node of half the average area has twice the
     variance), so that refining the mesh does not change what the base means. The map is
     `ConditionalAffine` -> [`AffineCoupling`, `SpectralScale`, `StiefelChannelMix` (C > 1)] x K ->
-    `ConditionalAffine`; every layer starts as the identity.
+    `ConditionalAffine` -> `AnchorAffine`; every learned layer starts as the identity, so a fresh
+    flow is the anchor's mean-field Gaussian (or the base, without an anchor).
 
     `log_prob` is exact (inverse pass + log-determinants), `sample` is one forward pass.
 
@@ -86,11 +88,12 @@ class ConditionalFlow(nn.Module):
             if channels > 1:
                 layers.append(StiefelChannelMix(channels, g))
         layers.append(ConditionalAffine(channels, features, context_dim, cfg.width, cfg.depth))
+        layers.append(AnchorAffine())
         self.layers = nn.ModuleList(layers)
 
-    def condition(self, features: torch.Tensor, context: torch.Tensor) -> FlowCondition:
-        """Bundle conditioning features `(B, N, F)` and context `(B, D)` with the domain's graph."""
-        return FlowCondition(features, context, self.graph)
+    def condition(self, features, context, anchor_shift=None, anchor_log_scale=None) -> FlowCondition:
+        """Bundle features `(B, N, F)`, context `(B, D)` and an optional anchor `(B, N, C)` x 2."""
+        return FlowCondition(features, context, self.graph, anchor_shift, anchor_log_scale)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the base at `z` `(B, N, C)`, shape `(B,)`."""

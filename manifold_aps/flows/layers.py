@@ -18,6 +18,7 @@ from manifold_aps.nn import DomainTensors
 
 __all__ = [
     "AffineCoupling",
+    "AnchorAffine",
     "ConditionalAffine",
     "FlowCondition",
     "SpectralScale",
@@ -46,12 +47,40 @@ class FlowCondition:
     features: torch.Tensor
     context: torch.Tensor
     graph: DomainTensors
+    anchor_shift: torch.Tensor | None = None
+    anchor_log_scale: torch.Tensor | None = None
 
     def repeat(self, n: int) -> FlowCondition:
         """The condition for `n` samples of each element, batch `(n * B)` (sample-major)."""
+
+        def rep(t):
+            return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
+
         return FlowCondition(
-            self.features.repeat(n, 1, 1), self.context.repeat(n, 1), self.graph
+            rep(self.features), rep(self.context), self.graph, rep(self.anchor_shift), rep(self.anchor_log_scale)
         )
+
+
+class AnchorAffine(nn.Module):
+    r"""Parameter-free :math:`y = \mu + x\,e^{\ell}` with an anchor `(mu, l)` carried by the condition.
+
+    The engine passes a first estimate of the posterior mean and log standard deviation (e.g. the
+    `TikhonovEstimate` and its Jacobi variance proxy), so a fresh flow already starts at a
+    mean-field Gaussian around that estimate and the learned layers only refine it. Without an
+    anchor in the condition it is the identity.
+    """
+
+    def forward(self, x, cond):
+        if cond.anchor_shift is None:
+            return x, x.new_zeros(x.shape[0])
+        ls = cond.anchor_log_scale.to(x.dtype)
+        return cond.anchor_shift.to(x.dtype) + x * torch.exp(ls), ls.sum((1, 2))
+
+    def inverse(self, y, cond):
+        if cond.anchor_shift is None:
+            return y, y.new_zeros(y.shape[0])
+        ls = cond.anchor_log_scale.to(y.dtype)
+        return (y - cond.anchor_shift.to(y.dtype)) * torch.exp(-ls), -ls.sum((1, 2))
 
 
 class ConditionalAffine(nn.Module):

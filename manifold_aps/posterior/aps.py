@@ -279,11 +279,16 @@ class AmortizedFlowPosterior(nn.Module):
         sigma_z = self.noise.sigma / self.norm_std.to(dtype)
         coverage = operator.transpose(obs)
         feats = [operator.transpose(y_z), coverage]
+        anchor = (None, None)
         if self.estimate is not None:
-            feats.extend(self.estimate(y_z, operator, sigma_z))
+            estimate, log_var = self.estimate(y_z, operator, sigma_z)
+            feats.extend([estimate, log_var])
+            # the flow starts at N(estimate, diag(var proxy)) in units of its area-white base
+            base_var = self.flow.base_std.to(dtype)[None, :, None] ** 2
+            anchor = (estimate, 0.5 * (log_var - torch.log(base_var)))
         frac = obs.flatten(1).mean(1)
         context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
-        return self.flow.condition(torch.cat(feats, dim=-1), context)
+        return self.flow.condition(torch.cat(feats, dim=-1), context, *anchor)
 
     def sample_and_log_prob(self, y, operator, n: int, *, generator=None):
         """`n` samples `(n, B, N, C)` in physical units and their log q `(n, B)` (physical units)."""
