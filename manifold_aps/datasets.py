@@ -12,6 +12,8 @@
   random rotations in SO(3) (exact on its spherical-harmonic expansion, lmax = 3 nside - 1).
 * ``mesh-bunny`` / ``mesh-spot``: on the real meshes, an equal mixture of Matérn Gaussian
   draws and heat-diffused random point sources.
+* ``digits``: scikit-learn's bundled 8x8 digits upsampled to 16x16 on a `PlanarGrid` (the
+  Euclidean check).
 * ``gaussian-healpix8`` / ``gaussian-bumpy``: draws of a known Matérn prior (the closed-form
   checks of the score network).
 """
@@ -220,6 +222,24 @@ def _mesh_signals(mesh: TriangleMesh, name: str, seed: int = 0) -> PriorDataset:
     )
 
 
+def _digits(root: Path) -> PriorDataset:
+    """scikit-learn's bundled 8x8 digits, bilinearly upsampled to 16x16 on a `PlanarGrid`."""
+    from sklearn.datasets import load_digits
+
+    from manifold_aps.geometry import PlanarGrid
+
+    images = torch.from_numpy(load_digits().images).float()[:, None] / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    up = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    signals = up.reshape(-1, 256, 1)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(signals.shape[0], generator=g)
+    train, val, test = signals[perm[:1400]], signals[perm[1400:1500]], signals[perm[1500:]]
+    return PriorDataset(
+        "digits", PlanarGrid(16, 16), TensorSource(train, val), test, "1",
+        "scikit-learn digits (UCI, 1797 images) upsampled to 16x16; train 1400, val 100, test 297",
+    )
+
+
 def _gaussian(domain: Domain, length_scale: float, name: str) -> PriorDataset:
     prior = GaussianPrior(domain, variance=1.0, length_scale=length_scale, smoothness=1.5)
     test = prior.sample(64, rng=torch.Generator().manual_seed(777)).float()
@@ -237,6 +257,7 @@ DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
     "mesh-spot": lambda root: _mesh_signals(
         TriangleMesh.from_file(_require(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"
     ),
+    "digits": _digits,
     "gaussian-healpix8": lambda root: _gaussian(HealpixSphere(8), 0.25, "gaussian-healpix8"),
     "gaussian-bumpy": lambda root: _gaussian(
         TriangleMesh.from_file(_require(root / "meshes" / "bumpy.off")), 1.5, "gaussian-bumpy"

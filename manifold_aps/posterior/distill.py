@@ -96,11 +96,10 @@ def distill(
     aps = aps or APSConfig()
     torch.manual_seed(config.seed)
     engine = AmortizedFlowPosterior(ds.domain, ds.channels, p, noise, aps, seed=config.seed)
-    if engine.estimate is not None:
-        k = min(ds.domain.num_nodes, 512)
-        lam, var = prior_mode_variances(p, ds.domain, k, seed=config.seed)
-        std = engine.norm_std.mean()
-        engine.estimate.fit_to_spectrum(lam, var if isinstance(p, GaussianPrior) is False else var / std**2)
+    if engine.estimate is not None and not (resume and (Path(out_dir) / "checkpoint.pt").exists()):
+        # variances of the standardised signal: the engine works in the prior's standardised space
+        lam, var = prior_mode_variances(p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed)
+        engine.estimate.fit_to_spectrum(lam, var)
     observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
     objective = ReverseKLObjective(engine, p, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed)
     model_config = {
