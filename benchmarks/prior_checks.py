@@ -30,7 +30,7 @@ from manifold_aps.priors.likelihood import elbo, ode_log_likelihood
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior
 
-ALL = ["gaussian-healpix8", "gaussian-bumpy", "era5-uk", "era5-global", "wmap", "mesh-bunny", "mesh-spot"]
+ALL = ["gaussian-healpix8", "gaussian-bumpy", "era5-uk", "era5-global", "wmap", "mesh-bunny", "mesh-spot", "digits"]
 
 
 def _write(path: Path, rows: list[dict]) -> None:

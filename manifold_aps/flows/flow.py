@@ -91,9 +91,10 @@ class ConditionalFlow(nn.Module):
         layers.append(AnchorAffine())
         self.layers = nn.ModuleList(layers)
 
-    def condition(self, features, context, anchor_shift=None, anchor_log_scale=None) -> FlowCondition:
-        """Bundle features `(B, N, F)`, context `(B, D)` and an optional anchor `(B, N, C)` x 2."""
-        return FlowCondition(features, context, self.graph, anchor_shift, anchor_log_scale)
+    def condition(self, features, context, anchor_shift=None, anchor_log_scale=None, anchor_cholesky=None) -> FlowCondition:
+        """Bundle features `(B, N, F)`, context `(B, D)` and an optional anchor (mean and log-scale
+        `(B, N, C)`, Cholesky factors `(B, C, N, N)` of a posterior precision)."""
+        return FlowCondition(features, context, self.graph, anchor_shift, anchor_log_scale, 1, anchor_cholesky)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the base at `z` `(B, N, C)`, shape `(B,)`."""

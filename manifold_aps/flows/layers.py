@@ -49,6 +49,8 @@ class FlowCondition:
     graph: DomainTensors
     anchor_shift: torch.Tensor | None = None
     anchor_log_scale: torch.Tensor | None = None
+    repeats: int = 1
+    anchor_cholesky: torch.Tensor | None = None  # (B0, C, N, N), shared by the repeats
 
     def repeat(self, n: int) -> FlowCondition:
         """The condition for `n` samples of each element, batch `(n * B)` (sample-major)."""
@@ -57,30 +59,67 @@ class FlowCondition:
             return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
 
         return FlowCondition(
-            rep(self.features), rep(self.context), self.graph, rep(self.anchor_shift), rep(self.anchor_log_scale)
+            rep(self.features), rep(self.context), self.graph, rep(self.anchor_shift), rep(self.anchor_log_scale),
+            self.repeats * n, self.anchor_cholesky,
         )
+
+    def per_condition(self, fn):
+        """Evaluate `fn(features, context)` once per distinct condition and tile it over repeats.
+
+        Layers whose parameters depend on the condition only (not on the signal) use it, so `n`
+        samples of one observation cost one conditioner pass, not `n`.
+        """
+        b = self.features.shape[0] // self.repeats
+        out = fn(self.features[:b], self.context[:b])
+        return out.repeat(self.repeats, *([1] * (out.dim() - 1))) if self.repeats > 1 else out
 
 
 class AnchorAffine(nn.Module):
-    r"""Parameter-free :math:`y = \mu + x\,e^{\ell}` with an anchor `(mu, l)` carried by the condition.
+    r"""Parameter-free Gaussian anchor carried by the condition; the last layer of the flow.
 
-    The engine passes a first estimate of the posterior mean and log standard deviation (e.g. the
-    `TikhonovEstimate` and its Jacobi variance proxy), so a fresh flow already starts at a
-    mean-field Gaussian around that estimate and the learned layers only refine it. Without an
-    anchor in the condition it is the identity.
+    Mean-field: :math:`y = \mu + x\,e^{\ell}`. Full (with `anchor_cholesky` `L`, the Cholesky
+    factor of a posterior precision :math:`P = LL^T`): :math:`y = \mu + L^{-T}(x\,e^{\ell})`, so that
+    a base sample of the right scale becomes an exact draw of :math:`N(\mu, P^{-1})`;
+    :math:`\log|\det| = \sum\ell - \sum\log\mathrm{diag}\,L`. The engine passes a first estimate
+    of the posterior (e.g. `TikhonovEstimate`), so a fresh flow starts at that Gaussian and the
+    learned layers only refine it. Without an anchor it is the identity.
     """
+
+    @staticmethod
+    def _tri(cond, v, transpose_solve: bool):
+        """Apply L^{-T} (solve) or L^T (multiply) per channel, broadcasting over repeats."""
+        chol = cond.anchor_cholesky.to(v.dtype)  # (B0, C, N, N)
+        b0 = chol.shape[0]
+        vv = v.reshape(-1, b0, v.shape[1], v.shape[2]).permute(0, 1, 3, 2)[..., None]  # (R, B0, C, N, 1)
+        if transpose_solve:
+            out = torch.linalg.solve_triangular(chol.transpose(-1, -2), vv, upper=True)
+        else:
+            out = chol.transpose(-1, -2) @ vv
+        return out[..., 0].permute(0, 1, 3, 2).reshape(v.shape)
+
+    def _logdet_chol(self, cond, x):
+        if cond.anchor_cholesky is None:
+            return x.new_zeros(x.shape[0])
+        ld = torch.log(torch.diagonal(cond.anchor_cholesky.to(x.dtype), dim1=-2, dim2=-1)).sum((1, 2))
+        return ld.repeat(x.shape[0] // ld.shape[0])
 
     def forward(self, x, cond):
         if cond.anchor_shift is None:
             return x, x.new_zeros(x.shape[0])
         ls = cond.anchor_log_scale.to(x.dtype)
-        return cond.anchor_shift.to(x.dtype) + x * torch.exp(ls), ls.sum((1, 2))
+        v = x * torch.exp(ls)
+        if cond.anchor_cholesky is not None:
+            v = self._tri(cond, v, transpose_solve=True)
+        return cond.anchor_shift.to(x.dtype) + v, ls.sum((1, 2)) - self._logdet_chol(cond, x)
 
     def inverse(self, y, cond):
         if cond.anchor_shift is None:
             return y, y.new_zeros(y.shape[0])
         ls = cond.anchor_log_scale.to(y.dtype)
-        return (y - cond.anchor_shift.to(y.dtype)) * torch.exp(-ls), -ls.sum((1, 2))
+        v = y - cond.anchor_shift.to(y.dtype)
+        if cond.anchor_cholesky is not None:
+            v = self._tri(cond, v, transpose_solve=False)
+        return v * torch.exp(-ls), -ls.sum((1, 2)) + self._logdet_chol(cond, y)
 
 
 class ConditionalAffine(nn.Module):
@@ -99,7 +138,7 @@ class ConditionalAffine(nn.Module):
         self.channels = channels
 
     def _params(self, cond: FlowCondition):
-        raw = self.net(cond.features, cond.context, cond.graph)
+        raw = cond.per_condition(lambda f, c: self.net(f, c, cond.graph))
         s, t = raw.split(self.channels, dim=-1)
         return bounded_log_scale(s), t
 
@@ -169,9 +208,13 @@ class SpectralScale(nn.Module):
 
     def _log_d(self, cond, dtype):
         lam = torch.log1p(cond.graph.eigenvalues.to(dtype))
-        b, k = cond.context.shape[0], lam.shape[0]
-        feats = torch.cat([lam[None, :, None].expand(b, k, 1), cond.context[:, None, :].to(dtype).expand(-1, k, -1)], dim=-1)
-        return bounded_log_scale(self.net(feats))  # (B, K, C)
+
+        def fn(features, context):
+            b, k = context.shape[0], lam.shape[0]
+            feats = torch.cat([lam[None, :, None].expand(b, k, 1), context[:, None, :].to(dtype).expand(-1, k, -1)], dim=-1)
+            return bounded_log_scale(self.net(feats))  # (B, K, C)
+
+        return cond.per_condition(fn)
 
     def _scale(self, x, cond, sign):
         log_d = sign * self._log_d(cond, x.dtype)

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
-from manifold_aps.geometry.domain import Coarsening, Domain, partition_pooling
+from manifold_aps.geometry.domain import Coarsening, Domain, cluster_coarsening, partition_pooling
 
 __all__ = ["MASS_RULES", "TriangleMesh", "cotangent_weights", "triangle_mass"]
 
@@ -234,20 +234,30 @@ class TriangleMesh(Domain):
         return trimesh.Trimesh(self.vertices, self.faces, process=False)
 
     def coarsen(self) -> Coarsening:
-        """Quadric-error decimation to a quarter of the faces (fast-simplification via trimesh).
+        """Quadric-error decimation to about a quarter of the faces (fast-simplification via trimesh).
 
-        Each fine vertex belongs to its nearest coarse vertex (Euclidean); a coarse vertex that no
-        fine vertex is nearest to pools its own nearest fine vertex.
+        Decimation can pinch a mesh (an edge shared by four faces); then nearby face counts are
+        tried (25 % +- up to 5 %) until the result is a valid manifold, and if none is, the generic
+        `cluster_coarsening` of the graph is used instead. Each fine vertex belongs to
+        its nearest coarse vertex (Euclidean); a coarse vertex that no fine vertex is nearest to
+        pools its own nearest fine vertex.
         """
-        coarse_mesh = self.to_trimesh().simplify_quadric_decimation(
-            face_count=max(len(self.faces) // 4, 4)
-        )
-        coarse_mesh.merge_vertices()
-        coarse_mesh.remove_unreferenced_vertices()
-        coarse = TriangleMesh(
-            coarse_mesh.vertices, coarse_mesh.faces, mass=self.mass_rule, name=f"{self.name}/coarse"
-        )
-        return nearest_vertex_coarsening(self, coarse)
+        errors = []
+        for frac in (0.25, 0.24, 0.26, 0.23, 0.27, 0.22, 0.28, 0.21, 0.29, 0.2, 0.3):
+            coarse_mesh = self.to_trimesh().simplify_quadric_decimation(
+                face_count=max(int(round(len(self.faces) * frac)), 4)
+            )
+            coarse_mesh.merge_vertices()
+            coarse_mesh.remove_unreferenced_vertices()
+            try:
+                coarse = TriangleMesh(
+                    coarse_mesh.vertices, coarse_mesh.faces, mass=self.mass_rule, name=f"{self.name}/coarse"
+                )
+            except ValueError as err:
+                errors.append(str(err))
+                continue
+            return nearest_vertex_coarsening(self, coarse)
+        return cluster_coarsening(self, max(self.num_nodes // 4, 1))
 
 
 def nearest_vertex_coarsening(fine: Domain, coarse: Domain) -> Coarsening:

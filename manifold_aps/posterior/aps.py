@@ -70,15 +70,21 @@ class TikhonovEstimate(nn.Module):
     that a Gaussian prior whose precision is `Q_theta` gives the exact posterior mean. It also
     returns :math:`\log` of the preconditioner's inverse diagonal, a proxy of the posterior variance.
 
+    With `dense=True` (small domains) it forms :math:`P = Q_\theta + A^TA/\sigma^2` as a dense
+    matrix per observation and channel and returns its Cholesky factor too: the exact mean by a
+    Cholesky solve and, for the flow's anchor, exact samples of the Gaussian :math:`N(\mu, P^{-1})`.
+
     Arguments:
         domain: the domain.
-        iterations: PCG iterations.
+        iterations: PCG iterations (iterative mode).
         num_modes: `K`, low modes with free gains (0 for none).
+        dense: dense Cholesky mode (O(N^3) per observation; for N up to a few thousand).
     """
 
-    def __init__(self, domain: Domain, iterations: int = 30, num_modes: int = 32):
+    def __init__(self, domain: Domain, iterations: int = 30, num_modes: int = 32, dense: bool = False):
         super().__init__()
         self.iterations = iterations
+        self.dense = dense
         mass = domain.mass
         stiff = domain.stiffness()
         self.register_buffer("mass", mass.clone(), persistent=False)
@@ -157,9 +163,38 @@ class TikhonovEstimate(nn.Module):
             out = out + m * torch.einsum("nk,bkc->bnc", self.basis.to(x.dtype), coef)
         return out
 
-    def forward(self, y: torch.Tensor, operator: LinearOperator, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        """Estimate `(B, N, C)` and log inverse-diagonal `(B, N, C)` from `y` `(B, N_out, C)`."""
+    def dense_precision(self, dtype) -> torch.Tensor:
+        """:math:`Q_\theta` as a dense `(N, N)` matrix."""
+        n = self.mass.shape[0]
+        return self.precision(torch.eye(n, dtype=dtype)[:, :, None])[:, :, 0]
+
+    def _dense(self, y, operator, inv_s2, obs):
+        from manifold_aps.posterior.gaussian import operator_matrix
+
+        q = self.dense_precision(y.dtype)
+        q = 0.5 * (q + q.T)
+        b, n, c = y.shape
+        if isinstance(operator, Mask):
+            hth = obs.transpose(1, 2)  # (B, C, N): diagonal of H^T H
+            prec = q + torch.diag_embed(hth * inv_s2)
+        else:
+            h = operator_matrix(operator).to(y.dtype)
+            rows = obs.transpose(1, 2)[..., None] * h  # unobserved rows are zero
+            prec = q + inv_s2 * rows.transpose(-1, -2) @ rows
+        chol = torch.linalg.cholesky(prec)  # (B, C, N, N)
+        rhs = operator.transpose(y) * inv_s2
+        mean = torch.cholesky_solve(rhs.transpose(1, 2)[..., None], chol)[..., 0].transpose(1, 2)
+        log_var = -torch.log(torch.diagonal(prec, dim1=-2, dim2=-1)).transpose(1, 2)
+        return mean, log_var, chol
+
+    def forward(self, y: torch.Tensor, operator: LinearOperator, sigma):
+        """Estimate `(B, N, C)`, log inverse-diagonal `(B, N, C)` and Cholesky factors `(B, C, N, N)`
+        of the precision (None unless `dense`) from `y` `(B, N_out, C)`."""
         inv_s2 = 1.0 / torch.as_tensor(sigma, dtype=y.dtype) ** 2
+        if self.dense:
+            obs = operator.range_mask
+            obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
+            return self._dense(y, operator, inv_s2, obs)
         a = self.log_a.exp().to(y.dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
@@ -186,7 +221,7 @@ class TikhonovEstimate(nn.Module):
             rz_new = (r * zr).sum(1, keepdim=True)
             p = zr + (rz_new / rz.clamp_min(1e-30)) * p
             rz = rz_new
-        return x, -torch.log(diag)
+        return x, -torch.log(diag), None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +231,8 @@ class APSConfig:
     Attributes:
         flow: the flow architecture.
         cg_iterations: iterations of the first estimate (0 for none).
+        dense_limit: domains with at most this many nodes use the dense (Cholesky) estimate and
+            Gaussian anchor; larger ones the iterative one.
         samples_per_observation: flow samples per observation in each training step.
         elbo_times: `(t, eps)` pairs of the ELBO per sample (score priors only).
         warmup_fraction: fraction of training over which the likelihood weight rises to 1.
@@ -203,6 +240,7 @@ class APSConfig:
 
     flow: FlowConfig = FlowConfig()
     cg_iterations: int = 30
+    dense_limit: int = 2000
     samples_per_observation: int = 1
     elbo_times: int = 1
     warmup_fraction: float = 0.2
@@ -250,7 +288,11 @@ class AmortizedFlowPosterior(nn.Module):
         mean = getattr(getattr(prior, "normalizer", None), "mean", None)
         self.register_buffer("norm_std", (std if std is not None else torch.ones(channels)).double().clone())
         self.register_buffer("norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone())
-        self.estimate = TikhonovEstimate(domain, self.config.cg_iterations) if self.config.cg_iterations else None
+        self.estimate = (
+            TikhonovEstimate(domain, self.config.cg_iterations, dense=domain.num_nodes <= self.config.dense_limit)
+            if self.config.cg_iterations
+            else None
+        )
         features = 4 * channels if self.estimate is not None else 2 * channels
         self.flow = ConditionalFlow(domain, channels, features, self.CONTEXT, self.config.flow, seed=seed)
 
@@ -279,13 +321,15 @@ class AmortizedFlowPosterior(nn.Module):
         sigma_z = self.noise.sigma / self.norm_std.to(dtype)
         coverage = operator.transpose(obs)
         feats = [operator.transpose(y_z), coverage]
-        anchor = (None, None)
+        anchor = (None, None, None)
         if self.estimate is not None:
-            estimate, log_var = self.estimate(y_z, operator, sigma_z)
+            estimate, log_var, chol = self.estimate(y_z, operator, sigma_z)
             feats.extend([estimate, log_var])
-            # the flow starts at N(estimate, diag(var proxy)) in units of its area-white base
-            base_var = self.flow.base_std.to(dtype)[None, :, None] ** 2
-            anchor = (estimate, 0.5 * (log_var - torch.log(base_var)))
+            # The flow starts at N(estimate, P^-1) (dense) or N(estimate, diag(var proxy)), in units
+            # of its area-white base.
+            log_base_var = 2 * torch.log(self.flow.base_std.to(dtype))[None, :, None]
+            log_scale = -0.5 * log_base_var.expand_as(estimate) if chol is not None else 0.5 * (log_var - log_base_var)
+            anchor = (estimate, log_scale, chol)
         frac = obs.flatten(1).mean(1)
         context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
         return self.flow.condition(torch.cat(feats, dim=-1), context, *anchor)
