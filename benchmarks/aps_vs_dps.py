@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["era5-uk", "mesh-bunny", "era5-global", "wmap"])
     parser.add_argument("--aps-steps", type=int, default=1000)
     parser.add_argument("--dps-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8, help="observations per APS training step")
     parser.add_argument("--observations", type=int, default=4, help="held-out test observations")
     parser.add_argument("--samples", type=int, default=4, help="samples per observation for both methods")
     parser.add_argument("--throughput", type=int, default=1000, help="APS samples drawn for the throughput figure")
@@ -64,7 +65,7 @@ def main() -> None:
         ds = build_prior_dataset(name)
         noise_std = 0.05 * float(ds.source.validation().std())
         run = args.runs / f"aps-{name}"
-        cfg = TrainConfig(steps=args.aps_steps, batch_size=16, lr=2e-3, warmup=50, ema_decay=0.0,
+        cfg = TrainConfig(steps=args.aps_steps, batch_size=args.batch_size, lr=2e-3, warmup=50, ema_decay=0.0,
                           checkpoint_every=100, validate_every=0, log_every=25)
         t0 = time.perf_counter()
         distill(ds, prior_ckpt, run, cfg, aps=APSConfig(), masks="random", noise_std=noise_std, resume=True, progress=False)

@@ -67,7 +67,7 @@ class GaussianConditional:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact posterior log-density of `x` `(S, B, N, C)` (Lebesgue on node values), `(S, B)`."""
         r = torch.einsum("nk,sbnc->sbck", self.eigenvectors, x - self.mean)
-        lz = torch.einsum("bcji,sbcj->sbci", self.cholesky, r)  # L^T r
+        lz = (self.cholesky.transpose(-1, -2)[None] @ r[..., None])[..., 0]  # L^T r, (S, B, C, N)
         logdet = torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(-1)  # (B, C)
         n = self.mean.shape[1]
         return (-0.5 * (lz**2).sum(-1) + logdet - 0.5 * n * math.log(2 * math.pi)).sum(-1)

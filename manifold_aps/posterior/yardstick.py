@@ -37,14 +37,19 @@ class YardstickResult:
 
 @torch.no_grad()
 def gaussian_yardstick(
-    engine, prior: GaussianPrior, noise: GaussianNoise, batch: ObservationBatch, *, num_samples: int = 256, generator=None
+    engine, prior: GaussianPrior, noise: GaussianNoise, batch: ObservationBatch, *, num_samples: int = 256,
+    generator=None, chunk: int = 32,
 ) -> YardstickResult:
     r"""KL(q || p(x|y)) estimated as :math:`\frac{1}{D}\mathbb{E}_q[\log q(x|y) - \log p(x|y)]` with
     `num_samples` draws of `q` per observation (needs `engine.sample_and_log_prob`), plus coverage."""
     operator = batch.operator(prior.domain)
     exact = ExactGaussianPosterior(prior, noise).condition(batch.y.double(), operator)
-    x, logq = engine.sample_and_log_prob(batch.y, operator, num_samples, generator=generator)
-    x, logq = x.double(), logq.double()
+    xs, lqs = [], []
+    for start in range(0, num_samples, chunk):  # bounded memory: chunk samples per pass
+        x, logq = engine.sample_and_log_prob(batch.y, operator, min(chunk, num_samples - start), generator=generator)
+        xs.append(x.double())
+        lqs.append(logq.double())
+    x, logq = torch.cat(xs), torch.cat(lqs)
     logp = exact.log_prob(x)
     dims = x.shape[2] * x.shape[3]
     diff = (logq - logp) / dims
