@@ -87,15 +87,16 @@ class AnchorAffine(nn.Module):
 
     @staticmethod
     def _tri(cond, v, transpose_solve: bool):
-        """Apply L^{-T} (solve) or L^T (multiply) per channel, broadcasting over repeats."""
+        """Apply L^{-T} (solve) or L^T (multiply) per channel; repeats become extra right-hand
+        sides, so the factors are never copied per sample."""
         chol = cond.anchor_cholesky.to(v.dtype)  # (B0, C, N, N)
-        b0 = chol.shape[0]
-        vv = v.reshape(-1, b0, v.shape[1], v.shape[2]).permute(0, 1, 3, 2)[..., None]  # (R, B0, C, N, 1)
+        b0, c, n = chol.shape[0], v.shape[2], v.shape[1]
+        cols = v.reshape(-1, b0, n, c).permute(1, 3, 2, 0)  # (B0, C, N, R)
         if transpose_solve:
-            out = torch.linalg.solve_triangular(chol.transpose(-1, -2), vv, upper=True)
+            out = torch.linalg.solve_triangular(chol.transpose(-1, -2), cols, upper=True)
         else:
-            out = chol.transpose(-1, -2) @ vv
-        return out[..., 0].permute(0, 1, 3, 2).reshape(v.shape)
+            out = chol.transpose(-1, -2) @ cols
+        return out.permute(3, 0, 2, 1).reshape(v.shape)
 
     def _logdet_chol(self, cond, x):
         if cond.anchor_cholesky is None:
