@@ -26,7 +26,7 @@ from manifold_aps.posterior.aps import APSConfig
 from manifold_aps.posterior.distill import distill, load_engine, mask_family
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import gaussian_yardstick
-from manifold_aps.training import TrainConfig
+from manifold_aps.training import TrainConfig, load_checkpoint
 
 
 def main() -> None:
@@ -66,7 +66,8 @@ def main() -> None:
             "dataset": name,
             "domain": repr(ds.domain),
             "nodes": ds.domain.num_nodes,
-            "steps": args.steps,
+            "steps": load_checkpoint(run / "checkpoint.pt")["step"],
+            "batch_size": load_checkpoint(run / "checkpoint.pt")["train_config"]["batch_size"],
             "train_seconds_this_run": round(train_s, 1),
             "kl_per_dim_mean": round(float(res.kl_per_dim.mean()), 5),
             "kl_per_dim_max": round(float(res.kl_per_dim.max()), 5),

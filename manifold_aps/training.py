@@ -303,6 +303,12 @@ class Trainer:
         if self.ema is not None and ckpt["ema_state"] is not None:
             self.ema.load_state_dict(ckpt["ema_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if type(self.optimizer).__module__.startswith("geoopt"):
+            # torch turns the per-parameter "step" into a float32 tensor on load; geoopt keeps a
+            # Python int, and the float32 bias correction would change the next steps by an ulp.
+            for state in self.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = int(state["step"].item())
         self.step = int(ckpt["step"])
         return self.step
 
