@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--aps-steps", type=int, default=1000)
     parser.add_argument("--dps-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=8, help="observations per APS training step")
+    parser.add_argument("--dense-limit", type=int, default=1000,
+                        help="largest domain given the dense (Cholesky) anchor; above it the CG anchor (default 1000)")
     parser.add_argument("--observations", type=int, default=4, help="held-out test observations")
     parser.add_argument("--samples", type=int, default=4, help="samples per observation for both methods")
     parser.add_argument("--throughput", type=int, default=1000, help="APS samples drawn for the throughput figure")
@@ -68,7 +70,8 @@ def main() -> None:
         cfg = TrainConfig(steps=args.aps_steps, batch_size=args.batch_size, lr=2e-3, warmup=50, ema_decay=0.0,
                           checkpoint_every=100, validate_every=0, log_every=25)
         t0 = time.perf_counter()
-        distill(ds, prior_ckpt, run, cfg, aps=APSConfig(), masks="random", noise_std=noise_std, resume=True, progress=False)
+        distill(ds, prior_ckpt, run, cfg, aps=APSConfig(dense_limit=args.dense_limit), masks="random", noise_std=noise_std,
+                resume=True, progress=False)
         distill_s = time.perf_counter() - t0
         engine, ds, prior = load_engine(run / "checkpoint.pt", ds)
         stream = SimulatedObservations(TensorSource(ds.test, ds.test), mask_family("random", ds.domain), engine.noise)
