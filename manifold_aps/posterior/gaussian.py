@@ -59,15 +59,17 @@ class GaussianConditional:
     def sample(self, n: int, *, rng: torch.Generator | None = None) -> torch.Tensor:
         """`n` exact posterior samples, shape `(n, B, N, C)`."""
         b, nn, c = self.mean.shape
-        eps = torch.randn(n, b, c, nn, 1, generator=rng, dtype=self.mean.dtype)
-        z = torch.linalg.solve_triangular(self.cholesky.transpose(-1, -2), eps, upper=True)
-        x = torch.einsum("nk,sbck->sbnc", self.eigenvectors, z[..., 0])
+        eps = torch.randn(n, b, c, nn, generator=rng, dtype=self.mean.dtype)
+        # samples as right-hand-side columns: the factors are never copied per sample
+        cols = eps.permute(1, 2, 3, 0)  # (B, C, N, n)
+        z = torch.linalg.solve_triangular(self.cholesky.transpose(-1, -2), cols, upper=True)
+        x = torch.einsum("nk,bcks->sbnc", self.eigenvectors, z)
         return self.mean + x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact posterior log-density of `x` `(S, B, N, C)` (Lebesgue on node values), `(S, B)`."""
         r = torch.einsum("nk,sbnc->sbck", self.eigenvectors, x - self.mean)
-        lz = (self.cholesky.transpose(-1, -2)[None] @ r[..., None])[..., 0]  # L^T r, (S, B, C, N)
+        lz = (self.cholesky.transpose(-1, -2) @ r.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)  # L^T r, (S, B, C, N)
         logdet = torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(-1)  # (B, C)
         n = self.mean.shape[1]
         return (-0.5 * (lz**2).sum(-1) + logdet - 0.5 * n * math.log(2 * math.pi)).sum(-1)
