@@ -17,18 +17,17 @@ Writes results/aps_vs_dps.csv. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
+from common import write_csv
 
-from manifold_aps.datasets import TensorSource, build_prior_dataset
+from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
 from manifold_aps.posterior import DPS
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, load_engine, mask_family
-from manifold_aps.posterior.observations import SimulatedObservations
+from manifold_aps.posterior.distill import distill, held_out_observations, load_engine
 from manifold_aps.training import TrainConfig
 
 
@@ -74,8 +73,7 @@ def main() -> None:
                 resume=True, progress=False)
         distill_s = time.perf_counter() - t0
         engine, ds, prior = load_engine(run / "checkpoint.pt", ds)
-        stream = SimulatedObservations(TensorSource(ds.test, ds.test), mask_family("random", ds.domain), engine.noise)
-        batch = stream.batch(torch.Generator().manual_seed(31337), args.observations)
+        batch = held_out_observations(ds, engine.noise, args.observations, seed=31337)
         op = batch.operator(ds.domain)
         w = ds.domain.mass
         g = torch.Generator().manual_seed(1)
@@ -105,11 +103,7 @@ def main() -> None:
                    "dps_steps": args.dps_steps}
             print(row)
             rows.append(row)
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "aps_vs_dps.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.out / "aps_vs_dps.csv", rows)
 
 
 if __name__ == "__main__":

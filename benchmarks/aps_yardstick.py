@@ -13,11 +13,11 @@ Writes results/aps_yardstick.csv. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
+from common import write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.flows import FlowConfig
@@ -79,11 +79,7 @@ def main() -> None:
         }
         print(row)
         rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "aps_yardstick.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "aps_yardstick.csv", rows)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,18 @@ Writes results/digits_inpainting.csv and results/digits_inpainting.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_csv
 
-from manifold_aps.datasets import TensorSource, build_prior_dataset
+from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import crps_ensemble, weighted_rmse
 from manifold_aps.posterior import DPS
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, load_engine, mask_family
-from manifold_aps.posterior.observations import SimulatedObservations
+from manifold_aps.posterior.distill import distill, held_out_observations, load_engine
 from manifold_aps.training import TrainConfig
 
 
@@ -48,8 +47,7 @@ def main() -> None:
             resume=True, progress=False)
     distill_s = time.perf_counter() - t0
     engine, ds, prior = load_engine(run / "checkpoint.pt", ds)
-    stream = SimulatedObservations(TensorSource(ds.test, ds.test), mask_family("random", ds.domain), engine.noise)
-    batch = stream.batch(torch.Generator().manual_seed(4242), args.observations)
+    batch = held_out_observations(ds, engine.noise, args.observations, seed=4242)
     op = batch.operator(ds.domain)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
@@ -74,11 +72,7 @@ def main() -> None:
         r.update(samples=args.samples, observations=args.observations, missing_fraction=float(hidden.double().mean()),
                  aps_distill_seconds_this_run=round(distill_s, 1))
         print(r)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "digits_inpainting.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "digits_inpainting.csv", rows)
 
     import matplotlib
 

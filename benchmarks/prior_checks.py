@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.priors.checks import band_power, score_relative_error
@@ -31,16 +32,6 @@ from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior
 
 ALL = ["gaussian-healpix8", "gaussian-bumpy", "era5-uk", "era5-global", "wmap", "mesh-bunny", "mesh-spot", "digits"]
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
@@ -134,9 +125,9 @@ def main() -> None:
         scores += sc
         spectra += sp
     keys = sorted({k for s in summaries for k in s}, key=lambda k: (k not in summaries[0], k))
-    _write(args.out / "prior_summary.csv", [{k: s.get(k, "") for k in keys} for s in summaries])
-    _write(args.out / "prior_scores.csv", scores)
-    _write(args.out / "prior_spectra.csv", spectra)
+    write_csv(args.out / "prior_summary.csv", [{k: s.get(k, "") for k in keys} for s in summaries])
+    write_csv(args.out / "prior_scores.csv", scores)
+    write_csv(args.out / "prior_spectra.csv", spectra)
 
 
 if __name__ == "__main__":

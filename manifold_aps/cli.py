@@ -166,15 +166,11 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from manifold_aps.datasets import TensorSource
-    from manifold_aps.posterior.distill import load_engine, mask_family
-    from manifold_aps.posterior.observations import SimulatedObservations
+    from manifold_aps.posterior.distill import held_out_observations, load_engine
 
     torch.set_num_threads(max(1, args.threads))
     engine, ds, _ = load_engine(args.checkpoint)
-    test = ds.test if ds.test.numel() else ds.source.validation()
-    stream = SimulatedObservations(TensorSource(test, test), mask_family(args.masks or "random", ds.domain), engine.noise)
-    batch = stream.batch(torch.Generator().manual_seed(args.seed), args.observations)
+    batch = held_out_observations(ds, engine.noise, args.observations, masks=args.masks or "random", seed=args.seed)
     op = batch.operator(ds.domain)
     start = time.perf_counter()
     samples = engine.sample(batch.y, op, args.n, rng=torch.Generator().manual_seed(args.seed + 1))

@@ -117,3 +117,29 @@ def test_data_weight_schedule():
     assert data_weight(200, 1000, 0.2) > 0.99
     assert data_weight(0, 1000, 0.2) < 0.01
     assert math.isfinite(data_weight(10**6, 1000, 0.2))
+
+
+def test_distill_and_sample_cli(tmp_path):
+    """The two APS commands as a user runs them (tiny settings)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    exe = [sys.executable, "-m", "manifold_aps.cli"]
+    out = tmp_path / "aps"
+    res = subprocess.run(exe + ["distill", "--dataset", "gaussian-healpix8", "--prior", "exact", "--steps", "3",
+                                "--couplings", "2", "--width", "8", "--out", str(out), "--quiet", "--log-every", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "nats/dim" in res.stdout
+    npz = tmp_path / "s.npz"
+    res = subprocess.run(exe + ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(npz), "--n", "6",
+                                "--observations", "2"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    z = np.load(npz)
+    assert z["samples"].shape == (6, 2, 768, 1)
+    assert np.isfinite(z["samples"]).all()
+    res = subprocess.run(exe + ["distill", "--dataset", "era5-uk", "--prior", "exact", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "has no exact prior" in res.stderr

@@ -28,7 +28,16 @@ from manifold_aps.priors.gaussian import GaussianPrior
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint
 
-__all__ = ["KIND", "MASK_FAMILIES", "distill", "load_engine", "mask_family", "prior_mode_variances", "resolve_prior"]
+__all__ = [
+    "KIND",
+    "MASK_FAMILIES",
+    "distill",
+    "held_out_observations",
+    "load_engine",
+    "mask_family",
+    "prior_mode_variances",
+    "resolve_prior",
+]
 
 KIND = "aps-flow"
 
@@ -126,3 +135,11 @@ def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = No
     engine = AmortizedFlowPosterior(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), APSConfig.from_dict(cfg["aps"]))
     engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
     return engine.eval(), ds, p
+
+
+def held_out_observations(dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0):
+    """`n` observations of the dataset's test signals (validation ones if it has no test split),
+    with masks of a family and noise, drawn from `seed`: an `ObservationBatch` never seen in training."""
+    test = dataset.test if dataset.test.numel() else dataset.source.validation()
+    stream = SimulatedObservations(TensorSource(test, test), mask_family(masks, dataset.domain), noise)
+    return stream.batch(torch.Generator().manual_seed(seed), n)
