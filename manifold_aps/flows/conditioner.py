@@ -36,8 +36,14 @@ class GraphConditioner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, h: torch.Tensor, context: torch.Tensor, graph: DomainTensors) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, context: torch.Tensor, graph: DomainTensors, static: torch.Tensor | None = None) -> torch.Tensor:
+        """`h` `(B, N, F_in)`, `context` `(B, D)`; `static` `(B0, N, width)` is a per-condition term
+        added after the first layer (`B` a multiple of `B0`, sample-major)."""
         h = self.lift(h)
+        if static is not None:
+            from manifold_aps.flows.layers import add_per_condition
+
+            h = add_per_condition(h, static)
         for block in self.blocks:
             h = block(h, context, graph)
         return self.out(torch.nn.functional.silu(h))

@@ -124,7 +124,7 @@ class ConditionalFlow(nn.Module):
         self, cond: FlowCondition, n: int, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` samples per condition: `x` `(n, B, N, C)` and :math:`\\log q(x \\mid c)` `(n, B)`."""
-        b = cond.features.shape[0]
+        b = cond.features.shape[0] * cond.repeats
         big = cond.repeat(n)
         shape = (n * b, self.domain.num_nodes, self.channels)
         dtype = cond.features.dtype

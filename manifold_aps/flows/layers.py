@@ -7,6 +7,7 @@ respect to Lebesgue measure on the node values. `cond` is a `FlowCondition`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import geoopt
@@ -38,10 +39,18 @@ def bounded_log_scale(raw: torch.Tensor, bound: float = LOG_SCALE_BOUND) -> torc
 class FlowCondition:
     """What a conditional layer sees besides the signal.
 
+    Everything is stored once per distinct condition (`B0` rows); a batch of signals holds
+    `repeats` samples of each condition, sample-major (`B = repeats * B0` rows), and layers tile
+    or broadcast the per-condition tensors to it, so drawing many samples of one observation
+    never copies its features.
+
     Attributes:
-        features: per-node conditioning features `(B, N, F)` (e.g. A^T y, coverage, an estimate).
-        context: a global vector per batch element `(B, D)` (e.g. observed fraction, noise level).
+        features: per-node conditioning features `(B0, N, F)` (e.g. A^T y, coverage, an estimate).
+        context: a global vector per condition `(B0, D)` (e.g. observed fraction, noise level).
         graph: the domain's `DomainTensors`.
+        anchor_shift, anchor_log_scale: optional Gaussian anchor `(B0, N, C)` (see `AnchorAffine`).
+        repeats: samples per condition in the signal batch.
+        anchor_cholesky: optional Cholesky factors `(B0, C, N, N)` of the anchor's precision.
     """
 
     features: torch.Tensor
@@ -50,18 +59,15 @@ class FlowCondition:
     anchor_shift: torch.Tensor | None = None
     anchor_log_scale: torch.Tensor | None = None
     repeats: int = 1
-    anchor_cholesky: torch.Tensor | None = None  # (B0, C, N, N), shared by the repeats
+    anchor_cholesky: torch.Tensor | None = None
 
     def repeat(self, n: int) -> FlowCondition:
-        """The condition for `n` samples of each element, batch `(n * B)` (sample-major)."""
+        """The condition for `n` samples of each of its conditions (no tensor is copied)."""
+        return dataclasses.replace(self, repeats=self.repeats * n)
 
-        def rep(t):
-            return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
-
-        return FlowCondition(
-            rep(self.features), rep(self.context), self.graph, rep(self.anchor_shift), rep(self.anchor_log_scale),
-            self.repeats * n, self.anchor_cholesky,
-        )
+    def tile(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-condition tensor `(B0, ...)` repeated for the signal batch `(repeats * B0, ...)`."""
+        return t if self.repeats == 1 else t.repeat(self.repeats, *([1] * (t.dim() - 1)))
 
     def per_condition(self, fn):
         """Evaluate `fn(features, context)` once per distinct condition and tile it over repeats.
@@ -69,9 +75,13 @@ class FlowCondition:
         Layers whose parameters depend on the condition only (not on the signal) use it, so `n`
         samples of one observation cost one conditioner pass, not `n`.
         """
-        b = self.features.shape[0] // self.repeats
-        out = fn(self.features[:b], self.context[:b])
-        return out.repeat(self.repeats, *([1] * (out.dim() - 1))) if self.repeats > 1 else out
+        return self.tile(fn(self.features, self.context))
+
+
+def add_per_condition(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`h` `(R * B0, ...)` plus a per-condition `t` `(B0, ...)`, broadcast without copying `t`."""
+    b0 = t.shape[0]
+    return (h.reshape(-1, b0, *h.shape[1:]) + t[None]).reshape(h.shape)
 
 
 class AnchorAffine(nn.Module):
@@ -107,17 +117,17 @@ class AnchorAffine(nn.Module):
     def forward(self, x, cond):
         if cond.anchor_shift is None:
             return x, x.new_zeros(x.shape[0])
-        ls = cond.anchor_log_scale.to(x.dtype)
+        ls = cond.tile(cond.anchor_log_scale.to(x.dtype))
         v = x * torch.exp(ls)
         if cond.anchor_cholesky is not None:
             v = self._tri(cond, v, transpose_solve=True)
-        return cond.anchor_shift.to(x.dtype) + v, ls.sum((1, 2)) - self._logdet_chol(cond, x)
+        return add_per_condition(v, cond.anchor_shift.to(x.dtype)), ls.sum((1, 2)) - self._logdet_chol(cond, x)
 
     def inverse(self, y, cond):
         if cond.anchor_shift is None:
             return y, y.new_zeros(y.shape[0])
-        ls = cond.anchor_log_scale.to(y.dtype)
-        v = y - cond.anchor_shift.to(y.dtype)
+        ls = cond.tile(cond.anchor_log_scale.to(y.dtype))
+        v = add_per_condition(y, -cond.anchor_shift.to(y.dtype))
         if cond.anchor_cholesky is not None:
             v = self._tri(cond, v, transpose_solve=False)
         return v * torch.exp(-ls), -ls.sum((1, 2)) + self._logdet_chol(cond, y)
@@ -157,7 +167,8 @@ class AffineCoupling(nn.Module):
 
     :math:`y_b = x_b e^{s(x_a, c)} + t(x_a, c)`, :math:`y_a = x_a`, with the conditioner a graph
     network of :math:`[x \odot 1_a, 1_a, c]`, so each transformed node sees its neighbours' values
-    (diffusion convolutions) and the whole field (spectral filters).
+    (diffusion convolutions) and the whole field (spectral filters). The features' part of the first
+    linear layer is computed once per condition and broadcast over the samples.
 
     Arguments:
         part: boolean `(N,)`, the nodes transformed by this layer.
@@ -167,13 +178,16 @@ class AffineCoupling(nn.Module):
     def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, width: int = 32, depth: int = 2):
         super().__init__()
         self.register_buffer("part", part.bool().clone())
-        self.net = GraphConditioner(channels + 1 + features, 2 * channels, context_dim, width, depth)
+        self.net = GraphConditioner(channels + 1, 2 * channels, context_dim, width, depth)
+        # the features' share of the first linear layer, computed once per condition
+        self.lift_features = nn.Linear(features, width, bias=False)
         self.channels = channels
 
     def _params(self, x, cond):
         keep = (~self.part).to(x.dtype)[None, :, None]
-        h = torch.cat([x * keep, keep.expand(x.shape[0], -1, 1), cond.features], dim=-1)
-        s, t = self.net(h, cond.context, cond.graph).split(self.channels, dim=-1)
+        h = torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
+        static = self.lift_features(cond.features.to(x.dtype))
+        s, t = self.net(h, cond.tile(cond.context), cond.graph, static=static).split(self.channels, dim=-1)
         on = self.part.to(x.dtype)[None, :, None]
         return bounded_log_scale(s) * on, t * on
 

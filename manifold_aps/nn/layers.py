@@ -58,15 +58,22 @@ class DiffusionConv(MessagePassing):
         self.lin = nn.Linear(in_channels * (hops + 1), out_channels)
 
     def forward(self, h: torch.Tensor, graph: DomainTensors) -> torch.Tensor:
-        """`h` `(B, N, C_in)` -> `(B, N, C_out)`."""
+        """`h` `(B, N, C_in)` -> `(B, N, C_out)`.
+
+        Works in node-major memory (`(N, B, C)`, which the sparse product needs) and returns a
+        `(B, N, C_out)` view of it, so a chain of these layers never transposes data; the hop terms
+        go through slices of one weight matrix instead of a concatenation.
+        """
         b, n, c = h.shape
-        terms = [h]
-        flat = h.transpose(0, 1).reshape(n, b * c)
+        node_major = h.transpose(0, 1)  # free if h is already a view of node-major memory
+        flat = node_major.reshape(n, b * c)
         adj = graph.diffusion_as(h.dtype)
-        for _ in range(self.hops):
+        weight = self.lin.weight
+        out = torch.nn.functional.linear(flat.view(n, b, c), weight[:, :c], self.lin.bias)
+        for k in range(1, self.hops + 1):
             flat = self.propagate(adj, x=flat)
-            terms.append(flat.reshape(n, b, c).transpose(0, 1))
-        return self.lin(torch.cat(terms, dim=-1))
+            out = out + torch.nn.functional.linear(flat.view(n, b, c), weight[:, k * c : (k + 1) * c])
+        return out.transpose(0, 1)
 
     def message(self, x_j: torch.Tensor) -> torch.Tensor:  # pragma: no cover - fused path used
         return x_j
