@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--aps-steps", type=int, default=1000)
     parser.add_argument("--dps-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=8, help="observations per APS training step")
+    parser.add_argument("--dps-guidance", type=float, default=1.0, help="DPS step size zeta (default 1.0)")
     parser.add_argument("--dense-limit", type=int, default=1000,
                         help="largest domain given the dense (Cholesky) anchor; above it the CG anchor (default 1000)")
     parser.add_argument("--observations", type=int, default=4, help="held-out test observations")
@@ -81,7 +82,7 @@ def main() -> None:
         aps = engine.sample(batch.y, op, args.samples, rng=g).double()
         aps_s = (time.perf_counter() - t0) / (args.samples * args.observations)
         t0 = time.perf_counter()
-        dps = DPS(prior, engine.noise, steps=args.dps_steps, guidance=1.0).sample(batch.y.float(), op, args.samples, rng=g).double()
+        dps = DPS(prior, engine.noise, steps=args.dps_steps, guidance=args.dps_guidance).sample(batch.y.float(), op, args.samples, rng=g).double()
         dps_s = (time.perf_counter() - t0) / (args.samples * args.observations)
         truth = batch.truth.double()
         # throughput: many samples of one observation, in chunks
@@ -100,7 +101,7 @@ def main() -> None:
                    "seconds_per_sample": round(sec, 5), "speedup_vs_dps": round(dps_s / sec, 1),
                    "aps_samples_per_second": round(rate, 1) if method == "APS" else "",
                    "aps_distill_seconds_this_run": round(distill_s, 1) if method == "APS" else "",
-                   "dps_steps": args.dps_steps}
+                   "dps_steps": args.dps_steps, "dps_guidance": args.dps_guidance}
             print(row)
             rows.append(row)
         write_csv(args.out / "aps_vs_dps.csv", rows)

@@ -143,3 +143,12 @@ def test_distill_and_sample_cli(tmp_path):
     res = subprocess.run(exe + ["distill", "--dataset", "era5-uk", "--prior", "exact", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and "has no exact prior" in res.stderr
+
+
+def test_prior_variance_of_the_estimator_matches_the_prior():
+    """With all modes fitted to the prior's spectrum, the estimator's prior marginal variances are
+    the Gaussian prior's (the variance proxy of the iterative anchor starts from them)."""
+    est = TikhonovEstimate(DOMAIN, num_modes=DOMAIN.num_nodes, variance_modes=DOMAIN.num_nodes).double()
+    lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
+    est.fit_to_spectrum(lam, PRIOR.spectrum)
+    assert torch.allclose(est.prior_variance(torch.float64), PRIOR.covariance().diagonal(), rtol=1e-6)

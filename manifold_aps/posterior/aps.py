@@ -68,7 +68,8 @@ class TikhonovEstimate(nn.Module):
     Laplace-Beltrami modes by free gains :math:`g_k`:
     :math:`Q_\theta = M p(L) + M\Phi\,\mathrm{diag}(e^{g_k} - p(\lambda_k))\,\Phi^T M`, so
     that a Gaussian prior whose precision is `Q_theta` gives the exact posterior mean. It also
-    returns :math:`\log` of the preconditioner's inverse diagonal, a proxy of the posterior variance.
+    returns the log of a proxy of the posterior marginal variance (dense: the inverse diagonal of
+    `P`; iterative: see `forward`).
 
     With `dense=True` (small domains) it forms :math:`P = Q_\theta + A^TA/\sigma^2` as a dense
     matrix per observation and channel and returns its Cholesky factor too: the exact mean by a
@@ -81,7 +82,9 @@ class TikhonovEstimate(nn.Module):
         dense: dense Cholesky mode (O(N^3) per observation; for N up to a few thousand).
     """
 
-    def __init__(self, domain: Domain, iterations: int = 30, num_modes: int = 32, dense: bool = False):
+    def __init__(
+        self, domain: Domain, iterations: int = 30, num_modes: int = 32, dense: bool = False, variance_modes: int = 256
+    ):
         super().__init__()
         self.iterations = iterations
         self.dense = dense
@@ -99,6 +102,11 @@ class TikhonovEstimate(nn.Module):
             self.register_buffer("basis", phi, persistent=False)
             self.register_buffer("analysis", (phi * mass[:, None]).T.contiguous(), persistent=False)
         self.num_modes = k
+        if not dense:
+            kv = min(max(variance_modes, k), domain.num_nodes)
+            lam_v, phi_v = domain.eigenbasis(kv)
+            self.register_buffer("var_lam", lam_v, persistent=False)
+            self.register_buffer("var_phi_sq", phi_v**2, persistent=False)  # (N, Kv)
         m = float(mass.mean())
         # start near a white prior of unit variance per node: p(lambda) ~ 1/m
         self.log_a = nn.Parameter(torch.tensor([math.log(1.0 / m), math.log(0.1 / m * m), math.log(1e-3 * m)]))
@@ -163,6 +171,16 @@ class TikhonovEstimate(nn.Module):
             out = out + m * torch.einsum("nk,bkc->bnc", self.basis.to(x.dtype), coef)
         return out
 
+    def prior_variance(self, dtype) -> torch.Tensor:
+        r"""Marginal variances `(N,)` of the Gaussian with precision :math:`Q_\theta`, from its
+        eigen-expansion on the first `variance_modes` modes:
+        :math:`v_i \approx \sum_k \phi_k(i)^2 / q_k` (:math:`q_k = e^{g_k}` on the gain modes,
+        :math:`p(\lambda_k)` above); the truncated tail is small for smooth priors."""
+        q = self._poly(self.var_lam.to(dtype))
+        if self.num_modes:
+            q = torch.cat([q[: self.num_modes] * torch.exp(self.log_gain.to(dtype)), q[self.num_modes :]])
+        return self.var_phi_sq.to(dtype) @ (1.0 / q)
+
     def dense_precision(self, dtype) -> torch.Tensor:
         """:math:`Q_\theta` as a dense `(N, N)` matrix."""
         n = self.mass.shape[0]
@@ -188,16 +206,14 @@ class TikhonovEstimate(nn.Module):
         return mean, log_var, chol
 
     def forward(self, y: torch.Tensor, operator: LinearOperator, sigma):
-        """Estimate `(B, N, C)`, log inverse-diagonal `(B, N, C)` and Cholesky factors `(B, C, N, N)`
-        of the precision (None unless `dense`) from `y` `(B, N_out, C)`."""
+        """Estimate `(B, N, C)`, log posterior-variance proxy `(B, N, C)` and Cholesky factors
+        `(B, C, N, N)` of the precision (None unless `dense`) from `y` `(B, N_out, C)`."""
         inv_s2 = 1.0 / torch.as_tensor(sigma, dtype=y.dtype) ** 2
-        if self.dense:
-            obs = operator.range_mask
-            obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
-            return self._dense(y, operator, inv_s2, obs)
-        a = self.log_a.exp().to(y.dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
+        if self.dense:
+            return self._dense(y, operator, inv_s2, obs)
+        a = self.log_a.exp().to(y.dtype)
         diag = (
             operator.transpose(obs) * inv_s2
             + (a[0] * self.mass.to(y.dtype) + a[1] * self.diag_s.to(y.dtype) + a[2] * self.diag_ss.to(y.dtype))[None, :, None]
@@ -221,7 +237,13 @@ class TikhonovEstimate(nn.Module):
             rz_new = (r * zr).sum(1, keepdim=True)
             p = zr + (rz_new / rz.clamp_min(1e-30)) * p
             rz = rz_new
-        return x, -torch.log(diag), None
+        # Posterior variance proxy: prior marginal variance combined with the data at each node as
+        # if nodes were independent, 1 / (1/v_i + h_i/sigma^2). It overestimates the variance of
+        # a missing node next to observed ones (a safe start for reverse KL, which shrinks), where
+        # the Jacobi diagonal 1/P_ii would underestimate it many times over for smooth priors.
+        v = self.prior_variance(y.dtype)[None, :, None]
+        var = 1.0 / (1.0 / v + operator.transpose(obs) * inv_s2)
+        return x, torch.log(var), None
 
 
 @dataclass(frozen=True, kw_only=True)
