@@ -7,7 +7,6 @@ standard deviation and samples to netCDF, a map to PNG and the scores to JSON.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -16,26 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 from scipy.spatial import cKDTree
 
-from climate.era5 import NETCDF_ENGINE, from_signal, grid_domain, open_era5, to_signal
-from climate.plot import plot_panels
-from climate.schema import SAMPLE, TIME
+from climate.era5 import from_signal, grid_domain, open_era5, to_signal
+from climate.impute import impute, write_imputation
+from climate.model import GaussianImputer
+from climate.plot import plot_imputation
+from climate.schema import TIME
 from manifold_aps.checkpoint import atomic_path
 from manifold_aps.metrics import crps_ensemble, interval_coverage, spread_skill_ratio, weighted_rmse
 from manifold_aps.operators import (
     BoxMaskGenerator,
-    GaussianNoise,
-    Mask,
     RandomMaskGenerator,
     StationMaskGenerator,
     SwathMaskGenerator,
 )
-from manifold_aps.posterior import ExactGaussianPosterior
-from manifold_aps.priors import fit_matern
 
-__all__ = ["DemoScores", "MASK_KINDS", "default_sample_path", "run_demo"]
+__all__ = ["MASK_KINDS", "DemoScores", "default_sample_path", "run_demo"]
 
 Z90 = 1.6448536269514722  # standard normal 95 % quantile: mean +- Z90 * std is a 90 % interval
 
@@ -70,15 +66,6 @@ class DemoScores:
     smoothness: float
     nugget: float
     seconds: float
-
-
-def _climatology(train: xr.DataArray, times: xr.DataArray) -> xr.DataArray:
-    """Hour-of-day mean of the training fields at each of `times` (overall mean if hours are missing)."""
-    hourly = train.groupby(f"{TIME}.hour").mean()
-    hours = times.dt.hour
-    if set(np.unique(hours.values)) <= set(hourly["hour"].values):
-        return hourly.sel(hour=hours).drop_vars("hour")
-    return train.mean(TIME).expand_dims({TIME: times}).transpose(*train.dims)
 
 
 def run_demo(
@@ -135,34 +122,16 @@ def run_demo(
     log(f"domain: {domain}; train {train.sizes[TIME]} fields, test {test.sizes[TIME]} fields")
 
     # Prior: hour-of-day climatology + per-cell scale * Matérn field, all fitted on training hours.
-    clim_train = _climatology(train, train[TIME])
-    anomalies, _ = to_signal(train - clim_train)
-    scale = anomalies.std(dim=0, keepdim=True)[0]  # (N, 1), variable units
-    anomalies = anomalies / scale
-    fit = fit_matern(domain, anomalies, fit_nugget=True)
-    prior = fit.prior
-    km = prior.length_scale * 6371.0
-    log(
-        f"Matérn prior of the standardised anomalies, by maximum likelihood: std {prior.variance**0.5:.3f}, "
-        f"length scale {km:.0f} km, smoothness {prior.smoothness:.2f}, nugget {prior.nugget:.3g}"
-    )
-
-    clim_test = _climatology(train, test[TIME])
+    model = GaussianImputer.fit(train, noise_std=noise_std, log=log)
     truth, layout = to_signal(test)
-    clim, _ = to_signal(clim_test)
+    clim = model.standardizer.climatology(test[TIME].values)
     mask = MASK_KINDS[mask_kind](domain, missing).step(truth.shape[0], seed=seed)["mask"]
-    operator = Mask(domain, mask)
-    # Standardised observations: y/scale has noise noise_std/scale, which varies by cell; the
-    # exact posterior assumes one noise level, so use the smallest (the most trusting) one.
-    posterior = ExactGaussianPosterior(prior, GaussianNoise(noise_std / float(scale.max())))
-    cond = posterior.condition(operator((truth - clim) / scale), operator)
-    rng = torch.Generator().manual_seed(seed)
-    samples = cond.sample(num_samples, rng=rng) * scale + clim
-    mean, std = cond.mean * scale + clim, cond.std * scale
-    # Observed cells keep the input values bit for bit; the posterior fills the rest.
-    samples = torch.where(mask, truth, samples)
-    mean = torch.where(mask, truth, mean)
-    std = torch.where(mask, torch.zeros_like(std), std)
+    observed = from_signal(mask, layout, name="observed").astype(bool)
+    observed.attrs["description"] = f"{mask_kind} mask, {missing} missing, seed {seed}"
+    ds = impute(test, observed, model, n_samples=num_samples, seed=seed, progress=False)
+    samples = torch.from_numpy(np.stack([to_signal(s)[0].numpy() for s in ds[f"{variable}_samples"]])).double()
+    mean = to_signal(ds[f"{variable}_mean"])[0]
+    std = to_signal(ds[f"{variable}_std"])[0]
 
     hidden = ~mask
     w = domain.mass
@@ -173,6 +142,8 @@ def run_demo(
         idx = cKDTree(pos[obs]).query(pos[~obs])[1]
         nn_fill[b, ~obs, 0] = truth[b, obs, 0][idx]
     lo, hi = mean - Z90 * std, mean + Z90 * std
+    prior = model.prior
+    km = prior.length_scale * 6371.0
     scores = DemoScores(
         rmse_posterior_mean=float(weighted_rmse(mean, truth, w, hidden)),
         rmse_climatology=float(weighted_rmse(clim, truth, w, hidden)),
@@ -182,7 +153,7 @@ def run_demo(
         spread_skill=float(spread_skill_ratio(samples, truth, w, hidden)),
         missing_fraction=float(hidden.double().mean()),
         num_test_fields=truth.shape[0],
-        num_train_fields=anomalies.shape[0],
+        num_train_fields=train.sizes[TIME],
         variance=prior.variance,
         length_scale_km=km,
         smoothness=prior.smoothness,
@@ -192,61 +163,16 @@ def run_demo(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    units = da.attrs.get("units", "")
-    long_name = da.attrs.get("long_name", variable)
-    observed = torch.where(mask, truth, torch.full_like(truth, float("nan")))
-    ds = xr.Dataset(
-        {
-            variable: from_signal(truth, layout).astype(np.float32),
-            f"{variable}_observed": from_signal(observed, layout).astype(np.float32),
-            "observed_mask": from_signal(mask.to(torch.int8), layout).astype(np.int8),
-            f"{variable}_mean": from_signal(mean, layout).astype(np.float32),
-            f"{variable}_std": from_signal(std, layout).astype(np.float32),
-            f"{variable}_samples": from_signal(samples, layout).astype(np.float32),
-        }
-    )
-    ds[f"{variable}_observed"].attrs.update(units=units, long_name=f"{long_name}, observed cells only")
-    ds["observed_mask"].attrs.update(long_name="1 where observed, 0 where hidden", flag_values=[0, 1])
-    ds[f"{variable}_mean"].attrs.update(
-        units=units,
-        long_name=f"{long_name}, posterior mean",
-        cell_methods=f"{SAMPLE}: mean",
-        ancillary_variables=f"{variable}_std {variable}_samples",
-    )
-    ds[f"{variable}_std"].attrs.update(
-        units=units, long_name=f"{long_name}, posterior standard deviation", cell_methods=f"{SAMPLE}: standard_deviation"
-    )
-    ds[f"{variable}_samples"].attrs.update(units=units, long_name=f"{long_name}, posterior samples")
+    ds[variable] = test.astype(np.float32)
+    ds[variable].attrs = {k: v for k, v in test.attrs.items() if k in ("units", "long_name")}
+    ds[variable].attrs["long_name"] = f"{test.attrs.get('long_name', variable)} (ERA5, the truth)"
     ds.attrs.update(
-        Conventions="CF-1.8",
-        title=f"Imputation of {variable} with the exact Gaussian (Matern) posterior",
         source=str(path.name),
-        history=(
-            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} manifold-aps demo: "
-            f"mask={mask_kind} missing={missing} seed={seed} noise_std={noise_std} "
-            f"prior variance={prior.variance:.6g} length_scale_rad={prior.length_scale:.6g} "
-            f"smoothness={prior.smoothness:.6g} nugget={prior.nugget:.6g}"
-        ),
         license="CC-BY-4.0 (ERA5): contains modified Copernicus Climate Change Service information",
     )
-    encoding = {v: {"zlib": True, "complevel": 4} for v in ds.data_vars}
-    with atomic_path(out / "imputed.nc") as tmp:
-        ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
+    write_imputation(ds, out / "imputed.nc")
     if plot:
-        t0 = str(test[TIME].values[0])[:16]
-        plot_panels(
-            [
-                ("ERA5 (truth)", ds[variable].isel({TIME: 0})),
-                (f"observed ({100 * (1 - scores.missing_fraction):.0f} % of cells)", ds[f"{variable}_observed"].isel({TIME: 0})),
-                ("posterior mean", ds[f"{variable}_mean"].isel({TIME: 0})),
-                ("posterior std", ds[f"{variable}_std"].isel({TIME: 0})),
-            ],
-            out / "map.png",
-            title=f"{long_name} {t0} — exact Gaussian posterior, {mask_kind} mask",
-            units=units,
-            shared_scale=[True, True, True, False],
-            cmaps=["RdYlBu_r"] * 3 + ["viridis"],
-        )
+        plot_imputation(ds, test, variable, out / "map.png", engine="exact Gaussian")
     scores.seconds = time.perf_counter() - start
     with atomic_path(out / "scores.json") as tmp:
         tmp.write_text(json.dumps(asdict(scores), indent=2))

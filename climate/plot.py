@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from climate.schema import LATITUDE, LONGITUDE
+from climate.schema import LATITUDE, LONGITUDE, TIME
 
-__all__ = ["configure_cartopy_offline", "plot_panels"]
+__all__ = ["configure_cartopy_offline", "plot_imputation", "plot_panels"]
 
 
 def configure_cartopy_offline() -> str:
@@ -96,3 +96,53 @@ def plot_panels(
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_imputation(
+    result: xr.Dataset,
+    field: xr.DataArray | None,
+    variable: str,
+    path: str | os.PathLike,
+    *,
+    time=None,
+    engine: str = "",
+) -> Path:
+    """Map one time step of an imputation: truth (when the hidden cells have values), observed
+    cells, posterior mean and posterior standard deviation.
+
+    Arguments:
+        result: the output of `climate.impute` (`<variable>_mean`, `_std`, `observed`).
+        field: the input field (the truth where it has values), or None.
+        variable: the variable name.
+        path: PNG path.
+        time: the time step (anything `.sel(time=..., method="nearest")` takes); default the first.
+        engine: engine name for the title.
+    """
+    mean, std, observed = result[f"{variable}_mean"], result[f"{variable}_std"], result["observed"]
+    if TIME in mean.dims:
+        when = mean[TIME].values[0] if time is None else np.datetime64(time)
+        pick = {TIME: when}
+        mean, std, observed = (a.sel(pick, method="nearest") for a in (mean, std, observed))
+        label = str(mean[TIME].values)[:16]
+        field = None if field is None else field.sel({TIME: mean[TIME].values})
+    else:
+        label = ""
+    observed = observed.astype(bool)
+    panels, shared, cmaps = [], [], []
+    if field is not None and bool(field.where(~observed).notnull().any()):
+        panels.append(("input (truth)", field))
+        shared.append(True)
+        cmaps.append("RdYlBu_r")
+    frac = float(observed.mean())
+    panels += [
+        (f"observed ({100 * frac:.0f} % of cells)", mean.where(observed)),
+        ("posterior mean", mean),
+        ("posterior std", std.where(~observed)),
+    ]
+    shared += [True, True, False]
+    cmaps += ["RdYlBu_r", "RdYlBu_r", "viridis"]
+    long_name = mean.attrs.get("long_name", variable).replace(", posterior mean", "")
+    return plot_panels(
+        panels, path, title=f"{long_name} {label} - {engine} posterior".strip(),
+        units=mean.attrs.get("units", ""), shared_scale=shared, cmaps=cmaps,
+    )

@@ -128,6 +128,7 @@ def _era5_uk(root: Path) -> PriorDataset:
     return PriorDataset(
         "era5-uk", grid_domain(da), TensorSource(train, val), test, "K",
         "ERA5 t2m UK 0.25°, hourly; train 1-18 Mar 2019, val 19-21, test 25-31",
+        extra={"variable": "t2m"},
     )
 
 

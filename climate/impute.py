@@ -1,0 +1,330 @@
+"""Impute the hidden cells of gridded fields: xarray in, xarray out, chunk by chunk with dask.
+
+`impute(data, mask, model)` returns an `xr.Dataset` with `<var>_mean`, `<var>_std`,
+`<var>_samples` (dimension `sample`), optional `<var>_quantiles` and the `observed` flag, on the
+input's coordinates, with CF attributes and a `history` line. Observed cells keep the input's
+values bit for bit in the mean, the samples and the quantiles (their std is 0).
+
+Time steps are processed in blocks of `chunk_size` fields by `dask.array.map_blocks`: an
+in-memory input is computed at once (with a progress bar); a dask-backed input gives a lazy
+Dataset, and `write_imputation` streams it to netCDF block by block, so memory stays bounded by a
+few blocks whatever the length of the series.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import dask
+import dask.array as dsa
+import numpy as np
+import torch
+import xarray as xr
+
+from climate.era5 import NETCDF_ENGINE
+from climate.model import ImputationModel
+from climate.schema import LATITUDE, LONGITUDE, SAMPLE, TIME
+from manifold_aps.checkpoint import atomic_path
+from manifold_aps.operators.masks import seed_to_int
+
+__all__ = ["OBSERVED", "QUANTILE", "impute", "select_variable", "write_imputation"]
+
+OBSERVED = "observed"
+QUANTILE = "quantile"
+_BLOCK_BYTES = 2**28  # working memory aimed at per block (256 MiB) when chunk_size is not given
+
+
+def select_variable(data: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray:
+    """The DataArray to impute: `data[variable]` of a Dataset, or `data` itself.
+
+    Raises:
+        KeyError: the variable is not in the Dataset (the message lists those that are).
+        TypeError: `data` is neither a Dataset nor a DataArray.
+    """
+    if isinstance(data, xr.Dataset):
+        if variable is None:
+            if len(data.data_vars) != 1:
+                raise ValueError(f"the Dataset holds {list(data.data_vars)}: say which variable to impute")
+            variable = next(iter(data.data_vars))
+        if variable not in data.data_vars:
+            raise KeyError(f"variable {variable!r} not in the Dataset; it holds {list(data.data_vars)}")
+        return data[variable]
+    if isinstance(data, xr.DataArray):
+        if variable is not None and data.name is not None and data.name != variable:
+            raise KeyError(f"the DataArray is {data.name!r}, not {variable!r}")
+        return data if data.name is not None else data.rename(variable)
+    raise TypeError(f"data must be an xarray Dataset or DataArray, got {type(data).__name__}")
+
+
+def _check_field(da: xr.DataArray, model: ImputationModel) -> None:
+    for name in (LATITUDE, LONGITUDE):
+        if name not in da.dims:
+            raise ValueError(f"{da.name!r} has no {name!r} dimension; its dimensions are {list(da.dims)}")
+    extra = [d for d in da.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+    if extra:
+        raise ValueError(
+            f"{da.name!r} has extra dimensions {extra}; select one level/member first, e.g. da.sel(level=500)"
+        )
+    if da.name != model.variable:
+        warnings.warn(f"imputing {da.name!r} with a model made for {model.variable!r}", stacklevel=3)
+    units = da.attrs.get("units")
+    if units is None:
+        warnings.warn(f"{da.name!r} has no units attribute; assuming the model's {model.units!r}", stacklevel=3)
+    elif model.units and units != model.units:
+        raise ValueError(f"{da.name!r} is in {units!r} but the model expects {model.units!r}; convert it first")
+    model.check_grid(da)
+
+
+def _align_mask(mask: xr.DataArray | None, da: xr.DataArray) -> xr.DataArray:
+    """The observed flag `(time, latitude, longitude)` of `da` (True = observed), lazily if dask."""
+    if mask is None:
+        return da.notnull().rename(OBSERVED)
+    if not isinstance(mask, xr.DataArray):
+        raise TypeError(f"mask must be a boolean xarray.DataArray (True = observed) or None, got {type(mask).__name__}")
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be boolean (True = observed), got dtype {mask.dtype}")
+    extra = [d for d in mask.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+    if extra or LATITUDE not in mask.dims or LONGITUDE not in mask.dims:
+        raise ValueError(f"mask must have dimensions ([time,] latitude, longitude), got {mask.dims}")
+    for name in (LATITUDE, LONGITUDE):
+        a, b = mask[name].values, da[name].values
+        if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"the mask is on another grid: its {name} has {a.size} values {a.min():g}..{a.max():g}, "
+                f"the field's {b.size} values {b.min():g}..{b.max():g}"
+            )
+    mask = mask.assign_coords({LATITUDE: da[LATITUDE], LONGITUDE: da[LONGITUDE]})
+    if TIME in mask.dims:
+        if TIME not in da.dims:
+            raise ValueError("the mask varies in time but the field has no time dimension")
+        missing = np.setdiff1d(da[TIME].values, mask[TIME].values)
+        if missing.size:
+            raise ValueError(f"the mask has no entry for {missing.size} time(s) of the field, first {missing[0]}")
+        mask = mask.sel({TIME: da[TIME]})
+    return mask.broadcast_like(da).transpose(*da.dims).rename(OBSERVED)
+
+
+def _validate(da: xr.DataArray, observed: xr.DataArray) -> None:
+    """All-missing time steps and NaN in observed cells: clear errors (one pass over the data)."""
+    spatial = (LATITUDE, LONGITUDE)
+    counts, bad = dask.compute(observed.sum(spatial), (observed & da.isnull()).sum())
+    counts = np.atleast_1d(np.asarray(counts))
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        when = str(da[TIME].values[empty[0]])[:19] if TIME in da.dims else "the field"
+        raise ValueError(
+            f"nothing is observed at {empty.size} time step(s) of {da.name!r}, first at {when}; "
+            "drop them or observe something"
+        )
+    if int(bad):
+        raise ValueError(
+            f"{int(bad)} observed cells of {da.name!r} are NaN; the mask must mark them as missing "
+            "(combine it with climate.masks.missing_mask)"
+        )
+
+
+class _Progress:
+    """A tqdm bar over fields that opens at the first finished block (compute may come later)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.total, self.enabled, self.desc = total, enabled, desc
+        self._bar, self._lock = None, threading.Lock()
+
+    def start(self) -> None:
+        """Open the bar (when the first block starts)."""
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        with self._lock:
+            if self._bar is None:
+                self._bar = tqdm(total=self.total, desc=self.desc, unit="field")
+
+    def update(self, n: int) -> None:
+        """Count `n` finished fields; closes the bar at the total."""
+        if not self.enabled:
+            return
+        self.start()
+        with self._lock:
+            self._bar.update(n)
+            if self._bar.n >= self.total:
+                self._bar.close()
+                self._bar = None
+
+
+def impute(
+    data: xr.Dataset | xr.DataArray,
+    mask: xr.DataArray | None,
+    model: ImputationModel,
+    *,
+    variable: str | None = None,
+    n_samples: int = 16,
+    seed: int = 0,
+    quantiles: tuple[float, ...] = (),
+    chunk_size: int | None = None,
+    compute: bool | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Posterior mean, standard deviation and samples of the hidden cells of a gridded field.
+
+    Arguments:
+        data: a Dataset (then `variable`, default the model's) or a DataArray with dimensions
+            `([time,] latitude, longitude)`, in the model's units, on the model's grid; may be
+            dask-backed.
+        mask: boolean DataArray, True = observed, `(latitude, longitude)` (the same every time) or
+            `(time, latitude, longitude)` (see `climate.masks`); None = observed where not NaN.
+        model: an `ImputationModel` (`climate.model.GaussianImputer`, `load_model(...)`).
+        variable: the variable of a Dataset to impute.
+        n_samples: posterior samples per field.
+        seed: seed of the samples; a block starting at time index `i` draws from seed `(seed, i)`,
+            so results repeat exactly for the same seed and `chunk_size`.
+        quantiles: levels in (0, 1) of per-cell sample quantiles to add (e.g. `(0.05, 0.95)`).
+        chunk_size: fields per block; default: as many as fit in about 256 MiB, at most 24.
+        compute: compute now (default: when the input is not dask-backed); else a lazy Dataset.
+        progress: a tqdm bar over fields while blocks are computed.
+
+    Returns:
+        a Dataset with `<var>_mean`, `<var>_std` `([time,] latitude, longitude)`, `<var>_samples`
+        `(sample, [time,] latitude, longitude)`, `<var>_quantiles` `(quantile, ...)` when asked and
+        `observed` (int8, 1 = observed), on the input's coordinates, in its dtype and units.
+
+    Raises:
+        KeyError: the variable is not in the Dataset.
+        ValueError: a missing latitude/longitude dimension, extra dimensions, a mask or field on
+            another grid than the model's, units that differ from the model's, a time step with
+            nothing observed, NaN in observed cells.
+    """
+    da = select_variable(data, variable)
+    _check_field(da, model)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    quantiles = tuple(float(q) for q in quantiles)
+    if any(not 0 < q < 1 for q in quantiles):
+        raise ValueError(f"quantiles must lie in (0, 1), got {quantiles}")
+    if quantiles and n_samples < 2:
+        raise ValueError("quantiles need at least 2 samples")
+    observed = _align_mask(mask, da)
+    _validate(da, observed)
+    lazy = da.chunks is not None
+    compute = not lazy if compute is None else compute
+
+    no_time = TIME not in da.dims
+    if no_time:
+        da, observed = da.expand_dims(TIME), observed.expand_dims(TIME)
+    da = da.transpose(TIME, LATITUDE, LONGITUDE)
+    observed = observed.transpose(TIME, LATITUDE, LONGITUDE)
+    n_time, nlat, nlon = da.shape
+    dtype = np.dtype(da.dtype) if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float64)
+    n_q = len(quantiles)
+    depth = n_samples + 2 + n_q  # samples, mean, std, quantiles
+    if chunk_size is None:
+        chunk_size = int(max(1, min(24, _BLOCK_BYTES // (8 * (depth + 4) * nlat * nlon))))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    values = da.data if lazy else dsa.from_array(np.asarray(da.values), chunks=-1)
+    values = values.rechunk((chunk_size, -1, -1))
+    obs = observed.data if isinstance(observed.data, dsa.Array) else dsa.from_array(np.asarray(observed.values), chunks=-1)
+    obs = obs.rechunk((chunk_size, -1, -1))
+    times = None if no_time or not np.issubdtype(da[TIME].dtype, np.datetime64) else da[TIME].values
+    bar = _Progress(n_time, progress, f"imputing {da.name} ({model.engine})")
+    q_levels = torch.tensor(quantiles, dtype=torch.float64)
+
+    def block(x: np.ndarray, m: np.ndarray, block_info=None) -> np.ndarray:
+        start, stop = block_info[0]["array-location"][0]
+        b = stop - start
+        bar.start()
+        xt = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(b, nlat * nlon, 1))
+        mt = torch.from_numpy(np.asarray(m, dtype=bool).reshape(b, nlat * nlon, 1))
+        rng = torch.Generator().manual_seed(seed_to_int(f"impute:{seed}:{start}"))
+        post = model.posterior(xt, mt, n_samples, times=None if times is None else times[start:stop], rng=rng)
+        parts = [post.samples, post.mean[None], post.std[None]]
+        if n_q:
+            parts.append(torch.quantile(post.samples, q_levels, dim=0))
+        out = torch.cat(parts).numpy().astype(dtype).reshape(depth, b, nlat, nlon)
+        keep = np.asarray(m, dtype=bool)[None]
+        given = np.broadcast_to(np.asarray(x).astype(dtype)[None], out.shape)
+        out = np.where(keep, given, out)  # observed cells: the input, bit for bit
+        out[n_samples + 1][keep[0]] = 0  # and no spread
+        bar.update(b)
+        return out
+
+    stacked = dsa.map_blocks(
+        block, values, obs, new_axis=0, chunks=((depth,),) + values.chunks, dtype=dtype,
+        name=f"impute-{da.name}-{model.engine}-{dask.base.tokenize(values, obs, seed, n_samples, quantiles, id(model))}",
+    )
+    dims = (TIME, LATITUDE, LONGITUDE)
+    coords = {k: v for k, v in da.coords.items()}
+    name = da.name
+    units = da.attrs.get("units", model.units)
+    long_name = da.attrs.get("long_name", name)
+    out = xr.Dataset(coords=coords)
+    out[f"{name}_mean"] = xr.DataArray(stacked[n_samples], dims=dims, coords=coords)
+    out[f"{name}_std"] = xr.DataArray(stacked[n_samples + 1], dims=dims, coords=coords)
+    out[f"{name}_samples"] = xr.DataArray(stacked[:n_samples], dims=(SAMPLE,) + dims, coords=coords)
+    if n_q:
+        out[f"{name}_quantiles"] = xr.DataArray(
+            stacked[n_samples + 2 :], dims=(QUANTILE,) + dims, coords={**coords, QUANTILE: list(quantiles)}
+        )
+    out[OBSERVED] = xr.DataArray(obs.astype(np.int8), dims=dims, coords=coords)
+
+    ancillary = " ".join([f"{name}_std", f"{name}_samples", OBSERVED] + ([f"{name}_quantiles"] if n_q else []))
+    keep_attrs = {
+        k: da.attrs[k] for k in ("standard_name", "GRIB_shortName") if da.attrs.get(k, "unknown") != "unknown"
+    }
+    out[f"{name}_mean"].attrs.update(
+        units=units, long_name=f"{long_name}, posterior mean", cell_methods=f"{SAMPLE}: mean",
+        ancillary_variables=ancillary, **keep_attrs,
+    )
+    out[f"{name}_std"].attrs.update(
+        units=units, long_name=f"{long_name}, posterior standard deviation (0 where observed)",
+        cell_methods=f"{SAMPLE}: standard_deviation",
+    )
+    out[f"{name}_samples"].attrs.update(units=units, long_name=f"{long_name}, posterior samples", **keep_attrs)
+    if n_q:
+        out[f"{name}_quantiles"].attrs.update(units=units, long_name=f"{long_name}, posterior quantiles")
+        out[QUANTILE].attrs.update(long_name="quantile level", units="1")
+    out[SAMPLE] = np.arange(n_samples)
+    out[SAMPLE].attrs.update(long_name="posterior sample number")
+    out[OBSERVED].attrs.update(
+        long_name=f"1 where {name} was observed (kept as given), 0 where imputed",
+        flag_values=np.array([0, 1], dtype=np.int8), flag_meanings="imputed observed",
+    )
+    source_attrs = dict(data.attrs) if isinstance(data, xr.Dataset) else {}
+    previous = source_attrs.pop("history", "")
+    mask_desc = "NaN cells" if mask is None else mask.attrs.get("description", "user mask")
+    line = (
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} manifold-aps impute: {name} hidden where "
+        f"missing ({mask_desc}); {n_samples} samples, seed {seed}, chunk_size {chunk_size}; {model.describe()}"
+    )
+    out.attrs.update(source_attrs)
+    out.attrs.update(
+        Conventions="CF-1.8",
+        title=f"Imputation of {name} ({model.engine} posterior)",
+        history=line + ("\n" + previous if previous else ""),
+    )
+    if no_time:
+        out = out.isel({TIME: 0}, drop=True)
+    if compute:
+        out = out.compute()
+    return out
+
+
+def write_imputation(ds: xr.Dataset, path: str | os.PathLike, *, complevel: int = 4) -> Path:
+    """Write an imputation to compressed netCDF-4, atomically, streaming dask blocks.
+
+    A lazy Dataset (from a dask-backed input) is computed block by block while it is written,
+    so memory stays bounded by a few blocks.
+    """
+    encoding = {}
+    for v in ds.data_vars:
+        enc: dict = {"zlib": True, "complevel": complevel}
+        if ds[v].chunks is not None:
+            enc["chunksizes"] = tuple(max(c) for c in ds[v].chunks)
+        encoding[v] = enc
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
+    return Path(path)

@@ -1,0 +1,406 @@
+"""Imputation models: a posterior engine on a field's grid, in physical units, saved with its statistics.
+
+An `ImputationModel` is what `climate.impute` needs: the variable it was made for (name and
+units), the latitude-longitude grid, the normalisation statistics fitted on training data, and
+a posterior engine of `manifold_aps.posterior` (exact Gaussian, DPS or APS). It maps physical
+observations to the engine's space and the samples back, so callers never normalise by hand.
+
+Three kinds, one interface:
+
+* ``gaussian``: `GaussianImputer.fit(train)` fits an hour-of-day climatology and a per-cell
+  standard deviation (the `FieldStandardizer`) and a Whittle-Matérn prior of the standardised
+  anomalies by maximum likelihood; the exact Gaussian posterior samples it. Saved with `save`.
+* ``dps``: a score prior trained with `manifold-aps train-prior` on the field's grid, sampled by
+  diffusion posterior sampling. Its normalisation lives in the prior's checkpoint.
+* ``aps``: a flow distilled with `manifold-aps distill`; one flow pass per sample.
+
+`load_model(path)` opens any of the three checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climate.era5 import grid_domain, to_signal
+from climate.schema import LATITUDE, LONGITUDE, TIME
+from manifold_aps.checkpoint import atomic_path
+from manifold_aps.geometry import SphereGrid
+from manifold_aps.operators import GaussianNoise, Mask
+from manifold_aps.posterior import DPS, ExactGaussianPosterior
+from manifold_aps.priors import GaussianPrior, fit_matern
+
+__all__ = [
+    "ENGINES",
+    "FieldStandardizer",
+    "GaussianImputer",
+    "ImputationModel",
+    "Posterior",
+    "ScoreImputer",
+    "load_model",
+]
+
+KIND = "climate-gaussian"
+ENGINES = ("gaussian", "dps", "aps")
+
+
+@dataclass
+class Posterior:
+    """Posterior of a batch of fields, physical units; observed cells are not yet restored.
+
+    Attributes:
+        samples: `(S, B, N, 1)`.
+        mean: `(B, N, 1)`; exact for the Gaussian engine, the sample mean otherwise.
+        std: `(B, N, 1)`; exact for the Gaussian engine, the sample standard deviation otherwise.
+    """
+
+    samples: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def _hours(times) -> np.ndarray:
+    """Hour of day `(B,)` of numpy datetime64 `times` (0 when there is no time)."""
+    if times is None:
+        return np.zeros(1, dtype=np.int64)
+    return (np.asarray(times).astype("datetime64[h]").astype(np.int64) % 24).astype(np.int64)
+
+
+class FieldStandardizer:
+    r"""Per-cell standardisation :math:`z = (x - \mu_{h(t)}) / s`, fitted on training fields.
+
+    :math:`\mu_h` is the training mean of the fields at hour of day `h` (the diurnal cycle; one
+    overall mean when `by_hour` is False or the training data lacks an hour), :math:`s` the
+    per-cell standard deviation of the anomalies.
+
+    Arguments:
+        mean: `(H, N)` climatology, physical units; `H = 24` (by hour of day) or 1.
+        scale: `(N,)` anomaly standard deviation, physical units, `> 0`.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray):
+        mean, scale = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        if mean.ndim != 2 or mean.shape[0] not in (1, 24) or scale.shape != mean.shape[1:]:
+            raise ValueError(f"mean must be (1 or 24, N) and scale (N,), got {mean.shape}, {scale.shape}")
+        if not np.all(scale > 0) or not np.all(np.isfinite(mean)):
+            raise ValueError("scale must be positive and mean finite everywhere")
+        self.mean, self.scale = mean, scale
+
+    @classmethod
+    def fit(cls, train: xr.DataArray, *, by_hour: bool = True) -> FieldStandardizer:
+        """Fit on complete training fields `train(time, latitude, longitude)`."""
+        x, _ = to_signal(train)
+        x = x[:, :, 0].numpy()
+        hours = _hours(train[TIME].values if TIME in train.dims else None)
+        if by_hour and set(range(24)) <= set(hours.tolist()):
+            mean = np.stack([x[hours == h].mean(0) for h in range(24)])
+        else:
+            mean = x.mean(0, keepdims=True)
+        anomalies = x - mean[hours % mean.shape[0]]
+        return cls(mean, np.maximum(anomalies.std(0), 1e-6 * max(np.abs(x).max(), 1.0)))
+
+    def climatology(self, times) -> torch.Tensor:
+        """`(B, N, 1)` float64 climatology at `times` (numpy datetime64 `(B,)` or None)."""
+        h = _hours(times) % self.mean.shape[0]
+        return torch.from_numpy(self.mean[h])[:, :, None]
+
+    def normalize(self, x: torch.Tensor, times) -> torch.Tensor:
+        """Physical `(B, N, 1)` -> standardised."""
+        return (x - self.climatology(times).to(x.dtype)) / torch.from_numpy(self.scale).to(x.dtype)[:, None]
+
+    def denormalize(self, z: torch.Tensor, times) -> torch.Tensor:
+        """Standardised `(*, B, N, 1)` -> physical."""
+        return z * torch.from_numpy(self.scale).to(z.dtype)[:, None] + self.climatology(times).to(z.dtype)
+
+    def state_dict(self) -> dict:
+        """Arrays to save."""
+        return {"mean": torch.from_numpy(self.mean), "scale": torch.from_numpy(self.scale)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> FieldStandardizer:
+        """Inverse of `state_dict`."""
+        return cls(state["mean"].numpy(), state["scale"].numpy())
+
+
+class ImputationModel:
+    """Base class: a posterior engine for one variable on one latitude-longitude grid.
+
+    Subclasses implement `_posterior(y, mask, times, n, rng) -> Posterior` for physical
+    observations `y` `(B, N, 1)` (zeros where hidden) and a boolean `mask` `(B, N, 1)`.
+
+    Attributes:
+        engine: "gaussian", "dps" or "aps".
+        variable: the variable name it was made for (e.g. "t2m").
+        units: its units (e.g. "K"); `impute` refuses a field in other units.
+        domain: the `SphereGrid`.
+        noise_std: observation error standard deviation assumed by the likelihood, physical units.
+    """
+
+    engine = ""
+
+    def __init__(self, variable: str, units: str, domain: SphereGrid, noise_std: float):
+        if not isinstance(domain, SphereGrid):
+            raise TypeError(
+                f"an imputation model needs a latitude-longitude grid, got {domain!r}; train the "
+                "prior on the field's own grid"
+            )
+        self.variable, self.units, self.domain, self.noise_std = variable, units, domain, float(noise_std)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(engine={self.engine!r}, variable={self.variable!r}, "
+            f"units={self.units!r}, grid={self.domain.shape}, noise_std={self.noise_std:g})"
+        )
+
+    def describe(self) -> str:
+        """One line for the `history` attribute of outputs."""
+        return repr(self)
+
+    def check_grid(self, field: xr.DataArray | xr.Dataset) -> None:
+        """Raise a clear ValueError unless `field` is on this model's grid."""
+        domain = grid_domain(field)
+        if domain.fingerprint != self.domain.fingerprint:
+            raise ValueError(
+                f"the field's grid ({domain.shape[0]} x {domain.shape[1]}: latitude "
+                f"{domain.lat_deg[0]:g}..{domain.lat_deg[-1]:g}, longitude {domain.lon_deg[0]:g}.."
+                f"{domain.lon_deg[-1]:g}) is not the model's ({self.domain.shape[0]} x "
+                f"{self.domain.shape[1]}: latitude {self.domain.lat_deg[0]:g}..{self.domain.lat_deg[-1]:g}, "
+                f"longitude {self.domain.lon_deg[0]:g}..{self.domain.lon_deg[-1]:g})"
+            )
+
+    @torch.no_grad()
+    def posterior(
+        self, y: torch.Tensor, mask: torch.Tensor, n: int, *, times=None, rng: torch.Generator | None = None
+    ) -> Posterior:
+        """Posterior samples, mean and std `(B, N, 1)` of fields observed at `mask` (physical units).
+
+        Arguments:
+            y: observations `(B, N, 1)`, physical units; values where `mask` is False are ignored.
+            mask: boolean `(B, N, 1)`, True = observed.
+            n: samples per field (>= 2 unless the engine has an exact std).
+            times: numpy datetime64 `(B,)` of the fields (for diurnal climatologies), or None.
+            rng: the generator of the samples.
+        """
+        if y.shape != mask.shape or y.dim() != 3 or y.shape[1:] != (self.domain.num_nodes, 1):
+            raise ValueError(
+                f"y and mask must both be (B, {self.domain.num_nodes}, 1), got {tuple(y.shape)} and {tuple(mask.shape)}"
+            )
+        if n < 1:
+            raise ValueError(f"n (samples per field) must be >= 1, got {n}")
+        y = torch.where(mask, y.double(), torch.zeros((), dtype=torch.float64))
+        return self._posterior(y, mask, times, n, rng)
+
+    def _posterior(self, y, mask, times, n, rng) -> Posterior:
+        raise NotImplementedError
+
+
+def _summary(samples: torch.Tensor) -> Posterior:
+    """A `Posterior` whose mean and std are those of the samples `(S, B, N, 1)`."""
+    std = samples.std(0) if samples.shape[0] > 1 else torch.full_like(samples[0], float("nan"))
+    return Posterior(samples, samples.mean(0), std)
+
+
+class GaussianImputer(ImputationModel):
+    """Exact Gaussian posterior of a Whittle-Matérn prior of standardised anomalies.
+
+    :math:`x = \\mu_{h(t)} + s \\odot a`, :math:`a \\sim` Matérn(variance, length scale, smoothness)
+    plus a nugget, in the Laplace-Beltrami eigenbasis of the grid. The likelihood assumes
+    independent errors of `noise_std` on the observed cells; in standardised units it uses the
+    smallest per-cell value `noise_std / max(s)` (one noise level per posterior).
+
+    Arguments:
+        variable, units, domain, noise_std: as `ImputationModel`.
+        standardizer: the fitted `FieldStandardizer`.
+        prior: the Matérn prior of the standardised anomalies.
+    """
+
+    engine = "gaussian"
+
+    def __init__(self, variable, units, domain, noise_std, standardizer: FieldStandardizer, prior: GaussianPrior):
+        super().__init__(variable, units, domain, noise_std)
+        self.standardizer, self.prior = standardizer, prior
+        self._posterior_engine = ExactGaussianPosterior(
+            prior, GaussianNoise(noise_std / float(standardizer.scale.max()))
+        )
+
+    @classmethod
+    def fit(
+        cls, train: xr.DataArray, *, noise_std: float = 0.1, by_hour: bool = True, log=None
+    ) -> GaussianImputer:
+        """Fit the standardizer and the Matérn prior on complete fields `train(time, latitude, longitude)`.
+
+        Arguments:
+            train: training fields (no NaN), with `units` in its attributes.
+            noise_std: observation error standard deviation, physical units.
+            by_hour: remove an hour-of-day climatology (when every hour is present).
+            log: callable for one progress line (e.g. `print`), or None.
+
+        Raises:
+            ValueError: NaN in the training fields, fewer than 2 fields, extra dimensions.
+        """
+        if not isinstance(train, xr.DataArray):
+            raise TypeError(f"train must be an xarray.DataArray, got {type(train).__name__}")
+        extra = [d for d in train.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+        if extra:
+            raise ValueError(f"{train.name!r} has extra dimensions {extra}; select one level/member first")
+        if TIME not in train.dims or train.sizes[TIME] < 2:
+            raise ValueError(f"training data {train.name!r} needs a time dimension with at least 2 fields")
+        train = train.load()
+        if bool(train.isnull().any()):
+            raise ValueError(f"training data {train.name!r} contains NaN; fit on complete fields only")
+        domain = grid_domain(train)
+        standardizer = FieldStandardizer.fit(train, by_hour=by_hour)
+        x, _ = to_signal(train)
+        anomalies = standardizer.normalize(x, train[TIME].values)
+        prior = fit_matern(domain, anomalies, fit_nugget=True).prior
+        if log is not None:
+            log(
+                f"Matérn prior of the standardised anomalies ({train.sizes[TIME]} fields): std "
+                f"{prior.variance**0.5:.3f}, length scale {prior.length_scale * 6371.0:.0f} km, "
+                f"smoothness {prior.smoothness:.2f}, nugget {prior.nugget:.3g}"
+            )
+        units = train.attrs.get("units", "")
+        return cls(str(train.name), units, domain, noise_std, standardizer, prior)
+
+    def describe(self) -> str:
+        p = self.prior
+        return (
+            f"exact Gaussian posterior, Matern prior of standardised anomalies (variance {p.variance:.6g}, "
+            f"length_scale_rad {p.length_scale:.6g}, smoothness {p.smoothness:.6g}, nugget {p.nugget:.6g}), "
+            f"noise_std {self.noise_std:g} {self.units}"
+        )
+
+    def _posterior(self, y, mask, times, n, rng):
+        times = None if times is None else np.asarray(times)
+        y_z = self.standardizer.normalize(y, times) * mask
+        samples, means, stds = [], [], []
+        for b in range(y.shape[0]):  # one factorisation per field: memory O(N^2), not O(B N^2)
+            cond = self._posterior_engine.condition(y_z[b : b + 1], Mask(self.domain, mask[b : b + 1]))
+            samples.append(cond.sample(n, rng=rng))
+            means.append(cond.mean)
+            stds.append(cond.std)
+        t = None if times is None else times
+        scale = torch.from_numpy(self.standardizer.scale)[:, None]
+        samples = self.standardizer.denormalize(torch.cat(samples, dim=1), t)
+        mean = self.standardizer.denormalize(torch.cat(means), t)
+        return Posterior(samples, mean, torch.cat(stds) * scale)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model atomically to `path` (a torch file loadable with `weights_only=True`)."""
+        p = self.prior
+        state = {
+            "kind": KIND,
+            "variable": self.variable,
+            "units": self.units,
+            "noise_std": self.noise_std,
+            "lat_deg": torch.tensor(self.domain.lat_deg),
+            "lon_deg": torch.tensor(self.domain.lon_deg),
+            "fingerprint": self.domain.fingerprint,
+            "standardizer": self.standardizer.state_dict(),
+            "prior": {"variance": p.variance, "length_scale": p.length_scale, "smoothness": p.smoothness, "nugget": p.nugget},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return Path(path)
+
+    @classmethod
+    def from_state(cls, state: dict) -> GaussianImputer:
+        """Rebuild from the dictionary `save` wrote."""
+        domain = SphereGrid(state["lat_deg"].numpy(), state["lon_deg"].numpy())
+        if domain.fingerprint != state["fingerprint"]:
+            raise ValueError("the saved grid does not rebuild to the same domain (fingerprint mismatch)")
+        prior = GaussianPrior(domain, **state["prior"])
+        standardizer = FieldStandardizer.from_state_dict(state["standardizer"])
+        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior)
+
+
+class ScoreImputer(ImputationModel):
+    """DPS or APS on a prior trained with `manifold-aps train-prior` / `distill` on the field's grid.
+
+    Arguments:
+        variable, units, domain, noise_std: as `ImputationModel`.
+        sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, 1)` in physical units
+            (`manifold_aps.posterior.DPS` or `AmortizedFlowPosterior`).
+        engine: "dps" or "aps".
+        description: for the `history` attribute.
+    """
+
+    def __init__(self, variable, units, domain, noise_std, sampler, engine: str, description: str):
+        super().__init__(variable, units, domain, noise_std)
+        if engine not in ("dps", "aps"):
+            raise ValueError(f"engine must be 'dps' or 'aps', got {engine!r}")
+        self.sampler, self.engine, self._description = sampler, engine, description
+
+    def describe(self) -> str:
+        return self._description
+
+    def _posterior(self, y, mask, times, n, rng):
+        samples = self.sampler.sample(y, Mask(self.domain, mask), n, rng=rng)
+        return _summary(samples.double())
+
+
+def _dataset_variable(name: str):
+    from manifold_aps.datasets import build_prior_dataset
+
+    ds = build_prior_dataset(name)
+    variable = ds.extra.get("variable")
+    if not variable:
+        raise ValueError(f"dataset {name!r} is not a climate field (no variable name); impute needs one")
+    return ds, variable
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    engine: str | None = None,
+    noise_std: float = 0.1,
+    dps_steps: int = 1000,
+    guidance: float = 1.0,
+) -> ImputationModel:
+    """Open an imputation model from a checkpoint.
+
+    Arguments:
+        path: a `GaussianImputer.save` file, a `manifold-aps train-prior` checkpoint (used with
+            DPS) or a `manifold-aps distill` checkpoint (APS).
+        engine: check that the file is of this engine ("gaussian", "dps", "aps"); None accepts any.
+        noise_std: observation error of DPS's likelihood, physical units (the others store theirs).
+        dps_steps, guidance: DPS settings (reverse-diffusion steps; guidance step size).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a checkpoint of another kind than `engine`, or not made for a climate field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    kind = state.get("kind") if isinstance(state, dict) else None
+    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps"}.get(kind)
+    if found is None:
+        raise ValueError(f"{path} is not a manifold-aps model checkpoint (kind {kind!r})")
+    if engine is not None and engine != found:
+        raise ValueError(f"{path} holds a {found!r} model ({kind}), not a {engine!r} one")
+    if found == "gaussian":
+        return GaussianImputer.from_state(state)
+    dataset, variable = _dataset_variable(state["model_config"]["dataset"])
+    if found == "dps":
+        from manifold_aps.priors.train import load_prior
+
+        prior = load_prior(path, dataset.domain)
+        sampler = DPS(prior, GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
+        desc = f"DPS ({dps_steps} steps, guidance {guidance:g}) with the score prior {path.name} of {dataset.name}"
+        return ScoreImputer(variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc)
+    from manifold_aps.posterior.distill import load_engine
+
+    flow, _, _ = load_engine(path, dataset)
+    desc = f"APS conditional flow {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
+    return ScoreImputer(variable, dataset.units, dataset.domain, flow.noise.sigma, flow, "aps", desc)
