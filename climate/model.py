@@ -174,7 +174,6 @@ class ImputationModel:
                 f"longitude {self.domain.lon_deg[0]:g}..{self.domain.lon_deg[-1]:g})"
             )
 
-    @torch.no_grad()
     def posterior(
         self, y: torch.Tensor, mask: torch.Tensor, n: int, *, times=None, rng: torch.Generator | None = None
     ) -> Posterior:
@@ -276,6 +275,7 @@ class GaussianImputer(ImputationModel):
             f"noise_std {self.noise_std:g} {self.units}"
         )
 
+    @torch.no_grad()
     def _posterior(self, y, mask, times, n, rng):
         times = None if times is None else np.asarray(times)
         y_z = self.standardizer.normalize(y, times) * mask
@@ -342,8 +342,8 @@ class ScoreImputer(ImputationModel):
         return self._description
 
     def _posterior(self, y, mask, times, n, rng):
-        samples = self.sampler.sample(y, Mask(self.domain, mask), n, rng=rng)
-        return _summary(samples.double())
+        samples = self.sampler.sample(y, Mask(self.domain, mask), n, rng=rng)  # DPS needs autograd
+        return _summary(samples.detach().double())
 
 
 def _dataset_variable(name: str):
