@@ -167,6 +167,8 @@ def run_demo(
     ds[variable].attrs = {k: v for k, v in test.attrs.items() if k in ("units", "long_name")}
     ds[variable].attrs["long_name"] = f"{test.attrs.get('long_name', variable)} (ERA5, the truth)"
     ds.attrs.update(
+        history=f"manifold-aps demo: train_fraction={train_fraction} mask={mask_kind} missing={missing} "
+        f"seed={seed} test fields={truth.shape[0]}\n" + ds.attrs["history"],
         source=str(path.name),
         license="CC-BY-4.0 (ERA5): contains modified Copernicus Climate Change Service information",
     )

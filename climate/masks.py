@@ -30,6 +30,7 @@ __all__ = [
     "EARTH_RADIUS_KM",
     "MASK_NAME",
     "box_mask",
+    "crop_region",
     "land_mask",
     "mask_operator",
     "missing_mask",
@@ -363,6 +364,50 @@ def _pair(value, name: str) -> tuple[float, float]:
     return a, b
 
 
+def _box(grid_lat, grid_lon, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows and columns inside a `(south, north)`, `(west, east)` box, and each column's distance
+    eastwards from the west edge in degrees `[0, 360)`."""
+    south, north = _pair(lat, "lat")
+    if not -90 <= south <= north <= 90:
+        raise ValueError(
+            f"lat must be (south, north) with -90 <= south <= north <= 90, got {lat!r}"
+        )
+    west, east = _pair(lon, "lon")
+    if abs(west) > 360 or abs(east) > 360:
+        raise ValueError(f"lon must be (west, east) in degrees within [-360, 360], got {lon!r}")
+    eps = 1e-9
+    in_lat = (grid_lat >= south - eps) & (grid_lat <= north + eps)
+    x = np.mod(grid_lon, 360.0)
+    w, e = np.mod(west, 360.0), np.mod(east, 360.0)
+    offset = np.mod(x - w + eps, 360.0)  # distance eastwards from the west edge, in [0, 360)
+    if east - west >= 360:
+        in_lon = np.ones(grid_lon.shape, dtype=bool)
+    else:
+        in_lon = offset <= np.mod(e - w, 360.0) + 2 * eps
+    return in_lat, in_lon, offset
+
+
+def crop_region(da: xr.DataArray, *, lat, lon) -> xr.DataArray:
+    """The part of a field inside a latitude-longitude box, longitudes running eastwards from `west`.
+
+    Same box conventions as `box_mask` (`lon=(-10, 2)` and `(350, 2)` are the same region; a box
+    across 0/360 or the dateline keeps its cells in eastward order, which `SphereGrid` accepts).
+
+    Raises:
+        ValueError: the box contains no row or no column of the grid.
+    """
+    grid_lat, grid_lon = _grid(da)
+    in_lat, in_lon, offset = _box(grid_lat, grid_lon, lat, lon)
+    rows, cols = np.flatnonzero(in_lat), np.flatnonzero(in_lon)
+    if rows.size == 0 or cols.size == 0:
+        raise ValueError(
+            f"the region lat {lat}, lon {lon} contains no cell of the grid "
+            f"({_describe_grid(grid_lat, grid_lon)})"
+        )
+    cols = cols[np.argsort(offset[cols], kind="stable")]
+    return da.isel({LATITUDE: rows, LONGITUDE: cols})
+
+
 def box_mask(like, *, lat, lon, hide: bool = True) -> xr.DataArray:
     """A latitude-longitude box hidden (default) or, with `hide=False`, the only part observed.
 
@@ -380,23 +425,9 @@ def box_mask(like, *, lat, lon, hide: bool = True) -> xr.DataArray:
         boolean DataArray "observed" `(latitude, longitude)`.
     """
     grid_lat, grid_lon = _grid(like)
+    in_lat, in_lon, _ = _box(grid_lat, grid_lon, lat, lon)
     south, north = _pair(lat, "lat")
-    if not -90 <= south <= north <= 90:
-        raise ValueError(
-            f"lat must be (south, north) with -90 <= south <= north <= 90, got {lat!r}"
-        )
     west, east = _pair(lon, "lon")
-    if abs(west) > 360 or abs(east) > 360:
-        raise ValueError(f"lon must be (west, east) in degrees within [-360, 360], got {lon!r}")
-    eps = 1e-9
-    in_lat = (grid_lat >= south - eps) & (grid_lat <= north + eps)
-    if east - west >= 360:
-        in_lon = np.ones(grid_lon.shape, dtype=bool)
-    else:
-        x = np.mod(grid_lon, 360.0)
-        w, e = np.mod(west, 360.0), np.mod(east, 360.0)
-        # Distance eastwards from the west edge, in [0, 360).
-        in_lon = np.mod(x - w + eps, 360.0) <= np.mod(e - w, 360.0) + 2 * eps
     inside = in_lat[:, None] & in_lon[None, :]
     what = "hidden" if hide else "observed only"
     description = f"box lat {south:g}..{north:g}, lon {west:g}..{east:g} {what}"

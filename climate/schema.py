@@ -1,6 +1,6 @@
 """Names of dimensions and coordinates used across `climate/` (the only place they are spelled)."""
 
-__all__ = ["LATITUDE", "LEVEL", "LONGITUDE", "REALIZATION", "SAMPLE", "TIME", "ALIASES"]
+__all__ = ["ALIASES", "LATITUDE", "LEVEL", "LONGITUDE", "REALIZATION", "SAMPLE", "TIME"]
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"

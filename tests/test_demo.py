@@ -30,7 +30,7 @@ def test_demo_cli_end_to_end(tmp_path):
     assert 0.5 < scores["coverage_90_analytic"] <= 1.0
     assert (out / "map.png").stat().st_size > 10_000
     ds = xr.open_dataset(out / "imputed.nc", engine="h5netcdf")
-    observed = ds["observed_mask"].values == 1
+    observed = ds["observed"].values == 1
     assert 0.25 < observed.mean() < 0.35
     truth = ds["t2m"].values
     # observed values are the input values bit for bit, in the mean and in every sample

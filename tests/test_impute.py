@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import REPO, require
 
 from climate import open_era5
 from climate.demo import default_sample_path
 from climate.impute import OBSERVED, impute, write_imputation
 from climate.model import GaussianImputer, ScoreImputer, load_model
-from conftest import REPO, require
 from manifold_aps.nn import ScoreNetConfig
 from manifold_aps.posterior import DPS
 from manifold_aps.training import TrainConfig

@@ -22,6 +22,15 @@ __all__ = ["DENSE_MAX_NODES", "GaussianPrior", "MaternFit", "fit_matern"]
 DENSE_MAX_NODES = 6000  # the dense representation needs O(N^2) memory and O(N^3) set-up
 
 
+def check_dense_size(domain: Domain) -> None:
+    """Raise a clear ValueError when `domain` is too large for the dense Gaussian prior."""
+    if domain.num_nodes > DENSE_MAX_NODES:
+        raise ValueError(
+            f"the Gaussian prior is dense and supports at most {DENSE_MAX_NODES} nodes; "
+            f"{domain!r} has {domain.num_nodes}. Coarsen the domain or crop a region."
+        )
+
+
 def matern_spectrum(
     eigenvalues: torch.Tensor,
     variance: torch.Tensor | float,
@@ -83,11 +92,7 @@ class GaussianPrior(nn.Module):
         sde: VPSDE | None = None,
     ):
         super().__init__()
-        if domain.num_nodes > DENSE_MAX_NODES:
-            raise ValueError(
-                f"GaussianPrior is dense and supports at most {DENSE_MAX_NODES} nodes; "
-                f"{domain!r} has {domain.num_nodes}. Coarsen the domain (domain.coarsen())."
-            )
+        check_dense_size(domain)
         for name, value in [("variance", variance), ("length_scale", length_scale), ("smoothness", smoothness)]:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -272,6 +277,7 @@ def fit_matern(
     Returns:
         a `MaternFit`.
     """
+    check_dense_size(domain)  # before the O(N^3) eigendecomposition
     domain.check_signal(data, "data")
     data = torch.as_tensor(data, dtype=torch.float64)
     if data.dim() != 3:

@@ -1,0 +1,54 @@
+"""Scores of an imputation against the input's values at the hidden cells (WeatherBench2 conventions)."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from climate.impute import OBSERVED
+from climate.schema import LATITUDE, SAMPLE
+from manifold_aps.metrics import (
+    cell_area_weights,
+    xr_bias,
+    xr_coverage,
+    xr_crps,
+    xr_rmse,
+    xr_spread_skill,
+)
+
+__all__ = ["imputation_scores"]
+
+
+def imputation_scores(result: xr.Dataset, truth: xr.DataArray, variable: str) -> dict:
+    """Area-weighted scores over the hidden cells where `truth` has a value, all dims pooled.
+
+    Arguments:
+        result: the output of `climate.impute` (`<variable>_mean`, `_samples`, `observed`).
+        truth: the input field (hidden cells with a value are the test set).
+        variable: the variable name.
+
+    Returns:
+        `{"rmse_mean", "rmse_sample", "bias", "crps", "coverage_90", "spread_skill",
+        "hidden_fraction", "num_samples"}` in the variable's units (coverage and fractions in
+        [0, 1]), or `{}` when no hidden cell has a value in `truth`.
+    """
+    where = (result[OBSERVED] == 0) & truth.notnull()
+    if not bool(where.any()):
+        return {}
+    weights = cell_area_weights(truth[LATITUDE])
+    dims = tuple(result[f"{variable}_mean"].dims)
+    samples = result[f"{variable}_samples"]
+    mean = result[f"{variable}_mean"]
+    lo, hi = samples.quantile([0.05, 0.95], dim=SAMPLE)  # the samples' central 90 % interval
+    kw = {"weights": weights, "where": where, "dims": dims}
+    n = samples.sizes[SAMPLE]
+    scores = {
+        "rmse_mean": float(xr_rmse(mean, truth, **kw)),
+        "rmse_sample": float(xr_rmse(samples.isel({SAMPLE: 0}, drop=True), truth, **kw)),
+        "bias": float(xr_bias(mean, truth, **kw)),
+        "crps": float(xr_crps(samples, truth, sample_dim=SAMPLE, **kw)),
+        "coverage_90": float(xr_coverage(lo.drop_vars("quantile"), hi.drop_vars("quantile"), truth, **kw)),
+        "spread_skill": float(xr_spread_skill(samples, truth, sample_dim=SAMPLE, **kw)) if n > 1 else float("nan"),
+        "hidden_fraction": float((result[OBSERVED] == 0).mean()),
+        "num_samples": n,
+    }
+    return scores

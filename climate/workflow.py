@@ -1,0 +1,209 @@
+"""The `manifold-aps impute` workflow: read, select, mask, fit or load a model, impute, score, write, map."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from climate.era5 import open_era5
+from climate.impute import OBSERVED, impute, write_imputation
+from climate.masks import crop_region, missing_mask, parse_mask_spec
+from climate.model import GaussianImputer, ImputationModel, load_model
+from climate.plot import plot_imputation
+from climate.schema import TIME
+from climate.scores import imputation_scores
+
+__all__ = ["ImputeRequest", "parse_period", "run_impute"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImputeRequest:
+    """Everything `manifold-aps impute` was asked (see its `--help` for each field).
+
+    Attributes:
+        input: file, glob or zarr store.
+        variable: variable name.
+        masks: mask specs, combined with "and" (observed only where all observe).
+        engine: "gaussian", "dps" or "aps".
+        checkpoint: model file (required for dps/aps).
+        fit_period: "START:END" of the gaussian fit, or None.
+        period: "START:END" of the imputed times, or None (all).
+        select: "DIM=VALUE" selections of extra dimensions.
+        region: "S:N:W:E" box to crop the field to (degrees), or None.
+        save_model: where to save a fitted gaussian model, or None.
+        samples, quantiles, seed, noise_std, chunk_size, dps_steps, guidance: as in `impute`,
+            `load_model`.
+        output: output netCDF path.
+        plot: output PNG path, or None.
+        plot_time: time to map, or None (the first).
+        progress: progress bars.
+    """
+
+    input: str
+    variable: str = "t2m"
+    masks: tuple[str, ...] = ("nan",)
+    engine: str = "gaussian"
+    checkpoint: str | None = None
+    fit_period: str | None = None
+    period: str | None = None
+    select: tuple[str, ...] = ()
+    region: str | None = None
+    save_model: str | None = None
+    samples: int = 16
+    quantiles: tuple[float, ...] = ()
+    seed: int = 0
+    noise_std: float = 0.1
+    chunk_size: int | None = None
+    dps_steps: int = 1000
+    guidance: float = 1.0
+    output: str = "imputed.nc"
+    plot: str | None = None
+    plot_time: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.engine not in ("gaussian", "dps", "aps"):
+            raise ValueError(f"engine must be gaussian, dps or aps, got {self.engine!r}")
+        if self.engine != "gaussian" and not self.checkpoint:
+            raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
+        if self.save_model and (self.engine != "gaussian" or self.checkpoint):
+            raise ValueError("--save-model saves a gaussian model fitted here (no --checkpoint)")
+
+
+def parse_period(text: str | None) -> slice:
+    """`"START:END"` (ISO dates/times, either side may be empty) -> a label slice for `.sel`."""
+    if text is None:
+        return slice(None)
+    parts = text.split(":") if text.count(":") == 1 else None
+    if parts is None:
+        # times may contain colons: split on the one ':' that separates two ISO stamps ("..T12:00:...")
+        for i in range(len(text)):
+            if text[i] == ":" and _is_stamp(text[:i]) and _is_stamp(text[i + 1 :]):
+                parts = [text[:i], text[i + 1 :]]
+                break
+        else:
+            raise ValueError(f"a period must be START:END (ISO times), got {text!r}")
+    start, end = (p or None for p in parts)
+    for p in (start, end):
+        if p is not None and not _is_stamp(p):
+            raise ValueError(f"{p!r} in period {text!r} is not an ISO date/time")
+    return slice(start, end)
+
+
+def _is_stamp(text: str) -> bool:
+    if text == "":
+        return True
+    try:
+        np.datetime64(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _select(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
+    for item in select:
+        if "=" not in item:
+            raise ValueError(f"--select takes DIM=VALUE, got {item!r}")
+        dim, value = item.split("=", 1)
+        if dim not in da.dims:
+            raise ValueError(f"--select {item}: {da.name!r} has no dimension {dim!r}; it has {list(da.dims)}")
+        coord = da[dim].values
+        try:
+            typed = coord.dtype.type(value)
+        except ValueError as err:
+            raise ValueError(f"--select {item}: {value!r} is not a {coord.dtype} value of {dim}") from err
+        if typed not in coord:
+            raise ValueError(f"--select {item}: {dim} has no value {value}; it has {coord.tolist()[:12]}")
+        da = da.sel({dim: typed})
+    return da
+
+
+def _model(req: ImputeRequest, field: xr.DataArray, log) -> ImputationModel:
+    if req.checkpoint:
+        model = load_model(
+            req.checkpoint, engine=req.engine, noise_std=req.noise_std, dps_steps=req.dps_steps, guidance=req.guidance
+        )
+        log(f"model: {model.describe()}")
+        return model
+    if TIME not in field.dims:
+        raise ValueError("the gaussian engine fits on time steps; the field has no time dimension (give --checkpoint)")
+    if req.fit_period:
+        train = field.sel({TIME: parse_period(req.fit_period)})
+    else:
+        inside = field[TIME].isin(field.sel({TIME: parse_period(req.period)})[TIME]) if req.period else None
+        candidates = field if inside is None else field.isel({TIME: ~inside.values})
+        complete = ~candidates.isnull().any(("latitude", "longitude")).compute()
+        train = candidates.isel({TIME: np.flatnonzero(complete.values)})
+        if inside is None:
+            log("warning: fitting on complete time steps of the imputed period itself; give --fit-period "
+                "for a test on held-out times")
+    if train.sizes[TIME] < 2:
+        raise ValueError(
+            f"only {train.sizes[TIME]} complete time step(s) to fit the gaussian engine; give --fit-period"
+        )
+    log(f"fitting the gaussian engine on {train.sizes[TIME]} time steps "
+        f"({str(train[TIME].values[0])[:16]} .. {str(train[TIME].values[-1])[:16]})")
+    model = GaussianImputer.fit(train, noise_std=req.noise_std, log=log)
+    if req.save_model:
+        model.save(req.save_model)
+        log(f"saved the model to {req.save_model}")
+    return model
+
+
+def run_impute(req: ImputeRequest, *, log=print) -> dict:
+    """Run one imputation end to end; returns the scores (empty when nothing hidden has a value)."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # "chunks separate the stored chunks": harmless for reading
+        warnings.simplefilter("ignore", UserWarning)
+        ds = open_era5(req.input, req.variable, chunks={TIME: req.chunk_size or 24})
+    field = _select(ds[req.variable], req.select)
+    if req.region:
+        try:
+            south, north, west, east = (float(v) for v in req.region.split(":"))
+        except ValueError as err:
+            raise ValueError(f"--region takes S:N:W:E in degrees, got {req.region!r}") from err
+        field = crop_region(field, lat=(south, north), lon=(west, east))
+    log(f"read {req.variable} {dict(field.sizes)} from {req.input}")
+    target = field.sel({TIME: parse_period(req.period)}) if req.period and TIME in field.dims else field
+    if TIME in target.dims and target.sizes[TIME] == 0:
+        raise ValueError(f"--period {req.period} selects no time step of {req.input}")
+    observed = missing_mask(target)
+    descriptions = [observed.attrs["description"]]
+    for spec in req.masks:
+        if spec != "nan":
+            mask = parse_mask_spec(spec, target, seed=req.seed)
+            descriptions.append(mask.attrs.get("description", spec))
+            observed = observed & mask
+    observed.attrs["description"] = " & ".join(descriptions)
+    model = _model(req, field, log)
+    result = impute(
+        target, observed, model, n_samples=req.samples, seed=req.seed, quantiles=req.quantiles,
+        chunk_size=req.chunk_size, compute=False, progress=req.progress,
+    )
+    result.attrs["source"] = Path(str(req.input)).name
+    write_imputation(result, req.output)
+    log(f"wrote {req.output}")
+    written = xr.open_dataset(req.output, engine="h5netcdf")
+    try:
+        scores = imputation_scores(written, target, req.variable)
+        if scores:
+            log(
+                f"scores over the {100 * scores['hidden_fraction']:.0f} % hidden cells that have a value in the input "
+                f"(area-weighted): RMSE of the mean {scores['rmse_mean']:.3f}, of one sample "
+                f"{scores['rmse_sample']:.3f}, CRPS {scores['crps']:.3f}, 90 % coverage "
+                f"{100 * scores['coverage_90']:.1f} %, spread/skill {scores['spread_skill']:.2f} [{model.units}]"
+            )
+        if req.plot:
+            when = req.plot_time
+            plot_imputation(written, target, req.variable, req.plot, time=when, engine=model.engine)
+            log(f"wrote {req.plot}")
+        hidden = float((written[OBSERVED] == 0).mean())
+    finally:
+        written.close()
+    log(f"{100 * hidden:.0f} % of cells imputed in {time.perf_counter() - start:.1f} s")
+    return scores
