@@ -15,10 +15,10 @@ from climate.impute import OBSERVED, impute, write_imputation
 from climate.masks import crop_region, missing_mask, parse_mask_spec
 from climate.model import GaussianImputer, ImputationModel, load_model
 from climate.plot import plot_imputation
-from climate.schema import TIME
+from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 
-__all__ = ["ImputeRequest", "parse_period", "run_impute"]
+__all__ = ["ImputeRequest", "coarsen_grid", "parse_period", "run_impute"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,7 @@ class ImputeRequest:
         period: "START:END" of the imputed times, or None (all).
         select: "DIM=VALUE" selections of extra dimensions.
         region: "S:N:W:E" box to crop the field to (degrees), or None.
+        coarsen: average blocks of `coarsen x coarsen` cells first (1: keep the grid).
         save_model: where to save a fitted gaussian model, or None.
         samples, quantiles, seed, noise_std, chunk_size, dps_steps, guidance: as in `impute`,
             `load_model`.
@@ -53,6 +54,7 @@ class ImputeRequest:
     period: str | None = None
     select: tuple[str, ...] = ()
     region: str | None = None
+    coarsen: int = 1
     save_model: str | None = None
     samples: int = 16
     quantiles: tuple[float, ...] = ()
@@ -71,6 +73,8 @@ class ImputeRequest:
             raise ValueError(f"engine must be gaussian, dps or aps, got {self.engine!r}")
         if self.engine != "gaussian" and not self.checkpoint:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
+        if self.coarsen < 1:
+            raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
         if self.save_model and (self.engine != "gaussian" or self.checkpoint):
             raise ValueError("--save-model saves a gaussian model fitted here (no --checkpoint)")
 
@@ -105,6 +109,19 @@ def _is_stamp(text: str) -> bool:
     return True
 
 
+def coarsen_grid(da: xr.DataArray, factor: int) -> xr.DataArray:
+    """Plain mean of blocks of `factor x factor` cells (NaN where any cell of a block is NaN),
+    trimming rows/columns that do not fill a block; attributes are kept. Centres become the
+    blocks' mean coordinates."""
+    for dim in (LATITUDE, LONGITUDE):
+        if da.sizes[dim] < factor:
+            raise ValueError(f"--coarsen {factor}: the field has only {da.sizes[dim]} {dim} values")
+    blocks = {LATITUDE: factor, LONGITUDE: factor}
+    out = da.coarsen(blocks, boundary="trim").mean()
+    any_nan = da.isnull().coarsen(blocks, boundary="trim").max()
+    return out.where(~any_nan).assign_attrs(da.attrs)
+
+
 def _select(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
     for item in select:
         if "=" not in item:
@@ -137,7 +154,7 @@ def _model(req: ImputeRequest, field: xr.DataArray, log) -> ImputationModel:
     else:
         inside = field[TIME].isin(field.sel({TIME: parse_period(req.period)})[TIME]) if req.period else None
         candidates = field if inside is None else field.isel({TIME: ~inside.values})
-        complete = ~candidates.isnull().any(("latitude", "longitude")).compute()
+        complete = ~candidates.isnull().any((LATITUDE, LONGITUDE)).compute()
         train = candidates.isel({TIME: np.flatnonzero(complete.values)})
         if inside is None:
             log("warning: fitting on complete time steps of the imputed period itself; give --fit-period "
@@ -168,6 +185,8 @@ def run_impute(req: ImputeRequest, *, log=print) -> dict:
         except ValueError as err:
             raise ValueError(f"--region takes S:N:W:E in degrees, got {req.region!r}") from err
         field = crop_region(field, lat=(south, north), lon=(west, east))
+    if req.coarsen > 1:
+        field = coarsen_grid(field, req.coarsen)
     log(f"read {req.variable} {dict(field.sizes)} from {req.input}")
     target = field.sel({TIME: parse_period(req.period)}) if req.period and TIME in field.dims else field
     if TIME in target.dims and target.sizes[TIME] == 0:

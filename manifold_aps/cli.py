@@ -96,7 +96,7 @@ def _impute(args: argparse.Namespace) -> int:
     request = ImputeRequest(
         input=args.input, variable=args.var, masks=tuple(args.mask or ("nan",)), engine=args.engine,
         checkpoint=args.checkpoint, fit_period=args.fit_period, period=args.period,
-        select=tuple(args.select or ()), region=args.region, save_model=args.save_model, samples=args.samples,
+        select=tuple(args.select or ()), region=args.region, coarsen=args.coarsen, save_model=args.save_model, samples=args.samples,
         quantiles=tuple(args.quantiles or ()), seed=args.seed, noise_std=args.noise_std,
         chunk_size=args.chunk_size, dps_steps=args.dps_steps, guidance=args.guidance,
         output=args.output, plot=args.plot, plot_time=args.plot_time, progress=not args.quiet,
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pick one value of an extra dimension, e.g. level=500 or number=0")
     im.add_argument("--region", metavar="S:N:W:E",
                     help="crop the field to a latitude-longitude box first, e.g. 35:70:-15:40 (Europe)")
+    im.add_argument("--coarsen", type=int, default=1, metavar="K",
+                    help="average KxK blocks of cells first, e.g. 4 for a global 1 deg grid (default: 1)")
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
     im.add_argument("--samples", type=int, default=16, help="posterior samples per field (default: 16)")
     im.add_argument("--quantiles", type=float, nargs="*", metavar="Q",

@@ -110,3 +110,17 @@ def test_bad_arguments_get_one_clear_line(data, tmp_path, args, message):
     assert message in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_global_grid_coarsened_with_swaths_and_map(data, tmp_path):
+    nc = require(data / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc")
+    res = _run("--input", nc, "--coarsen", "8", "--mask", "swath:3:1500", "--fit-period", "2026-03-25:2026-03-29",
+               "--period", "2026-03-30:2026-03-30T12", "--samples", "4", "--output", tmp_path / "g.nc",
+               "--plot", tmp_path / "g.png", "--quiet")
+    assert "RMSE of the mean" in res.stdout
+    ds = xr.open_dataset(tmp_path / "g.nc", engine="h5netcdf")
+    assert ds.sizes["latitude"] == 22 and ds.sizes["longitude"] == 45  # 181 x 360 in 8 x 8 blocks, trimmed
+    obs = ds.observed.values.astype(bool)
+    assert 0.15 < obs.mean() < 0.8 and not np.array_equal(obs[0], obs[1])  # new swaths each time step
+    ds.close()
+    assert (tmp_path / "g.png").stat().st_size > 20_000
