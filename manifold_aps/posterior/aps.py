@@ -35,6 +35,8 @@ from manifold_aps.training import step_generator
 __all__ = [
     "APSConfig",
     "AmortizedFlowPosterior",
+    "ConditionedEngine",
+    "ObservationEncoding",
     "ReverseKLObjective",
     "TikhonovEstimate",
     "data_weight",
@@ -114,7 +116,7 @@ class TikhonovEstimate(nn.Module):
 
     @torch.no_grad()
     def fit_to_spectrum(self, eigenvalues: torch.Tensor, variances: torch.Tensor) -> float:
-        """Initialise :math:`Q_\theta` from a prior's per-mode variances (standardised units).
+        r"""Initialise :math:`Q_\theta` from a prior's per-mode variances (standardised units).
 
         The low-mode gains take the exact precisions :math:`1/v_k`; the polynomial is fitted to
         :math:`\log(1/v_k)` of the remaining modes by least squares (L-BFGS over :math:`\log a_j`).
@@ -281,42 +283,58 @@ class APSConfig:
         return cls(**d)
 
 
-class AmortizedFlowPosterior(nn.Module):
-    r"""The APS engine: :math:`q_\phi(x \mid y, A)`, one flow pass per sample.
+@dataclass
+class ObservationEncoding:
+    r"""What an engine knows of `(y, A)`, in the prior's standardised units.
+
+    Attributes:
+        features: per-node features `(B, N, F)`: :math:`A^Ty_z`, coverage :math:`A^T\mathbf 1_{obs}`,
+            and (with a first estimate) the estimate and its log variance proxy.
+        context: global context `(B, 3)`: observed fraction, :math:`\log\sigma_z`, 1.
+        estimate: the first estimate `(B, N, C)` or None.
+        log_var: log posterior-variance proxy `(B, N, C)` or None.
+        cholesky: Cholesky factors `(B, C, N, N)` of the estimate's precision (dense mode) or None.
+    """
+
+    features: torch.Tensor
+    context: torch.Tensor
+    estimate: torch.Tensor | None = None
+    log_var: torch.Tensor | None = None
+    cholesky: torch.Tensor | None = None
+
+
+class ConditionedEngine(nn.Module):
+    r"""Shared part of the amortized engines: units, the first estimate and the observation encoding.
 
     Works in the prior's standardised space `z = prior.normalize(x)` (identity for a Gaussian
-    prior): `y` is mapped to :math:`y_z = (y - A\mu)/s` with noise :math:`\sigma/s`, the flow draws `z`, and
-    `sample` returns `prior.denormalize(z)`. Conditioning features per node: :math:`A^Ty_z`, the
-    coverage :math:`A^T\mathbf 1_{obs}`, the `TikhonovEstimate` and its log variance proxy; global
-    context: observed fraction
-    and :math:`\log\sigma_z`.
+    prior): `y` is mapped to :math:`y_z = (y - A\mu)/s` with noise :math:`\sigma/s`.
 
     Arguments:
         domain: the domain.
         channels: `C`.
-        normalizer: the prior's `normalize`/`denormalize` owner (a prior).
+        prior: the prior whose normaliser defines the standardised space.
         noise: the observation noise model (its sigma is in physical units).
-        config: an `APSConfig`.
-        seed: seed of the flow's partitions.
+        cg_iterations: iterations of the `TikhonovEstimate` (0: no first estimate).
+        dense_limit: domains up to this many nodes use the dense estimate (Cholesky).
     """
 
     CONTEXT = 3
 
-    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, config: APSConfig | None = None, seed: int = 0):
+    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, cg_iterations: int, dense_limit: int):
         super().__init__()
-        self.config = config or APSConfig()
         self.domain, self.channels, self.noise = domain, channels, noise
         std = getattr(getattr(prior, "normalizer", None), "std", None)
         mean = getattr(getattr(prior, "normalizer", None), "mean", None)
         self.register_buffer("norm_std", (std if std is not None else torch.ones(channels)).double().clone())
         self.register_buffer("norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone())
         self.estimate = (
-            TikhonovEstimate(domain, self.config.cg_iterations, dense=domain.num_nodes <= self.config.dense_limit)
-            if self.config.cg_iterations
-            else None
+            TikhonovEstimate(domain, cg_iterations, dense=domain.num_nodes <= dense_limit) if cg_iterations else None
         )
-        features = 4 * channels if self.estimate is not None else 2 * channels
-        self.flow = ConditionalFlow(domain, channels, features, self.CONTEXT, self.config.flow, seed=seed)
+
+    @property
+    def num_features(self) -> int:
+        """`F`, the per-node features of `encode`."""
+        return 4 * self.channels if self.estimate is not None else 2 * self.channels
 
     # -- unit conversions (physical <-> standardised) ------------------------------------------
     def to_z(self, x):
@@ -331,30 +349,62 @@ class AmortizedFlowPosterior(nn.Module):
         """log|det dz/dx| for one signal."""
         return -self.domain.num_nodes * torch.log(self.norm_std).sum()
 
-    def condition(self, y: torch.Tensor, operator: LinearOperator) -> FlowCondition:
-        """Conditioning of the flow for observations `y` `(B, N_out, C)` made with `operator`."""
+    def encode(self, y: torch.Tensor, operator: LinearOperator, dtype: torch.dtype) -> ObservationEncoding:
+        """Features of observations `y` `(B, N_out, C)` made with `operator`."""
         operator.check_output(y)
-        dtype = next(self.flow.parameters()).dtype
         y = y.to(dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
         mean_obs = operator(self.norm_mean.to(dtype).expand(y.shape[0], self.domain.num_nodes, -1).contiguous())
         y_z = (y - mean_obs) / self.norm_std.to(dtype) * obs
         sigma_z = self.noise.sigma / self.norm_std.to(dtype)
-        coverage = operator.transpose(obs)
-        feats = [operator.transpose(y_z), coverage]
-        anchor = (None, None, None)
+        feats = [operator.transpose(y_z), operator.transpose(obs)]
+        estimate = log_var = chol = None
         if self.estimate is not None:
             estimate, log_var, chol = self.estimate(y_z, operator, sigma_z)
             feats.extend([estimate, log_var])
+        frac = obs.flatten(1).mean(1)
+        context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
+        return ObservationEncoding(torch.cat(feats, dim=-1), context, estimate, log_var, chol)
+
+
+class AmortizedFlowPosterior(ConditionedEngine):
+    r"""The APS engine: :math:`q_\phi(x \mid y, A)`, one flow pass per sample.
+
+    Works in the prior's standardised space (see `ConditionedEngine`): the flow draws `z`, and
+    `sample` returns `prior.denormalize(z)`. Conditioning features per node: :math:`A^Ty_z`, the
+    coverage :math:`A^T\mathbf 1_{obs}`, the `TikhonovEstimate` and its log variance proxy; global
+    context: observed fraction and :math:`\log\sigma_z`.
+
+    Arguments:
+        domain: the domain.
+        channels: `C`.
+        prior: the prior (its normaliser defines the standardised space).
+        noise: the observation noise model (its sigma is in physical units).
+        config: an `APSConfig`.
+        seed: seed of the flow's partitions.
+    """
+
+    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, config: APSConfig | None = None, seed: int = 0):
+        config = config or APSConfig()
+        super().__init__(domain, channels, prior, noise, config.cg_iterations, config.dense_limit)
+        self.config = config
+        self.flow = ConditionalFlow(domain, channels, self.num_features, self.CONTEXT, self.config.flow, seed=seed)
+
+    def condition(self, y: torch.Tensor, operator: LinearOperator) -> FlowCondition:
+        """Conditioning of the flow for observations `y` `(B, N_out, C)` made with `operator`."""
+        dtype = next(self.flow.parameters()).dtype
+        enc = self.encode(y, operator, dtype)
+        anchor = (None, None, None)
+        if enc.estimate is not None:
             # The flow starts at N(estimate, P^-1) (dense) or N(estimate, diag(var proxy)), in units
             # of its area-white base.
             log_base_var = 2 * torch.log(self.flow.base_std.to(dtype))[None, :, None]
-            log_scale = -0.5 * log_base_var.expand_as(estimate) if chol is not None else 0.5 * (log_var - log_base_var)
-            anchor = (estimate, log_scale, chol)
-        frac = obs.flatten(1).mean(1)
-        context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
-        return self.flow.condition(torch.cat(feats, dim=-1), context, *anchor)
+            log_scale = (
+                -0.5 * log_base_var.expand_as(enc.estimate) if enc.cholesky is not None else 0.5 * (enc.log_var - log_base_var)
+            )
+            anchor = (enc.estimate, log_scale, enc.cholesky)
+        return self.flow.condition(enc.features, enc.context, *anchor)
 
     def sample_and_log_prob(self, y, operator, n: int, *, generator=None):
         """`n` samples `(n, B, N, C)` in physical units and their log q `(n, B)` (physical units)."""
