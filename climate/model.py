@@ -13,6 +13,7 @@ Three kinds, one interface:
 * ``dps``: a score prior trained with `manifold-aps train-prior` on the field's grid, sampled by
   diffusion posterior sampling. Its normalisation lives in the prior's checkpoint.
 * ``aps``: a flow distilled with `manifold-aps distill`; one flow pass per sample.
+* ``implicit``: a generator distilled with `manifold-aps distill --engine implicit`; one pass.
 
 `load_model(path)` opens any of the three checkpoints.
 """
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 KIND = "climate-gaussian"
-ENGINES = ("gaussian", "dps", "aps")
+ENGINES = ("gaussian", "dps", "aps", "implicit")
 
 
 @dataclass
@@ -322,20 +323,20 @@ class GaussianImputer(ImputationModel):
 
 
 class ScoreImputer(ImputationModel):
-    """DPS or APS on a prior trained with `manifold-aps train-prior` / `distill` on the field's grid.
+    """DPS, APS or the implicit generator, on the field's grid (`train-prior` / `distill` checkpoints).
 
     Arguments:
         variable, units, domain, noise_std: as `ImputationModel`.
         sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, 1)` in physical units
-            (`manifold_aps.posterior.DPS` or `AmortizedFlowPosterior`).
-        engine: "dps" or "aps".
+            (`manifold_aps.posterior.DPS`, `AmortizedFlowPosterior`, `ImplicitGenerator`).
+        engine: "dps", "aps" or "implicit".
         description: for the `history` attribute.
     """
 
     def __init__(self, variable, units, domain, noise_std, sampler, engine: str, description: str):
         super().__init__(variable, units, domain, noise_std)
-        if engine not in ("dps", "aps"):
-            raise ValueError(f"engine must be 'dps' or 'aps', got {engine!r}")
+        if engine not in ("dps", "aps", "implicit"):
+            raise ValueError(f"engine must be 'dps', 'aps' or 'implicit', got {engine!r}")
         self.sampler, self.engine, self._description = sampler, engine, description
 
     def describe(self) -> str:
@@ -384,7 +385,7 @@ def load_model(
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     kind = state.get("kind") if isinstance(state, dict) else None
-    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps"}.get(kind)
+    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps", "implicit-generator": "implicit"}.get(kind)
     if found is None:
         raise ValueError(f"{path} is not a manifold-aps model checkpoint (kind {kind!r})")
     if engine is not None and engine != found:
@@ -399,8 +400,9 @@ def load_model(
         sampler = DPS(prior, GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
         desc = f"DPS ({dps_steps} steps, guidance {guidance:g}) with the score prior {path.name} of {dataset.name}"
         return ScoreImputer(variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc)
-    from manifold_aps.posterior.distill import load_engine
+    from manifold_aps.posterior.engines import load_trained_engine
 
-    flow, _, _ = load_engine(path, dataset)
-    desc = f"APS conditional flow {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
-    return ScoreImputer(variable, dataset.units, dataset.domain, flow.noise.sigma, flow, "aps", desc)
+    _, sampler, _, _ = load_trained_engine(path, dataset)
+    what = "APS conditional flow" if found == "aps" else "implicit generator"
+    desc = f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
+    return ScoreImputer(variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc)

@@ -75,6 +75,7 @@ Engines:
             time steps outside --period), or loaded from --checkpoint (saved with --save-model)
   dps       diffusion posterior sampling with a prior from `manifold-aps train-prior` (--checkpoint)
   aps       a flow distilled with `manifold-aps distill` (--checkpoint); one pass per sample
+  implicit  a generator from `manifold-aps distill --engine implicit` (--checkpoint); one pass
 
 When the hidden cells have values in the input (an artificial mask), the scores of the
 imputation against them are printed: area-weighted RMSE, CRPS, 90 % coverage, spread/skill.
@@ -147,21 +148,25 @@ def _train_prior(args: argparse.Namespace) -> int:
 
 
 DISTILL_HELP = """\
-Distil an amortized posterior sampler (APS): a conditional flow q(x | y, A) trained by reverse KL
-against a prior, on simulated observations only (masks from a family, Gaussian noise).
+Distil an amortized posterior sampler from a prior, on simulated observations only (masks from a
+family, Gaussian noise): --engine aps (default) trains a conditional flow q(x | y, A) by reverse
+KL; --engine implicit trains a one-pass generator by an integral KL with an auxiliary score
+(DAVI-style; no density).
 
 The prior is "exact" for the gaussian-* datasets (closed-form Matern prior) or the checkpoint of a
 prior trained with `manifold-aps train-prior` on the same dataset. Masks: random (50-95 %
 missing), caps, stations, swaths, or mixture (all four). Writes OUT/checkpoint.pt (kind
-aps-flow), OUT/log.csv (loss in nats per dimension), OUT/train.json; --resume continues.
+aps-flow or implicit-generator), OUT/log.csv (loss per dimension), OUT/train.json; --resume
+continues.
 
 examples:
   manifold-aps distill --dataset gaussian-healpix8 --prior exact --steps 2000 --out runs/aps-h8
   manifold-aps distill --dataset era5-uk --prior runs/era5-uk/checkpoint.pt --masks mixture --out runs/aps-uk
+  manifold-aps distill --engine implicit --dataset gaussian-healpix8 --prior exact --out runs/implicit-h8
 """
 
 SAMPLE_HELP = """\
-Draw posterior samples with a distilled APS engine for held-out observations of its dataset
+Draw posterior samples with a distilled engine (APS flow or implicit generator) for held-out observations of its dataset
 (test split, masks from its family with --seed), and write them with the truths to an .npz file
 (keys: y, mask, truth, samples (n, B, N, C), mean, std, seconds_per_sample).
 
@@ -195,10 +200,22 @@ def _distill(args: argparse.Namespace) -> int:
     from manifold_aps.posterior.distill import distill
 
     torch.set_num_threads(max(1, args.threads))
+    if args.engine == "implicit":
+        from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
+
+        implicit = ImplicitConfig(width=args.width, num_modes=min(args.modes, 64), cg_iterations=args.cg_iterations,
+                                  warmup_fraction=args.data_warmup or 0.0)
+        _, result = train_implicit(
+            args.dataset, args.prior, args.out, _train_config(args), implicit=implicit, masks=args.masks,
+            noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"step {result.step}: loss {result.loss:.4f} per dim, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
+        return 0
     aps = APSConfig(
         flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes),
         cg_iterations=args.cg_iterations,
-        warmup_fraction=args.data_warmup,
+        warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup,
     )
     _, result = distill(
         args.dataset, args.prior, args.out, _train_config(args), aps=aps, masks=args.masks,
@@ -215,10 +232,11 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from manifold_aps.posterior.distill import held_out_observations, load_engine
+    from manifold_aps.posterior.distill import held_out_observations
+    from manifold_aps.posterior.engines import load_trained_engine
 
     torch.set_num_threads(max(1, args.threads))
-    engine, ds, _ = load_engine(args.checkpoint)
+    _, engine, ds, _ = load_trained_engine(args.checkpoint)
     batch = held_out_observations(ds, engine.noise, args.observations, masks=args.masks or "random", seed=args.seed)
     op = batch.operator(ds.domain)
     start = time.perf_counter()
@@ -285,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
     im.add_argument("--mask", action="append", metavar="SPEC",
                     help="cells to hide, see above; repeat to combine (default: nan)")
-    im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps"],
+    im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit"],
                     help="posterior engine (default: gaussian)")
     im.add_argument("--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint")
     im.add_argument("--fit-period", metavar="START:END",
@@ -332,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="distil an amortized posterior sampler (conditional flow) from a prior",
         description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ds.add_argument("--engine", default="aps", choices=["aps", "implicit"],
+                    help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL "
+                         "(default: aps)")
     ds.add_argument("--dataset", required=True, help="dataset name (as for train-prior)")
     ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets) or a prior checkpoint')
     ds.add_argument("--out", required=True, help="output folder")
@@ -341,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--width", type=int, default=32, help="conditioner channels (default: 32)")
     ds.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of spectral layers (default: 64)")
     ds.add_argument("--cg-iterations", type=int, default=30, help="iterations of the first estimate (default: 30)")
-    ds.add_argument("--data-warmup", type=float, default=0.2,
-                    help="fraction of training over which the likelihood weight rises to 1 (default: 0.2)")
+    ds.add_argument("--data-warmup", type=float, default=None,
+                    help="fraction of training over which the likelihood weight rises to 1 "
+                         "(default: 0.2 for aps, 0 for implicit)")
     _add_training_options(ds, steps=2000, lr=2e-3, ema=0.0)
     ds.set_defaults(func=_distill)
 
@@ -350,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="posterior samples from a distilled engine for held-out observations",
         description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sp.add_argument("--checkpoint", required=True, help="an aps-flow checkpoint")
+    sp.add_argument("--checkpoint", required=True, help="a distill checkpoint (aps-flow or implicit-generator)")
     sp.add_argument("--out", required=True, help="output .npz file")
     sp.add_argument("--n", type=int, default=100, help="samples per observation (default: 100)")
     sp.add_argument("--observations", type=int, default=4, help="held-out observations (default: 4)")

@@ -181,7 +181,7 @@ def test_grib_input_is_imputed_like_netcdf(model, data):
     np.testing.assert_array_equal(a.t2m_samples.values, b.t2m_samples.values)
 
 
-def test_dps_and_aps_checkpoints_impute(tmp_path, test_hours):
+def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     """A (barely trained) score prior and flow on the UK grid go through `load_model` and `impute`."""
     from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.aps import APSConfig
@@ -205,6 +205,14 @@ def test_dps_and_aps_checkpoints_impute(tmp_path, test_hours):
     out = impute(hours, mask, aps, n_samples=3, progress=False)
     assert np.array_equal(out.t2m_samples.values[1][mask.values], hours.values[mask.values])
     assert (out.t2m_std.values[~mask.values] > 0).all()
+    from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
+
+    small = ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2, dense_limit=0)
+    train_implicit("era5-uk", ckpt, tmp_path / "implicit", cfg, implicit=small, progress=False)
+    gen = load_model(tmp_path / "implicit" / "checkpoint.pt", engine="implicit")
+    out = impute(hours, mask, gen, n_samples=3, progress=False)
+    assert np.array_equal(out.t2m_samples.values[2][mask.values], hours.values[mask.values])
+    assert np.isfinite(out.t2m_samples.values).all() and "implicit generator" in out.attrs["history"]
     with pytest.raises(ValueError, match="not a manifold-aps model checkpoint"):
         torch.save({"x": 1}, tmp_path / "junk.pt")
         load_model(tmp_path / "junk.pt")

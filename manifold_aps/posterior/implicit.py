@@ -85,8 +85,8 @@ class ImplicitConfig:
     num_modes: int = 32
     cg_iterations: int = 30
     dense_limit: int = 2000
-    t_min: float = 0.01
-    t_max: float = 0.3
+    t_min: float = 0.002
+    t_max: float = 0.05
     samples_per_observation: int = 2
     aux_weight: float = 1.0
     warmup_fraction: float = 0.0
@@ -139,7 +139,9 @@ class ImplicitGenerator(ConditionedEngine):
         self.graph = DomainTensors(domain, config.num_modes, num_positional=0)
         feats = self.num_features + channels
         self.generator = GraphConditioner(feats, channels, self.CONTEXT, config.width, config.depth)
-        self.aux = GraphConditioner(feats, channels, self.CONTEXT + self.AUX_CONTEXT, config.width, config.depth)
+        # the auxiliary score also sees z_t, its offset from the diffused estimate in noise units and
+        # the prior's own noise prediction, so that the residual it learns is nearly pointwise
+        self.aux = GraphConditioner(feats + 2 * channels, channels, self.CONTEXT + self.AUX_CONTEXT, config.width, config.depth)
 
     def generator_parameters(self):
         """Parameters of the generator (the first estimate included), not of the auxiliary score."""
@@ -171,12 +173,15 @@ class ImplicitGenerator(ConditionedEngine):
         residual = self.generator(feats, context, self.graph).reshape(n, b, self.domain.num_nodes, self.channels)
         return base + residual, enc
 
-    def aux_residual(self, z_t: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, enc: ObservationEncoding, n: int):
-        """:math:`r_\\psi = \\epsilon_\\psi - \\epsilon_p` at `z_t` `(n*B, N, C)` (sample-major) and times `t` `(n*B,)`."""
-        b = enc.features.shape[0]
-        feats = torch.cat([enc.features.detach().repeat(n, 1, 1), z_t], dim=-1)
+    def aux_residual(
+        self, z_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, eps_prior: torch.Tensor, enc: ObservationEncoding, n: int
+    ) -> torch.Tensor:
+        """:math:`r_\\psi = \\epsilon_\\psi - \\epsilon_p` `(n*B, N, C)` at `z_t` `(n*B, N, C)` (sample-major),
+        with the schedule's `alpha`, `sigma` `(n*B,)` and the prior's noise prediction there."""
+        est = enc.estimate.detach().repeat(n, 1, 1) if enc.estimate is not None else torch.zeros_like(z_t)
+        offset = (z_t - alpha[:, None, None] * est) / sigma[:, None, None]
+        feats = torch.cat([enc.features.detach().repeat(n, 1, 1), z_t, offset, eps_prior], dim=-1)
         context = torch.cat([enc.context.detach().repeat(n, 1), torch.log(sigma)[:, None], alpha[:, None]], dim=1)
-        del t, b
         return self.aux(feats, context, self.graph)
 
     @torch.no_grad()
@@ -240,7 +245,7 @@ class IntegralKLObjective(nn.Module):
         eps = torch.randn(zp.shape, generator=generator, dtype=zp.dtype)
         z_t = alpha[:, None, None] * zp.detach() + sigma[:, None, None] * eps
         with torch.no_grad():
-            r = engine.aux_residual(z_t, t, alpha, sigma, enc, s)
+            r = engine.aux_residual(z_t, alpha, sigma, self.prior.eps(z_t, t), enc, s)
             direction = -(alpha / sigma)[:, None, None] * r  # alpha/sigma (eps_p - eps_psi)
         ikl = (direction * zp).flatten(1).sum(1)
         # auxiliary conditional score: DSM on detached samples at fresh times
@@ -250,7 +255,7 @@ class IntegralKLObjective(nn.Module):
         z_t2 = a2[:, None, None] * zp.detach() + s2[:, None, None] * eps2
         with torch.no_grad():
             eps_p = self.prior.eps(z_t2, t2)
-        pred = eps_p + engine.aux_residual(z_t2, t2, a2, s2, enc, s)
+        pred = eps_p + engine.aux_residual(z_t2, a2, s2, eps_p, enc, s)
         dsm = (pred - eps2).pow(2).flatten(1).sum(1)
         return {"ikl": ikl, "loglik": loglik, "dsm": dsm, "x": x}
 
