@@ -42,8 +42,13 @@ __all__ = [
 
 
 def data_dir() -> Path:
-    """`$MANIFOLD_APS_DATA`, default `../shared/data` relative to the working directory."""
-    return Path(os.environ.get("MANIFOLD_APS_DATA", "../shared/data"))
+    """`$MANIFOLD_APS_DATA`; by default `../shared/data` relative to the working directory, or else
+    to the repository of an editable install (so that scripts run from any sub-folder)."""
+    if "MANIFOLD_APS_DATA" in os.environ:
+        return Path(os.environ["MANIFOLD_APS_DATA"])
+    here = Path("../shared/data")
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return here if here.is_dir() or not beside_repo.is_dir() else beside_repo
 
 
 def _require(path: Path) -> Path:
