@@ -14,6 +14,7 @@ Three kinds, one interface:
   diffusion posterior sampling. Its normalisation lives in the prior's checkpoint.
 * ``aps``: a flow distilled with `manifold-aps distill`; one flow pass per sample.
 * ``implicit``: a generator distilled with `manifold-aps distill --engine implicit`; one pass.
+* ``avi``: a few-step guided sampler with an amortized inner VI (`distill --engine avi`).
 
 `load_model(path)` opens any of the three checkpoints.
 """
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 KIND = "climate-gaussian"
-ENGINES = ("gaussian", "dps", "aps", "implicit")
+ENGINES = ("gaussian", "dps", "aps", "implicit", "avi")
 
 
 @dataclass
@@ -329,14 +330,14 @@ class ScoreImputer(ImputationModel):
         variable, units, domain, noise_std: as `ImputationModel`.
         sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, 1)` in physical units
             (`manifold_aps.posterior.DPS`, `AmortizedFlowPosterior`, `ImplicitGenerator`).
-        engine: "dps", "aps" or "implicit".
+        engine: "dps", "aps", "implicit" or "avi".
         description: for the `history` attribute.
     """
 
     def __init__(self, variable, units, domain, noise_std, sampler, engine: str, description: str):
         super().__init__(variable, units, domain, noise_std)
-        if engine not in ("dps", "aps", "implicit"):
-            raise ValueError(f"engine must be 'dps', 'aps' or 'implicit', got {engine!r}")
+        if engine not in ("dps", "aps", "implicit", "avi"):
+            raise ValueError(f"engine must be 'dps', 'aps', 'implicit' or 'avi', got {engine!r}")
         self.sampler, self.engine, self._description = sampler, engine, description
 
     def describe(self) -> str:
@@ -385,7 +386,8 @@ def load_model(
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     kind = state.get("kind") if isinstance(state, dict) else None
-    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps", "implicit-generator": "implicit"}.get(kind)
+    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps", "implicit-generator": "implicit",
+             "amortized-vi": "avi"}.get(kind)
     if found is None:
         raise ValueError(f"{path} is not a manifold-aps model checkpoint (kind {kind!r})")
     if engine is not None and engine != found:
@@ -403,6 +405,6 @@ def load_model(
     from manifold_aps.posterior.engines import load_trained_engine
 
     _, sampler, _, _ = load_trained_engine(path, dataset)
-    what = "APS conditional flow" if found == "aps" else "implicit generator"
+    what = {"aps": "APS conditional flow", "implicit": "implicit generator", "avi": "amortized-VI sampler"}[found]
     desc = f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
     return ScoreImputer(variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc)

@@ -29,7 +29,7 @@ class ImputeRequest:
         input: file, glob or zarr store.
         variable: variable name.
         masks: mask specs, combined with "and" (observed only where all observe).
-        engine: "gaussian", "dps", "aps" or "implicit".
+        engine: "gaussian", "dps", "aps", "implicit" or "avi".
         checkpoint: model file (required for dps/aps).
         fit_period: "START:END" of the gaussian fit, or None.
         period: "START:END" of the imputed times, or None (all).
@@ -69,8 +69,8 @@ class ImputeRequest:
     progress: bool = True
 
     def __post_init__(self):
-        if self.engine not in ("gaussian", "dps", "aps", "implicit"):
-            raise ValueError(f"engine must be gaussian, dps, aps or implicit, got {self.engine!r}")
+        if self.engine not in ("gaussian", "dps", "aps", "implicit", "avi"):
+            raise ValueError(f"engine must be gaussian, dps, aps, implicit or avi, got {self.engine!r}")
         if self.engine != "gaussian" and not self.checkpoint:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
         if self.coarsen < 1:

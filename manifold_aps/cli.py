@@ -76,6 +76,7 @@ Engines:
   dps       diffusion posterior sampling with a prior from `manifold-aps train-prior` (--checkpoint)
   aps       a flow distilled with `manifold-aps distill` (--checkpoint); one pass per sample
   implicit  a generator from `manifold-aps distill --engine implicit` (--checkpoint); one pass
+  avi       a few-step guided sampler from `manifold-aps distill --engine avi` (--checkpoint)
 
 When the hidden cells have values in the input (an artificial mask), the scores of the
 imputation against them are printed: area-weighted RMSE, CRPS, 90 % coverage, spread/skill.
@@ -151,12 +152,13 @@ DISTILL_HELP = """\
 Distil an amortized posterior sampler from a prior, on simulated observations only (masks from a
 family, Gaussian noise): --engine aps (default) trains a conditional flow q(x | y, A) by reverse
 KL; --engine implicit trains a one-pass generator by an integral KL with an auxiliary score
-(DAVI-style; no density).
+(DAVI-style; no density); --engine avi trains the amortizer of a few-step MGDM sampler that keeps
+the explicit likelihood at test time (LAVPS-style).
 
 The prior is "exact" for the gaussian-* datasets (closed-form Matern prior) or the checkpoint of a
 prior trained with `manifold-aps train-prior` on the same dataset. Masks: random (50-95 %
 missing), caps, stations, swaths, or mixture (all four). Writes OUT/checkpoint.pt (kind
-aps-flow or implicit-generator), OUT/log.csv (loss per dimension), OUT/train.json; --resume
+aps-flow, implicit-generator or amortized-vi), OUT/log.csv (loss per dimension), OUT/train.json; --resume
 continues.
 
 examples:
@@ -166,7 +168,7 @@ examples:
 """
 
 SAMPLE_HELP = """\
-Draw posterior samples with a distilled engine (APS flow or implicit generator) for held-out observations of its dataset
+Draw posterior samples with a distilled engine (APS flow, implicit generator, amortized VI) for held-out observations of its dataset
 (test split, masks from its family with --seed), and write them with the truths to an .npz file
 (keys: y, mask, truth, samples (n, B, N, C), mean, std, seconds_per_sample).
 
@@ -200,6 +202,17 @@ def _distill(args: argparse.Namespace) -> int:
     from manifold_aps.posterior.distill import distill
 
     torch.set_num_threads(max(1, args.threads))
+    if args.engine == "avi":
+        from manifold_aps.posterior.amortized_vi import AmortizedVIConfig, train_amortized_vi
+
+        _, result = train_amortized_vi(
+            args.dataset, args.prior, args.out, _train_config(args),
+            vi=AmortizedVIConfig(width=args.width, num_modes=min(args.modes, 64)), masks=args.masks,
+            noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"step {result.step}: loss {result.loss:.4f}, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
+        return 0
     if args.engine == "implicit":
         from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
 
@@ -303,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
     im.add_argument("--mask", action="append", metavar="SPEC",
                     help="cells to hide, see above; repeat to combine (default: nan)")
-    im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit"],
+    im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit", "avi"],
                     help="posterior engine (default: gaussian)")
     im.add_argument("--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint")
     im.add_argument("--fit-period", metavar="START:END",
@@ -350,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="distil an amortized posterior sampler (conditional flow) from a prior",
         description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ds.add_argument("--engine", default="aps", choices=["aps", "implicit"],
-                    help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL "
-                         "(default: aps)")
+    ds.add_argument("--engine", default="aps", choices=["aps", "implicit", "avi"],
+                    help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL; "
+                         "avi: amortized inner VI for a guided few-step sampler (default: aps)")
     ds.add_argument("--dataset", required=True, help="dataset name (as for train-prior)")
     ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets) or a prior checkpoint')
     ds.add_argument("--out", required=True, help="output folder")
@@ -372,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="posterior samples from a distilled engine for held-out observations",
         description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sp.add_argument("--checkpoint", required=True, help="a distill checkpoint (aps-flow or implicit-generator)")
+    sp.add_argument("--checkpoint", required=True, help="a distill checkpoint (any --engine)")
     sp.add_argument("--out", required=True, help="output .npz file")
     sp.add_argument("--n", type=int, default=100, help="samples per observation (default: 100)")
     sp.add_argument("--observations", type=int, default=4, help="held-out observations (default: 4)")

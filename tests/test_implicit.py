@@ -113,3 +113,24 @@ def test_bad_settings_are_refused():
     y, op = _pair()
     with pytest.raises(ValueError, match="n must be >= 1"):
         eng.sample(y, op, 0)
+
+
+@pytest.mark.parametrize("engine", ["implicit", "avi"])
+def test_distill_and_sample_cli_for_the_sibling_engines(tmp_path, engine):
+    """`distill --engine` and `sample` as a user runs them (tiny settings), for every sibling engine."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    exe = [sys.executable, "-m", "manifold_aps.cli"]
+    out = tmp_path / engine
+    res = subprocess.run(exe + ["distill", "--engine", engine, "--dataset", "gaussian-healpix8", "--prior", "exact",
+                                "--steps", "2", "--width", "8", "--out", str(out), "--quiet", "--log-every", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(exe + ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "s.npz"),
+                                "--n", "3", "--observations", "2"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    z = np.load(tmp_path / "s.npz")
+    assert z["samples"].shape == (3, 2, 768, 1) and np.isfinite(z["samples"]).all()

@@ -21,7 +21,17 @@ def _implicit(path, dataset):
     return load_implicit(path, dataset)
 
 
-ENGINE_KINDS = {"aps-flow": ("aps", _aps), "implicit-generator": ("implicit", _implicit)}
+def _avi(path, dataset):
+    from manifold_aps.posterior.amortized_vi import load_amortized_vi
+
+    return load_amortized_vi(path, dataset)
+
+
+ENGINE_KINDS = {
+    "aps-flow": ("aps", _aps),
+    "implicit-generator": ("implicit", _implicit),
+    "amortized-vi": ("avi", _avi),
+}
 
 
 def load_trained_engine(path: str | os.PathLike, dataset=None):
