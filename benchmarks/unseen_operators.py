@@ -1,7 +1,7 @@
 """Engines trained on random masks, tested on operators they never saw: caps, swaths, a heat blur.
 
 For each problem (ERA5 t2m UK with its trained score prior; the bumpy mesh with a known Matérn
-prior) every amortized engine is trained on observations with *random* masks (50-95 % missing)
+prior) every amortized engine (APS flow, implicit generator, amortized VI) is trained on observations with *random* masks (50-95 % missing)
 only, then all engines sample posteriors for held-out test signals observed through
 
 * random masks (the training family), geodesic caps hidden, satellite swaths observed, and
@@ -20,6 +20,7 @@ Writes results/unseen_operators.csv. Usage:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -30,8 +31,14 @@ from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
 from manifold_aps.operators import GaussianNoise, HeatBlur
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
+from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, held_out_observations, load_engine, resolve_prior
+from manifold_aps.posterior.distill import (
+    distill,
+    held_out_observations,
+    load_engine,
+    resolve_prior,
+)
 from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
 from manifold_aps.posterior.observations import ObservationBatch
 from manifold_aps.priors.gaussian import GaussianPrior
@@ -64,23 +71,29 @@ def scores(samples, truth, where, weight):
     }
 
 
-def train_engines(name, ds, prior_arg, runs: Path, noise_std: float, steps: int) -> dict:
-    """APS and the implicit generator, trained on random masks only (resumed when present)."""
+def train_engines(name, ds, prior_arg, runs: Path, noise_std: float, steps: int, with_avi: bool = True):
+    """APS, the implicit generator and amortized VI, trained on random masks only (resumed when present)."""
     cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=50, ema_decay=0.0, checkpoint_every=100,
                       validate_every=0, log_every=25)
     engines, seconds = {}, {}
     t0 = time.perf_counter()
-    distill(ds, prior_arg, runs / f"aps-{name}", cfg, aps=APSConfig(dense_limit=1000), masks="random",
+    distill(ds, prior_arg, runs / "unseen" / f"aps-{name}", cfg, aps=APSConfig(dense_limit=1000), masks="random",
             noise_std=noise_std, resume=True, progress=False)
     seconds["APS"] = time.perf_counter() - t0
-    engines["APS"] = load_engine(runs / f"aps-{name}" / "checkpoint.pt", ds)[0]
+    engines["APS"] = load_engine(runs / "unseen" / f"aps-{name}" / "checkpoint.pt", ds)[0]
     t0 = time.perf_counter()
     icfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=20, ema_decay=0.0, checkpoint_every=100,
                        validate_every=0, log_every=25)
-    train_implicit(ds, prior_arg, runs / f"implicit-{name}", icfg, implicit=ImplicitConfig(dense_limit=1000),
+    train_implicit(ds, prior_arg, runs / "unseen" / f"implicit-{name}", icfg, implicit=ImplicitConfig(dense_limit=1000),
                    masks="random", noise_std=noise_std, resume=True, progress=False)
     seconds["implicit"] = time.perf_counter() - t0
-    engines["implicit"] = load_implicit(runs / f"implicit-{name}" / "checkpoint.pt", ds)[0]
+    engines["implicit"] = load_implicit(runs / "unseen" / f"implicit-{name}" / "checkpoint.pt", ds)[0]
+    if with_avi:
+        t0 = time.perf_counter()
+        train_amortized_vi(ds, prior_arg, runs / "unseen" / f"avi-{name}", icfg, masks="random",
+                           noise_std=noise_std, resume=True, progress=False)
+        seconds["AVI"] = time.perf_counter() - t0
+        engines["AVI"] = load_amortized_vi(runs / "unseen" / f"avi-{name}" / "checkpoint.pt", ds)[0]
     return engines, seconds
 
 
@@ -93,7 +106,7 @@ def tune_dps(prior, noise, ds, weight) -> float:
         s = DPS(prior, noise, steps=200, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), 2,
                                                                 rng=torch.Generator().manual_seed(5)).double()
         rmse = float(weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth)))
-        rmse = rmse if rmse == rmse else float("inf")
+        rmse = rmse if math.isfinite(rmse) else float("inf")
         print(f"  DPS guidance {zeta}: validation RMSE {rmse:.4f}", flush=True)
         if rmse < best_rmse:
             best, best_rmse = zeta, rmse
@@ -108,6 +121,7 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4, help="samples per observation, every engine")
     parser.add_argument("--dps-steps", type=int, default=1000)
+    parser.add_argument("--no-avi", action="store_true", help="leave out the amortized-VI engine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -118,7 +132,7 @@ def main() -> None:
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
-        engines, train_s = train_engines(name, ds, prior_arg, args.runs, 0.1, args.steps)
+        engines, train_s = train_engines(name, ds, prior_arg, args.runs, 0.1, args.steps, not args.no_avi)
         zeta = tune_dps(prior, noise, ds, weight)
         samplers = dict(engines)
         samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
@@ -130,7 +144,7 @@ def main() -> None:
                 g = torch.Generator().manual_seed(11)
                 t0 = time.perf_counter()
                 yin = y.float() if method == "DPS" and not isinstance(prior, GaussianPrior) else y
-                with torch.no_grad() if method != "DPS" else torch.enable_grad():
+                with torch.no_grad() if method not in ("DPS", "AVI") else torch.enable_grad():
                     s = sampler.sample(yin, op, args.samples, rng=g).double()
                 sec = (time.perf_counter() - t0) / (args.samples * args.observations)
                 row = {"problem": name, "nodes": ds.domain.num_nodes, "operator": kind,
