@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,7 +58,7 @@ from manifold_aps.posterior.mgdm import (
 )
 from manifold_aps.posterior.observations import ObservationBatch, SimulatedObservations
 from manifold_aps.priors.sampling import time_grid
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint, step_generator
+from manifold_aps.training import TrainConfig, TrainResult, step_generator
 
 __all__ = [
     "KIND",
@@ -500,63 +499,31 @@ def train_amortized_vi(
     Returns:
         `(engine, TrainResult)`.
     """
-    from manifold_aps.datasets import build_prior_dataset
-    from manifold_aps.posterior.distill import mask_family, resolve_prior
-    from manifold_aps.priors.gaussian import GaussianPrior
+    from manifold_aps.posterior.distill import train_engine
 
-    ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
-    p = resolve_prior(ds, prior)
-    noise = GaussianNoise(noise_std)
-    vi = vi or AmortizedVIConfig()
-    torch.manual_seed(config.seed)
-    engine = AmortizedVI(ds.domain, ds.channels, p, noise, vi).to(dtype)
-    observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
-    objective = AmortizedVIObjective(
-        engine, p, observations, batch_size=config.batch_size, seed=config.seed
+    return train_engine(
+        _recipe(), dataset, prior, out_dir, config, settings=vi, masks=masks, noise_std=noise_std,
+        resume=resume, progress=progress, stop_after=stop_after, dtype=dtype,
     )
-    model_config = {
-        "dataset": ds.name,
-        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
-        "masks": masks,
-        "noise_std": noise_std,
-        "channels": ds.channels,
-        "dtype": str(dtype).removeprefix("torch."),
-        "vi": vi.to_dict(),
-    }
-    trainer = Trainer(
-        objective,
-        config,
-        out_dir,
+
+
+def _recipe():
+    from manifold_aps.posterior.distill import EngineRecipe
+
+    return EngineRecipe(
         kind=KIND,
-        domain=ds.domain,
-        model_config=model_config,
-        progress=progress,
+        config_key="vi",
+        config_cls=AmortizedVIConfig,
+        build=lambda domain, channels, prior, noise, settings, seed: AmortizedVI(domain, channels, prior, noise, settings),
+        objective=lambda engine, prior, observations, config: AmortizedVIObjective(
+            engine, prior, observations, batch_size=config.batch_size, seed=config.seed
+        ),
+        fit_anchor=False,
     )
-    return engine, trainer.fit(resume=resume, stop_after=stop_after)
 
 
 def load_amortized_vi(path: str | os.PathLike, dataset=None):
     """Load a trained amortizer with its dataset and prior; returns `(engine, dataset, prior)`."""
-    from manifold_aps.datasets import build_prior_dataset
-    from manifold_aps.posterior.distill import resolve_prior
+    from manifold_aps.posterior.distill import load_trained
 
-    ckpt = load_checkpoint(path, kind=KIND)
-    cfg = ckpt["model_config"]
-    ds = (
-        build_prior_dataset(cfg["dataset"])
-        if dataset is None or isinstance(dataset, str)
-        else dataset
-    )
-    if ckpt["fingerprint"] != ds.domain.fingerprint:
-        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
-    p = resolve_prior(ds, cfg["prior"])
-    engine = AmortizedVI(
-        ds.domain,
-        cfg["channels"],
-        p,
-        GaussianNoise(cfg["noise_std"]),
-        AmortizedVIConfig.from_dict(cfg["vi"]),
-    )
-    engine = engine.to(getattr(torch, cfg.get("dtype", "float32")))
-    engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    return engine.eval(), ds, p
+    return load_trained(_recipe(), path, dataset)

@@ -8,6 +8,8 @@ trained `ScorePrior` checkpoint), a mask family and a noise level.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +31,18 @@ from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint
 
 __all__ = [
+    "APS_RECIPE",
     "KIND",
     "MASK_FAMILIES",
+    "EngineRecipe",
     "distill",
     "held_out_observations",
     "load_engine",
+    "load_trained",
     "mask_family",
     "prior_mode_variances",
     "resolve_prior",
+    "train_engine",
 ]
 
 KIND = "aps-flow"
@@ -85,6 +91,105 @@ def prior_mode_variances(prior, domain, num_modes: int, *, num_samples: int = 12
     return lam, coef.pow(2).mean((0, 2))
 
 
+@dataclass(frozen=True)
+class EngineRecipe:
+    """How to build, train and reload one kind of amortized engine (shared by all of them).
+
+    Attributes:
+        kind: the checkpoint kind.
+        config_key: key of the engine's settings in the checkpoint's `model_config`.
+        config_cls: the settings' dataclass (`to_dict` / `from_dict`).
+        build: `(domain, channels, prior, noise, settings, seed) -> engine`.
+        objective: `(engine, prior, observations, train_config) -> objective` for the `Trainer`.
+        fit_anchor: initialise the engine's first estimate from the prior's spectrum.
+    """
+
+    kind: str
+    config_key: str
+    config_cls: type
+    build: Callable
+    objective: Callable
+    fit_anchor: bool = True
+
+
+def train_engine(
+    recipe: EngineRecipe,
+    dataset: PriorDataset | str,
+    prior: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    settings=None,
+    masks: str = "random",
+    noise_std: float = 0.1,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Train any amortized engine with the one `Trainer`; the checkpoint is `out_dir/checkpoint.pt`.
+
+    Only simulated observations of the dataset's training signals are used (clean signals only
+    simulate `y`). Returns `(engine, TrainResult)`.
+    """
+    ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
+    p = resolve_prior(ds, prior)
+    noise = GaussianNoise(noise_std)
+    settings = settings or recipe.config_cls()
+    torch.manual_seed(config.seed)
+    engine = recipe.build(ds.domain, ds.channels, p, noise, settings, config.seed)
+    if dtype != torch.float32:  # float32 parameters by default; float64 geometry buffers stay float64
+        engine = engine.to(dtype)
+    fresh = not (resume and (Path(out_dir) / "checkpoint.pt").exists())
+    if recipe.fit_anchor and getattr(engine, "estimate", None) is not None and fresh:
+        # variances of the standardised signal: the engines work in the prior's standardised space
+        lam, var = prior_mode_variances(p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed)
+        engine.estimate.fit_to_spectrum(lam, var)
+    observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
+    objective = recipe.objective(engine, p, observations, config)
+    model_config = {
+        "dataset": ds.name,
+        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
+        "masks": masks,
+        "noise_std": noise_std,
+        "channels": ds.channels,
+        "dtype": str(dtype).removeprefix("torch."),
+        recipe.config_key: settings.to_dict(),
+    }
+    trainer = Trainer(objective, config, out_dir, kind=recipe.kind, domain=ds.domain, model_config=model_config, progress=progress)
+    return engine, trainer.fit(resume=resume, stop_after=stop_after)
+
+
+def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None):
+    """Load an engine trained by `train_engine` with its dataset and prior: `(engine, dataset, prior)`."""
+    ckpt = load_checkpoint(path, kind=recipe.kind)
+    cfg = ckpt["model_config"]
+    ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
+    if ckpt["fingerprint"] != ds.domain.fingerprint:
+        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
+    p = resolve_prior(ds, cfg["prior"])
+    settings = recipe.config_cls.from_dict(cfg[recipe.config_key])
+    engine = recipe.build(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), settings, 0)
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if dtype != torch.float32:
+        engine = engine.to(dtype)
+    engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+    return engine.eval(), ds, p
+
+
+APS_RECIPE = EngineRecipe(
+    kind=KIND,
+    config_key="aps",
+    config_cls=APSConfig,
+    build=lambda domain, channels, prior, noise, settings, seed: AmortizedFlowPosterior(
+        domain, channels, prior, noise, settings, seed=seed
+    ),
+    objective=lambda engine, prior, observations, config: ReverseKLObjective(
+        engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
+    ),
+)
+
+
 def distill(
     dataset: PriorDataset | str,
     prior: str | os.PathLike,
@@ -99,42 +204,15 @@ def distill(
     stop_after: int | None = None,
 ) -> tuple[AmortizedFlowPosterior, TrainResult]:
     """Train an APS engine; the checkpoint is `out_dir/checkpoint.pt` (kind "aps-flow")."""
-    ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
-    p = resolve_prior(ds, prior)
-    noise = GaussianNoise(noise_std)
-    aps = aps or APSConfig()
-    torch.manual_seed(config.seed)
-    engine = AmortizedFlowPosterior(ds.domain, ds.channels, p, noise, aps, seed=config.seed)
-    if engine.estimate is not None and not (resume and (Path(out_dir) / "checkpoint.pt").exists()):
-        # variances of the standardised signal: the engine works in the prior's standardised space
-        lam, var = prior_mode_variances(p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed)
-        engine.estimate.fit_to_spectrum(lam, var)
-    observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
-    objective = ReverseKLObjective(engine, p, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed)
-    model_config = {
-        "dataset": ds.name,
-        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
-        "masks": masks,
-        "noise_std": noise_std,
-        "channels": ds.channels,
-        "aps": aps.to_dict(),
-    }
-    trainer = Trainer(objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config, progress=progress)
-    result = trainer.fit(resume=resume, stop_after=stop_after)
-    return engine, result
+    return train_engine(
+        APS_RECIPE, dataset, prior, out_dir, config, settings=aps, masks=masks, noise_std=noise_std,
+        resume=resume, progress=progress, stop_after=stop_after,
+    )
 
 
 def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = None):
-    """Load a distilled engine with its dataset and prior; returns `(engine, dataset, prior)`."""
-    ckpt = load_checkpoint(path, kind=KIND)
-    cfg = ckpt["model_config"]
-    ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
-    if ckpt["fingerprint"] != ds.domain.fingerprint:
-        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
-    p = resolve_prior(ds, cfg["prior"])
-    engine = AmortizedFlowPosterior(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), APSConfig.from_dict(cfg["aps"]))
-    engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    return engine.eval(), ds, p
+    """Load a distilled APS engine with its dataset and prior; returns `(engine, dataset, prior)`."""
+    return load_trained(APS_RECIPE, path, dataset)
 
 
 def held_out_observations(dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -54,7 +53,7 @@ from manifold_aps.nn import DomainTensors
 from manifold_aps.operators import GaussianNoise, LinearOperator, Mask
 from manifold_aps.posterior.aps import ConditionedEngine, ObservationEncoding, data_weight
 from manifold_aps.posterior.observations import SimulatedObservations
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint, step_generator
+from manifold_aps.training import TrainConfig, TrainResult, step_generator
 
 __all__ = ["KIND", "ImplicitConfig", "ImplicitGenerator", "IntegralKLObjective", "load_implicit", "train_implicit"]
 
@@ -272,6 +271,20 @@ class IntegralKLObjective(nn.Module):
         return generator_loss + self.model.config.aux_weight * parts["dsm"].mean() / dims
 
 
+def _recipe():
+    from manifold_aps.posterior.distill import EngineRecipe
+
+    return EngineRecipe(
+        kind=KIND,
+        config_key="implicit",
+        config_cls=ImplicitConfig,
+        build=lambda domain, channels, prior, noise, settings, seed: ImplicitGenerator(domain, channels, prior, noise, settings),
+        objective=lambda engine, prior, observations, config: IntegralKLObjective(
+            engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
+        ),
+    )
+
+
 def train_implicit(
     dataset,
     prior: str | os.PathLike,
@@ -290,46 +303,16 @@ def train_implicit(
     Arguments as `manifold_aps.posterior.distill.distill`; `dtype` of the networks (float64 for
     closed-form checks against a Gaussian prior).
     """
-    from manifold_aps.datasets import build_prior_dataset
-    from manifold_aps.posterior.distill import mask_family, prior_mode_variances, resolve_prior
-    from manifold_aps.priors.gaussian import GaussianPrior
+    from manifold_aps.posterior.distill import train_engine
 
-    ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
-    p = resolve_prior(ds, prior)
-    noise = GaussianNoise(noise_std)
-    implicit = implicit or ImplicitConfig()
-    torch.manual_seed(config.seed)
-    engine = ImplicitGenerator(ds.domain, ds.channels, p, noise, implicit).to(dtype)
-    if engine.estimate is not None and not (resume and (Path(out_dir) / "checkpoint.pt").exists()):
-        lam, var = prior_mode_variances(p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed)
-        engine.estimate.fit_to_spectrum(lam, var)
-    observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
-    objective = IntegralKLObjective(engine, p, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed)
-    model_config = {
-        "dataset": ds.name,
-        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
-        "masks": masks,
-        "noise_std": noise_std,
-        "channels": ds.channels,
-        "dtype": str(dtype).removeprefix("torch."),
-        "implicit": implicit.to_dict(),
-    }
-    trainer = Trainer(objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config, progress=progress)
-    return engine, trainer.fit(resume=resume)
+    return train_engine(
+        _recipe(), dataset, prior, out_dir, config, settings=implicit, masks=masks, noise_std=noise_std,
+        resume=resume, progress=progress, dtype=dtype,
+    )
 
 
 def load_implicit(path: str | os.PathLike, dataset=None):
     """Load a trained implicit generator; returns `(engine, dataset, prior)`."""
-    from manifold_aps.datasets import build_prior_dataset
-    from manifold_aps.posterior.distill import resolve_prior
+    from manifold_aps.posterior.distill import load_trained
 
-    ckpt = load_checkpoint(path, kind=KIND)
-    cfg = ckpt["model_config"]
-    ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
-    if ckpt["fingerprint"] != ds.domain.fingerprint:
-        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
-    p = resolve_prior(ds, cfg["prior"])
-    engine = ImplicitGenerator(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), ImplicitConfig.from_dict(cfg["implicit"]))
-    engine = engine.to(getattr(torch, cfg.get("dtype", "float32")))
-    engine.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    return engine.eval(), ds, p
+    return load_trained(_recipe(), path, dataset)
