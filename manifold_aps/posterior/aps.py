@@ -36,6 +36,7 @@ __all__ = [
     "APSConfig",
     "AmortizedFlowPosterior",
     "ConditionedEngine",
+    "DistillationObjective",
     "ObservationEncoding",
     "ReverseKLObjective",
     "TikhonovEstimate",
@@ -424,7 +425,40 @@ class AmortizedFlowPosterior(ConditionedEngine):
         return self.flow.log_prob(z, cond) + self.log_abs_det_to_z().to(z.dtype)
 
 
-class ReverseKLObjective(nn.Module):
+class DistillationObjective(nn.Module):
+    """Shared part of the engines' training objectives for the one `Trainer`.
+
+    Holds the engine (`model`, what the `Trainer` optimises and checkpoints), the frozen prior, the
+    stream of simulated observations and the schedule; `log_likelihood` scores samples.
+
+    Arguments:
+        engine: the engine trained.
+        prior: `GaussianPrior` or `ScorePrior` (frozen).
+        observations: a `SimulatedObservations` stream.
+        total_steps: length of training (for warm-up schedules).
+        batch_size: global batch size.
+        seed: seed of the per-step randomness.
+    """
+
+    def __init__(self, engine: nn.Module, prior, observations: SimulatedObservations, *, total_steps: int, batch_size: int, seed: int = 0):
+        super().__init__()
+        self.model = engine
+        self.prior = prior
+        for p in self.prior.parameters():
+            p.requires_grad_(False)
+        self.observations = observations
+        self.total_steps, self.batch_size, self.seed = total_steps, batch_size, seed
+
+    def log_likelihood(self, y: torch.Tensor, operator: LinearOperator, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(y \\mid x)` `(S*B,)` of samples `x` `(S, B, N, C)` (sample-major), physical units."""
+        s = x.shape[0]
+        flat = x.reshape(-1, *x.shape[2:])
+        rep_mask = operator.range_mask.repeat(s, 1, 1) if operator.range_mask is not None else None
+        rep_op = Mask(operator.domain, rep_mask) if isinstance(operator, Mask) else operator
+        return self.model.noise.log_likelihood(y.repeat(s, 1, 1).to(flat.dtype), rep_op(flat), rep_mask)
+
+
+class ReverseKLObjective(DistillationObjective):
     """The APS training objective for the shared `Trainer`: `forward(step, start, stop)`.
 
     Each step draws a global batch of simulated observations (clean signals are used only to
@@ -440,25 +474,13 @@ class ReverseKLObjective(nn.Module):
         seed: seed of the per-step randomness.
     """
 
-    def __init__(self, engine: AmortizedFlowPosterior, prior, observations: SimulatedObservations, *, total_steps: int, batch_size: int, seed: int = 0):
-        super().__init__()
-        self.model = engine
-        self.prior = prior
-        for p in self.prior.parameters():
-            p.requires_grad_(False)
-        self.observations = observations
-        self.total_steps, self.batch_size, self.seed = total_steps, batch_size, seed
-
     def terms(self, y, operator, generator, weight: float = 1.0):
         """Per-observation terms `(log q, log p(y|x), log p(x))`, each `(S, B)`."""
         engine = self.model
         s = engine.config.samples_per_observation
         x, logq = engine.sample_and_log_prob(y, operator, s, generator=generator)
         flat = x.reshape(-1, *x.shape[2:])
-        rep_y = y.repeat(s, 1, 1).to(flat.dtype)
-        rep_mask = operator.range_mask.repeat(s, 1, 1) if operator.range_mask is not None else None
-        rep_op = Mask(operator.domain, rep_mask) if isinstance(operator, Mask) else operator
-        loglik = engine.noise.log_likelihood(rep_y, rep_op(flat), rep_mask).reshape(s, -1)
+        loglik = self.log_likelihood(y, operator, x).reshape(s, -1)
         logp = prior_log_prob(self.prior, flat, generator=generator, num_times=engine.config.elbo_times).reshape(s, -1)
         return logq, loglik, logp
 

@@ -45,14 +45,17 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
-from manifold_aps.operators import GaussianNoise, LinearOperator, Mask
-from manifold_aps.posterior.aps import ConditionedEngine, ObservationEncoding, data_weight
-from manifold_aps.posterior.observations import SimulatedObservations
+from manifold_aps.operators import GaussianNoise, LinearOperator
+from manifold_aps.posterior.aps import (
+    ConditionedEngine,
+    DistillationObjective,
+    ObservationEncoding,
+    data_weight,
+)
 from manifold_aps.training import TrainConfig, TrainResult, step_generator
 
 __all__ = ["KIND", "ImplicitConfig", "ImplicitGenerator", "IntegralKLObjective", "load_implicit", "train_implicit"]
@@ -189,7 +192,7 @@ class ImplicitGenerator(ConditionedEngine):
         return self.from_z(self.generate_z(y, operator, n, generator=rng)[0])
 
 
-class IntegralKLObjective(nn.Module):
+class IntegralKLObjective(DistillationObjective):
     """The implicit generator's training objective for the shared `Trainer`.
 
     Each step draws simulated observations, `S` generator samples each, and returns (per dimension)
@@ -211,15 +214,6 @@ class IntegralKLObjective(nn.Module):
         seed: seed of the per-step randomness.
     """
 
-    def __init__(self, engine: ImplicitGenerator, prior, observations: SimulatedObservations, *, total_steps: int, batch_size: int, seed: int = 0):
-        super().__init__()
-        self.model = engine
-        self.prior = prior
-        for p in self.prior.parameters():
-            p.requires_grad_(False)
-        self.observations = observations
-        self.total_steps, self.batch_size, self.seed = total_steps, batch_size, seed
-
     def _times(self, count: int, generator, dtype) -> torch.Tensor:
         """Stratified uniform times in `[t_min, t_max]`, `(count,)`."""
         cfg = self.model.config
@@ -233,9 +227,7 @@ class IntegralKLObjective(nn.Module):
         z, enc = engine.generate_z(y, operator, s, generator=generator)
         x = engine.from_z(z)
         flat = x.reshape(-1, *x.shape[2:])
-        rep_mask = operator.range_mask.repeat(s, 1, 1) if operator.range_mask is not None else None
-        rep_op = Mask(operator.domain, rep_mask) if isinstance(operator, Mask) else operator
-        loglik = engine.noise.log_likelihood(y.repeat(s, 1, 1).to(flat.dtype), rep_op(flat), rep_mask)
+        loglik = self.log_likelihood(y, operator, x)
         zp = self.prior.normalize(flat)  # the prior's standardised units (those of its eps)
         count = zp.shape[0]
         # integral KL: the gradient direction at diffused samples, detached
