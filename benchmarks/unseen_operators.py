@@ -13,8 +13,9 @@ the samples' central 90 % interval, and seconds per sample measured in this run.
 is the zero-shot baseline; its guidance step is chosen among 0.1, 0.3, 1 on separate validation
 observations. Where the prior is Gaussian the exact posterior is scored too.
 
-Writes results/unseen_operators.csv. Usage:
-  python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
+Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
+redo; the speed-ups use the DPS rows of the file). Usage:
+  python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy] [--methods AVI]
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from manifold_aps.training import TrainConfig
 
 PRIORS = {"era5-uk": "era5-uk/checkpoint.pt", "gaussian-bumpy": "exact"}
 OPERATORS = ("random", "caps", "swaths", "blur")
+METHODS = ("APS", "implicit", "AVI", "DPS", "exact")
 
 
 def observations(ds, noise, kind: str, n: int, seed: int):
@@ -71,30 +73,44 @@ def scores(samples, truth, where, weight):
     }
 
 
-def train_engines(name, ds, prior_arg, runs: Path, noise_std: float, steps: int, with_avi: bool = True):
-    """APS, the implicit generator and amortized VI, trained on random masks only (resumed when present)."""
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=50, ema_decay=0.0, checkpoint_every=100,
+def train_engines(name, ds, prior_arg, runs: Path, noise_std: float, steps: int, methods) -> tuple[dict, dict]:
+    """The amortized engines among `methods` (APS, implicit, AVI), trained on random masks only
+    (resumed when a checkpoint is there)."""
+    aps_cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=50, ema_decay=0.0, checkpoint_every=100,
+                          validate_every=0, log_every=25)
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=20, ema_decay=0.0, checkpoint_every=100,
                       validate_every=0, log_every=25)
+    recipes = {
+        "APS": (lambda run: distill(ds, prior_arg, run, aps_cfg, aps=APSConfig(dense_limit=1000), masks="random",
+                                    noise_std=noise_std, resume=True, progress=False), load_engine),
+        "implicit": (lambda run: train_implicit(ds, prior_arg, run, cfg, implicit=ImplicitConfig(dense_limit=1000),
+                                                masks="random", noise_std=noise_std, resume=True, progress=False),
+                     load_implicit),
+        "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, masks="random", noise_std=noise_std,
+                                               resume=True, progress=False), load_amortized_vi),
+    }
     engines, seconds = {}, {}
-    t0 = time.perf_counter()
-    distill(ds, prior_arg, runs / "unseen" / f"aps-{name}", cfg, aps=APSConfig(dense_limit=1000), masks="random",
-            noise_std=noise_std, resume=True, progress=False)
-    seconds["APS"] = time.perf_counter() - t0
-    engines["APS"] = load_engine(runs / "unseen" / f"aps-{name}" / "checkpoint.pt", ds)[0]
-    t0 = time.perf_counter()
-    icfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=20, ema_decay=0.0, checkpoint_every=100,
-                       validate_every=0, log_every=25)
-    train_implicit(ds, prior_arg, runs / "unseen" / f"implicit-{name}", icfg, implicit=ImplicitConfig(dense_limit=1000),
-                   masks="random", noise_std=noise_std, resume=True, progress=False)
-    seconds["implicit"] = time.perf_counter() - t0
-    engines["implicit"] = load_implicit(runs / "unseen" / f"implicit-{name}" / "checkpoint.pt", ds)[0]
-    if with_avi:
+    for method, (train, load) in recipes.items():
+        if method not in methods:
+            continue
+        run = runs / "unseen" / f"{method.lower()}-{name}"
         t0 = time.perf_counter()
-        train_amortized_vi(ds, prior_arg, runs / "unseen" / f"avi-{name}", icfg, masks="random",
-                           noise_std=noise_std, resume=True, progress=False)
-        seconds["AVI"] = time.perf_counter() - t0
-        engines["AVI"] = load_amortized_vi(runs / "unseen" / f"avi-{name}" / "checkpoint.pt", ds)[0]
+        train(run)
+        seconds[method] = time.perf_counter() - t0
+        engines[method] = load(run / "checkpoint.pt", ds)[0]
     return engines, seconds
+
+
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """Rows of an earlier run at `path` not replaced by `rows` (same problem, operator, method), then `rows`."""
+    import csv
+
+    if not path.exists():
+        return rows
+    new = {(r["problem"], r["operator"], r["method"]) for r in rows}
+    with open(path, newline="") as fh:
+        old = [r for r in csv.DictReader(fh) if (r["problem"], r["operator"], r["method"]) not in new]
+    return old + rows
 
 
 def tune_dps(prior, noise, ds, weight) -> float:
@@ -121,7 +137,10 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4, help="samples per observation, every engine")
     parser.add_argument("--dps-steps", type=int, default=1000)
-    parser.add_argument("--no-avi", action="store_true", help="leave out the amortized-VI engine")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="engines to run (default: all)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an earlier results file that this run does not redo")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -132,11 +151,13 @@ def main() -> None:
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
-        engines, train_s = train_engines(name, ds, prior_arg, args.runs, 0.1, args.steps, not args.no_avi)
-        zeta = tune_dps(prior, noise, ds, weight)
+        engines, train_s = train_engines(name, ds, prior_arg, args.runs, 0.1, args.steps, args.methods)
         samplers = dict(engines)
-        samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
-        if isinstance(prior, GaussianPrior):
+        zeta = ""
+        if "DPS" in args.methods:
+            zeta = tune_dps(prior, noise, ds, weight)
+            samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
+        if isinstance(prior, GaussianPrior) and "exact" in args.methods:
             samplers["exact"] = ExactGaussianPosterior(prior, noise)
         for kind in OPERATORS:
             y, op, truth, where = observations(ds, noise, kind, args.observations, seed=4242)
@@ -155,12 +176,13 @@ def main() -> None:
                        "dps_guidance": zeta if method == "DPS" else ""}
                 print(row, flush=True)
                 rows.append(row)
-                write_csv(args.out / "unseen_operators.csv", rows)
-        dps_rows = {r["operator"]: r["seconds_per_sample"] for r in rows if r["problem"] == name and r["method"] == "DPS"}
-        for r in rows:
-            if r["problem"] == name:
-                r["speedup_vs_dps"] = round(dps_rows[r["operator"]] / max(r["seconds_per_sample"], 1e-9), 1)
-        write_csv(args.out / "unseen_operators.csv", rows)
+    out = args.out / "unseen_operators.csv"
+    rows = merge_rows(out, rows) if args.merge else rows
+    dps = {(r["problem"], r["operator"]): float(r["seconds_per_sample"]) for r in rows if r["method"] == "DPS"}
+    for r in rows:
+        key = (r["problem"], r["operator"])
+        r["speedup_vs_dps"] = round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
+    write_csv(out, rows)
 
 
 if __name__ == "__main__":
