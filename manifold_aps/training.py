@@ -246,13 +246,14 @@ class Trainer:
         self.objective = objective.to(self.device)
         self.model = objective.model
         params = [p for p in objective.parameters() if p.requires_grad]
+        groups = self._parameter_groups(params)
         if optimizer is None:
             import geoopt
 
             # Adam on Euclidean parameters, Riemannian Adam on manifold ones (Stiefel mixings)
-            self.optimizer = geoopt.optim.RiemannianAdam(params, lr=config.lr)
+            self.optimizer = geoopt.optim.RiemannianAdam(groups, lr=config.lr)
         else:
-            self.optimizer = optimizer(params)
+            self.optimizer = optimizer(groups)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.runner = objective
         if self.world > 1:
@@ -354,6 +355,18 @@ class Trainer:
         with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()):
             return float(fn(self.model))
 
+    def _parameter_groups(self, params: list) -> list[dict]:
+        """One optimiser group, or the model's own `optimizer_groups()`: `[(parameters, lr_scale)]`
+        (e.g. a slower generator than its auxiliary network); every trainable parameter once."""
+        make = getattr(self.model, "optimizer_groups", None)
+        if make is None:
+            return [{"params": params, "lr_scale": 1.0}]
+        groups = [{"params": [p for p in ps if p.requires_grad], "lr_scale": float(scale)} for ps, scale in make()]
+        listed = [id(p) for g in groups for p in g["params"]]
+        if sorted(listed) != sorted(id(p) for p in params):
+            raise ValueError("the model's optimizer_groups() must list every trainable parameter exactly once")
+        return groups
+
     def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train until `config.steps` (or until `stop_after` steps in total, for tests).
 
@@ -391,7 +404,7 @@ class Trainer:
             while self.step < last and not interrupted["flag"]:
                 step = self.step + 1
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.learning_rate(step)
+                    group["lr"] = cfg.learning_rate(step) * group.get("lr_scale", 1.0)
                 self.runner.train()
                 loss = self.runner(step, start, stop)
                 if not torch.isfinite(loss):

@@ -80,6 +80,8 @@ class ImplicitConfig:
         aux_warmup_fraction: fraction of training during which only the auxiliary score learns
             (the generator waits until the IKL gradient it gets is informed: with a zero residual
             the data term alone would shrink its spread).
+        generator_lr_scale: the generator's learning rate relative to the auxiliary score's (a
+            slower generator lets the auxiliary score keep up: two time scales).
     """
 
     width: int = 32
@@ -93,6 +95,7 @@ class ImplicitConfig:
     aux_weight: float = 1.0
     warmup_fraction: float = 0.0
     aux_warmup_fraction: float = 0.3
+    generator_lr_scale: float = 0.2
 
     def __post_init__(self):
         if not 0 < self.t_min < self.t_max <= 1:
@@ -148,6 +151,10 @@ class ImplicitGenerator(ConditionedEngine):
     def generator_parameters(self):
         """Parameters of the generator (the first estimate included), not of the auxiliary score."""
         return [p for name, p in self.named_parameters() if not name.startswith("aux.")]
+
+    def optimizer_groups(self):
+        """For the `Trainer`: the generator at `generator_lr_scale`, the auxiliary score at 1."""
+        return [(self.generator_parameters(), self.config.generator_lr_scale), (list(self.aux.parameters()), 1.0)]
 
     def _shaped_noise(self, enc: ObservationEncoding, n: int, generator, dtype) -> torch.Tensor:
         """`B xi` `(n, B, N, C)`: noise with the first estimate's posterior covariance (or its diagonal)."""
