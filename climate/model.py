@@ -97,9 +97,13 @@ class FieldStandardizer:
     @classmethod
     def fit(cls, train: xr.DataArray, *, by_hour: bool = True) -> FieldStandardizer:
         """Fit on complete training fields `train(time, latitude, longitude)`."""
-        x, _ = to_signal(train)
-        x = x[:, :, 0].numpy()
-        hours = _hours(train[TIME].values if TIME in train.dims else None)
+        return cls.fit_signal(to_signal(train)[0], train[TIME].values if TIME in train.dims else None, by_hour=by_hour)
+
+    @classmethod
+    def fit_signal(cls, signal: torch.Tensor, times, *, by_hour: bool = True) -> FieldStandardizer:
+        """Fit on complete training signals `(B, N, 1)` at numpy datetime64 `times` `(B,)` (or None)."""
+        x = signal[:, :, 0].numpy()
+        hours = _hours(times)
         if by_hour and set(range(24)) <= set(hours.tolist()):
             mean = np.stack([x[hours == h].mean(0) for h in range(24)])
         else:
@@ -256,8 +260,8 @@ class GaussianImputer(ImputationModel):
         if bool(train.isnull().any()):
             raise ValueError(f"training data {train.name!r} contains NaN; fit on complete fields only")
         domain = grid_domain(train)
-        standardizer = FieldStandardizer.fit(train, by_hour=by_hour)
         x, _ = to_signal(train)
+        standardizer = FieldStandardizer.fit_signal(x, train[TIME].values, by_hour=by_hour)
         anomalies = standardizer.normalize(x, train[TIME].values)
         prior = fit_matern(domain, anomalies, fit_nugget=True).prior
         if log is not None:
@@ -287,10 +291,9 @@ class GaussianImputer(ImputationModel):
             samples.append(cond.sample(n, rng=rng))
             means.append(cond.mean)
             stds.append(cond.std)
-        t = None if times is None else times
         scale = torch.from_numpy(self.standardizer.scale)[:, None]
-        samples = self.standardizer.denormalize(torch.cat(samples, dim=1), t)
-        mean = self.standardizer.denormalize(torch.cat(means), t)
+        samples = self.standardizer.denormalize(torch.cat(samples, dim=1), times)
+        mean = self.standardizer.denormalize(torch.cat(means), times)
         return Posterior(samples, mean, torch.cat(stds) * scale)
 
     def save(self, path: str | os.PathLike) -> Path:
