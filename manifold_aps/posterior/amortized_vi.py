@@ -47,13 +47,12 @@ from manifold_aps.operators import GaussianNoise, LinearOperator
 from manifold_aps.posterior.aps import ConditionedEngine
 from manifold_aps.posterior.mgdm import (
     Candidate,
-    MGDMOutput,
+    DrivenSampler,
     MGDMProblem,
     StepContext,
     bridge_coefficients,
     check_grid,
     log_alpha_bar,
-    run_driver,
     zero_shot_init,
 )
 from manifold_aps.posterior.observations import ObservationBatch, SimulatedObservations
@@ -148,7 +147,7 @@ def _log_sigma_ve(lab: torch.Tensor) -> torch.Tensor:
     return 0.5 * (torch.log(-torch.expm1(lab)) - lab)
 
 
-class AmortizedVI(ConditionedEngine):
+class AmortizedVI(DrivenSampler, ConditionedEngine):
     r"""The LAVPS-style sampler: MGDM whose inner VI is initialised by a network in a late window.
 
     The prior is held by reference (frozen; not a submodule: it is neither saved with the
@@ -319,17 +318,6 @@ class AmortizedVI(ConditionedEngine):
             )
         return [net, *zero_shot] if self.config.best_of else [net]
 
-    def run(
-        self, y: torch.Tensor, operator: LinearOperator, n: int, *, generator=None
-    ) -> MGDMOutput:
-        """`n` samples per observation `y` `(B, N_out, C)`; an `MGDMOutput` (physical units)."""
-        return run_driver(self, y, operator, n, generator)
-
-    def sample(
-        self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng=None
-    ) -> torch.Tensor:
-        """Posterior samples `(n, B, N, C)` in physical units (engine interface)."""
-        return self.run(y, operator, n, generator=rng).sample
 
 
 class AmortizedVIObjective(nn.Module):

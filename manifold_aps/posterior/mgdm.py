@@ -67,6 +67,7 @@ __all__ = [
     "MGDM",
     "Candidate",
     "DriveResult",
+    "DrivenSampler",
     "MGDMOutput",
     "MGDMProblem",
     "StepContext",
@@ -474,7 +475,23 @@ def mgdm_drive(
     )
 
 
-class MGDM:
+class DrivenSampler:
+    """The engine interface of samplers run by `run_driver` (MGDM and its amortized variant)."""
+
+    def run(
+        self, y: torch.Tensor, operator: LinearOperator, n: int, *, generator=None
+    ) -> MGDMOutput:
+        """`n` samples per observation `y` `(B, N_out, C)`; returns an `MGDMOutput`."""
+        return run_driver(self, y, operator, n, generator)
+
+    def sample(
+        self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng=None
+    ) -> torch.Tensor:
+        """Posterior samples `(n, B, N, C)` in physical units (engine interface)."""
+        return self.run(y, operator, n, generator=rng).sample
+
+
+class MGDM(DrivenSampler):
     """The zero-shot MGDM sampler for any prior (`sde`, `eps`, `normalize`, `denormalize`).
 
     Arguments:
@@ -565,17 +582,6 @@ class MGDM:
 
         return rule
 
-    def run(
-        self, y: torch.Tensor, operator: LinearOperator, n: int, *, generator=None
-    ) -> MGDMOutput:
-        """`n` samples per observation `y` `(B, N_out, C)`; returns an `MGDMOutput`."""
-        return run_driver(self, y, operator, n, generator)
-
-    def sample(
-        self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng=None
-    ) -> torch.Tensor:
-        """Posterior samples `(n, B, N, C)` in physical units (engine interface)."""
-        return self.run(y, operator, n, generator=rng).sample
 
 
 def check_grid(steps: int, t_min: float) -> None:
