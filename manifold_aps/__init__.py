@@ -28,7 +28,7 @@ from manifold_aps.operators import (
     Subsample,
     SwathMaskGenerator,
 )
-from manifold_aps.posterior import ExactGaussianPosterior
+from manifold_aps.posterior import ExactGaussianPosterior, HarmonicInterpolation, NearestNeighbour
 from manifold_aps.priors import VPSDE, GaussianPrior, fit_matern
 
 __version__ = "0.1.0"
@@ -42,11 +42,13 @@ __all__ = [
     "GaussianNoise",
     "GaussianPrior",
     "HealpixSphere",
+    "HarmonicInterpolation",
     "HeatBlur",
     "Identity",
     "IcosphereMesh",
     "LinearOperator",
     "Mask",
+    "NearestNeighbour",
     "PlanarGrid",
     "RandomMaskGenerator",
     "SphereGrid",
