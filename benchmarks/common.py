@@ -1,11 +1,18 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: CSV output, training the amortized engines, tuning DPS."""
 
 from __future__ import annotations
 
 import csv
+import json
+import math
+import time
 from pathlib import Path
 
-__all__ = ["write_csv"]
+import torch
+
+__all__ = ["ENGINE_METHODS", "train_amortized_engines", "tune_dps", "write_csv"]
+
+ENGINE_METHODS = ("APS", "implicit", "AVI")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -17,3 +24,61 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, steps: int, methods, *,
+                            progress: bool = False) -> tuple[dict, dict]:
+    """Train (or resume) the amortized engines among `methods` on random masks (50-95 % missing).
+
+    Each engine goes to `run_dir/<method lower-case>/checkpoint.pt`. Returns `(engines, seconds)`:
+    the loaded engines by method and the training wall time of each, read from its `train.json`
+    (the time of the invocation that finished it, so a run resumed across invocations reports its
+    last part only).
+    """
+    from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
+    from manifold_aps.posterior.aps import APSConfig
+    from manifold_aps.posterior.distill import distill, load_engine
+    from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
+    from manifold_aps.training import TrainConfig
+
+    aps_cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=min(50, steps // 4), ema_decay=0.0,
+                          checkpoint_every=100, validate_every=0, log_every=25)
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=min(20, steps // 4), ema_decay=0.0,
+                      checkpoint_every=100, validate_every=0, log_every=25)
+    common = {"masks": "random", "noise_std": noise_std, "resume": True, "progress": progress}
+    recipes = {
+        "APS": (lambda run: distill(ds, prior_arg, run, aps_cfg, aps=APSConfig(dense_limit=1000), **common), load_engine),
+        "implicit": (lambda run: train_implicit(ds, prior_arg, run, cfg, implicit=ImplicitConfig(dense_limit=1000), **common),
+                     load_implicit),
+        "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, **common), load_amortized_vi),
+    }
+    engines, seconds = {}, {}
+    for method, (train, load) in recipes.items():
+        if method not in methods:
+            continue
+        run = Path(run_dir) / method.lower()
+        t0 = time.perf_counter()
+        train(run)
+        info = json.loads((run / "train.json").read_text())
+        seconds[method] = float(info.get("seconds_this_run", time.perf_counter() - t0))
+        engines[method] = load(run / "checkpoint.pt", ds)[0]
+    return engines, seconds
+
+
+def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 200) -> float:
+    """The DPS guidance with the lowest RMSE on two validation observations (random masks, `steps` steps)."""
+    from manifold_aps.metrics import weighted_rmse
+    from manifold_aps.posterior import DPS
+    from manifold_aps.posterior.distill import held_out_observations
+
+    val = held_out_observations(ds, noise, 2, masks="random", seed=99)
+    best, best_rmse = choices[-1], float("inf")
+    for zeta in choices:
+        s = DPS(prior, noise, steps=steps, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), 2,
+                                                                 rng=torch.Generator().manual_seed(5)).double()
+        rmse = float(weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth)))
+        rmse = rmse if math.isfinite(rmse) else float("inf")
+        print(f"  DPS guidance {zeta}: validation RMSE {rmse:.4f}", flush=True)
+        if rmse < best_rmse:
+            best, best_rmse = zeta, rmse
+    return best

@@ -21,29 +21,21 @@ redo; the speed-ups use the DPS rows of the file). Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
-from common import write_csv
+from common import train_amortized_engines, tune_dps, write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
 from manifold_aps.operators import GaussianNoise, HeatBlur
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
-from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
-from manifold_aps.posterior.aps import APSConfig
 from manifold_aps.posterior.distill import (
-    distill,
     held_out_observations,
-    load_engine,
     resolve_prior,
 )
-from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
-from manifold_aps.posterior.observations import ObservationBatch
 from manifold_aps.priors.gaussian import GaussianPrior
-from manifold_aps.training import TrainConfig
 
 PRIORS = {"era5-uk": "era5-uk/checkpoint.pt", "gaussian-bumpy": "exact"}
 OPERATORS = ("random", "caps", "swaths", "blur")
@@ -73,34 +65,6 @@ def scores(samples, truth, where, weight):
     }
 
 
-def train_engines(name, ds, prior_arg, runs: Path, noise_std: float, steps: int, methods) -> tuple[dict, dict]:
-    """The amortized engines among `methods` (APS, implicit, AVI), trained on random masks only
-    (resumed when a checkpoint is there)."""
-    aps_cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=50, ema_decay=0.0, checkpoint_every=100,
-                          validate_every=0, log_every=25)
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=20, ema_decay=0.0, checkpoint_every=100,
-                      validate_every=0, log_every=25)
-    recipes = {
-        "APS": (lambda run: distill(ds, prior_arg, run, aps_cfg, aps=APSConfig(dense_limit=1000), masks="random",
-                                    noise_std=noise_std, resume=True, progress=False), load_engine),
-        "implicit": (lambda run: train_implicit(ds, prior_arg, run, cfg, implicit=ImplicitConfig(dense_limit=1000),
-                                                masks="random", noise_std=noise_std, resume=True, progress=False),
-                     load_implicit),
-        "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, masks="random", noise_std=noise_std,
-                                               resume=True, progress=False), load_amortized_vi),
-    }
-    engines, seconds = {}, {}
-    for method, (train, load) in recipes.items():
-        if method not in methods:
-            continue
-        run = runs / "unseen" / f"{method.lower()}-{name}"
-        t0 = time.perf_counter()
-        train(run)
-        seconds[method] = time.perf_counter() - t0
-        engines[method] = load(run / "checkpoint.pt", ds)[0]
-    return engines, seconds
-
-
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     """Rows of an earlier run at `path` not replaced by `rows` (same problem, operator, method), then `rows`."""
     import csv
@@ -111,22 +75,6 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     with open(path, newline="") as fh:
         old = [r for r in csv.DictReader(fh) if (r["problem"], r["operator"], r["method"]) not in new]
     return old + rows
-
-
-def tune_dps(prior, noise, ds, weight) -> float:
-    """The DPS guidance with the lowest RMSE on validation observations (200 steps, random masks)."""
-    batch = held_out_observations(ds, noise, 2, masks="random", seed=99)
-    val = ObservationBatch(batch.y, batch.mask, batch.truth)
-    best, best_rmse = 1.0, float("inf")
-    for zeta in (0.1, 0.3, 1.0):
-        s = DPS(prior, noise, steps=200, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), 2,
-                                                                rng=torch.Generator().manual_seed(5)).double()
-        rmse = float(weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth)))
-        rmse = rmse if math.isfinite(rmse) else float("inf")
-        print(f"  DPS guidance {zeta}: validation RMSE {rmse:.4f}", flush=True)
-        if rmse < best_rmse:
-            best, best_rmse = zeta, rmse
-    return best
 
 
 def main() -> None:
@@ -151,7 +99,7 @@ def main() -> None:
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
-        engines, train_s = train_engines(name, ds, prior_arg, args.runs, 0.1, args.steps, args.methods)
+        engines, train_s = train_amortized_engines(ds, prior_arg, args.runs / "unseen" / name, 0.1, args.steps, args.methods)
         samplers = dict(engines)
         zeta = ""
         if "DPS" in args.methods:

@@ -1,0 +1,368 @@
+"""The benchmark suite: every method on every real problem, one table per problem in the README.
+
+Problems (real data of `$MANIFOLD_APS_DATA`; see `manifold_aps.datasets`):
+
+* ``era5-uk``      ERA5 t2m, UK 0.25° lat-lon grid (1617 cells), test hours 25-31 March 2019;
+* ``era5-global``  ERA5 t2m, global 1° regridded to HEALPix nside 16 (3072 px), test steps 18-23;
+* ``mesh-bunny``   Matérn draws and heat-diffused sources on the Stanford bunny (3485 vertices);
+* ``mesh-spot``    the same on Spot (2930 vertices);
+* ``wmap-masked``  WMAP W-band temperature, HEALPix nside 16, scored outside the analysis mask only.
+
+Each test field loses `--missing` (70 %) of its cells at random and the rest is observed with
+Gaussian noise. Methods: the exact Gaussian posterior of a Matérn prior fitted by maximum
+likelihood to training fields ("kriging"), harmonic (Laplace) interpolation, nearest neighbour,
+the three amortized engines distilled from the problem's trained diffusion prior on random masks
+(APS flow, implicit generator, amortized VI) and DPS (`--dps-steps`, guidance chosen on separate
+validation observations). Scores over the hidden cells, area-weighted: RMSE of the ensemble mean,
+fair CRPS (the absolute error for point estimates), spread/skill, 90 % interval coverage; and
+training time, seconds per sample (the scoring call divided by the number of samples), samples
+per second (one call drawing `--throughput` samples for one observation; DPS draws sequentially,
+so its rate is the inverse of its time per sample; a point estimate counts as one sample), peak memory growth while sampling (resident
+set size polled every 2 ms), and each method's speed-up over DPS measured in the same run.
+
+Layout: `--runs/<problem>/{prior,aps,implicit,avi}` (trained when missing, resumed when
+interrupted); `results/suite-<problem>.csv` per problem; `results/suite.md` (every problem's table)
+and the README section between the `benchmark-suite` markers, rebuilt from all per-problem CSVs.
+
+Usage:
+  python benchmarks/suite.py                              # all problems (hours on a laptop CPU)
+  python benchmarks/suite.py --problems era5-uk mesh-spot # some; the README table keeps the others
+  python benchmarks/suite.py --report-only                # rebuild suite.md and the README table
+  python benchmarks/suite.py --quick --runs /tmp/r --out /tmp/o --no-readme   # smoke test, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from common import ENGINE_METHODS, train_amortized_engines, tune_dps, write_csv
+
+from manifold_aps.datasets import build_prior_dataset
+from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, spread_skill_ratio, weighted_rmse
+from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
+from manifold_aps.posterior import DPS, ExactGaussianPosterior, HarmonicInterpolation, NearestNeighbour
+from manifold_aps.priors import fit_matern
+from manifold_aps.priors.train import train_prior
+from manifold_aps.training import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+README_START, README_END = "<!-- benchmark-suite:start -->", "<!-- benchmark-suite:end -->"
+METHODS = ("kriging", "harmonic", "nearest", "APS", "implicit", "AVI", "DPS")
+POINT_ESTIMATES = ("harmonic", "nearest")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One row group of the table.
+
+    Attributes:
+        dataset: name in `manifold_aps.datasets.DATASETS`.
+        label: how the table names it.
+        noise_std: observation noise, in the dataset's units.
+    """
+
+    dataset: str
+    label: str
+    noise_std: float
+
+
+PROBLEMS = {
+    "era5-uk": Problem("era5-uk", "ERA5 t2m UK, 0.25° lat-lon (1617 cells) [K]", 0.1),
+    "era5-global": Problem("era5-global", "ERA5 t2m global, HEALPix nside 16 (3072 px) [K]", 0.1),
+    "mesh-bunny": Problem("mesh-bunny", "Stanford bunny (3485 vertices) [unit variance]", 0.1),
+    "mesh-spot": Problem("mesh-spot", "Spot (2930 vertices) [unit variance]", 0.1),
+    "wmap-masked": Problem("wmap-masked", "WMAP W band, HEALPix nside 16 (3072 px), outside the analysis mask [mK]", 0.01),
+}
+
+
+def _release_free_memory() -> None:
+    """Return freed heap memory to the system (glibc `malloc_trim`), so that growth is measured from a low base."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Context manager: the largest growth of this process's resident set size [MB] while inside."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s, self.peak_mb = interval_s, 0.0
+        self._page = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _rss_mb(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
+            time.sleep(self.interval_s)
+
+    def __enter__(self):
+        gc.collect()
+        _release_free_memory()
+        self._base, self._stop = self._rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
+
+
+def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: int):
+    """`(y, operator, truth, where)`: `n` test fields with `missing` of the cells hidden at random.
+
+    Where the dataset knows the truth only on part of the domain (`extra["truth_region"]`, e.g.
+    WMAP outside its analysis mask), cells outside it are hidden too and never scored.
+    """
+    test = ds.test if ds.test.numel() else ds.source.validation()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(test.shape[0], generator=g)[:n]
+    truth = test[idx].double()
+    if truth.shape[0] < n:  # fewer test fields than asked: reuse them with other masks
+        truth = truth[torch.arange(n) % truth.shape[0]]
+    mask = RandomMaskGenerator(ds.domain, missing=missing).step(n, seed=seed)["mask"]
+    region = ds.extra.get("truth_region")
+    where = ~mask
+    if region is not None:
+        region = torch.as_tensor(region, dtype=torch.bool).reshape(1, -1, 1)
+        mask, where = mask & region, where & region
+    y = noise(truth, mask, rng=g)
+    return y, Mask(ds.domain, mask), truth, where.expand_as(truth)
+
+
+def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
+    """RMSE of the mean, one-sample RMSE, CRPS; spread/skill and coverage unless a point estimate."""
+    out = {
+        "rmse_mean": float(weighted_rmse(samples.mean(0), truth, weight, where)),
+        "rmse_single": float(weighted_rmse(samples[0], truth, weight, where)),
+        "crps": float(crps_ensemble(samples[:1] if point else samples, truth, weight, where)),
+        "spread_skill": "",
+        "coverage_90": "",
+    }
+    if not point:
+        lo, hi = central_interval(samples, 0.9)
+        out["spread_skill"] = float(spread_skill_ratio(samples, truth, weight, where))
+        out["coverage_90"] = float(interval_coverage(lo, hi, truth, weight, where))
+    return out
+
+
+def timed_sample(method: str, sampler, y, operator, n: int, seed: int):
+    """Samples `(n, B, N, C)` in float64, wall seconds and peak memory growth [MB] of one call."""
+    g = torch.Generator().manual_seed(seed)
+    yin = y.float() if method in ("DPS", "APS", "implicit", "AVI") else y
+    grad = method in ("DPS", "AVI")  # both differentiate the likelihood while sampling
+    with PeakMemory() as mem, torch.set_grad_enabled(grad):
+        t0 = time.perf_counter()
+        s = sampler.sample(yin, operator, n, rng=g)
+        sec = time.perf_counter() - t0
+    return s.detach().double(), sec, mem.peak_mb
+
+
+def prior_checkpoint(problem: Problem, ds, runs: Path, steps: int, quick: bool) -> tuple[Path, float]:
+    """The problem's trained score prior (trained now when missing) and its training seconds."""
+    run = runs / problem.dataset / "prior"
+    done = run / "train.json"
+    if not done.exists() or json.loads(done.read_text())["step"] < steps:
+        print(f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True)
+        cfg = TrainConfig(steps=steps, batch_size=4 if quick else 32, lr=2e-3, warmup=min(100, steps // 4),
+                          ema_decay=0.999, checkpoint_every=250, validate_every=0 if quick else 250, log_every=25)
+        train_prior(ds, run, cfg, resume=True, progress=not quick)
+    return run / "checkpoint.pt", float(json.loads(done.read_text())["seconds_this_run"])
+
+
+def run_problem(name: str, args) -> list[dict]:
+    """Every method of `args.methods` on one problem; rows for the CSV."""
+    from manifold_aps.priors.train import load_prior
+
+    problem = PROBLEMS[name]
+    ds = build_prior_dataset(problem.dataset)
+    noise = GaussianNoise(problem.noise_std)
+    weight = ds.domain.mass
+    y, operator, truth, where = test_observations(ds, noise, args.observations, args.missing, seed=2024)
+    samplers, train_s = {}, {}
+
+    if "kriging" in args.methods:
+        t0 = time.perf_counter()
+        fields = ds.source.batch(torch.Generator().manual_seed(0), args.fit_fields).double()
+        fit = fit_matern(ds.domain, fields, mean=fields.mean(0), fit_nugget=True)
+        samplers["kriging"] = ExactGaussianPosterior(fit.prior, noise)
+        train_s["kriging"] = time.perf_counter() - t0
+        print(f"[{name}] Matérn fit on {args.fit_fields} fields: {fit.prior.extra_repr()}", flush=True)
+    for method, cls in (("harmonic", HarmonicInterpolation), ("nearest", NearestNeighbour)):
+        if method in args.methods:
+            samplers[method], train_s[method] = cls(ds.domain), 0.0
+    needs_prior = [m for m in args.methods if m in ENGINE_METHODS or m == "DPS"]
+    prior_path, prior_s = (None, 0.0)
+    if needs_prior:
+        prior_path, prior_s = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
+        engines, seconds = train_amortized_engines(ds, prior_path, args.runs / problem.dataset, problem.noise_std,
+                                                   args.engine_steps, args.methods)
+        samplers.update(engines)
+        train_s.update({m: prior_s + s for m, s in seconds.items()})
+    guidance = ""
+    if "DPS" in args.methods:
+        prior = load_prior(prior_path, ds.domain)
+        guidance = tune_dps(prior, noise, ds, weight, steps=max(2, args.dps_steps // 5))
+        samplers["DPS"], train_s["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=guidance), prior_s
+
+    rows = []
+    for method in [m for m in METHODS if m in samplers]:
+        sampler = samplers[method]
+        point = method in POINT_ESTIMATES
+        s, sec, mem = timed_sample(method, sampler, y, operator, 1 if point else args.samples, seed=7)
+        per_sample = sec / ((1 if point else args.samples) * args.observations)
+        if method == "DPS" or point:  # DPS draws one by one; a point estimate is one "sample"
+            rate = 1.0 / per_sample
+        else:
+            _, sec_many, _ = timed_sample(method, sampler, y[:1], Mask(ds.domain, operator.mask[:1]), args.throughput, seed=8)
+            rate = args.throughput / sec_many
+        row = {
+            "problem": name, "nodes": ds.domain.num_nodes, "method": method,
+            **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in scores(s, truth, where, weight, point).items()},
+            "train_seconds": round(train_s.get(method, 0.0), 1),
+            "seconds_per_sample": round(per_sample, 6),
+            "samples_per_second": round(rate, 2),
+            "peak_memory_mb": round(mem, 1),
+            "observations": args.observations, "samples": args.samples, "missing": args.missing,
+            "noise_std": problem.noise_std, "dps_steps": args.dps_steps if method == "DPS" else "",
+            "dps_guidance": guidance if method == "DPS" else "",
+            "engine_steps": args.engine_steps if method in ENGINE_METHODS else "",
+            "prior_steps": args.prior_steps if method in ENGINE_METHODS + ("DPS",) else "",
+        }
+        print(row, flush=True)
+        rows.append(row)
+    dps = next((r for r in rows if r["method"] == "DPS"), None)
+    for r in rows:
+        r["speedup_vs_dps"] = round(dps["seconds_per_sample"] / max(r["seconds_per_sample"], 1e-9), 1) if dps else ""
+    return rows
+
+
+def machine() -> str:
+    """One line on the machine the numbers were measured on."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on 1 thread, no GPU"
+
+
+def _fmt(v, digits=3) -> str:
+    if v in ("", None):
+        return "–"
+    v = float(v)
+    return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _seconds(v) -> str:
+    v = float(v)
+    return "–" if v == 0 else (f"{v:.0f} s" if v < 120 else f"{v / 60:.0f} min")
+
+
+def report(out: Path, rows: list[dict], machine_line: str) -> str:
+    """Markdown tables (one per problem, in `PROBLEMS` order) of the suite's rows."""
+    lines = [f"Measured on {machine_line}. Each problem: {rows[0]['observations']} held-out test fields, "
+             f"{float(rows[0]['missing']):.0%} of cells hidden at random, {rows[0]['samples']} samples per field; "
+             "scores over the hidden cells, area-weighted (best RMSE and CRPS in bold). Training time includes the "
+             "diffusion prior's for the engines distilled from it. `results/suite-*.csv` has every number.", ""]
+    for name, problem in PROBLEMS.items():
+        prows = [r for r in rows if r["problem"] == name]
+        if not prows:
+            continue
+        best = {k: min(float(r[k]) for r in prows) for k in ("rmse_mean", "crps")}
+        lines += [f"**{problem.label}**", "",
+                  "| method | RMSE of mean | CRPS | spread/skill | 90 % coverage | training | s per sample | samples/s | peak memory | speed-up vs DPS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in prows:
+            rmse = _fmt(r["rmse_mean"])
+            crps = _fmt(r["crps"])
+            rmse = f"**{rmse}**" if float(r["rmse_mean"]) == best["rmse_mean"] else rmse
+            crps = f"**{crps}**" if float(r["crps"]) == best["crps"] else crps
+            cov = "–" if r["coverage_90"] in ("", None) else f"{float(r['coverage_90']):.0%}"
+            extra = f" ({r['dps_steps']} steps, guidance {r['dps_guidance']})" if r["method"] == "DPS" else ""
+            lines.append(f"| {r['method']}{extra} | {rmse} | {crps} | {_fmt(r['spread_skill'], 2)} | {cov} | "
+                         f"{_seconds(r['train_seconds'])} | {_fmt(r['seconds_per_sample'])} | {_fmt(r['samples_per_second'])} | "
+                         f"{_fmt(r['peak_memory_mb'])} MB | {_fmt(r['speedup_vs_dps'])}× |")
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "suite.md").write_text(text + "\n")
+    return text
+
+
+def insert_into_readme(readme: Path, table: str) -> None:
+    """Replace the text between the `benchmark-suite` markers of the README with `table`."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers; add them where the table goes")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+
+
+def load_rows(out: Path) -> list[dict]:
+    rows = []
+    for name in PROBLEMS:
+        path = out / f"suite-{name}.csv"
+        if path.exists():
+            with open(path, newline="") as fh:
+                rows += list(csv.DictReader(fh))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "suite",
+                        help="folder of the trained priors and engines (default: runs/suite)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the CSV and Markdown files")
+    parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild suite.md and the README table")
+    parser.add_argument("--prior-steps", type=int, default=1000, help="score-prior training steps (default 1000)")
+    parser.add_argument("--engine-steps", type=int, default=300, help="training steps of each amortized engine")
+    parser.add_argument("--dps-steps", type=int, default=1000)
+    parser.add_argument("--observations", type=int, default=3, help="test fields per problem")
+    parser.add_argument("--samples", type=int, default=8, help="samples per test field, every method")
+    parser.add_argument("--throughput", type=int, default=256, help="samples drawn in one call to measure samples/s")
+    parser.add_argument("--missing", type=float, default=0.7, help="fraction of cells hidden")
+    parser.add_argument("--fit-fields", type=int, default=256, help="training fields for the Matérn fit")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (numbers meaningless)")
+    args = parser.parse_args()
+    if args.quick:
+        args.prior_steps, args.engine_steps, args.dps_steps = 4, 2, 4
+        args.observations, args.samples, args.throughput, args.fit_fields = 1, 2, 4, 16
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for name in args.problems:
+            write_csv(args.out / f"suite-{name}.csv", run_problem(name, args))
+    rows = load_rows(args.out)
+    if not rows:
+        raise SystemExit(f"no results in {args.out}; run the suite first")
+    table = report(args.out, rows, machine())
+    print(table)
+    if not args.no_readme:
+        insert_into_readme(args.readme, table)
+
+
+if __name__ == "__main__":
+    main()
