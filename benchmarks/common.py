@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
+import os
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["ENGINE_METHODS", "train_amortized_engines", "tune_dps", "write_csv"]
+__all__ = ["ENGINE_METHODS", "PeakMemory", "train_amortized_engines", "tune_dps", "write_csv"]
 
 ENGINE_METHODS = ("APS", "implicit", "AVI")
 
@@ -82,3 +85,43 @@ def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 
         if rmse < best_rmse:
             best, best_rmse = zeta, rmse
     return best
+
+
+def _release_free_memory() -> None:
+    """Return freed heap memory to the system (glibc `malloc_trim`), so that growth is measured from a low base."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Context manager: the largest growth of this process's resident set size [MB] while inside."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s, self.peak_mb = interval_s, 0.0
+        self._page = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _rss_mb(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
+            time.sleep(self.interval_s)
+
+    def __enter__(self):
+        gc.collect()
+        _release_free_memory()
+        self._base, self._stop = self._rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)

@@ -29,13 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import write_csv
-from suite import PeakMemory
+from common import PeakMemory, write_csv
 
 from manifold_aps.datasets import data_dir
 from manifold_aps.geometry import HealpixSphere, TriangleMesh
 from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
-from manifold_aps.posterior import DPS, ExactGaussianPosterior, HarmonicInterpolation, NearestNeighbour
+from manifold_aps.posterior import (
+    DPS,
+    ExactGaussianPosterior,
+    HarmonicInterpolation,
+    NearestNeighbour,
+)
 from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig
 from manifold_aps.posterior.implicit import ImplicitConfig, ImplicitGenerator
 from manifold_aps.priors import GaussianPrior

@@ -6,10 +6,11 @@ Problems (real data of `$MANIFOLD_APS_DATA`; see `manifold_aps.datasets`):
 * ``era5-global``  ERA5 t2m, global 1° regridded to HEALPix nside 16 (3072 px), test steps 18-23;
 * ``mesh-bunny``   Matérn draws and heat-diffused sources on the Stanford bunny (3485 vertices);
 * ``mesh-spot``    the same on Spot (2930 vertices);
-* ``wmap-masked``  WMAP W-band temperature, HEALPix nside 16, scored outside the analysis mask only.
+* ``wmap-masked``  WMAP W-band temperature, HEALPix nside 16, observed outside its real analysis
+                   mask and scored on 6 caps of observed sky held out from the prior's training.
 
-Each test field loses `--missing` (70 %) of its cells at random and the rest is observed with
-Gaussian noise. Methods: the exact Gaussian posterior of a Matérn prior fitted by maximum
+Each test field loses `--missing` (70 %) of its cells at random (WMAP: the analysis mask and the
+caps) and the rest is observed with Gaussian noise. Methods: the exact Gaussian posterior of a Matérn prior fitted by maximum
 likelihood to training fields ("kriging"), harmonic (Laplace) interpolation, nearest neighbour,
 the three amortized engines distilled from the problem's trained diffusion prior on random masks
 (APS flow, implicit generator, amortized VI) and DPS (`--dps-steps`, guidance chosen on separate
@@ -35,22 +36,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import json
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import ENGINE_METHODS, train_amortized_engines, tune_dps, write_csv
+from common import ENGINE_METHODS, PeakMemory, train_amortized_engines, tune_dps, write_csv
 
 from manifold_aps.datasets import build_prior_dataset
-from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, spread_skill_ratio, weighted_rmse
+from manifold_aps.metrics import (
+    central_interval,
+    crps_ensemble,
+    interval_coverage,
+    spread_skill_ratio,
+    weighted_rmse,
+)
 from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
-from manifold_aps.posterior import DPS, ExactGaussianPosterior, HarmonicInterpolation, NearestNeighbour
+from manifold_aps.posterior import (
+    DPS,
+    ExactGaussianPosterior,
+    HarmonicInterpolation,
+    NearestNeighbour,
+)
 from manifold_aps.priors import fit_matern
 from manifold_aps.priors.train import train_prior
 from manifold_aps.training import TrainConfig
@@ -81,68 +91,29 @@ PROBLEMS = {
     "era5-global": Problem("era5-global", "ERA5 t2m global, HEALPix nside 16 (3072 px) [K]", 0.1),
     "mesh-bunny": Problem("mesh-bunny", "Stanford bunny (3485 vertices) [unit variance]", 0.1),
     "mesh-spot": Problem("mesh-spot", "Spot (2930 vertices) [unit variance]", 0.1),
-    "wmap-masked": Problem("wmap-masked", "WMAP W band, HEALPix nside 16 (3072 px), outside the analysis mask [mK]", 0.01),
+    "wmap-masked": Problem("wmap-masked", "WMAP W band, HEALPix nside 16 (3072 px): real analysis mask, scored on 6 held-out caps [mK]", 0.005),
 }
-
-
-def _release_free_memory() -> None:
-    """Return freed heap memory to the system (glibc `malloc_trim`), so that growth is measured from a low base."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Context manager: the largest growth of this process's resident set size [MB] while inside."""
-
-    def __init__(self, interval_s: float = 0.002):
-        self.interval_s, self.peak_mb = interval_s, 0.0
-        self._page = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _rss_mb(self) -> float:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self._page
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
-            time.sleep(self.interval_s)
-
-    def __enter__(self):
-        gc.collect()
-        _release_free_memory()
-        self._base, self._stop = self._rss_mb(), threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
 
 
 def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: int):
     """`(y, operator, truth, where)`: `n` test fields with `missing` of the cells hidden at random.
 
-    Where the dataset knows the truth only on part of the domain (`extra["truth_region"]`, e.g.
-    WMAP outside its analysis mask), cells outside it are hidden too and never scored.
+    A dataset with a real mask and held-out regions (`extra["visible"]`, `extra["holdout"]`: WMAP
+    under its analysis mask) is observed where visible and scored on the held-out regions instead
+    (one map; `n` copies with independent noise).
     """
     test = ds.test if ds.test.numel() else ds.source.validation()
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(test.shape[0], generator=g)[:n]
     truth = test[idx].double()
-    if truth.shape[0] < n:  # fewer test fields than asked: reuse them with other masks
+    if truth.shape[0] < n:  # fewer test fields than asked: reuse them
         truth = truth[torch.arange(n) % truth.shape[0]]
-    mask = RandomMaskGenerator(ds.domain, missing=missing).step(n, seed=seed)["mask"]
-    region = ds.extra.get("truth_region")
-    where = ~mask
-    if region is not None:
-        region = torch.as_tensor(region, dtype=torch.bool).reshape(1, -1, 1)
-        mask, where = mask & region, where & region
+    if "holdout" in ds.extra:
+        mask = torch.as_tensor(ds.extra["visible"], dtype=torch.bool).reshape(1, -1, 1).expand(n, -1, 1).clone()
+        where = torch.as_tensor(ds.extra["holdout"], dtype=torch.bool).reshape(1, -1, 1).expand(n, -1, 1)
+    else:
+        mask = RandomMaskGenerator(ds.domain, missing=missing).step(n, seed=seed)["mask"]
+        where = ~mask
     y = noise(truth, mask, rng=g)
     return y, Mask(ds.domain, mask), truth, where.expand_as(truth)
 
