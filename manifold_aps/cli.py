@@ -114,6 +114,8 @@ datasets (real data from $MANIFOLD_APS_DATA, default ../shared/data; era5-uk is 
   era5-uk            ERA5 t2m, UK 0.25 deg, train 1-18 Mar 2019 (1617 cells)
   era5-global        ERA5 t2m, global 1 deg -> HEALPix nside 16, longitude rotations
   wmap               WMAP W-band temperature, HEALPix nside 16, random SO(3) rotations
+  wmap-masked        the same seen only outside its analysis mask and 6 held-out caps
+                     (hidden pixels filled by constrained Gaussian realisations)
   mesh-bunny         Matern draws + heat-diffused sources on the Stanford bunny
   mesh-spot          the same on Keenan Crane's Spot
   digits             scikit-learn digits upsampled to 16x16 on a planar grid (Euclidean case)

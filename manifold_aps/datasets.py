@@ -10,6 +10,13 @@
   the lat-lon field before regridding). Train: steps 0-15, validation 16-17, test 18-23.
 * ``wmap``: the WMAP 7-year W-band temperature map [mK], degraded to nside 16, augmented by
   random rotations in SO(3) (exact on its spherical-harmonic expansion, lmax = 3 nside - 1).
+* ``wmap-masked``: the same map seen only outside its real analysis mask, with 6 geodesic caps
+  of observed sky also held out (`wmap_masked_problem`); no pixel inside the mask or the caps
+  reaches training. The hidden pixels are filled with constrained Gaussian realisations (exact
+  posterior samples of the isotropic Gaussian field of the map's measured angular power
+  spectrum), and the filled maps are rotated at random in SO(3). `test` is the observed map
+  (0 inside the mask, where the truth is unknown); `extra` holds the masks (`truth_region`:
+  the observed pixels; `holdout`: the caps, never trained on), the spectrum and the Gaussian prior.
 * ``mesh-bunny`` / ``mesh-spot``: on the real meshes, an equal mixture of Matérn Gaussian
   draws and heat-diffused random point sources.
 * ``digits``: scikit-learn's bundled 8x8 digits upsampled to 16x16 on a `PlanarGrid` (the
@@ -38,6 +45,7 @@ __all__ = [
     "TensorSource",
     "build_prior_dataset",
     "data_dir",
+    "wmap_masked_problem",
 ]
 
 
@@ -195,6 +203,131 @@ def _wmap(root: Path, nside: int = 16, pool: int = 2048) -> PriorDataset:
     )
 
 
+def _rotated_maps(maps: np.ndarray, nside: int, count: int, seed: int) -> torch.Tensor:
+    """`count` random SO(3) rotations of `maps` `(K, Npix)` (cycled), exact on their alm up to
+    lmax = 3 nside - 1; shape `(count, Npix, 1)` float32."""
+    import healpy as hp
+    from scipy.spatial.transform import Rotation
+
+    lmax = 3 * nside - 1
+    alms = [hp.map2alm(m, lmax=lmax) for m in maps]
+    eul = Rotation.random(count, random_state=seed).as_euler("ZYZ")
+    out = np.empty((count, hp.nside2npix(nside)))
+    for i, (a, b, c) in enumerate(eul):
+        r = alms[i % len(alms)].copy()
+        hp.rotate_alm(r, a, b, c, lmax=lmax)
+        out[i] = hp.alm2map(r, nside, lmax=lmax)
+    return torch.from_numpy(out[:, :, None]).float()
+
+
+def wmap_masked_problem(
+    root: str | os.PathLike | None = None,
+    *,
+    nside: int = 16,
+    num_caps: int = 6,
+    cap_area: float = 0.015,
+    seed: int = 0,
+) -> dict:
+    r"""The WMAP W-band map under its real analysis mask, with held-out caps: everything
+    the ``wmap-masked`` dataset and `examples/sphere_inpainting.py` share.
+
+    Steps (HEALPix RING order, as `HealpixSphere(nside)`):
+
+    1. the nside-32 temperature map [mK] with the analysis mask applied (masked pixels UNSEEN)
+       is degraded with `healpy.ud_grade(pess=False)`, which averages only unmasked sub-pixels;
+       a pixel is *observed* when at least 3 of its 4 sub-pixels are unmasked (degraded mask
+       > 0.5), so no masked sub-pixel enters any observed value (57 % of the sky at nside 16);
+    2. `num_caps` geodesic caps of `cap_area` of the sky each (`CapMaskGenerator`, seeds
+       ``f"wmap-masked-holdout-{seed}-{i}-{attempt}"``, redrawn until at least 75 % of the cap
+       is observed and it overlaps no earlier cap) are held out: their observed pixels (216 at
+       nside 16) are the validation truth and are used nowhere else;
+    3. the monopole and dipole are fitted on the remaining visible pixels
+       (`healpy.fit_dipole`) and removed from the whole map;
+    4. the angular power spectrum is the pseudo-spectrum of the visible map (zero elsewhere),
+       `healpy.anafast` up to `lmax = 4 nside - 1` (the pixel basis has modes up to
+       :math:`l = \lfloor\sqrt{N-1}\rfloor = 55` at nside 16; above `3 nside - 1` the values
+       are aliased and only set the pixel-scale variance), divided by the visible sky fraction
+       (no mode-coupling correction); :math:`C_0` and :math:`C_1`, removed in step 3, are set to
+       the white-noise level :math:`\sigma^2 4\pi/N`;
+    5. the white noise :math:`\sigma` of the temperature is estimated from the Q and U maps of
+       the same file at the visible pixels, :math:`\sigma \approx \mathrm{rms}(Q, U)/\sqrt2`
+       (a detector pair measures I with half the variance of Q or U); polarised signal makes
+       this an upper bound (about 5 µK at nside 16).
+
+    Returns:
+        a dict: `domain`; `map` (N,) float64 (monopole and dipole removed, 0 where not
+        observed); `observed`, `holdout`, `visible` = observed and not held out, each (N,) bool;
+        `cl` (4 nside,) [mK² sr]; `noise_mk`; `prior` = `GaussianPrior.from_angular_power`
+        of `cl`; `monopole_dipole` (N,) the removed part; `fsky` of the visible pixels;
+        `num_caps`.
+    """
+    import healpy as hp
+
+    from manifold_aps.operators import CapMaskGenerator
+
+    root = Path(root) if root else data_dir()
+    folder = root / "sphere"
+    masked = hp.read_map(_require(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"), field=0, dtype=np.float64)
+    q32, u32 = hp.read_map(_require(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"), field=(1, 2), dtype=np.float64)
+    mask32 = hp.read_map(_require(folder / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"), field=0, dtype=np.float64)
+    masked = np.where(mask32 > 0.5, masked, hp.UNSEEN)  # the mask file is the one source of truth
+    m = hp.ud_grade(masked, nside, pess=False)
+    observed = (hp.ud_grade(mask32, nside) > 0.5) & (m != hp.UNSEEN)
+    domain = HealpixSphere(nside)
+    holdout = np.zeros(domain.num_nodes, dtype=bool)
+    for i in range(num_caps):
+        gen = CapMaskGenerator(domain, num_caps=1, cap_area=cap_area)
+        for attempt in range(100):
+            cap = ~gen.step(1, seed=f"wmap-masked-holdout-{seed}-{i}-{attempt}")["mask"][0, :, 0].numpy()
+            if observed[cap].mean() >= 0.75 and not (holdout & cap).any():
+                break
+        else:
+            raise RuntimeError(f"no cap {i} of area {cap_area} inside the observed sky in 100 draws")
+        holdout |= cap & observed
+    visible = observed & ~holdout
+    mono, dip = hp.fit_dipole(np.where(visible, m, hp.UNSEEN), bad=hp.UNSEEN)  # least squares on visible pixels
+    vec = np.stack(hp.pix2vec(nside, np.arange(domain.num_nodes)), axis=1)
+    monopole_dipole = mono + vec @ np.asarray(dip)
+    clean = np.where(observed, m - monopole_dipole, 0.0)
+    npix = domain.num_nodes
+    lmax = 4 * nside - 1
+    fsky = float(visible.mean())
+    cl = hp.anafast(np.where(visible, clean, 0.0), lmax=lmax) / fsky
+    q16 = hp.ud_grade(np.where(mask32 > 0.5, q32, hp.UNSEEN), nside, pess=False)
+    u16 = hp.ud_grade(np.where(mask32 > 0.5, u32, hp.UNSEEN), nside, pess=False)
+    qu = np.concatenate([q16[visible], u16[visible]])
+    noise_mk = float(np.sqrt(np.mean((qu - qu.mean()) ** 2) / 2))
+    cl[:2] = noise_mk**2 * 4 * np.pi / npix
+    prior = GaussianPrior.from_angular_power(domain, cl)
+    return {
+        "domain": domain, "map": clean, "observed": observed, "holdout": holdout, "visible": visible,
+        "cl": cl, "noise_mk": noise_mk, "prior": prior, "monopole_dipole": monopole_dipole, "fsky": fsky,
+        "num_caps": num_caps,
+    }
+
+
+def _wmap_masked(root: Path, nside: int = 16, pool: int = 2048, fills: int = 8, seed: int = 0) -> PriorDataset:
+    from manifold_aps.operators import GaussianNoise, Mask
+    from manifold_aps.posterior.gaussian import ExactGaussianPosterior
+
+    prob = wmap_masked_problem(root, nside=nside, seed=seed)
+    domain, visible = prob["domain"], torch.from_numpy(prob["visible"])
+    y = torch.from_numpy(np.where(prob["visible"], prob["map"], 0.0))[None, :, None]
+    posterior = ExactGaussianPosterior(prob["prior"], GaussianNoise(prob["noise_mk"]))
+    draws = posterior.sample(y, Mask(domain, visible), fills, rng=torch.Generator().manual_seed(seed))[:, 0, :, 0]
+    filled = torch.where(visible, y[0, :, 0], draws).numpy()  # data where visible, constrained draws elsewhere
+    test = torch.from_numpy(prob["map"][None, :, None]).float()
+    return PriorDataset(
+        "wmap-masked", domain, TensorSource(_rotated_maps(filled, nside, pool, seed + 1), _rotated_maps(filled, nside, 64, seed + 2)),
+        test, "mK",
+        f"WMAP 7-yr W-band I map, nside {nside}, outside the analysis mask and {int(prob['holdout'].sum())} held-out "
+        f"pixels; hidden pixels filled by {fills} constrained Gaussian realisations; {pool} random SO(3) rotations",
+        extra={"truth_region": prob["observed"], "holdout": prob["holdout"], "visible": prob["visible"],
+               "cl": prob["cl"], "noise_mk": prob["noise_mk"], "gaussian_prior": prob["prior"], "map": prob["map"],
+               "num_caps": prob["num_caps"]},
+    )
+
+
 def _mesh_signals(mesh: TriangleMesh, name: str, seed: int = 0) -> PriorDataset:
     from manifold_aps.operators import HeatBlur
 
@@ -259,6 +392,7 @@ DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
     "era5-uk": _era5_uk,
     "era5-global": _era5_global,
     "wmap": _wmap,
+    "wmap-masked": _wmap_masked,
     "mesh-bunny": lambda root: _mesh_signals(TriangleMesh.from_file(_require(root / "meshes" / "bunny.off")), "mesh-bunny"),
     "mesh-spot": lambda root: _mesh_signals(
         TriangleMesh.from_file(_require(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"

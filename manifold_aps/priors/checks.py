@@ -15,14 +15,16 @@ def reference_in_normalized_space(reference: GaussianPrior, prior: ScorePrior) -
     if prior.channels != 1:
         raise ValueError("the closed-form check supports one-channel priors")
     mu, sd = float(prior.normalizer.mean[0]), float(prior.normalizer.std[0])
+    if reference.custom_spectrum is not None:
+        shape = {"spectrum": reference.custom_spectrum / sd**2}
+    else:
+        shape = {
+            "variance": reference.variance / sd**2,
+            "length_scale": reference.length_scale,
+            "smoothness": reference.smoothness,
+        }
     return GaussianPrior(
-        reference.domain,
-        variance=reference.variance / sd**2,
-        length_scale=reference.length_scale,
-        smoothness=reference.smoothness,
-        nugget=reference.nugget / sd**2,
-        mean=(reference.mean - mu) / sd,
-        sde=prior.sde,
+        reference.domain, **shape, nugget=reference.nugget / sd**2, mean=(reference.mean - mu) / sd, sde=prior.sde
     )
 
 

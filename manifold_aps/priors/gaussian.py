@@ -7,6 +7,7 @@ linear operator and Gaussian noise) its posterior are known in closed form.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 from manifold_aps.geometry import Domain
 from manifold_aps.priors.sde import VPSDE
 
-__all__ = ["DENSE_MAX_NODES", "GaussianPrior", "MaternFit", "fit_matern"]
+__all__ = ["DENSE_MAX_NODES", "MULTIPOLE_RULES", "GaussianPrior", "MaternFit", "fit_matern", "mode_multipoles"]
 
 DENSE_MAX_NODES = 6000  # the dense representation needs O(N^2) memory and O(N^3) set-up
 
@@ -49,6 +50,49 @@ def matern_spectrum(
     return variance * raw * area / raw.sum()
 
 
+def _multipoles_by_order(eigenvalues: torch.Tensor) -> torch.Tensor:
+    k = torch.arange(eigenvalues.shape[0], dtype=torch.float64)
+    return torch.floor(torch.sqrt(k) + 1e-9).long()
+
+
+def _multipoles_by_eigenvalue(eigenvalues: torch.Tensor) -> torch.Tensor:
+    lam = eigenvalues.to(torch.float64).clamp_min(0)
+    return torch.round((torch.sqrt(1 + 4 * lam) - 1) / 2).long()
+
+
+MULTIPOLE_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "order": _multipoles_by_order,
+    "eigenvalue": _multipoles_by_eigenvalue,
+}
+
+
+def mode_multipoles(eigenvalues: torch.Tensor, rule: str = "order") -> torch.Tensor:
+    r"""Multipole `l` of each Laplace-Beltrami mode of a unit sphere, shape `(K,)` (int64).
+
+    Rules (`MULTIPOLE_RULES`):
+
+    * ``"order"``: the `k`-th mode in ascending order of eigenvalue has :math:`l = \lfloor\sqrt k\rfloor`,
+      the count of spherical harmonics (:math:`(l+1)^2` of them up to degree `l`). It needs only
+      the order of the eigenvalues, so it stays right on a discrete sphere whose eigenvalues fall
+      below :math:`l(l+1)` as `l` grows.
+    * ``"eigenvalue"``: :math:`l = \mathrm{round}((\sqrt{1 + 4\lambda} - 1)/2)`, the inverse of
+      :math:`\lambda = l(l+1)`; exact on the continuous sphere only. On HEALPix nside 16 the 81
+      modes of degree 40 have eigenvalues 983-1006 instead of 1640, so this rule puts them near
+      l = 31.
+
+    Arguments:
+        eigenvalues: ascending eigenvalues `(K,)` (the first `K` modes).
+        rule: a key of `MULTIPOLE_RULES`.
+
+    Example:
+        >>> mode_multipoles(torch.tensor([0.0, 2.0, 2.0, 2.0, 6.0])).tolist()
+        [0, 1, 1, 1, 2]
+    """
+    if rule not in MULTIPOLE_RULES:
+        raise ValueError(f"rule must be one of {sorted(MULTIPOLE_RULES)}, got {rule!r}")
+    return MULTIPOLE_RULES[rule](torch.as_tensor(eigenvalues))
+
+
 class GaussianPrior(nn.Module):
     r"""Whittle-Matérn Gaussian field :math:`x \sim N(\mu, C)`, channels independent and alike.
 
@@ -60,18 +104,32 @@ class GaussianPrior(nn.Module):
     area: :math:`\tau^2\bar m M^{-1}`, so :math:`s_k \mathrel{+}= \tau^2 \bar m`). Densities are with
     respect to Lebesgue measure on the node values :math:`\mathbb{R}^{N}` (per channel).
 
+    Instead of the Matérn parameters, `spectrum` may give the variance :math:`s_k` of every mode
+    directly (any isotropic law of the domain's geometry); `from_angular_power` builds it on the
+    sphere from an angular power spectrum :math:`C_l`.
+
     Internally `C` is kept as its Euclidean eigendecomposition :math:`U\,\mathrm{diag}(c)\,U^T`, so
     the diffused marginal :math:`x_t \sim N(\alpha_t\mu, \alpha_t^2 C + \sigma_t^2 I)` of the VP-SDE
     and its score are exact and cheap at every `t`. Dense: up to `DENSE_MAX_NODES` nodes.
 
     Arguments:
         domain: the domain.
-        variance: :math:`\sigma^2` (signal units squared).
-        length_scale: :math:`\ell` (domain length units).
-        smoothness: :math:`\nu > 0`.
+        variance: :math:`\sigma^2` (signal units squared); default 1.
+        length_scale: :math:`\ell` (domain length units); default 0.3.
+        smoothness: :math:`\nu > 0`; default 1.
         nugget: :math:`\tau^2 \ge 0`, small-scale variance not explained by the Matérn part.
         mean: a number or a tensor `(N, C)` (e.g. a climatology); default 0.
         sde: the diffusion the exact `score` refers to (default `VPSDE()`).
+        spectrum: optional variances `(N,)` of the `N` mass-orthonormal eigenfunctions, in
+            ascending order of eigenvalue, each >= 0 (the nugget is added to them and their sums
+            must be > 0). Replaces the Matérn spectrum; then `variance`, `length_scale` and
+            `smoothness` must not be given.
+
+    Attributes:
+        variance: :math:`\sigma^2`; for a given `spectrum`, its area average
+            :math:`\frac{1}{|\Omega|}\sum_k s_k` (the nugget excluded), as for Matérn.
+        length_scale, smoothness: the Matérn parameters, None for a given `spectrum`.
+        custom_spectrum: the given `spectrum` `(N,)` float64, or None for a Matérn prior.
 
     Example:
         >>> from manifold_aps.geometry import HealpixSphere
@@ -84,23 +142,41 @@ class GaussianPrior(nn.Module):
         self,
         domain: Domain,
         *,
-        variance: float = 1.0,
-        length_scale: float = 0.3,
-        smoothness: float = 1.0,
+        variance: float | None = None,
+        length_scale: float | None = None,
+        smoothness: float | None = None,
         nugget: float = 0.0,
         mean: float | torch.Tensor = 0.0,
         sde: VPSDE | None = None,
+        spectrum: torch.Tensor | np.ndarray | None = None,
     ):
         super().__init__()
         check_dense_size(domain)
-        for name, value in [("variance", variance), ("length_scale", length_scale), ("smoothness", smoothness)]:
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not (math.isfinite(nugget) and nugget >= 0):
             raise ValueError(f"nugget must be a finite number >= 0, got {nugget!r}")
         self.nugget = float(nugget)
         self.domain = domain
-        self.variance, self.length_scale, self.smoothness = float(variance), float(length_scale), float(smoothness)
+        matern = {"variance": variance, "length_scale": length_scale, "smoothness": smoothness}
+        if spectrum is None:
+            defaults = {"variance": 1.0, "length_scale": 0.3, "smoothness": 1.0}
+            matern = {k: defaults[k] if v is None else v for k, v in matern.items()}
+            for name, value in matern.items():
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            self.custom_spectrum = None
+        else:
+            given = [k for k, v in matern.items() if v is not None]
+            if given:
+                raise ValueError(f"spectrum replaces variance, length_scale and smoothness; got spectrum and {given}")
+            spectrum = torch.as_tensor(spectrum, dtype=torch.float64).detach().clone()
+            if spectrum.shape != (domain.num_nodes,):
+                raise ValueError(f"spectrum must have shape (N={domain.num_nodes},), got {tuple(spectrum.shape)}")
+            if not torch.all(torch.isfinite(spectrum)) or bool((spectrum < 0).any()):
+                raise ValueError("spectrum must be finite and >= 0 on every mode")
+            self.custom_spectrum = spectrum
+        self.variance = float(spectrum.sum() / domain.total_area) if spectrum is not None else float(matern["variance"])
+        self.length_scale = None if spectrum is not None else float(matern["length_scale"])
+        self.smoothness = None if spectrum is not None else float(matern["smoothness"])
         self.sde = sde if sde is not None else VPSDE()
         mean = torch.as_tensor(mean, dtype=torch.float64)
         if mean.dim() not in (0, 2) or (mean.dim() == 2 and mean.shape[0] != domain.num_nodes):
@@ -108,8 +184,13 @@ class GaussianPrior(nn.Module):
         self.register_buffer("mean", mean)
         lam, phi = domain.eigenbasis(domain.num_nodes)
         m = domain.mass
-        s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
+        if self.custom_spectrum is None:
+            s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
+        else:
+            s = self.custom_spectrum.clone()
         s = s + self.nugget * m.mean()
+        if not bool((s > 0).all()):
+            raise ValueError("spectrum + nugget must be > 0 on every mode (add a nugget for modes of variance 0)")
         # C = Phi diag(s) Phi^T = root root^T; sampling needs only `root`.
         self.register_buffer("root", phi * s.sqrt())
         self.register_buffer("spectrum", s)
@@ -139,7 +220,74 @@ class GaussianPrior(nn.Module):
         """Orthonormal eigenvectors `U` `(N, N)` of the covariance."""
         return self._euclidean_eigen()[1]
 
+    @classmethod
+    def from_angular_power(
+        cls,
+        domain: Domain,
+        cl,
+        *,
+        rule: str = "order",
+        nugget: float = 0.0,
+        mean: float | torch.Tensor = 0.0,
+        sde: VPSDE | None = None,
+    ) -> GaussianPrior:
+        r"""The isotropic Gaussian field of angular power spectrum :math:`C_l` on a unit sphere.
+
+        A statistically isotropic field :math:`x = \sum_{lm} a_{lm} Y_{lm}` has uncorrelated
+        real spherical-harmonic coefficients of variance :math:`\mathrm{E}\,a_{lm}^2 = C_l`. The
+        mass-orthonormal eigenfunctions of degree `l` (:math:`\Phi^T M \Phi = I`, i.e.
+        :math:`\int\phi_k^2\,dA = 1`, the normalisation of :math:`Y_{lm}`) span the same space as
+        the :math:`Y_{lm}` up to discretisation error, in some orthonormal rotation, so giving each
+        of them the variance :math:`C_l` gives the covariance
+        :math:`\Phi\,\mathrm{diag}(C_{l(k)})\,\Phi^T \approx \sum_l \frac{2l+1}{4\pi} C_l
+        P_l(\cos\theta)` (the addition theorem), pointwise variance
+        :math:`\sum_l (2l+1) C_l / 4\pi`. `C_l` in the convention of `healpy.anafast` (signal
+        units squared per steradian). The multipole of each mode is `mode_multipoles(rule)`;
+        the default rule ``"order"`` is the one to use on discrete spheres, and all `N` modes need
+        a :math:`C_l` (HEALPix: up to :math:`l = \lfloor\sqrt{N-1}\rfloor`, e.g. 55 for nside
+        16, above the band limit `3 nside - 1` of `healpy.anafast`'s default).
+
+        How well the pixel basis holds the :math:`Y_{lm}`: on HEALPix nside 16 the eigenvectors of
+        degree `l` carry more than 97 % of their power at that degree up to l = 20, 27 % at
+        l = 30 (measured with `healpy.anafast`); the low multipoles, where the power of most
+        physical spectra is, are accurate, the pixel-scale ones are approximate.
+
+        Arguments:
+            domain: a domain of total area :math:`4\pi` (the unit sphere: `HealpixSphere`,
+                `IcosphereMesh`, `SphereGrid`).
+            cl: :math:`C_l` for `l = 0, 1, ...`, at least up to the largest multipole of the
+                domain's modes, each >= 0.
+            rule: a key of `MULTIPOLE_RULES`.
+            nugget, mean, sde: as for the constructor.
+
+        Example:
+            >>> from manifold_aps.geometry import HealpixSphere
+            >>> cl = 1.0 / (1.0 + torch.arange(7.0)) ** 2  # HEALPix nside 2: 48 modes, l <= 6
+            >>> prior = GaussianPrior.from_angular_power(HealpixSphere(2), cl)
+            >>> [round(float(v), 4) for v in prior.spectrum[:5]]  # l = 0, 1, 1, 1, 2
+            [1.0, 0.25, 0.25, 0.25, 0.1111]
+        """
+        if abs(domain.total_area - 4 * math.pi) > 1e-6 * 4 * math.pi:
+            raise ValueError(f"from_angular_power needs a unit sphere (area 4 pi), got {domain!r} of area {domain.total_area:.6g}")
+        check_dense_size(domain)
+        cl = torch.as_tensor(np.asarray(cl, dtype=np.float64))
+        if cl.dim() != 1:
+            raise ValueError(f"cl must be one-dimensional (C_0, C_1, ...), got shape {tuple(cl.shape)}")
+        lam, _ = domain.eigenbasis(domain.num_nodes)
+        ell = mode_multipoles(lam, rule)
+        if int(ell.max()) >= cl.shape[0]:
+            raise ValueError(
+                f"cl must cover l = 0..{int(ell.max())} for the {domain.num_nodes} modes of {domain!r}, "
+                f"got l = 0..{cl.shape[0] - 1}"
+            )
+        return cls(domain, spectrum=cl[ell], nugget=nugget, mean=mean, sde=sde)
+
     def extra_repr(self) -> str:
+        if self.custom_spectrum is not None:
+            return (
+                f"domain={self.domain!r}, spectrum=({self.custom_spectrum.shape[0]} modes), "
+                f"variance={self.variance:.4g}, nugget={self.nugget:.4g}"
+            )
         return (
             f"domain={self.domain!r}, variance={self.variance:.4g}, "
             f"length_scale={self.length_scale:.4g}, smoothness={self.smoothness:.4g}, "
@@ -147,7 +295,9 @@ class GaussianPrior(nn.Module):
         )
 
     def config(self) -> dict:
-        """Hyper-parameters, for checkpoints and `history` attributes."""
+        """Hyper-parameters, for checkpoints and `history` attributes (`GaussianPrior(domain, **config)`)."""
+        if self.custom_spectrum is not None:
+            return {"spectrum": self.custom_spectrum.tolist(), "nugget": self.nugget}
         return {
             "variance": self.variance,
             "length_scale": self.length_scale,
