@@ -145,6 +145,18 @@ def test_heat_blur_matches_scipy_expm_multiply():
         assert np.abs(out - ref).max() < 1e-10 * np.abs(ref).max()
 
 
+def test_heat_blur_dense_matrix_equals_applying_it_to_every_column():
+    from manifold_aps.posterior import operator_matrix
+
+    for domain, t in [(LATLON, 0.05), (MESH, 0.3)]:
+        op = HeatBlur(domain, t)
+        eye = torch.eye(domain.num_nodes, dtype=torch.float64)[:, :, None]
+        by_columns = op(eye)[:, :, 0].T
+        dense = operator_matrix(op)  # takes the eigenbasis route
+        assert torch.allclose(dense, op.dense_matrix())
+        assert (dense - by_columns).abs().max() < 1e-9 * by_columns.abs().max()
+
+
 def test_heat_blur_preserves_constants_and_area_integral():
     op = HeatBlur(LATLON, 0.1)
     x = _rand((1, LATLON.num_nodes, 1), 7)

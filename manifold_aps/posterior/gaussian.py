@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from manifold_aps.operators import GaussianNoise, LinearOperator, Mask
-from manifold_aps.priors.gaussian import GaussianPrior
+from manifold_aps.priors.gaussian import DENSE_MAX_NODES, GaussianPrior
 
 __all__ = ["ExactGaussianPosterior", "GaussianConditional", "operator_matrix"]
 
@@ -23,10 +23,13 @@ __all__ = ["ExactGaussianPosterior", "GaussianConditional", "operator_matrix"]
 def operator_matrix(operator: LinearOperator, chunk: int = 512) -> torch.Tensor:
     """The dense matrix `H` `(N_out, N)` of a linear operator on single-channel signals, float64.
 
-    Built by applying the operator to the columns of the identity; for per-example operators
-    (a batch of masks) use the first example.
+    Built by applying the operator to the columns of the identity, or by the operator's own
+    `dense_matrix()` where it has one (e.g. `HeatBlur`, from the eigenbasis) and the domain has at
+    most `DENSE_MAX_NODES` nodes; for per-example operators (a batch of masks) use the first example.
     """
     n = operator.domain.num_nodes
+    if hasattr(operator, "dense_matrix") and n <= DENSE_MAX_NODES:
+        return operator.dense_matrix()
     cols = []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
