@@ -251,7 +251,8 @@ def _seconds(v) -> str:
 def report(out: Path, rows: list[dict], machine_line: str) -> str:
     """Markdown tables (one per problem, in `PROBLEMS` order) of the suite's rows."""
     lines = [f"Measured on {machine_line}. Each problem: {rows[0]['observations']} held-out test fields, "
-             f"{float(rows[0]['missing']):.0%} of cells hidden at random, {rows[0]['samples']} samples per field; "
+             f"{float(rows[0]['missing']):.0%} of cells hidden at random (WMAP: its analysis mask and held-out caps), "
+             f"{rows[0]['samples']} samples per field; "
              "scores over the hidden cells, area-weighted (best RMSE and CRPS in bold). Training time includes the "
              "diffusion prior's for the engines distilled from it. `results/suite-*.csv` has every number.", ""]
     for name, problem in PROBLEMS.items():
