@@ -64,13 +64,13 @@ def domains(nsides, subdivisions):
             yield "bunny", f"bunny x{4 ** k}", TriangleMesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), name=f"bunny-sub{k}")
 
 
-def builders(domain, noise):
+def builders(domain, noise, dps_steps: int):
     """`{method: () -> sampler}` of the methods that fit this domain."""
     prior = ScorePrior(domain, 1)
     out = {
         "APS": lambda: AmortizedFlowPosterior(domain, 1, prior, noise, APSConfig(dense_limit=1000)).eval(),
         "implicit": lambda: ImplicitGenerator(domain, 1, prior, noise, ImplicitConfig(dense_limit=1000)).eval(),
-        "DPS": lambda: (prior.eval(), None)[0],
+        "DPS": lambda: DPS(prior.eval(), noise, steps=dps_steps, guidance=0.3),
         "harmonic": lambda: HarmonicInterpolation(domain),
         "nearest": lambda: NearestNeighbour(domain),
     }
@@ -96,13 +96,11 @@ def main() -> None:
         mask = RandomMaskGenerator(domain, missing=0.7).step(1, seed=0)["mask"]
         op = Mask(domain, mask)
         y = noise(torch.randn(1, domain.num_nodes, 1, generator=g), mask, rng=g)
-        for method, build in builders(domain, noise).items():
+        for method, build in builders(domain, noise, args.dps_steps).items():
             t0 = time.perf_counter()
             sampler = build()
             setup = time.perf_counter() - t0
             n = 1 if method in ("DPS", "harmonic", "nearest") else args.samples  # a point estimate is one "sample"
-            if method == "DPS":
-                sampler = DPS(sampler, noise, steps=args.dps_steps, guidance=0.3)
             with PeakMemory() as mem, torch.set_grad_enabled(method == "DPS"):
                 t0 = time.perf_counter()
                 sampler.sample(y if method != "exact Gaussian" else y.double(), op, n, rng=g)

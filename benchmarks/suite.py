@@ -150,12 +150,14 @@ def prior_checkpoint(problem: Problem, ds, runs: Path, steps: int, quick: bool) 
     """The problem's trained score prior (trained now when missing) and its training seconds."""
     run = runs / problem.dataset / "prior"
     done = run / "train.json"
-    if not done.exists() or json.loads(done.read_text())["step"] < steps:
+    info = json.loads(done.read_text()) if done.exists() else {"step": 0}
+    if info["step"] < steps:
         print(f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True)
         cfg = TrainConfig(steps=steps, batch_size=4 if quick else 32, lr=2e-3, warmup=min(100, steps // 4),
                           ema_decay=0.999, checkpoint_every=250, validate_every=0 if quick else 250, log_every=25)
         train_prior(ds, run, cfg, resume=True, progress=not quick)
-    return run / "checkpoint.pt", float(json.loads(done.read_text())["seconds_this_run"])
+        info = json.loads(done.read_text())
+    return run / "checkpoint.pt", float(info["seconds_this_run"])
 
 
 def run_problem(name: str, args) -> list[dict]:
