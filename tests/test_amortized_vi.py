@@ -31,6 +31,7 @@ from manifold_aps.posterior.mgdm import (
     bridge_coefficients,
     fit_inner_vi,
     log_alpha_bar,
+    mgdm_drive,
     repeat_operator,
 )
 from manifold_aps.posterior.observations import SimulatedObservations
@@ -211,6 +212,33 @@ def test_mgdm_against_the_exact_posterior():
     )
     err_b, log_var_b = _scores(broken.sample, exact)
     assert err_b > 0.9 and log_var_b > 1.5, (err_b, log_var_b)
+
+
+def test_conditional_hook_replaces_the_inner_vi():
+    """A `conditional` that draws the bridge prior with the driver's own generator reproduces
+    zero-shot MGDM without Adam steps (same draws in the same order); a deterministic one that
+    returns the bridge mean gives other samples (the hook is used)."""
+    y, op, _ = _problem(seed=2)
+    shape = (2, DOMAIN.num_nodes, 1)
+    times = MGDM(PRIOR, NOISE, steps=6).timesteps()
+
+    def drive(seed, conditional=None):
+        g = torch.Generator().manual_seed(seed)
+        hook = conditional(g) if conditional else None
+        problem = MGDMProblem(PRIOR, NOISE, y, op)
+        return mgdm_drive(
+            problem, times, shape, inner_steps=lambda k: 0, generator=g, dtype=torch.float64,
+            conditional=hook,
+        ).z0
+
+    def bridge_draw(g):
+        return lambda ctx: ctx.mean + ctx.std * torch.randn(
+            ctx.mean.shape, generator=g, dtype=ctx.mean.dtype
+        )
+
+    zero_shot = drive(3)
+    torch.testing.assert_close(drive(3, bridge_draw), zero_shot, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(drive(3, lambda g: lambda ctx: ctx.mean), zero_shot, atol=1e-3)
 
 
 def test_mgdm_mix_midpoint_and_reproducibility():

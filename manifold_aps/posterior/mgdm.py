@@ -344,6 +344,7 @@ def gibbs_step(
     steps: int,
     lr: float,
     randn: Callable[[], torch.Tensor],
+    conditional: Callable[[StepContext], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     r"""One outer iteration of MGDM (the one-step kernel).
 
@@ -358,6 +359,9 @@ def gibbs_step(
         steps: Adam steps of the inner VI.
         lr: their learning rate.
         randn: draws standard normal noise of the signals' shape.
+        conditional: optional sampler of the Gibbs conditional of :math:`z_s` itself, `ctx ->
+            z_s` `(B, N, C)`, used instead of the inner VI (`init`, `steps`, `lr` unused); for
+            diagnostics with a closed-form conditional (`benchmarks/mgdm_exactness.py`).
 
     Returns:
         `(z_t, z0, chosen)`: the re-drawn state at `t`, :math:`D(z_s, s)`, and the fraction of
@@ -375,15 +379,21 @@ def gibbs_step(
         z = cast(c_l) * z_next + cast(c_0) * z0 + cast(std) * randn()
         c_t, c_0, sd = bridge_coefficients(lab_t, lab_s, zero)  # bridge prior q_{s|0,t}
         m = cast(c_t) * z + cast(c_0) * z0
-    cands = init(StepContext(index, s, t, z, z0, m, sd, problem))
+    ctx = StepContext(index, s, t, z, z0, m, sd, problem)
     chosen = float("nan")
-    start = cands[0]
-    if len(cands) > 1:
-        start, best = select_candidate(problem, cands, m, cast(sd), s, randn())
-        chosen = float((best == 0).to(torch.float64).mean())
-    mu, rho = fit_inner_vi(problem, start, m, cast(sd), s, steps=steps, lr=lr, randn=randn)
+    if conditional is None:
+        cands = init(ctx)
+        start = cands[0]
+        if len(cands) > 1:
+            start, best = select_candidate(problem, cands, m, cast(sd), s, randn())
+            chosen = float((best == 0).to(torch.float64).mean())
+        mu, rho = fit_inner_vi(problem, start, m, cast(sd), s, steps=steps, lr=lr, randn=randn)
+        with torch.no_grad():
+            z_s = mu + torch.exp(rho) * randn()
+    else:
+        with torch.no_grad():
+            z_s = conditional(ctx)
     with torch.no_grad():
-        z_s = mu + torch.exp(rho) * randn()
         z0 = problem.denoise(z_s, s)
         c_l, c_s, std = bridge_coefficients(lab_n, lab_t, lab_s)  # z_t | z_s, z_next
         z = cast(c_l) * z_next + cast(c_s) * z_s + cast(std) * randn()
@@ -419,6 +429,7 @@ def mgdm_drive(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     midpoint: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    conditional: Callable[[StepContext], torch.Tensor] | None = None,
 ) -> DriveResult:
     """The MGDM outer loop (one Gibbs sweep per iteration, `gibbs_step`), from noise to `t_min`.
 
@@ -434,6 +445,8 @@ def mgdm_drive(
         dtype: dtype of the signals.
         midpoint: optional `(i, t, s_grid) -> s` choosing the midpoint of iteration `i` in
             `(0, s_grid]` (default: `s = s_grid`, the deterministic midpoint LAVPS needs).
+        conditional: optional sampler of the Gibbs conditional replacing the inner VI (see
+            `gibbs_step`).
 
     Returns:
         a `DriveResult`.
@@ -467,6 +480,7 @@ def mgdm_drive(
             steps=int(inner_steps(k)),
             lr=lr,
             randn=randn,
+            conditional=conditional,
         )
         chosen.append(frac)
     b = shape[0]
