@@ -32,7 +32,7 @@ from amortized_vi_yardstick import scores
 from common import write_csv
 
 from manifold_aps.datasets import build_prior_dataset
-from manifold_aps.operators import GaussianNoise, Mask
+from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.distill import held_out_observations
 from manifold_aps.posterior.gaussian import ExactGaussianPosterior
 from manifold_aps.posterior.mgdm import MGDMProblem, StepContext, mgdm_drive, repeat_operator
