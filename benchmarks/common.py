@@ -68,8 +68,10 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     return engines, seconds
 
 
-def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 200) -> float:
-    """The DPS guidance with the lowest RMSE on two validation observations (random masks, `steps` steps)."""
+def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 200, samples: int = 2) -> float:
+    """The DPS guidance with the lowest RMSE of the `samples`-sample mean on two validation observations
+    (random masks, `steps` steps). The guidance is a step per reverse step, so the best value depends on
+    `steps`: tune at the step count that will be used."""
     from manifold_aps.metrics import weighted_rmse
     from manifold_aps.posterior import DPS
     from manifold_aps.posterior.distill import held_out_observations
@@ -77,7 +79,7 @@ def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 
     val = held_out_observations(ds, noise, 2, masks="random", seed=99)
     best, best_rmse = choices[-1], float("inf")
     for zeta in choices:
-        s = DPS(prior, noise, steps=steps, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), 2,
+        s = DPS(prior, noise, steps=steps, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), samples,
                                                                  rng=torch.Generator().manual_seed(5)).double()
         rmse = float(weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth)))
         rmse = rmse if math.isfinite(rmse) else float("inf")
