@@ -26,6 +26,7 @@ import torch
 import xarray as xr
 
 from climate.era5 import NETCDF_ENGINE
+from climate.masks import align_mask
 from climate.model import ImputationModel
 from climate.schema import LATITUDE, LONGITUDE, SAMPLE, TIME
 from manifold_aps.checkpoint import atomic_path
@@ -83,29 +84,7 @@ def _align_mask(mask: xr.DataArray | None, da: xr.DataArray) -> xr.DataArray:
     """The observed flag `(time, latitude, longitude)` of `da` (True = observed), lazily if dask."""
     if mask is None:
         return da.notnull().rename(OBSERVED)
-    if not isinstance(mask, xr.DataArray):
-        raise TypeError(f"mask must be a boolean xarray.DataArray (True = observed) or None, got {type(mask).__name__}")
-    if mask.dtype != bool:
-        raise ValueError(f"mask must be boolean (True = observed), got dtype {mask.dtype}")
-    extra = [d for d in mask.dims if d not in (TIME, LATITUDE, LONGITUDE)]
-    if extra or LATITUDE not in mask.dims or LONGITUDE not in mask.dims:
-        raise ValueError(f"mask must have dimensions ([time,] latitude, longitude), got {mask.dims}")
-    for name in (LATITUDE, LONGITUDE):
-        a, b = mask[name].values, da[name].values
-        if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-9):
-            raise ValueError(
-                f"the mask is on another grid: its {name} has {a.size} values {a.min():g}..{a.max():g}, "
-                f"the field's {b.size} values {b.min():g}..{b.max():g}"
-            )
-    mask = mask.assign_coords({LATITUDE: da[LATITUDE], LONGITUDE: da[LONGITUDE]})
-    if TIME in mask.dims:
-        if TIME not in da.dims:
-            raise ValueError("the mask varies in time but the field has no time dimension")
-        missing = np.setdiff1d(da[TIME].values, mask[TIME].values)
-        if missing.size:
-            raise ValueError(f"the mask has no entry for {missing.size} time(s) of the field, first {missing[0]}")
-        mask = mask.sel({TIME: da[TIME]})
-    return mask.broadcast_like(da).transpose(*da.dims).rename(OBSERVED)
+    return align_mask(mask, da, name="mask").broadcast_like(da).transpose(*da.dims).rename(OBSERVED)
 
 
 def _validate(da: xr.DataArray, observed: xr.DataArray) -> None:

@@ -29,6 +29,7 @@ from manifold_aps.operators import Mask
 __all__ = [
     "EARTH_RADIUS_KM",
     "MASK_NAME",
+    "align_mask",
     "box_mask",
     "crop_region",
     "land_mask",
@@ -505,6 +506,86 @@ def _describe_grid(lat: np.ndarray, lon: np.ndarray) -> str:
     )
 
 
+def align_mask(observed: xr.DataArray, like, *, name: str = "observed") -> xr.DataArray:
+    """A boolean mask checked against the grid and times of `like` and aligned to them.
+
+    The one place where masks are validated: `mask_operator` (which then takes the values) and
+    `climate.impute` (which keeps dask-backed masks lazy) both use it.
+
+    Arguments:
+        observed: boolean DataArray with dims `latitude`, `longitude` and optionally `time`, on
+            the grid of `like` (True = observed); a time-varying mask may have more time steps
+            than `like`, in any order.
+        like: the field(s) the mask is for (DataArray or Dataset).
+        name: what to call the mask in error messages.
+
+    Returns:
+        the mask with dims `(time, latitude, longitude)` when both vary in time (`like`'s time
+        steps, in its order), `(latitude, longitude)` otherwise, carrying `like`'s coordinates;
+        lazy where `observed` is.
+
+    Raises:
+        TypeError: `observed` is not a DataArray.
+        ValueError: the mask is not boolean, has other dims, is on another grid, or lacks a time
+            step of `like`.
+    """
+    if not isinstance(observed, xr.DataArray):
+        raise TypeError(f"{name} must be an xarray DataArray, got {type(observed).__name__}")
+    if observed.dtype != bool:
+        raise ValueError(
+            f"{name} must be a boolean mask (True = observed), got dtype {observed.dtype}; "
+            "use e.g. `da.notnull()` or `missing_mask(da)`"
+        )
+    extra = [d for d in observed.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+    if extra or LATITUDE not in observed.dims or LONGITUDE not in observed.dims:
+        raise ValueError(
+            f"{name} must have dims (latitude, longitude) or (time, latitude, longitude), "
+            f"got {tuple(observed.dims)}" + (f" (extra dims {extra})" if extra else "")
+        )
+    lat, lon = _grid(like)
+    m_lat, m_lon = _grid(observed, name)
+    same = (
+        m_lat.shape == lat.shape
+        and m_lon.shape == lon.shape
+        and np.allclose(m_lat, lat, atol=1e-6)
+        and np.allclose(m_lon, lon, atol=1e-6)
+    )
+    if not same:
+        raise ValueError(
+            f"the mask is on another grid: mask {_describe_grid(m_lat, m_lon)}, "
+            f"like {_describe_grid(lat, lon)}"
+        )
+    out = observed
+    if TIME in observed.dims:
+        if TIME in like.dims:
+            like_times = like.indexes.get(TIME)
+        elif TIME in like.coords and like[TIME].ndim == 0:
+            like_times = pd.Index([like[TIME].values])
+        else:
+            raise ValueError(
+                f"{name} varies in time ({observed.sizes[TIME]} steps) but like has no "
+                f"{TIME!r} coordinate; select a time step of the mask or pass like with times"
+            )
+        if TIME not in observed.indexes:
+            raise ValueError(f"{name} has a {TIME!r} dimension without coordinates")
+        mask_times = observed.indexes[TIME]
+        if not mask_times.is_unique:
+            raise ValueError(f"{name} has repeated {TIME!r} values")
+        where = mask_times.get_indexer(like_times)
+        if np.any(where < 0):
+            absent = [str(t) for t in like_times[where < 0][:3]]
+            raise ValueError(
+                f"{name} has no mask for {int((where < 0).sum())} time step(s) of like, "
+                f"e.g. {absent}; mask times run {mask_times[0]}..{mask_times[-1]}"
+            )
+        if TIME in like.dims:
+            out = observed.isel({TIME: where}).assign_coords({TIME: like[TIME]})
+        else:
+            out = observed.isel({TIME: int(where[0])})
+    dims = (TIME, LATITUDE, LONGITUDE) if TIME in out.dims else (LATITUDE, LONGITUDE)
+    return out.transpose(*dims).assign_coords({LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]})
+
+
 def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None) -> Mask:
     """The `Mask` operator of a boolean mask for the fields of `like`.
 
@@ -526,70 +607,18 @@ def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None)
 
     Raises:
         ValueError: the mask is not boolean, has other dims, is on another grid, lacks a time of
-            `like`, observes nothing at some time, or `domain` does not fit.
+            `like`, observes nothing at some time, or `domain` does not fit (see `align_mask`).
     """
-    if not isinstance(observed, xr.DataArray):
-        raise TypeError(f"observed must be an xarray DataArray, got {type(observed).__name__}")
-    if observed.dtype != bool:
-        raise ValueError(
-            f"observed must be a boolean mask (True = observed), got dtype {observed.dtype}; "
-            "use e.g. `da.notnull()` or `missing_mask(da)`"
-        )
-    extra = [d for d in observed.dims if d not in (TIME, LATITUDE, LONGITUDE)]
-    if extra or LATITUDE not in observed.dims or LONGITUDE not in observed.dims:
-        raise ValueError(
-            f"observed must have dims (latitude, longitude) or (time, latitude, longitude), "
-            f"got {tuple(observed.dims)}" + (f" (extra dims {extra})" if extra else "")
-        )
+    aligned = align_mask(observed, like)
     lat, lon = _grid(like)
-    m_lat, m_lon = _grid(observed, "observed")
-    same = (
-        m_lat.shape == lat.shape
-        and m_lon.shape == lon.shape
-        and np.allclose(m_lat, lat, atol=1e-6)
-        and np.allclose(m_lon, lon, atol=1e-6)
-    )
-    if not same:
-        raise ValueError(
-            f"the mask is on another grid: mask {_describe_grid(m_lat, m_lon)}, "
-            f"like {_describe_grid(lat, lon)}"
-        )
     nlat, nlon = lat.size, lon.size
     n = nlat * nlon
-
-    if TIME in like.dims:
-        like_times = like.indexes.get(TIME)
-        b = int(like.sizes[TIME])
-    elif TIME in like.coords and like[TIME].ndim == 0:
-        like_times, b = pd.Index([like[TIME].values]), 1
-    else:
-        like_times, b = None, 1
-
+    b = int(like.sizes[TIME]) if TIME in like.dims else 1
+    values = np.asarray(aligned.values, dtype=bool).reshape(-1, n)
+    values = np.repeat(values, b, axis=0) if values.shape[0] == 1 else values
+    times = None
     if TIME in observed.dims:
-        if like_times is None:
-            raise ValueError(
-                f"observed varies in time ({observed.sizes[TIME]} steps) but like has no "
-                f"{TIME!r} coordinate; select a time step of the mask or pass like with times"
-            )
-        if TIME not in observed.indexes:
-            raise ValueError(f"observed has a {TIME!r} dimension without coordinates")
-        mask_times = observed.indexes[TIME]
-        if not mask_times.is_unique:
-            raise ValueError(f"observed has repeated {TIME!r} values")
-        where = mask_times.get_indexer(like_times)
-        if np.any(where < 0):
-            absent = [str(t) for t in like_times[where < 0][:3]]
-            raise ValueError(
-                f"observed has no mask for {int((where < 0).sum())} time step(s) of like, "
-                f"e.g. {absent}; mask times run {mask_times[0]}..{mask_times[-1]}"
-            )
-        values = observed.isel({TIME: where}).transpose(TIME, LATITUDE, LONGITUDE).values
-        values = np.asarray(values, dtype=bool).reshape(b, n)
-        times = [str(t) for t in like_times]
-    else:
-        values = np.asarray(observed.transpose(LATITUDE, LONGITUDE).values, dtype=bool)
-        values = np.repeat(values.reshape(1, n), b, axis=0)
-        times = None
+        times = [str(t) for t in (like.indexes[TIME] if TIME in like.dims else [like[TIME].values])]
 
     empty = np.flatnonzero(~values.any(axis=1))
     if empty.size:

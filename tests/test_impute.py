@@ -150,7 +150,7 @@ def test_bad_input_gets_clear_errors(model, test_hours, field):
     with pytest.raises(ValueError, match="is not the model's"):
         impute(other.isel(time=slice(0, 2)), None, model)
     shifted = mask.assign_coords(longitude=mask.longitude + 0.25)
-    with pytest.raises(ValueError, match="the mask is on another grid: its longitude"):
+    with pytest.raises(ValueError, match="the mask is on another grid: mask latitude"):
         impute(test_hours, shifted, model)
     empty = mask.copy()
     empty[3] = False
@@ -165,7 +165,7 @@ def test_bad_input_gets_clear_errors(model, test_hours, field):
         impute(holes, xr.ones_like(mask), model)
     with pytest.raises(ValueError, match="extra dimensions"):
         impute(test_hours.expand_dims(level=[500]), mask, model)
-    with pytest.raises(ValueError, match="must be boolean"):
+    with pytest.raises(ValueError, match="mask must be a boolean mask"):
         impute(test_hours, mask.astype(int), model)
     # NaN cells in the input are imputed when the mask is None (the "nan" mask)
     out = impute(holes, None, model, n_samples=2, progress=False)
