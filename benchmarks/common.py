@@ -40,7 +40,7 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     """
     from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
     from manifold_aps.posterior.aps import APSConfig
-    from manifold_aps.posterior.distill import distill, load_engine
+    from manifold_aps.posterior.distill import distill, load_engine, resolve_prior
     from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
     from manifold_aps.training import TrainConfig
 
@@ -55,7 +55,7 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
                      load_implicit),
         "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, **common), load_amortized_vi),
     }
-    engines, seconds = {}, {}
+    engines, seconds, prior = {}, {}, None
     for method, (train, load) in recipes.items():
         if method not in methods:
             continue
@@ -64,7 +64,8 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
         train(run)
         info = json.loads((run / "train.json").read_text())
         seconds[method] = float(info.get("seconds_this_run", time.perf_counter() - t0))
-        engines[method] = load(run / "checkpoint.pt", ds)[0]
+        prior = prior if prior is not None else resolve_prior(ds, prior_arg)  # one copy for all engines
+        engines[method] = load(run / "checkpoint.pt", ds, prior=prior)[0]
     return engines, seconds
 
 

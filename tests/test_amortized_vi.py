@@ -311,6 +311,12 @@ def trained(tmp_path_factory):
     vi = AmortizedVIConfig(steps=8, window=(0, 4), width=16, depth=1, num_modes=16)
     engine, result = train_amortized_vi(ds, "exact", out, cfg, vi=vi, progress=False)
     loaded, _, _ = load_amortized_vi(out / "checkpoint.pt", ds)
+    # a prior passed in is shared, not reloaded; the weights are the same either way
+    other = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.5, smoothness=1.5)
+    shared, _, prior = load_amortized_vi(out / "checkpoint.pt", ds, prior=other)
+    assert prior is other and shared.prior is other and loaded.prior is PRIOR
+    for a, b in zip(shared.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
     return engine, loaded, result
 
 

@@ -510,8 +510,8 @@ def _recipe():
     )
 
 
-def load_amortized_vi(path: str | os.PathLike, dataset=None):
+def load_amortized_vi(path: str | os.PathLike, dataset=None, *, prior=None):
     """Load a trained amortizer with its dataset and prior; returns `(engine, dataset, prior)`."""
     from manifold_aps.posterior.distill import load_trained
 
-    return load_trained(_recipe(), path, dataset)
+    return load_trained(_recipe(), path, dataset, prior=prior)

@@ -160,14 +160,18 @@ def train_engine(
     return engine, trainer.fit(resume=resume, stop_after=stop_after)
 
 
-def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None):
-    """Load an engine trained by `train_engine` with its dataset and prior: `(engine, dataset, prior)`."""
+def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
+    """Load an engine trained by `train_engine` with its dataset and prior: `(engine, dataset, prior)`.
+
+    `prior`: the prior already loaded (the one the engine was distilled from), to share one copy
+    between several engines; default: load the one recorded in the checkpoint.
+    """
     ckpt = load_checkpoint(path, kind=recipe.kind)
     cfg = ckpt["model_config"]
     ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
     if ckpt["fingerprint"] != ds.domain.fingerprint:
         load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
-    p = resolve_prior(ds, cfg["prior"])
+    p = resolve_prior(ds, cfg["prior"]) if prior is None else prior
     settings = recipe.config_cls.from_dict(cfg[recipe.config_key])
     engine = recipe.build(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), settings, 0)
     dtype = getattr(torch, cfg.get("dtype", "float32"))
@@ -210,9 +214,10 @@ def distill(
     )
 
 
-def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = None):
-    """Load a distilled APS engine with its dataset and prior; returns `(engine, dataset, prior)`."""
-    return load_trained(APS_RECIPE, path, dataset)
+def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
+    """Load a distilled APS engine with its dataset and prior; returns `(engine, dataset, prior)`
+    (`prior`: see `load_trained`)."""
+    return load_trained(APS_RECIPE, path, dataset, prior=prior)
 
 
 def held_out_observations(dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0):

@@ -310,8 +310,8 @@ def train_implicit(
     )
 
 
-def load_implicit(path: str | os.PathLike, dataset=None):
+def load_implicit(path: str | os.PathLike, dataset=None, *, prior=None):
     """Load a trained implicit generator; returns `(engine, dataset, prior)`."""
     from manifold_aps.posterior.distill import load_trained
 
-    return load_trained(_recipe(), path, dataset)
+    return load_trained(_recipe(), path, dataset, prior=prior)
