@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ENGINE_METHODS", "PeakMemory", "train_amortized_engines", "tune_dps", "write_csv"]
+__all__ = ["ENGINE_METHODS", "PeakMemory", "train_amortized_engines", "training_seconds", "tune_dps", "write_csv"]
 
-ENGINE_METHODS = ("APS", "implicit", "AVI")
+ENGINE_METHODS = ("APS", "APS-spectral", "implicit", "AVI")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -34,10 +34,10 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     """Train (or resume) the amortized engines among `methods` on random masks (50-95 % missing).
 
     Each engine goes to `run_dir/<method lower-case>/checkpoint.pt`. Returns `(engines, seconds)`:
-    the loaded engines by method and the training wall time of each, read from its `train.json`
-    (the time of the invocation that finished it, so a run resumed across invocations reports its
-    last part only).
+    the loaded engines by method and the training wall time of each (`training_seconds`).
+    "APS-spectral" is the APS flow with `SpectralCoupling`s (`FlowConfig(coupling="spectral")`).
     """
+    from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
     from manifold_aps.posterior.aps import APSConfig
     from manifold_aps.posterior.distill import distill, load_engine, resolve_prior
@@ -51,6 +51,9 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     common = {"masks": "random", "noise_std": noise_std, "resume": True, "progress": progress}
     recipes = {
         "APS": (lambda run: distill(ds, prior_arg, run, aps_cfg, aps=APSConfig(dense_limit=1000), **common), load_engine),
+        "APS-spectral": (lambda run: distill(ds, prior_arg, run, aps_cfg, **common,
+                                             aps=APSConfig(dense_limit=1000, flow=FlowConfig(coupling="spectral"))),
+                         load_engine),
         "implicit": (lambda run: train_implicit(ds, prior_arg, run, cfg, implicit=ImplicitConfig(dense_limit=1000), **common),
                      load_implicit),
         "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, **common), load_amortized_vi),
@@ -60,13 +63,24 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
         if method not in methods:
             continue
         run = Path(run_dir) / method.lower()
-        t0 = time.perf_counter()
         train(run)
-        info = json.loads((run / "train.json").read_text())
-        seconds[method] = float(info.get("seconds_this_run", time.perf_counter() - t0))
+        seconds[method] = training_seconds(run)
         prior = prior if prior is not None else resolve_prior(ds, prior_arg)  # one copy for all engines
         engines[method] = load(run / "checkpoint.pt", ds, prior=prior)[0]
     return engines, seconds
+
+
+def training_seconds(run: Path) -> float:
+    """Training wall time of a `Trainer` run [s]: the cumulative time of the last row of its
+    `log.csv` (all invocations that trained it; a finished run reopened later adds nothing),
+    else `train.json`'s `seconds_this_run`."""
+    log = Path(run) / "log.csv"
+    if log.exists():
+        with open(log) as fh:
+            rows = list(csv.DictReader(fh))
+        if rows:
+            return float(rows[-1]["seconds"])
+    return float(json.loads((Path(run) / "train.json").read_text())["seconds_this_run"])
 
 
 def tune_dps(prior, noise, ds, weight, *, choices=(0.1, 0.3, 1.0), steps: int = 200, samples: int = 2) -> float:

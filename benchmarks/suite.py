@@ -44,7 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import ENGINE_METHODS, PeakMemory, train_amortized_engines, tune_dps, write_csv
+from common import (
+    ENGINE_METHODS,
+    PeakMemory,
+    train_amortized_engines,
+    training_seconds,
+    tune_dps,
+    write_csv,
+)
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import (
@@ -67,9 +74,9 @@ from manifold_aps.training import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 README_START, README_END = "<!-- benchmark-suite:start -->", "<!-- benchmark-suite:end -->"
-METHODS = ("kriging", "harmonic", "nearest", "APS", "implicit", "AVI", "DPS")
+METHODS = ("kriging", "harmonic", "nearest", "APS", "APS-spectral", "implicit", "AVI", "DPS")
 POINT_ESTIMATES = ("harmonic", "nearest")
-DPS_GUIDANCE = (0.03, 0.1, 0.3, 1.0)  # candidate step sizes, chosen per problem at the final step count
+DPS_GUIDANCE = (0.01, 0.03, 0.1, 0.3, 1.0)  # candidate step sizes, chosen per problem at the final step count
 
 
 @dataclass(frozen=True)
@@ -157,8 +164,7 @@ def prior_checkpoint(problem: Problem, ds, runs: Path, steps: int, quick: bool) 
         cfg = TrainConfig(steps=steps, batch_size=4 if quick else 32, lr=2e-3, warmup=min(100, steps // 4),
                           ema_decay=0.999, checkpoint_every=250, validate_every=0 if quick else 250, log_every=25)
         train_prior(ds, run, cfg, resume=True, progress=not quick)
-        info = json.loads(done.read_text())
-    return run / "checkpoint.pt", float(info["seconds_this_run"])
+    return run / "checkpoint.pt", training_seconds(run)
 
 
 def run_problem(name: str, args) -> list[dict]:

@@ -11,6 +11,7 @@ from manifold_aps.flows import (
     ConditionalAffine,
     ConditionalFlow,
     FlowConfig,
+    SpectralCoupling,
     SpectralScale,
     StiefelChannelMix,
 )
@@ -44,9 +45,13 @@ def _cond(channels=2, features=3, b=2):
 LAYERS = {
     "conditional-affine": lambda: ConditionalAffine(2, 3, 4, width=8, depth=1),
     "coupling": lambda: AffineCoupling(torch.arange(12) % 2 == 0, 2, 3, 4, width=8, depth=1),
+    "spectral-coupling": lambda: SpectralCoupling(torch.arange(12) % 3 == 0, 2, 3, 4, num_modes=6, width=5),
     "spectral-scale": lambda: SpectralScale(2, 4),
     "stiefel-mix": lambda: StiefelChannelMix(2, torch.Generator().manual_seed(3)),
     "flow": lambda: ConditionalFlow(DOMAIN, 2, 3, 4, FlowConfig(couplings=3, width=8, depth=1, num_modes=8)),
+    "spectral-flow": lambda: ConditionalFlow(
+        DOMAIN, 2, 3, 4, FlowConfig(couplings=3, width=8, depth=1, num_modes=8, coupling="spectral")
+    ),
 }
 
 
@@ -55,7 +60,7 @@ def test_inverse_and_log_determinant(name):
     layer = _randomize(LAYERS[name]()).double()
     cond = _cond()
     x = torch.randn(2, 12, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    fwd = layer.transform if name == "flow" else layer.forward
+    fwd = layer.transform if name.endswith("flow") else layer.forward
     inv = layer.inverse
     y, ld = fwd(x, cond)
     x2, ld_inv = inv(y, cond)
@@ -107,3 +112,17 @@ def test_stiefel_mixing_stays_orthogonal_under_riemannian_adam():
     w = layer.weight.detach().double()
     assert torch.allclose(w.T @ w, torch.eye(4, dtype=torch.float64), atol=1e-5)
     assert loss.item() < 0.5  # it did move towards the target
+
+
+def test_fresh_spectral_coupling_is_the_identity_and_trainable():
+    """Zero loadings: the identity; the summary MLP starts random, so the loadings get gradients
+    (a coupling with both factors at zero would never leave the identity)."""
+    layer = SpectralCoupling(torch.arange(12) % 2 == 0, 2, 3, 4, num_modes=6, width=5).double()
+    cond = _cond()
+    x = torch.randn(2, 12, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    y, ld = layer(x, cond)
+    assert torch.equal(y, x) and torch.equal(ld, torch.zeros(2, dtype=torch.float64))
+    (y.pow(2).sum() + ld.sum()).backward()
+    assert layer.loadings.out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        FlowConfig(coupling="dense")

@@ -13,6 +13,7 @@ from manifold_aps.flows.layers import (
     AnchorAffine,
     ConditionalAffine,
     FlowCondition,
+    SpectralCoupling,
     SpectralScale,
     StiefelChannelMix,
 )
@@ -20,6 +21,8 @@ from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
 
 __all__ = ["ConditionalFlow", "FlowConfig"]
+
+COUPLINGS = ("graph", "spectral")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +35,10 @@ class FlowConfig:
         depth: residual blocks per conditioner.
         num_modes: Laplace-Beltrami modes of the spectral layers and filters.
         spectral_every: a `SpectralScale` after every this many couplings (0 for none).
+        coupling: "graph" (`AffineCoupling`: graph-network conditioners on the untouched nodes'
+            values, one network pass per sample) or "spectral" (`SpectralCoupling`: the untouched
+            nodes enter through their `num_modes` lowest Laplace-Beltrami coefficients and the
+            graph network runs once per condition; several times faster per sample).
     """
 
     couplings: int = 4
@@ -39,6 +46,13 @@ class FlowConfig:
     depth: int = 2
     num_modes: int = 64
     spectral_every: int = 1
+    coupling: str = "graph"
+
+    def __post_init__(self):
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {self.coupling!r}")
+        if self.couplings < 0 or self.width < 1 or self.depth < 1 or self.num_modes < 1:
+            raise ValueError("couplings must be >= 0 and width, depth, num_modes >= 1")
 
     def to_dict(self) -> dict:
         """Plain types, for checkpoints."""
@@ -82,7 +96,11 @@ class ConditionalFlow(nn.Module):
             if i % 2 == 0:
                 part = torch.zeros(domain.num_nodes, dtype=torch.bool)
                 part[torch.randperm(domain.num_nodes, generator=g)[: domain.num_nodes // 2]] = True
-            layers.append(AffineCoupling(part if i % 2 == 0 else ~part, channels, features, context_dim, cfg.width, cfg.depth))
+            side = part if i % 2 == 0 else ~part
+            if cfg.coupling == "spectral":
+                layers.append(SpectralCoupling(side, channels, features, context_dim, cfg.num_modes, cfg.width, cfg.depth))
+            else:
+                layers.append(AffineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth))
             if cfg.spectral_every and (i + 1) % cfg.spectral_every == 0:
                 layers.append(SpectralScale(channels, context_dim))
             if channels > 1:
