@@ -126,3 +126,12 @@ def test_fresh_spectral_coupling_is_the_identity_and_trainable():
     assert layer.loadings.out.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="coupling must be one of"):
         FlowConfig(coupling="dense")
+
+
+def test_flow_config_round_trips_and_old_checkpoints_compare_equal():
+    """`coupling` is omitted at its default, so settings saved before it existed still match."""
+    old = {"couplings": 4, "width": 32, "depth": 2, "num_modes": 64, "spectral_every": 1}
+    assert FlowConfig().to_dict() == old
+    for cfg in (FlowConfig(), FlowConfig(coupling="spectral", width=8)):
+        assert FlowConfig(**cfg.to_dict()) == cfg
+    assert FlowConfig(coupling="spectral").to_dict()["coupling"] == "spectral"

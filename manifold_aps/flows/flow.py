@@ -55,8 +55,12 @@ class FlowConfig:
             raise ValueError("couplings must be >= 0 and width, depth, num_modes >= 1")
 
     def to_dict(self) -> dict:
-        """Plain types, for checkpoints."""
-        return asdict(self)
+        """Plain types, for checkpoints. `coupling` is left out at its default ("graph"), so that
+        runs written before the option existed still resume (their settings compare equal)."""
+        d = asdict(self)
+        if d["coupling"] == "graph":
+            del d["coupling"]
+        return d
 
 
 class ConditionalFlow(nn.Module):
