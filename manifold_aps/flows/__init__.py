@@ -3,7 +3,9 @@
 from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.flows.flow import ConditionalFlow, FlowConfig
 from manifold_aps.flows.layers import (
+    ActNorm,
     AffineCoupling,
+    CoarseCoupling,
     ConditionalAffine,
     FlowCondition,
     SpectralCoupling,
@@ -11,9 +13,12 @@ from manifold_aps.flows.layers import (
     StiefelChannelMix,
     bounded_log_scale,
 )
+from manifold_aps.flows.spline import SplineCoupling, rational_quadratic
 
 __all__ = [
+    "ActNorm",
     "AffineCoupling",
+    "CoarseCoupling",
     "ConditionalAffine",
     "ConditionalFlow",
     "FlowCondition",
@@ -21,6 +26,8 @@ __all__ = [
     "GraphConditioner",
     "SpectralCoupling",
     "SpectralScale",
+    "SplineCoupling",
     "StiefelChannelMix",
     "bounded_log_scale",
+    "rational_quadratic",
 ]

@@ -9,20 +9,24 @@ import torch
 from torch import nn
 
 from manifold_aps.flows.layers import (
+    ActNorm,
     AffineCoupling,
     AnchorAffine,
+    CoarseCoupling,
     ConditionalAffine,
     FlowCondition,
     SpectralCoupling,
     SpectralScale,
     StiefelChannelMix,
 )
+from manifold_aps.flows.spline import SplineCoupling
 from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
 
 __all__ = ["ConditionalFlow", "FlowConfig"]
 
 COUPLINGS = ("graph", "spectral")
+TRANSFORMS = ("affine", "spline")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +43,14 @@ class FlowConfig:
             values, one network pass per sample) or "spectral" (`SpectralCoupling`: the untouched
             nodes enter through their `num_modes` lowest Laplace-Beltrami coefficients and the
             graph network runs once per condition; several times faster per sample).
+        transform: elementwise map of the graph couplings: "affine" (`AffineCoupling`) or "spline"
+            (`SplineCoupling`: monotonic rational-quadratic splines, `bins` bins on [-4, 4] in
+            standardised units, the identity outside).
+        bins: spline bins (with `transform="spline"`).
+        actnorm: an `ActNorm` after every coupling.
+        levels: multiscale: coupling `i` runs its conditioner on level `i % levels` of the
+            domain's coarsening hierarchy (`Domain.hierarchy`; level 0 is the domain itself,
+            `CoarseCoupling` above it), with `coupling="graph"` and affine transforms.
     """
 
     couplings: int = 4
@@ -47,20 +59,46 @@ class FlowConfig:
     num_modes: int = 64
     spectral_every: int = 1
     coupling: str = "graph"
+    transform: str = "affine"
+    bins: int = 8
+    actnorm: bool = False
+    levels: int = 1
 
     def __post_init__(self):
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {self.coupling!r}")
+        if self.transform not in TRANSFORMS or self.bins < 2:
+            raise ValueError(f"transform must be one of {list(TRANSFORMS)} and bins >= 2, got {self.transform!r}, {self.bins}")
+        if self.levels < 1 or (self.levels > 1 and (self.coupling != "graph" or self.transform != "affine")):
+            raise ValueError(f'levels must be >= 1, and levels > 1 needs coupling="graph", transform="affine"; got {self.levels}')
+        if self.transform == "spline" and self.coupling != "graph":
+            raise ValueError('transform="spline" needs coupling="graph"')
         if self.couplings < 0 or self.width < 1 or self.depth < 1 or self.num_modes < 1:
             raise ValueError("couplings must be >= 0 and width, depth, num_modes >= 1")
 
     def to_dict(self) -> dict:
-        """Plain types, for checkpoints. `coupling` is left out at its default ("graph"), so that
-        runs written before the option existed still resume (their settings compare equal)."""
+        """Plain types, for checkpoints. `coupling`, `transform`, `bins`, `actnorm`, `levels` are left out at their
+        defaults, so that runs written before the options existed still resume (their settings
+        compare equal)."""
         d = asdict(self)
-        if d["coupling"] == "graph":
-            del d["coupling"]
+        for key, default in (("coupling", "graph"), ("transform", "affine"), ("bins", 8), ("actnorm", False), ("levels", 1)):
+            if d[key] == default:
+                del d[key]
         return d
+
+
+def _composed_hierarchy(domain: Domain, levels: int) -> list:
+    """`levels` coarsenings of `domain`, each composed down from the domain itself (level k pools
+    the domain's nodes straight to the k-th coarse domain)."""
+    from manifold_aps.geometry import Coarsening
+
+    out = []
+    for step in domain.hierarchy(levels) if levels else []:
+        if out:
+            prev = out[-1]
+            step = Coarsening(step.domain, (step.pool @ prev.pool).tocsr(), (prev.unpool @ step.unpool).tocsr())
+        out.append(step)
+    return out
 
 
 class ConditionalFlow(nn.Module):
@@ -96,6 +134,7 @@ class ConditionalFlow(nn.Module):
         g = torch.Generator().manual_seed(seed)
         layers: list[nn.Module] = [ConditionalAffine(channels, features, context_dim, cfg.width, cfg.depth)]
         part = None
+        coarse = _composed_hierarchy(domain, cfg.levels - 1)
         for i in range(cfg.couplings):
             if i % 2 == 0:
                 part = torch.zeros(domain.num_nodes, dtype=torch.bool)
@@ -103,8 +142,15 @@ class ConditionalFlow(nn.Module):
             side = part if i % 2 == 0 else ~part
             if cfg.coupling == "spectral":
                 layers.append(SpectralCoupling(side, channels, features, context_dim, cfg.num_modes, cfg.width, cfg.depth))
+            elif i % cfg.levels:
+                layers.append(CoarseCoupling(side, channels, features, context_dim, coarse[i % cfg.levels - 1],
+                                             cfg.width, cfg.depth, cfg.num_modes))
+            elif cfg.transform == "spline":
+                layers.append(SplineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth, cfg.bins))
             else:
                 layers.append(AffineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth))
+            if cfg.actnorm:
+                layers.append(ActNorm(channels))
             if cfg.spectral_every and (i + 1) % cfg.spectral_every == 0:
                 layers.append(SpectralScale(channels, context_dim))
             if channels > 1:

@@ -18,8 +18,10 @@ from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.nn import DomainTensors
 
 __all__ = [
+    "ActNorm",
     "AffineCoupling",
     "AnchorAffine",
+    "CoarseCoupling",
     "ConditionalAffine",
     "FlowCondition",
     "SpectralCoupling",
@@ -207,6 +209,55 @@ class AffineCoupling(_Coupling):
 
 
 
+class CoarseCoupling(_Coupling):
+    r"""Affine coupling whose conditioner runs on a coarser level of the domain's hierarchy.
+
+    The untouched nodes' values and the features are pooled to the coarse domain of a
+    `Coarsening` (mass-weighted means over clusters), a `GraphConditioner` on the coarse graph
+    maps them to `(s, t)`, which are unpooled (constant over each cluster) to the transformed
+    nodes. Long-range dependence at a fraction of the cost: the multiscale layers of the flow
+    (`FlowConfig(levels=...)`). Exact inverse and log-determinant as for `AffineCoupling`.
+
+    Arguments:
+        part: boolean `(N,)`, the nodes transformed by this layer.
+        channels, features, context_dim, width, depth: as `AffineCoupling`.
+        coarsening: a `Coarsening` of the domain (`Domain.hierarchy`; compose levels beforehand).
+        num_modes: Laplace-Beltrami modes of the coarse graph's spectral filters.
+    """
+
+    def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, coarsening,
+                 width: int = 32, depth: int = 2, num_modes: int = 32):
+        super().__init__()
+        from manifold_aps.geometry.domain import sparse_to_torch
+
+        self.register_buffer("part", part.bool().clone())
+        self.channels = channels
+        nc = coarsening.domain.num_nodes
+        self.coarse_graph = DomainTensors(coarsening.domain, min(num_modes, nc - 1), num_positional=0)
+        unpool = coarsening.unpool.tocsr()
+        if not (unpool.getnnz(axis=1) == 1).all():
+            raise ValueError("CoarseCoupling needs an unpooling that copies one coarse node to each fine node")
+        self.register_buffer("pool", sparse_to_torch(coarsening.pool, torch.float64), persistent=False)
+        self.register_buffer("unpool_index", torch.as_tensor(unpool.indices, dtype=torch.long), persistent=False)
+        self.net = GraphConditioner(channels + 1, 2 * channels, context_dim, width, depth)
+        self.lift_features = nn.Linear(features, width, bias=False)
+
+    def _pool(self, h):
+        """`(B, N, F)` -> `(B, Nc, F)`, mass-weighted cluster means (one sparse product)."""
+        b, n, f = h.shape
+        flat = h.transpose(0, 1).reshape(n, b * f)
+        return torch.sparse.mm(self.pool.to(h.dtype), flat).reshape(-1, b, f).transpose(0, 1)
+
+    def _params(self, x, cond):
+        keep = (~self.part).to(x.dtype)[None, :, None]
+        h = self._pool(torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1))
+        static = self.lift_features(self._pool(cond.features.to(x.dtype)))
+        out = self.net(h, cond.tile(cond.context), self.coarse_graph, static=static)
+        s, t = out[:, self.unpool_index].split(self.channels, dim=-1)
+        on = self.part.to(x.dtype)[None, :, None]
+        return bounded_log_scale(s) * on, t * on
+
+
 class SpectralCoupling(_Coupling):
     r"""Affine coupling over a node partition whose per-sample work is two small matrix products.
 
@@ -300,6 +351,31 @@ class SpectralScale(nn.Module):
 
     def inverse(self, y, cond):
         return self._scale(y, cond, -1.0)
+
+
+class ActNorm(nn.Module):
+    r"""Per-channel affine map :math:`y = x\,e^{s} + b`, `s, b` `(C,)` learned (Glow's ActNorm).
+
+    :math:`\log|\det| = N\sum_c s_c`. Glow initialises `s, b` from the first data batch; APS is
+    trained by reverse KL on its own samples, with no data batch, so it starts at the identity
+    (`s = b = 0`) like every other learned layer of the flow.
+
+    Arguments:
+        channels: `C`.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x, cond):
+        s = self.log_scale.to(x.dtype)
+        return x * torch.exp(s) + self.shift.to(x.dtype), (x.shape[1] * s.sum()).expand(x.shape[0])
+
+    def inverse(self, y, cond):
+        s = self.log_scale.to(y.dtype)
+        return (y - self.shift.to(y.dtype)) * torch.exp(-s), (-y.shape[1] * s.sum()).expand(y.shape[0])
 
 
 class StiefelChannelMix(nn.Module):
