@@ -32,13 +32,12 @@ A finished training run in `--runs` is reused (its training time is read from it
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
 
 import torch
-from common import write_csv
+from common import training_seconds, write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, interval_coverage
@@ -131,8 +130,7 @@ def main() -> None:
         log_every=50,
     )
     _, result = train_amortized_vi(ds, "exact", run, cfg, vi=vi, resume=True, progress=False)
-    with open(run / "log.csv") as fh:  # training wall time (also when a finished run is reused)
-        train_s = float(list(csv.DictReader(fh))[-1]["seconds"])
+    train_s = training_seconds(run)  # cumulative: also when a finished run is reused
     engine, _, _ = load_amortized_vi(run / "checkpoint.pt", ds)
     # loss ratio network / zero-shot on fresh simulated observations (not the training draws)
     stream = SimulatedObservations(ds.source, mask_family("random", ds.domain), noise)
