@@ -47,15 +47,19 @@ def _cond(channels=2, features=3, b=2):
     )
 
 
+def _coarse_coupling():
+    coarsening = cluster_coarsening(DOMAIN, 4)
+    graph = DomainTensors(coarsening.domain, 3, num_positional=0)
+    return CoarseCoupling(torch.arange(12) % 2 == 0, 2, 3, 4, coarsening, graph, width=8, depth=1)
+
+
 LAYERS = {
     "conditional-affine": lambda: ConditionalAffine(2, 3, 4, width=8, depth=1),
     "coupling": lambda: AffineCoupling(torch.arange(12) % 2 == 0, 2, 3, 4, width=8, depth=1),
     "spectral-coupling": lambda: SpectralCoupling(torch.arange(12) % 3 == 0, 2, 3, 4, num_modes=6, width=5),
     "spectral-scale": lambda: SpectralScale(2, 4),
     "actnorm": lambda: ActNorm(2),
-    "coarse-coupling": lambda: CoarseCoupling(
-        torch.arange(12) % 2 == 0, 2, 3, 4, cluster_coarsening(DOMAIN, 4), width=8, depth=1, num_modes=3
-    ),
+    "coarse-coupling": lambda: _coarse_coupling(),
     "spline-coupling": lambda: SplineCoupling(torch.arange(12) % 2 == 1, 2, 3, 4, width=8, depth=1, bins=5, bound=1.5),
     "spline-flow": lambda: ConditionalFlow(
         DOMAIN, 2, 3, 4, FlowConfig(couplings=2, width=8, depth=1, num_modes=8, transform="spline", bins=4, actnorm=True)

@@ -134,7 +134,8 @@ class ConditionalFlow(nn.Module):
         g = torch.Generator().manual_seed(seed)
         layers: list[nn.Module] = [ConditionalAffine(channels, features, context_dim, cfg.width, cfg.depth)]
         part = None
-        coarse = _composed_hierarchy(domain, cfg.levels - 1)
+        coarse = [(step, DomainTensors(step.domain, min(cfg.num_modes, step.domain.num_nodes - 1), num_positional=0))
+                  for step in _composed_hierarchy(domain, cfg.levels - 1)]  # one graph per level, shared
         for i in range(cfg.couplings):
             if i % 2 == 0:
                 part = torch.zeros(domain.num_nodes, dtype=torch.bool)
@@ -143,8 +144,8 @@ class ConditionalFlow(nn.Module):
             if cfg.coupling == "spectral":
                 layers.append(SpectralCoupling(side, channels, features, context_dim, cfg.num_modes, cfg.width, cfg.depth))
             elif i % cfg.levels:
-                layers.append(CoarseCoupling(side, channels, features, context_dim, coarse[i % cfg.levels - 1],
-                                             cfg.width, cfg.depth, cfg.num_modes))
+                layers.append(CoarseCoupling(side, channels, features, context_dim, *coarse[i % cfg.levels - 1],
+                                             cfg.width, cfg.depth))
             elif cfg.transform == "spline":
                 layers.append(SplineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth, cfg.bins))
             else:

@@ -165,7 +165,26 @@ class ConditionalAffine(nn.Module):
         return (y - t) * torch.exp(-s), -s.sum((1, 2))
 
 
-class _Coupling(nn.Module):
+class _PartitionLayer(nn.Module):
+    """Shared part of the couplings over a node partition: the `part` buffer (nodes transformed),
+    the conditioner input from the untouched nodes, and restriction of outputs to `part`."""
+
+    def __init__(self, part: torch.Tensor):
+        super().__init__()
+        self.register_buffer("part", part.bool().clone())
+
+    def untouched_input(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`[x \odot 1_a, 1_a]` `(B, N, C + 1)`: the values of the untouched nodes and their indicator."""
+        keep = (~self.part).to(x.dtype)[None, :, None]
+        return torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
+
+    def on_part(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounded log-scale and shift, zero outside `part`."""
+        on = self.part.to(s.dtype)[None, :, None]
+        return bounded_log_scale(s) * on, t * on
+
+
+class _Coupling(_PartitionLayer):
     """Shared forward/inverse of the affine couplings: `_params(x, cond)` returns `(s, t)`, zero
     on the untouched nodes and computed from them only, so the same call serves both ways."""
 
@@ -192,20 +211,16 @@ class AffineCoupling(_Coupling):
     """
 
     def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, width: int = 32, depth: int = 2):
-        super().__init__()
-        self.register_buffer("part", part.bool().clone())
+        super().__init__(part)
         self.net = GraphConditioner(channels + 1, 2 * channels, context_dim, width, depth)
         # the features' share of the first linear layer, computed once per condition
         self.lift_features = nn.Linear(features, width, bias=False)
         self.channels = channels
 
     def _params(self, x, cond):
-        keep = (~self.part).to(x.dtype)[None, :, None]
-        h = torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
         static = self.lift_features(cond.features.to(x.dtype))
-        s, t = self.net(h, cond.tile(cond.context), cond.graph, static=static).split(self.channels, dim=-1)
-        on = self.part.to(x.dtype)[None, :, None]
-        return bounded_log_scale(s) * on, t * on
+        out = self.net(self.untouched_input(x), cond.tile(cond.context), cond.graph, static=static)
+        return self.on_part(*out.split(self.channels, dim=-1))
 
 
 
@@ -222,18 +237,16 @@ class CoarseCoupling(_Coupling):
         part: boolean `(N,)`, the nodes transformed by this layer.
         channels, features, context_dim, width, depth: as `AffineCoupling`.
         coarsening: a `Coarsening` of the domain (`Domain.hierarchy`; compose levels beforehand).
-        num_modes: Laplace-Beltrami modes of the coarse graph's spectral filters.
+        coarse_graph: the `DomainTensors` of `coarsening.domain` (shared by the layers of a level).
     """
 
     def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, coarsening,
-                 width: int = 32, depth: int = 2, num_modes: int = 32):
-        super().__init__()
+                 coarse_graph: DomainTensors, width: int = 32, depth: int = 2):
+        super().__init__(part)
         from manifold_aps.geometry.domain import sparse_to_torch
 
-        self.register_buffer("part", part.bool().clone())
         self.channels = channels
-        nc = coarsening.domain.num_nodes
-        self.coarse_graph = DomainTensors(coarsening.domain, min(num_modes, nc - 1), num_positional=0)
+        self.coarse_graph = coarse_graph
         unpool = coarsening.unpool.tocsr()
         if not (unpool.getnnz(axis=1) == 1).all():
             raise ValueError("CoarseCoupling needs an unpooling that copies one coarse node to each fine node")
@@ -249,13 +262,9 @@ class CoarseCoupling(_Coupling):
         return torch.sparse.mm(self.pool.to(h.dtype), flat).reshape(-1, b, f).transpose(0, 1)
 
     def _params(self, x, cond):
-        keep = (~self.part).to(x.dtype)[None, :, None]
-        h = self._pool(torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1))
         static = self.lift_features(self._pool(cond.features.to(x.dtype)))
-        out = self.net(h, cond.tile(cond.context), self.coarse_graph, static=static)
-        s, t = out[:, self.unpool_index].split(self.channels, dim=-1)
-        on = self.part.to(x.dtype)[None, :, None]
-        return bounded_log_scale(s) * on, t * on
+        out = self.net(self._pool(self.untouched_input(x)), cond.tile(cond.context), self.coarse_graph, static=static)
+        return self.on_part(*out[:, self.unpool_index].split(self.channels, dim=-1))
 
 
 class SpectralCoupling(_Coupling):
@@ -286,8 +295,7 @@ class SpectralCoupling(_Coupling):
 
     def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, num_modes: int,
                  width: int = 16, depth: int = 1):
-        super().__init__()
-        self.register_buffer("part", part.bool().clone())
+        super().__init__(part)
         self.channels, self.num_modes, self.width = channels, num_modes, width
         self.summary = nn.Sequential(
             nn.Linear(num_modes * channels + context_dim, 2 * width), nn.SiLU(), nn.Linear(2 * width, width), nn.Tanh()
@@ -303,9 +311,7 @@ class SpectralCoupling(_Coupling):
         b0, n = load.shape[:2]
         load = load.reshape(b0, n, 2 * self.channels, self.width + 1)
         out = torch.einsum("bnjw,rbw->rbnj", load[..., :-1], h.reshape(-1, b0, self.width)) + load[..., -1]
-        s, t = out.reshape(x.shape[0], n, 2 * self.channels).split(self.channels, dim=-1)
-        on = self.part.to(x.dtype)[None, :, None]
-        return bounded_log_scale(s) * on, t * on
+        return self.on_part(*out.reshape(x.shape[0], n, 2 * self.channels).split(self.channels, dim=-1))
 
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from manifold_aps.flows.conditioner import GraphConditioner
+from manifold_aps.flows.layers import _PartitionLayer
 
 __all__ = ["SplineCoupling", "rational_quadratic"]
 
@@ -83,7 +84,7 @@ def rational_quadratic(x, raw_widths, raw_heights, raw_derivatives, bound: float
     return y, torch.where(inside, logdet, torch.zeros_like(logdet))
 
 
-class SplineCoupling(nn.Module):
+class SplineCoupling(_PartitionLayer):
     r"""Coupling over a node partition with a monotonic rational-quadratic spline per node and channel.
 
     Nodes in `part` go through `rational_quadratic` with `bins` bins on `[-bound, bound]` (the
@@ -101,19 +102,16 @@ class SplineCoupling(nn.Module):
 
     def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, width: int = 32,
                  depth: int = 2, bins: int = 8, bound: float = 4.0):
-        super().__init__()
         if bins < 2 or not bound > 0:
             raise ValueError(f"bins must be >= 2 and bound > 0, got {bins}, {bound}")
-        self.register_buffer("part", part.bool().clone())
+        super().__init__(part)
         self.channels, self.bins, self.bound = channels, bins, float(bound)
         self.net = GraphConditioner(channels + 1, channels * (3 * bins - 1), context_dim, width, depth)
         self.lift_features = nn.Linear(features, width, bias=False)
 
     def _spline(self, x, cond, inverse: bool):
-        keep = (~self.part).to(x.dtype)[None, :, None]
-        h = torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
         static = self.lift_features(cond.features.to(x.dtype))
-        raw = self.net(h, cond.tile(cond.context), cond.graph, static=static)
+        raw = self.net(self.untouched_input(x), cond.tile(cond.context), cond.graph, static=static)
         raw = raw.reshape(*x.shape, 3 * self.bins - 1)
         k = self.bins
         y, logdet = rational_quadratic(x, raw[..., :k], raw[..., k : 2 * k], raw[..., 2 * k :], self.bound, inverse)
