@@ -174,7 +174,7 @@ class _PartitionLayer(nn.Module):
         self.register_buffer("part", part.bool().clone())
 
     def untouched_input(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`[x \odot 1_a, 1_a]` `(B, N, C + 1)`: the values of the untouched nodes and their indicator."""
+        r""":math:`[x \odot 1_a, 1_a]` `(B, N, C + 1)`: the values of the untouched nodes and their indicator."""
         keep = (~self.part).to(x.dtype)[None, :, None]
         return torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
 
