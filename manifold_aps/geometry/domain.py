@@ -172,7 +172,7 @@ class Domain:
         w = (w + w.T).tocsr()
         w.eliminate_zeros()
         self._weights = w
-        self._eigen_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._eigen_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (k, solver digest)
 
     # ------------------------------------------------------------------ basic geometry
     def __repr__(self) -> str:
@@ -286,23 +286,25 @@ class Domain:
         r"""The `k` lowest Laplace-Beltrami eigenpairs, :math:`S\phi = \lambda M \phi`.
 
         Eigenvectors are mass-orthonormal, :math:`\Phi^T M \Phi = I`. Results are cached in memory
-        and on disk (see `manifold_aps.geometry.eigen`), keyed by the fingerprint.
+        and on disk (see `manifold_aps.geometry.eigen`), keyed by the fingerprint, `k` and the
+        solver settings. A cached larger basis is never sliced: the solvers return other bases of
+        degenerate eigenspaces for another `k`, so `eigenbasis(k)` is always the `k`-pair solve.
 
         Arguments:
             k: number of eigenpairs, `1 <= k <= N`.
+            cache: read and write the disk cache (the in-memory one is always used).
 
         Returns:
             eigenvalues shape `(k,)` ascending, eigenvectors shape `(N, k)`; float64.
         """
-        from manifold_aps.geometry.eigen import cached_eigenbasis
+        from manifold_aps.geometry.eigen import cached_eigenbasis, solver_digest
 
         if not 1 <= k <= self.num_nodes:
             raise ValueError(f"k must be in 1..N={self.num_nodes}, got {k}")
-        for k_have, (vals, vecs) in self._eigen_cache.items():
-            if k_have >= k:
-                return torch.from_numpy(vals[:k].copy()), torch.from_numpy(vecs[:, :k].copy())
-        vals, vecs = cached_eigenbasis(self, k, use_disk=cache)
-        self._eigen_cache[k] = (vals, vecs)
+        key = (k, solver_digest(self.num_nodes, k))
+        if key not in self._eigen_cache:
+            self._eigen_cache[key] = cached_eigenbasis(self, k, use_disk=cache)
+        vals, vecs = self._eigen_cache[key]
         return torch.from_numpy(vals.copy()), torch.from_numpy(vecs.copy())
 
     # ------------------------------------------------------------------ distances

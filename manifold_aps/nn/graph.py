@@ -35,12 +35,18 @@ def diffusion_matrix(domain: Domain) -> sp.csr_matrix:
 
 
 class DomainTensors(nn.Module):
-    r"""Geometry of one domain as non-persistent buffers (moved by `.to(device)`, never saved).
+    r"""Geometry of one domain as buffers (moved by `.to(device)`).
 
     Buffers (float64; layers cast them to their input's dtype): `diffusion` (sparse CSR `(N, N)`, see `diffusion_matrix`), `basis` `(N, K)` and
-    `analysis` `(K, N)` with :math:`\Phi^T M` (so `analysis @ basis = I`), `eigenvalues` `(K,)`,
-    `positional` `(N, P)`: the eigenvectors 1..P scaled to unit mean square (an intrinsic
-    positional encoding).
+    `analysis` `(K, N)` with :math:`\Phi^T M` (so `analysis @ basis = I`), `eigenvalues` `(K,)`
+    (divided by the first non-zero one), `positional` `(N, P)`: the eigenvectors 1..P scaled to
+    unit mean square (an intrinsic positional encoding).
+
+    Only the eigenpairs the module was built with are saved in `state_dict`: `modes` `(N, k)`
+    and `mode_eigenvalues` `(k,)`, :math:`k = \min(\max(K, P + 1), N)`, float64. Loading them
+    rebuilds the four spectral buffers from them, so a trained network never depends on the
+    eigenbasis cache or on the solver of the machine that loads it. A state dict without them
+    (an older checkpoint) keeps the freshly computed eigenpairs, with a warning.
 
     Arguments:
         domain: the domain.
@@ -48,23 +54,50 @@ class DomainTensors(nn.Module):
         num_positional: `P`, number of eigenvectors in the positional encoding.
     """
 
+    SPECTRUM = ("modes", "mode_eigenvalues")  # the persistent buffers
+
     def __init__(self, domain: Domain, num_modes: int = 64, num_positional: int = 8):
         super().__init__()
         self.num_nodes = domain.num_nodes
+        self.num_modes, self.num_positional = num_modes, num_positional
+        self.total_area = domain.total_area
         k = min(max(num_modes, num_positional + 1), domain.num_nodes)
         lam, phi = domain.eigenbasis(k)
-        mass = domain.mass
         # Precomputed in float64 and cast to the input's dtype at call time (exact inverses of
         # spectral flow layers need analysis @ basis = I to float64 precision).
         self.register_buffer(
             "diffusion", sparse_to_torch(diffusion_matrix(domain), torch.float64).to_sparse_csr(), persistent=False
         )
-        self.register_buffer("basis", phi[:, :num_modes].clone(), persistent=False)
-        self.register_buffer("analysis", (phi[:, :num_modes] * mass[:, None]).T.contiguous(), persistent=False)
+        self.register_buffer("mass", domain.mass.clone(), persistent=False)
+        self.register_buffer("modes", phi)
+        self.register_buffer("mode_eigenvalues", lam)
+        self._derive_spectral_buffers()
+
+    def _derive_spectral_buffers(self) -> None:
+        """(Re)build `basis`, `analysis`, `eigenvalues`, `positional` from `modes` and `mode_eigenvalues`."""
+        lam, phi = self.mode_eigenvalues, self.modes
+        basis = phi[:, : self.num_modes]
+        self.register_buffer("basis", basis.clone(), persistent=False)
+        self.register_buffer("analysis", (basis * self.mass.to(phi.dtype)[:, None]).T.contiguous(), persistent=False)
         scale = float(lam[1]) if lam.numel() > 1 and lam[1] > 0 else 1.0
-        self.register_buffer("eigenvalues", lam[:num_modes] / scale, persistent=False)
-        pe = phi[:, 1 : num_positional + 1] * math.sqrt(domain.total_area)
+        self.register_buffer("eigenvalues", lam[: self.num_modes] / scale, persistent=False)
+        pe = phi[:, 1 : self.num_positional + 1] * math.sqrt(self.total_area)
         self.register_buffer("positional", pe, persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        keys = [prefix + name for name in self.SPECTRUM]
+        old_format = not any(key in state_dict for key in keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if old_format:
+            for key in keys:
+                if key in missing_keys:
+                    missing_keys.remove(key)
+            warnings.warn(
+                "the state dict holds no DomainTensors eigenpairs (a checkpoint from before they were saved); "
+                "using the ones computed now, which may differ from those the network was trained with",
+                RuntimeWarning, stacklevel=2,
+            )
+        self._derive_spectral_buffers()
 
     def diffusion_as(self, dtype: torch.dtype) -> torch.Tensor:
         """The sparse diffusion operator in `dtype` (cast once per dtype and cached)."""
