@@ -22,6 +22,7 @@ from manifold_aps.flows.layers import (
 from manifold_aps.flows.spline import SplineCoupling
 from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
+from manifold_aps.nn.unet import network_hierarchy
 
 __all__ = ["ConditionalFlow", "FlowConfig"]
 
@@ -93,7 +94,7 @@ def _composed_hierarchy(domain: Domain, levels: int) -> list:
     from manifold_aps.geometry import Coarsening
 
     out = []
-    for step in domain.hierarchy(levels) if levels else []:
+    for step in network_hierarchy(domain, levels + 1, "ConditionalFlow"):
         if out:
             prev = out[-1]
             step = Coarsening(step.domain, (step.pool @ prev.pool).tocsr(), (prev.unpool @ step.unpool).tocsr())
@@ -142,7 +143,8 @@ class ConditionalFlow(nn.Module):
                 part[torch.randperm(domain.num_nodes, generator=g)[: domain.num_nodes // 2]] = True
             side = part if i % 2 == 0 else ~part
             if cfg.coupling == "spectral":
-                layers.append(SpectralCoupling(side, channels, features, context_dim, cfg.num_modes, cfg.width, cfg.depth))
+                modes = min(cfg.num_modes, domain.num_nodes)  # the modes self.graph has (clipped to N)
+                layers.append(SpectralCoupling(side, channels, features, context_dim, modes, cfg.width, cfg.depth))
             elif i % cfg.levels:
                 layers.append(CoarseCoupling(side, channels, features, context_dim, *coarse[i % cfg.levels - 1],
                                              cfg.width, cfg.depth))

@@ -91,6 +91,22 @@ def triangle_mass(vertices: np.ndarray, faces: np.ndarray, rule: str) -> np.ndar
 MASS_RULES = {"barycentric": _barycentric_mass, "voronoi": _voronoi_mass}
 
 
+def _first_indices(indices: np.ndarray, limit: int = 5) -> str:
+    """The first `limit` of `indices` as text, with "..." when there are more."""
+    head = ", ".join(str(int(i)) for i in indices[:limit])
+    return f"[{head}{', ...' if len(indices) > limit else ''}]"
+
+
+def _check_finite_vertices(vertices: np.ndarray, source: str) -> None:
+    """Raise `ValueError` naming the vertices `(V, 3)` that have a NaN or infinite coordinate."""
+    bad = np.flatnonzero(~np.all(np.isfinite(vertices), axis=1))
+    if bad.size:
+        raise ValueError(
+            f"{source}: {bad.size} vertex/vertices have NaN or infinite coordinates, first indices "
+            f"{_first_indices(bad)} (0-based, in file order), e.g. vertex {bad[0]} = {vertices[bad[0]].tolist()}"
+        )
+
+
 def validate_triangles(vertices: np.ndarray, faces: np.ndarray, source: str) -> None:
     """Raise `ValueError` for input that has no well-defined cotangent Laplacian.
 
@@ -102,11 +118,14 @@ def validate_triangles(vertices: np.ndarray, faces: np.ndarray, source: str) -> 
         raise ValueError(f"{source}: vertices must have shape (V, 3), got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise ValueError(f"{source}: faces must have shape (F, 3) with F > 0, got {faces.shape}")
-    if not np.all(np.isfinite(vertices)):
-        raise ValueError(f"{source}: vertex coordinates contain NaN or infinity")
+    _check_finite_vertices(vertices, source)
     nv = len(vertices)
-    if faces.min() < 0 or faces.max() >= nv:
-        raise ValueError(f"{source}: faces refer to vertices outside 0..{nv - 1}")
+    outside = np.flatnonzero(np.any((faces < 0) | (faces >= nv), axis=1))
+    if outside.size:
+        raise ValueError(
+            f"{source}: {outside.size} face(s) refer to vertices outside 0..{nv - 1}, "
+            f"e.g. face {outside[0]} = {faces[outside[0]].tolist()}"
+        )
     repeated = (
         (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     )
@@ -121,7 +140,8 @@ def validate_triangles(vertices: np.ndarray, faces: np.ndarray, source: str) -> 
     unused = np.setdiff1d(np.arange(nv), faces.ravel())
     if unused.size:
         raise ValueError(
-            f"{source}: {unused.size} vertex/vertices belong to no face, e.g. vertex {unused[0]}"
+            f"{source}: {unused.size} vertex/vertices belong to no face, first indices "
+            f"{_first_indices(unused)} (0-based, in file order); remove them (vertex indices must match the file)"
         )
     edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
     uniq, counts = np.unique(edges, axis=0, return_counts=True)
@@ -171,6 +191,213 @@ def _check_vertex_fans(faces: np.ndarray, nv: int, source: str) -> None:
         )
 
 
+# ------------------------------------------------------------------------------- mesh files
+# Each reader returns the file's own arrays, vertices `(V, 3)` float64 and faces `(F, 3)` int64
+# (0-based), with nothing merged, dropped or reordered: vertex `i` is the file's `i`-th vertex.
+# What does not parse exactly is refused, naming the line that broke.
+
+
+def _text_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-empty lines of a text file as `(line number, words)`, `#` comments removed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text mesh file ({err.reason} at byte {err.start})") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if words:
+            lines.append((number, words))
+    return lines
+
+
+def _parse_numbers(path: Path, number: int, words: list[str], kind: type, expected: str) -> list:
+    """`words` converted by `kind` (int or float), or a `ValueError` naming the line."""
+    try:
+        return [kind(w) for w in words]
+    except ValueError:
+        raise ValueError(f"{path}, line {number}: expected {expected}, got {' '.join(words)[:80]!r}") from None
+
+
+def _read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An OFF file (or COFF: colours ignored): `OFF`, the counts `V F [E]`, V vertex lines `x y z`,
+    F face lines `3 i j k [colour]`. The counts must match the lines that follow exactly."""
+    lines = _text_lines(path)
+    if not lines:
+        raise ValueError(f"{path} holds no vertices/faces (the file is empty)")
+    number, words = lines[0]
+    if words[0] not in ("OFF", "COFF"):
+        raise ValueError(f"{path}, line {number}: expected the header 'OFF' or 'COFF', got {words[0][:40]!r}")
+    body = lines[1:]
+    if len(words) > 1:  # "OFF 8 12 18" on one line
+        counts_line, counts = number, words[1:]
+    elif body:
+        counts_line, counts = body.pop(0)
+    else:
+        raise ValueError(f"{path} holds no vertices/faces (only the header line)")
+    if len(counts) not in (2, 3):
+        raise ValueError(f"{path}, line {counts_line}: expected the counts 'vertices faces edges', got {' '.join(counts)[:80]!r}")
+    nv, nf = _parse_numbers(path, counts_line, counts, int, "the counts 'vertices faces edges'")[:2]
+    if nv <= 0 or nf <= 0:
+        raise ValueError(f"{path} holds no vertices/faces (line {counts_line} declares {nv} vertices and {nf} faces)")
+    header = f"the header (line {counts_line}) declares {nv} vertices and {nf} faces"
+    if len(body) != nv + nf:
+        extra = f" (the first extra one is line {body[nv + nf][0]})" if len(body) > nv + nf else ""
+        raise ValueError(f"{path}: {header}, but {len(body)} vertex/face lines follow instead of {nv + nf}{extra}")
+    vertex_sizes = (3,) if words[0] == "OFF" else (6, 7)  # COFF: x y z r g b [a]
+    vertices = np.empty((nv, 3))
+    for i, (number, words_i) in enumerate(body[:nv]):
+        if len(words_i) not in vertex_sizes:
+            raise ValueError(f"{path}, line {number}: vertex {i} has {len(words_i)} values, expected "
+                             f"{' or '.join(map(str, vertex_sizes))}; {header}")
+        vertices[i] = _parse_numbers(path, number, words_i[:3], float, f"vertex {i} 'x y z'")
+    faces = np.empty((nf, 3), dtype=np.int64)
+    for f, (number, words_f) in enumerate(body[nv:]):
+        size = _parse_numbers(path, number, words_f[:1], int, f"face {f} '3 i j k'; {header}")[0]
+        if size != 3:
+            raise ValueError(f"{path}, line {number}: face {f} has {size} vertices; only triangles are supported")
+        if len(words_f) not in (4, 7, 8):  # 3 indices, then optionally an RGB or RGBA colour
+            raise ValueError(f"{path}, line {number}: face {f} has {len(words_f)} values, expected '3 i j k [r g b [a]]'")
+        faces[f] = _parse_numbers(path, number, words_f[1:4], int, f"face {f} '3 i j k'")
+        if faces[f].min() < 0 or faces[f].max() >= nv:
+            raise ValueError(f"{path}, line {number}: face {f} = {faces[f].tolist()} refers to a vertex outside 0..{nv - 1}")
+    return vertices, faces
+
+
+def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The `v x y z [w | r g b]` and `f i j k` lines of an OBJ file (`i`, `i/t`, `i//n`, `i/t/n`;
+    1-based, negative counts back); texture coordinates, normals, groups and materials are ignored."""
+    vertices, faces, face_lines = [], [], []
+    for number, words in _text_lines(path):
+        if words[0] == "v":
+            if len(words) not in (4, 5, 7):
+                raise ValueError(f"{path}, line {number}: vertex {len(vertices)} has {len(words) - 1} values, "
+                                 "expected 'v x y z [w]' or 'v x y z r g b'")
+            vertices.append(_parse_numbers(path, number, words[1:4], float, f"vertex {len(vertices)} 'v x y z'"))
+        elif words[0] == "f":
+            if len(words) != 4:
+                raise ValueError(f"{path}, line {number}: face {len(faces)} has {len(words) - 1} vertices; "
+                                 "only triangles are supported")
+            refs = _parse_numbers(path, number, [w.split("/", 1)[0] for w in words[1:]], int, f"face {len(faces)} 'f i j k'")
+            faces.append([r - 1 if r > 0 else len(vertices) + r if r < 0 else -1 for r in refs])
+            face_lines.append(number)
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    outside = np.flatnonzero(np.any((faces < 0) | (faces >= len(vertices)), axis=1))
+    if outside.size:
+        f = outside[0]
+        raise ValueError(f"{path}, line {face_lines[f]}: face {f} refers to a vertex outside 1..{len(vertices)} "
+                         f"({outside.size} such face(s))")
+    return vertices, faces
+
+
+_PLY_TYPE_BYTES = {
+    "char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+    "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8,
+}
+
+
+def _ply_header(path: Path) -> tuple[str | None, list[tuple[str, int, list[list[str]]]], int]:
+    """The format, the elements `(name, count, properties)` and the byte size of a PLY header."""
+    with path.open("rb") as fh:
+        if fh.readline().strip() != b"ply":
+            raise ValueError(f"{path}: not a PLY file (its first line is not 'ply')")
+        fmt, elements, number = None, [], 1
+        while raw := fh.readline():
+            number += 1
+            line = raw.decode("ascii", errors="replace").strip()
+            words = line.split()
+            if not words or words[0] in ("comment", "obj_info"):
+                continue
+            if words[0] == "end_header":
+                return fmt, elements, fh.tell()
+            if words[0] == "format" and len(words) == 3:
+                fmt = words[1]
+            elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
+                elements.append((words[1], int(words[2]), []))
+            elif words[0] == "property" and elements and len(words) in (3, 5):
+                elements[-1][2].append(words[1:])
+            else:
+                raise ValueError(f"{path}, line {number}: malformed PLY header line {line[:80]!r}")
+    raise ValueError(f"{path}: the PLY header has no 'end_header' line")
+
+
+def _ply_triangle_body_bytes(elements) -> int | None:
+    """Bytes of a binary PLY body whose faces are all triangles (None if list sizes vary otherwise)."""
+    total = 0
+    for name, count, properties in elements:
+        stride = 0
+        for prop in properties:
+            if prop[0] != "list":
+                stride += _PLY_TYPE_BYTES.get(prop[0], np.nan)
+            elif name == "face" and prop[3] in ("vertex_indices", "vertex_index"):
+                stride += _PLY_TYPE_BYTES.get(prop[1], np.nan) + 3 * _PLY_TYPE_BYTES.get(prop[2], np.nan)
+            else:
+                return None
+        total += count * stride
+    return None if np.isnan(total) else int(total)
+
+
+def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A PLY file (ASCII or binary), read by trimesh without processing, after checking that the
+    header's element counts match the data exactly and that every face is a triangle."""
+    import trimesh
+
+    fmt, elements, header_bytes = _ply_header(path)
+    counts = {name: count for name, count, _ in elements}
+    nv, nf = counts.get("vertex", 0), counts.get("face", 0)
+    if nv == 0 or nf == 0:
+        raise ValueError(f"{path} holds no vertices/faces (its header declares {nv} vertices and {nf} faces)")
+    header = f"the PLY header declares {nv} vertices and {nf} faces"
+    if fmt == "ascii":
+        body = path.read_bytes()[header_bytes:].decode("ascii", errors="replace")
+        rows = [line.split() for line in body.splitlines() if line.strip()]
+        if len(rows) != sum(counts.values()):
+            raise ValueError(f"{path}: {header} ({sum(counts.values())} data lines in all), but the file has {len(rows)}")
+        start = 0
+        for name, count, properties in elements:
+            if name == "face" and properties[:1] and properties[0][0] == "list":
+                sizes = [row[0] for row in rows[start : start + count]]
+                bad = next((f for f, size in enumerate(sizes) if size != "3"), None)
+                if bad is not None:
+                    raise ValueError(f"{path}: face {bad} has {sizes[bad]} vertices; only triangles are supported")
+            start += count
+    elif fmt in ("binary_little_endian", "binary_big_endian"):
+        expected = _ply_triangle_body_bytes(elements)
+        found = path.stat().st_size - header_bytes
+        if expected is not None and found != expected:
+            raise ValueError(f"{path}: {header}, which as triangles take {expected} bytes, but the data has {found} "
+                             "(wrong counts or non-triangle faces)")
+    else:
+        raise ValueError(f"{path}: PLY format must be ascii, binary_little_endian or binary_big_endian, got {fmt!r}")
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False, maintain_order=True)
+    except (ValueError, LookupError, TypeError) as err:  # what trimesh raises on malformed data
+        raise ValueError(f"{path}: cannot read the PLY data ({type(err).__name__}: {err})") from None
+    if len(mesh.vertices) != nv or len(mesh.faces) != nf:
+        raise ValueError(f"{path}: {header}, but {len(mesh.vertices)} vertices and {len(mesh.faces)} triangles were "
+                         "read (only triangle faces are supported)")
+    return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+
+
+def _read_stl(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An STL file (trimesh, no processing). STL stores each triangle's corners separately, so
+    coincident corners are merged, after checking that every coordinate is finite."""
+    import trimesh
+
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except (ValueError, LookupError, TypeError) as err:  # what trimesh raises on malformed data
+        raise ValueError(f"{path}: cannot read the STL data ({type(err).__name__}: {err})") from None
+    if len(mesh.vertices) and len(mesh.faces):
+        _check_finite_vertices(np.asarray(mesh.vertices), str(path))
+        mesh.merge_vertices()
+    return np.asarray(mesh.vertices, dtype=np.float64).reshape(-1, 3), np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+
+
+_MESH_READERS = {".off": _read_off, ".obj": _read_obj, ".ply": _read_ply, ".stl": _read_stl}
+
+
 class TriangleMesh(Domain):
     r"""A closed or bounded 2-manifold triangle mesh with the cotangent Laplace-Beltrami operator.
 
@@ -215,17 +442,36 @@ class TriangleMesh(Domain):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, mass: str = "barycentric") -> TriangleMesh:
-        """Load an OFF, OBJ, PLY or STL file with trimesh, merging vertices split at UV seams."""
-        import trimesh
+        """Load an OFF, OBJ, PLY or STL file exactly as written.
 
+        Vertex `i` of the mesh is the file's `i`-th vertex: nothing is merged, dropped or
+        reordered (except in STL, which stores each triangle's corners separately: coincident
+        corners are merged). OBJ texture coordinates and normals are ignored, so an OBJ split at
+        UV seams keeps its `v` vertices.
+
+        Arguments:
+            path: the file; its extension (.off, .obj, .ply, .stl) chooses the reader.
+            mass: as for `TriangleMesh`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: another extension; a file that does not parse exactly (header counts that
+                differ from the data that follows, non-triangle faces, faces naming missing
+                vertices), naming the line; an empty file; a mesh `validate_triangles` refuses
+                (NaN coordinates, vertices in no face, ...).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mesh file not found: {path}")
-        mesh = trimesh.load(path, force="mesh", process=True)
-        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-            raise ValueError(f"{path}: no triangles found")
-        mesh.merge_vertices(merge_tex=True, merge_norm=True)
-        return cls(mesh.vertices, mesh.faces, mass=mass, name=path.name)
+        reader = _MESH_READERS.get(path.suffix.lower())
+        if reader is None:
+            raise ValueError(f"{path}: a mesh file must end in one of {sorted(_MESH_READERS)}, got {path.suffix!r}")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path} holds no vertices/faces (the file is empty)")
+        vertices, faces = reader(path)
+        if len(vertices) == 0 or len(faces) == 0:
+            raise ValueError(f"{path} holds no vertices/faces ({len(vertices)} vertices, {len(faces)} triangles)")
+        return cls(vertices, faces, mass=mass, name=path.name)
 
     def to_trimesh(self):
         """The mesh as a `trimesh.Trimesh` (no processing)."""

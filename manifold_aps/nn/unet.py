@@ -7,12 +7,51 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from manifold_aps.geometry import Domain
+from manifold_aps.geometry import Coarsening, Domain
 from manifold_aps.geometry.domain import sparse_to_torch
 from manifold_aps.nn.graph import DomainTensors
 from manifold_aps.nn.layers import ResBlock, TimeEmbedding
 
-__all__ = ["ScoreNet", "ScoreNetConfig"]
+__all__ = ["MIN_LEVEL_NODES", "ScoreNet", "ScoreNetConfig", "network_hierarchy"]
+
+MIN_LEVEL_NODES = 2
+"""Fewest nodes of a level of a network's hierarchy: a diffusion convolution averages each node's
+neighbours (`diffusion_matrix`), and a lone node has none."""
+
+
+def network_hierarchy(domain: Domain, levels: int, network: str) -> list[Coarsening]:
+    """The `levels - 1` coarsenings (`Domain.hierarchy`) under a network of `levels` levels.
+
+    Arguments:
+        domain: the finest domain.
+        levels: levels of the network, the finest included (1: no coarsening).
+        network: the network's name, for messages.
+
+    Returns:
+        `levels - 1` `Coarsening`s, finest first.
+
+    Raises:
+        ValueError: the domain cannot be coarsened `levels - 1` times, or a level would have fewer
+            than `MIN_LEVEL_NODES` nodes; the message gives the level sizes and the most levels
+            the domain allows.
+    """
+    if levels <= 1:
+        return []
+    try:
+        steps = domain.hierarchy(levels - 1)
+    except ValueError as err:
+        raise ValueError(
+            f"{network} with {levels} levels needs {levels - 1} coarsenings of {domain!r}, which it does not "
+            f"allow ({err}); use fewer levels"
+        ) from None
+    sizes = [domain.num_nodes] + [step.domain.num_nodes for step in steps]
+    allowed = next((i for i, n in enumerate(sizes) if n < MIN_LEVEL_NODES), levels)
+    if allowed < levels:
+        raise ValueError(
+            f"{network} with {levels} levels needs at least {MIN_LEVEL_NODES} nodes on every level, but the "
+            f"hierarchy of {domain!r} has {sizes} nodes" + (f"; use at most {allowed} levels" if allowed else "")
+        )
+    return steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +102,10 @@ class ScoreNet(nn.Module):
         in_channels: signal channels `C`.
         config: a `ScoreNetConfig`.
 
+    Raises:
+        ValueError: a domain too small for the configuration: fewer than `num_positional + 1` nodes,
+            or a hierarchy of `len(channels)` levels it does not allow (see `network_hierarchy`).
+
     Example:
         >>> from manifold_aps.geometry import HealpixSphere
         >>> net = ScoreNet(HealpixSphere(4), 1, ScoreNetConfig(channels=(8, 16), num_modes=16))
@@ -76,8 +119,17 @@ class ScoreNet(nn.Module):
         cfg = self.config
         self.in_channels = in_channels
         levels = len(cfg.channels)
-        domains = [domain] + [c.domain for c in domain.hierarchy(levels - 1)] if levels > 1 else [domain]
-        steps = domain.hierarchy(levels - 1) if levels > 1 else []
+        # the positional encoding is eigenvectors 1..P of the finest level (eigenvector 0 is constant)
+        min_nodes = max(cfg.num_positional + 1, MIN_LEVEL_NODES)
+        if domain.num_nodes < min_nodes:
+            raise ValueError(
+                f"ScoreNet ({levels} levels, num_positional={cfg.num_positional}) needs a domain of at least "
+                f"{min_nodes} nodes: num_positional + 1 on the finest level (its positional encoding is eigenvectors "
+                f"1..{cfg.num_positional}) and {MIN_LEVEL_NODES} on each coarser one; {domain!r} has "
+                f"{domain.num_nodes}; use a finer domain or num_positional <= {domain.num_nodes - 1}"
+            )
+        steps = network_hierarchy(domain, levels, f"ScoreNet(channels={cfg.channels})")
+        domains = [domain] + [step.domain for step in steps]
         self.graphs = nn.ModuleList(
             [DomainTensors(d, cfg.num_modes, cfg.num_positional if i == 0 else 0) for i, d in enumerate(domains)]
         )
