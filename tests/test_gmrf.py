@@ -153,3 +153,26 @@ def test_kappa_tau_from_range_and_std():
     assert prior.std == pytest.approx(2.0)
     with pytest.raises(ValueError, match="alpha must be one of"):
         MaternGMRF(HealpixSphere(2), alpha=4, kappa=1.0, tau=1.0)
+
+
+@pytest.mark.parametrize("source", ["complete fields", "observed values"])
+def test_ml_fit_recovers_known_hyper_parameters(source):
+    """Fields drawn from a known GMRF + nugget: the fit is within 3 standard errors of the truth."""
+    from manifold_aps.posterior.gmrf_fit import fit_gmrf
+
+    d = HealpixSphere(8)
+    rng = np.random.default_rng(0)
+    truth = {"range": 0.6, "std": 1.5, "nugget": 0.05}
+    prior = MaternGMRF.from_range(d, range_=truth["range"], std=truth["std"], alpha=2)
+    fields = prior.sample(20, rng=rng) + rng.standard_normal((20, d.num_nodes)) * math.sqrt(truth["nugget"])
+    if source == "complete fields":
+        fit = fit_gmrf(d, fields, std_errors=True)
+    else:  # a geostatistician's case: a few gappy fields, half of the nodes observed
+        fit = fit_gmrf(d, fields[:4], rng.random((4, d.num_nodes)) < 0.5, std_errors=True)
+    assert fit.source == source
+    for name, value in truth.items():
+        z = (math.log(fit.params[name]) - math.log(value)) / fit.std_errors[name]
+        assert abs(z) < 3, (name, fit.params[name], fit.std_errors[name])
+    assert fit.std_errors["range"] < 0.2  # and the data pin the range down
+    # the fitted prior's posterior uses the fitted nugget
+    assert fit.nugget == pytest.approx(fit.params["nugget"])

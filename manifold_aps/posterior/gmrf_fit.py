@@ -1,0 +1,258 @@
+r"""Maximum-likelihood hyper-parameters of a Whittle-Matérn GMRF, from complete or gappy fields.
+
+Two sources, one likelihood: complete training fields (every node observed), or the observed
+values of the gappy field(s) themselves (what a geostatistician does with one field). Either way
+the objective is the exact log marginal likelihood of the observed values (`GMRFObservation`),
+with the observation noise :math:`s^2` known and the nugget :math:`\eta^2` (white variance of the
+truth) fitted; fields that share their observed nodes share one factorisation per evaluation.
+
+Parameterised in :math:`(\log\rho, \log\sigma, \log\eta^2)` for :math:`\alpha \ge 2` (range and
+marginal std: better conditioned than :math:`\kappa, \tau`), :math:`(\log\kappa, \log\tau, \log\eta^2)`
+for :math:`\alpha = 1`; maximised by L-BFGS-B. Standard errors of the log-parameters come from the
+inverse of a central-difference Hessian.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.optimize
+from tqdm.auto import tqdm
+
+from manifold_aps.geometry import Domain
+from manifold_aps.posterior.gmrf import GMRFObservation
+from manifold_aps.priors.gmrf import MaternGMRF, matern_kappa_tau
+from manifold_aps.sparse_cholesky import NotPositiveDefiniteError
+
+__all__ = ["GMRFFit", "fit_gmrf"]
+
+
+@dataclass
+class GMRFFit:
+    """Result of `fit_gmrf`.
+
+    Attributes:
+        prior: the fitted `MaternGMRF`.
+        nugget: fitted :math:`\\eta^2` (0 unless fitted).
+        noise_std: the known observation noise std the fit assumed.
+        log_likelihood: maximised log marginal likelihood (nats, all fields).
+        params: the fitted parameters by name (`range`, `std` or `kappa`, `tau`; `nugget`).
+        std_errors: standard errors of the natural logs of `params` (empty unless asked).
+        source: ``"complete fields"`` or ``"observed values"``.
+        num_fields, num_values: fields and observed values used.
+        evaluations, seconds: likelihood evaluations and wall time of the fit.
+    """
+
+    prior: MaternGMRF
+    nugget: float
+    noise_std: float
+    log_likelihood: float
+    params: dict
+    std_errors: dict = field(default_factory=dict)
+    source: str = ""
+    num_fields: int = 0
+    num_values: int = 0
+    evaluations: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """One line: the parameters and the data they came from."""
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in self.params.items())
+        return f"GMRF alpha={self.prior.alpha} fitted to {self.source} ({self.num_fields} fields): {parts}"
+
+
+def _groups(values: np.ndarray, observed: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`[(node indices, values (B_g, n_obs))]`, one entry per distinct observed pattern."""
+    if observed is None:
+        return [(np.arange(values.shape[1]), values)]
+    out: dict[bytes, tuple[np.ndarray, list]] = {}
+    for row, mask in zip(values, observed):
+        idx = np.flatnonzero(mask)
+        out.setdefault(idx.tobytes(), (idx, []))[1].append(row[idx])
+    return [(idx, np.stack(rows)) for idx, rows in out.values()]
+
+
+def fit_gmrf(
+    domain: Domain,
+    values,
+    observed=None,
+    *,
+    alpha: int = 2,
+    noise_std: float = 0.0,
+    fit_nugget: bool = True,
+    mean: float = 0.0,
+    init: dict | None = None,
+    std_errors: bool = False,
+    progress: bool = False,
+) -> GMRFFit:
+    r"""Fit a `MaternGMRF` (and a nugget) by maximum likelihood.
+
+    Arguments:
+        domain: the domain.
+        values: fields `(B, N)` (or `(N,)`); entries where `observed` is False are ignored.
+        observed: boolean `(B, N)`, True = observed; None = complete fields.
+        alpha: 1, 2 or 3 (fixed; compare `log_likelihood` across alphas to choose).
+        noise_std: known measurement noise std (signal units); with `fit_nugget=False` and
+            `noise_std=0` on complete fields, the noise-free prior density is maximised.
+        fit_nugget: fit the nugget :math:`\eta^2`.
+        mean: the prior mean subtracted (a number or `(N,)`).
+        init: starting values, keys `range`, `std` (or `kappa`, `tau` for alpha 1), `nugget`.
+        std_errors: also compute standard errors (about 4 p^2 more evaluations, p parameters).
+        progress: a tqdm bar over likelihood evaluations.
+
+    Returns:
+        a `GMRFFit`.
+    """
+    start = time.perf_counter()
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n = domain.num_nodes
+    if values.ndim != 2 or values.shape[1] != n:
+        raise ValueError(f"values must have shape (B, N={n}), got {values.shape}")
+    if observed is not None:
+        observed = np.atleast_2d(np.asarray(observed, dtype=bool))
+        if observed.shape != values.shape:
+            raise ValueError(f"observed must have the shape of values {values.shape}, got {observed.shape}")
+        if not observed.any(axis=1).all():
+            raise ValueError("every field needs at least one observed value")
+    used = values if observed is None else values[observed]
+    if not np.all(np.isfinite(used)):
+        raise ValueError("the observed values contain NaN or infinity; hide them with `observed`")
+    groups = _groups(values, observed)
+    num_values = int(sum(v.size for _, v in groups))
+    noise_var = float(noise_std) ** 2
+    exact_density = observed is None and not fit_nugget and noise_var == 0
+    template = MaternGMRF(domain, alpha=alpha, kappa=1.0, tau=1.0, mean=mean)
+
+    centred = used - (np.mean(template.mean) if np.ndim(template.mean) == 0 else 0.0)
+    spread = float(np.std(centred)) or 1.0
+    init = dict(init or {})
+    size = math.sqrt(domain.total_area)
+    if observed is None and not {"range", "std", "kappa", "tau"} & init.keys():
+        init.update(_profile_start(template, values, size))
+    if alpha == 1:
+        names = ["kappa", "tau"]
+        x0 = [math.log(init.get("kappa", 5.0 / size)), math.log(init.get("tau", 1.0 / spread))]
+    else:
+        names = ["range", "std"]
+        x0 = [math.log(init.get("range", size / 5)), math.log(init.get("std", spread))]
+    if fit_nugget:
+        names.append("nugget")
+        x0.append(math.log(init.get("nugget", 0.01 * spread**2)))
+
+    def unpack(theta):
+        a, b = math.exp(theta[0]), math.exp(theta[1])
+        kappa, tau = (a, b) if alpha == 1 else matern_kappa_tau(a, b, alpha)
+        nugget = math.exp(theta[2]) if fit_nugget else 0.0
+        return kappa, tau, nugget
+
+    bar = tqdm(desc="GMRF fit (likelihood evaluations)", disable=not progress, unit="eval")
+    evaluations = 0
+
+    def log_likelihood(theta) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        bar.update(1)
+        if not np.all(np.isfinite(theta)) or np.max(np.abs(theta)) > 60:
+            return -np.inf
+        kappa, tau, nugget = unpack(theta)
+        prior = template.with_params(kappa=kappa, tau=tau)
+        try:
+            if exact_density:
+                return float(prior.log_prob(values).sum())
+            log_q = prior.log_det_precision()
+            total = 0.0
+            for idx, vals in groups:
+                obs = GMRFObservation(prior, idx, noise_var, nugget)
+                total += float(np.sum(obs.log_likelihood(vals, log_det_prior=log_q)))
+            return total
+        except NotPositiveDefiniteError:
+            return -np.inf
+
+    def objective(theta):
+        value = log_likelihood(theta)
+        return 1e300 if not np.isfinite(value) else -value / num_values
+
+    # ftol: a relative change of 1e-8 per observed value is far below one standard error
+    res = scipy.optimize.minimize(objective, np.array(x0), method="L-BFGS-B", options={"maxiter": 200, "ftol": 1e-8})
+    theta = res.x
+    errors: dict = {}
+    if std_errors:
+        hess = _hessian(lambda t: -log_likelihood(t), theta)
+        try:
+            cov = np.linalg.inv(hess)
+            errors = {name: float(math.sqrt(max(cov[i, i], 0.0))) for i, name in enumerate(names)}
+        except np.linalg.LinAlgError:
+            errors = {name: float("nan") for name in names}
+    bar.close()
+    kappa, tau, nugget = unpack(theta)
+    prior = template.with_params(kappa=kappa, tau=tau)
+    params = {name: math.exp(v) for name, v in zip(names, theta)}
+    return GMRFFit(
+        prior=prior,
+        nugget=nugget,
+        noise_std=float(noise_std),
+        log_likelihood=-float(res.fun) * num_values,
+        params=params,
+        std_errors=errors,
+        source="complete fields" if observed is None else "observed values",
+        num_fields=values.shape[0],
+        num_values=num_values,
+        evaluations=evaluations,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _profile_start(template: MaternGMRF, fields: np.ndarray, size: float) -> dict:
+    r"""A cheap first fit to complete fields without nugget: the range by a 1-D search, :math:`\tau` in closed form.
+
+    With :math:`Q = \tau^2\tilde Q(\kappa)` the noise-free log-likelihood of `B` fields is maximised
+    over :math:`\tau` by :math:`\tau^2 = BN / \sum_b r_b^T\tilde Q r_b`; what remains needs only the
+    factorisation of `K` (a 5- to 7-point stencil) per range tried.
+    """
+    n = template.domain.num_nodes
+    resid = fields - np.broadcast_to(template.mean, (n,))
+    nu = template.alpha - 1
+    spacing = size / math.sqrt(n)
+
+    def kappa_of(log_range: float) -> float:
+        return (math.sqrt(8 * nu) if nu else 1.0) / math.exp(log_range)
+
+    def profile(log_range: float) -> tuple[float, float]:
+        prior = template.with_params(kappa=kappa_of(log_range), tau=1.0)
+        quad = float(np.einsum("bn,bn->", resid, (prior.precision() @ resid.T).T))
+        tau2 = resid.size / quad
+        loglik = 0.5 * fields.shape[0] * (n * math.log(tau2) + prior.log_det_precision()) - 0.5 * resid.size
+        return -loglik, tau2
+
+    res = scipy.optimize.minimize_scalar(
+        lambda r: profile(r)[0] / resid.size,
+        bounds=(math.log(2 * spacing), math.log(2 * size)),
+        method="bounded",
+        options={"xatol": 0.02},
+    )
+    kappa, tau = kappa_of(res.x), math.sqrt(profile(res.x)[1])
+    if nu == 0:
+        return {"kappa": kappa, "tau": tau}
+    prior = template.with_params(kappa=kappa, tau=tau)
+    return {"range": prior.range, "std": prior.std}
+
+
+def _hessian(func, theta: np.ndarray, step: float = 1e-3) -> np.ndarray:
+    """Central-difference Hessian of a scalar function of `theta` `(p,)`, `(p, p)`."""
+    p = theta.size
+    hess = np.zeros((p, p))
+    f0 = func(theta)
+    for i in range(p):
+        ei = np.zeros(p)
+        ei[i] = step
+        hess[i, i] = (func(theta + ei) - 2 * f0 + func(theta - ei)) / step**2
+        for j in range(i + 1, p):
+            ej = np.zeros(p)
+            ej[j] = step
+            hess[i, j] = hess[j, i] = (
+                func(theta + ei + ej) - func(theta + ei - ej) - func(theta - ei + ej) + func(theta - ei - ej)
+            ) / (4 * step**2)
+    return hess
