@@ -28,8 +28,14 @@ from manifold_aps.operators import (
     Subsample,
     SwathMaskGenerator,
 )
-from manifold_aps.posterior import ExactGaussianPosterior, HarmonicInterpolation, NearestNeighbour
-from manifold_aps.priors import VPSDE, GaussianPrior, fit_matern
+from manifold_aps.posterior import (
+    ExactGaussianPosterior,
+    GMRFPosterior,
+    HarmonicInterpolation,
+    NearestNeighbour,
+    fit_gmrf,
+)
+from manifold_aps.priors import VPSDE, GaussianPrior, MaternGMRF, fit_matern
 
 __version__ = "0.1.0"
 
@@ -39,6 +45,7 @@ __all__ = [
     "Compose",
     "Domain",
     "ExactGaussianPosterior",
+    "GMRFPosterior",
     "GaussianNoise",
     "GaussianPrior",
     "HealpixSphere",
@@ -48,6 +55,7 @@ __all__ = [
     "IcosphereMesh",
     "LinearOperator",
     "Mask",
+    "MaternGMRF",
     "NearestNeighbour",
     "PlanarGrid",
     "RandomMaskGenerator",
@@ -58,6 +66,7 @@ __all__ = [
     "TriangleMesh",
     "VPSDE",
     "crps_ensemble",
+    "fit_gmrf",
     "fit_matern",
     "interval_coverage",
     "spread_skill_ratio",

@@ -3,13 +3,20 @@
 from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour
 from manifold_aps.posterior.dps import DPS, DPSOutput
 from manifold_aps.posterior.gaussian import ExactGaussianPosterior, GaussianConditional, operator_matrix
+from manifold_aps.posterior.gmrf import GMRFConditional, GMRFObservation, GMRFPosterior
+from manifold_aps.posterior.gmrf_fit import GMRFFit, fit_gmrf
 
 __all__ = [
     "DPS",
     "DPSOutput",
     "ExactGaussianPosterior",
+    "GMRFConditional",
+    "GMRFFit",
+    "GMRFObservation",
+    "GMRFPosterior",
     "GaussianConditional",
     "HarmonicInterpolation",
     "NearestNeighbour",
+    "fit_gmrf",
     "operator_matrix",
 ]
