@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,13 +77,99 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def open_era5(paths, variables=None, *, chunks=None) -> xr.Dataset:
+_NO_MESSAGE = "it holds no GRIB message"
+
+
+def _grib_damage(path: str) -> str | None:
+    """What is wrong with a GRIB file's framing, or None when it is a clean run of messages.
+
+    Walks the messages with eccodes (headers only): each must start where the previous one ended,
+    after nothing but zero padding, and the file must end after the last one (zero padding
+    again). A truncated copy, a message whose header was overwritten or garbage between
+    messages all break that; cfgrib alone would drop such messages, often without a word.
+    """
+    import eccodes
+
+    size, end, count = os.path.getsize(path), 0, 0
+    with open(path, "rb") as fh, open(path, "rb") as raw:
+
+        def padding(start: int, stop: int) -> bool:
+            raw.seek(start)
+            return not raw.read(stop - start).strip(b"\0")
+
+        while True:
+            try:
+                handle = eccodes.codes_new_from_file(fh, eccodes.CODES_PRODUCT_GRIB, headers_only=True)
+            except eccodes.GribInternalError as err:
+                return f"message {count + 1} (from byte {end} of {size}) is cut short or unreadable ({err})"
+            if handle is None:
+                break
+            try:
+                offset = int(eccodes.codes_get_message_offset(handle))
+                length = int(eccodes.codes_get_message_size(handle))
+            finally:
+                eccodes.codes_release(handle)
+            if not padding(end, offset):
+                return f"{offset - end} bytes that are no GRIB message lie before message {count + 1} (byte {end})"
+            end, count = offset + length, count + 1
+        if count == 0:
+            return _NO_MESSAGE
+        if not padding(end, size):
+            return f"{size - end} bytes that are no GRIB message follow the last complete message ({count})"
+    return None
+
+
+class _SkippedMessages(logging.Handler):
+    """Counts cfgrib's "skipping corrupted Message" log records (and keeps them off stderr)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "corrupted" in record.getMessage():
+            self.count += 1
+
+
+@contextlib.contextmanager
+def _count_skipped_messages():
+    """Within the block, count (and silence) the messages cfgrib skips as corrupted."""
+    handler, logger = _SkippedMessages(), logging.getLogger("cfgrib")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _check_grib(files: list[str], allow_corrupt: bool) -> list[str]:
+    """Refuse (or, with `allow_corrupt`, warn about and return) GRIB files with damaged messages."""
+    damaged = []
+    for f in files:
+        damage = _grib_damage(f)
+        if damage is None:
+            continue
+        if damage == _NO_MESSAGE:
+            raise ValueError(f"{f}: corrupted GRIB file: {damage}")
+        if not allow_corrupt:
+            raise ValueError(
+                f"{f}: corrupted GRIB file: {damage}; re-download it, or pass allow_corrupt=True "
+                "(manifold-aps impute --skip-corrupt-grib) to read only its readable messages"
+            )
+        warnings.warn(f"skipped corrupted GRIB data in {f}: {damage}", RuntimeWarning, stacklevel=3)
+        damaged.append(f)
+    return damaged
+
+
+def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False) -> xr.Dataset:
     """Open one or many ERA5 files (netCDF, GRIB via cfgrib, zarr) as one normalised Dataset.
 
     Arguments:
         paths: a path, a glob pattern or a list of them.
         variables: names to keep (default all data variables).
         chunks: dask chunks (e.g. `{"time": 24}`) for lazy loading; None loads eagerly on access.
+        allow_corrupt: read a GRIB file with truncated or damaged messages anyway, without those
+            messages (with a `RuntimeWarning`); by default such a file is refused.
 
     Returns:
         a Dataset with `latitude`, `longitude` (and `time`, `level`, `number` when present), units
@@ -89,6 +178,7 @@ def open_era5(paths, variables=None, *, chunks=None) -> xr.Dataset:
     Raises:
         FileNotFoundError: a path matches no file.
         KeyError: a requested variable is not in the files.
+        ValueError: a GRIB file with corrupted messages (unless `allow_corrupt`); mixed formats.
     """
     files = _expand(paths)
     engines = {_engine(f) for f in files}
@@ -96,12 +186,25 @@ def open_era5(paths, variables=None, *, chunks=None) -> xr.Dataset:
         raise ValueError(f"cannot mix file formats in one call: {files}")
     engine = engines.pop()
     kwargs: dict = {"engine": engine}
+    damaged = []
     if engine == "cfgrib":
         kwargs["backend_kwargs"] = {"indexpath": ""}  # no .idx files beside read-only data
-    if len(files) == 1:
-        ds = xr.open_dataset(files[0], chunks=chunks, **kwargs)
-    else:
-        ds = xr.open_mfdataset(files, chunks=chunks or {}, combine="by_coords", **kwargs)
+        damaged = _check_grib(files, allow_corrupt)
+    with _count_skipped_messages() as skipped:  # what cfgrib drops that the framing check missed
+        if len(files) == 1:
+            ds = xr.open_dataset(files[0], chunks=chunks, **kwargs)
+        else:
+            ds = xr.open_mfdataset(files, chunks=chunks or {}, combine="by_coords", **kwargs)
+    if skipped.count and not damaged:  # (damaged files were refused or warned about above)
+        where = files[0] if len(files) == 1 else f"one of {files}"
+        if not allow_corrupt:
+            ds.close()
+            raise ValueError(
+                f"{where}: corrupted GRIB file: cfgrib skipped {skipped.count} unreadable message(s); "
+                "re-download it, or pass allow_corrupt=True (manifold-aps impute --skip-corrupt-grib)"
+            )
+        warnings.warn(f"skipped corrupted GRIB data in {where}: {skipped.count} unreadable message(s)",
+                      RuntimeWarning, stacklevel=2)
     ds = normalise(ds)
     if variables is not None:
         variables = [variables] if isinstance(variables, str) else list(variables)

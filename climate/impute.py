@@ -19,6 +19,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import cf_units
 import dask
 import dask.array as dsa
 import numpy as np
@@ -28,7 +29,7 @@ import xarray as xr
 from climate.era5 import NETCDF_ENGINE
 from climate.masks import align_mask
 from climate.model import ImputationModel
-from climate.schema import LATITUDE, LONGITUDE, SAMPLE, TIME
+from climate.schema import ALL_SAMPLES, LATITUDE, LONGITUDE, SAMPLE, TIME
 from manifold_aps.checkpoint import atomic_path
 from manifold_aps.operators.masks import seed_to_int
 
@@ -37,6 +38,11 @@ __all__ = ["OBSERVED", "QUANTILE", "impute", "select_variable", "write_imputatio
 OBSERVED = "observed"
 QUANTILE = "quantile"
 _BLOCK_BYTES = 2**28  # working memory aimed at per block (256 MiB) when chunk_size is not given
+_REVERSED = {LATITUDE: slice(None, None, -1)}
+_FAR_Z = 10.0  # model standard deviations beyond which an observation is implausible
+# Units a field is often given in by mistake: tried to explain observations far from the model's.
+_COMMON_UNITS = ("K", "degC", "degF", "Pa", "hPa", "kPa", "m", "cm", "mm", "km", "m s-1", "km h-1", "knot",
+                 "kg m-2", "percent", "1")
 
 
 def select_variable(data: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray:
@@ -75,9 +81,99 @@ def _check_field(da: xr.DataArray, model: ImputationModel) -> None:
     units = da.attrs.get("units")
     if units is None:
         warnings.warn(f"{da.name!r} has no units attribute; assuming the model's {model.units!r}", stacklevel=3)
-    elif model.units and units != model.units:
-        raise ValueError(f"{da.name!r} is in {units!r} but the model expects {model.units!r}; convert it first")
-    model.check_grid(da)
+    elif model.units and not _same_units(units, model.units):
+        raise ValueError(
+            f"{da.name!r} is in {units!r} but the model expects {model.units!r}; {_conversion(units, model.units)}"
+        )
+    model.check_grid(da.isel(_REVERSED) if model.latitudes_reversed(da) else da)
+
+
+def _unit(text: str) -> cf_units.Unit | None:
+    """The cf-units `Unit` of a units string, or None when udunits cannot parse it."""
+    try:
+        return cf_units.Unit(text)
+    except ValueError:
+        return None
+
+
+def _same_units(units: str, expected: str) -> bool:
+    """Whether two units strings name the same unit ("K", "kelvin", "degK"; by string if unparsable)."""
+    have, want = _unit(units), _unit(expected)
+    return units == expected or (have is not None and want is not None and have == want)
+
+
+def _conversion(units: str, expected: str) -> str:
+    """How to bring values in `units` to `expected`, e.g. "convert it first: K = degC + 273.15"."""
+    have, want = _unit(units), _unit(expected)
+    if have is None or want is None:
+        return "convert it first"
+    if not have.is_convertible(want):
+        return f"{units!r} is not convertible to {expected!r}: is it another variable?"
+    offset = float(have.convert(0.0, want))
+    scale = float(have.convert(1.0, want)) - offset
+    formula = units if np.isclose(scale, 1.0) else f"{scale:.6g} * {units}"
+    if not np.isclose(offset, 0.0):
+        formula += f" {'+' if offset > 0 else '-'} {abs(offset):.6g}"
+    return f"convert it first: {expected} = {formula}"
+
+
+def _departure_sums(da: xr.DataArray, observed: xr.DataArray, model: ImputationModel):
+    """Lazy sums over the finite observed cells, compared with `model.reference`, or None.
+
+    Returns a dask-delayed array `[count, count farther than _FAR_Z scales, sum of the values,
+    sum of the reference means, sum of the reference scales]`, block by block over time.
+    """
+    if model.reference(None) is None:
+        return None
+    dims = ((TIME,) if TIME in da.dims else ()) + (LATITUDE, LONGITUDE)
+    times = da[TIME].values if TIME in da.dims and np.issubdtype(da[TIME].dtype, np.datetime64) else None
+    values, obs = (a.transpose(*dims).data for a in (da, observed))
+    lazy = isinstance(values, dsa.Array)
+    values = values if lazy else dsa.from_array(np.asarray(values), chunks=-1)
+    if TIME not in da.dims:
+        values, obs = values[None], dsa.asarray(obs)[None]
+    values = values.rechunk((values.chunks[0] if lazy else 24, -1, -1))  # blocks of time steps
+    obs = dsa.asarray(obs).rechunk(values.chunks)
+
+    def sums(x: np.ndarray, m: np.ndarray, start: int) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
+        m = np.asarray(m, dtype=bool).reshape(x.shape) & np.isfinite(x)
+        mean, scale = model.reference(None if times is None else times[start : start + x.shape[0]])
+        mean, scale = np.broadcast_to(mean, x.shape), np.broadcast_to(scale, x.shape)
+        far = np.abs(x - mean) > _FAR_Z * scale
+        return np.array([m.sum(), (far & m).sum(), x[m].sum(), mean[m].sum(), scale[m].sum()])
+
+    starts = np.cumsum((0,) + values.chunks[0][:-1])
+    parts = [
+        dask.delayed(sums)(x, m, int(start))
+        for x, m, start in zip(values.to_delayed().ravel(), obs.to_delayed().ravel(), starts)
+    ]
+    return dask.delayed(np.sum)(dask.delayed(np.stack)(parts), axis=0)
+
+
+def _implausible(name: str, model: ImputationModel, sums: np.ndarray) -> str | None:
+    """The one-line error when most observations lie `_FAR_Z` model scales from its reference."""
+    n, far, total, reference, scale = (float(v) for v in sums)
+    if n == 0 or far <= 0.5 * n:
+        return None
+    mean, reference, scale = total / n, reference / n, scale / n
+    offset = mean - reference
+    units = f" {model.units}" if model.units else ""
+    text = (
+        f"observed {name} values are {abs(offset):.4g}{units} {'below' if offset < 0 else 'above'} the model's "
+        f"climatology on average ({100 * far / n:.0f} % of them more than {_FAR_Z:g} standard deviations away)"
+    )
+    want = _unit(model.units) if model.units else None
+    for candidate in _COMMON_UNITS:
+        have = _unit(candidate)
+        if want is None or have is None or have == want or not have.is_convertible(want):
+            continue
+        if abs(float(have.convert(mean, want)) - reference) < 3 * scale:
+            return f"{text}: are they in {candidate}? {_conversion(candidate, model.units)}"
+    return (
+        f"{text}: are they in the model's units ({model.units or 'unknown'}), of the variable it was made "
+        f"for ({model.variable!r}) and of the season it was fitted on?"
+    )
 
 
 def _align_mask(mask: xr.DataArray | None, da: xr.DataArray) -> xr.DataArray:
@@ -87,23 +183,37 @@ def _align_mask(mask: xr.DataArray | None, da: xr.DataArray) -> xr.DataArray:
     return align_mask(mask, da, name="mask").broadcast_like(da).transpose(*da.dims).rename(OBSERVED)
 
 
-def _validate(da: xr.DataArray, observed: xr.DataArray) -> None:
-    """All-missing time steps and NaN in observed cells: clear errors (one pass over the data)."""
+def _validate(da: xr.DataArray, observed: xr.DataArray, model: ImputationModel) -> None:
+    """Clear errors for time steps with nothing observed, NaN or ±inf in observed cells, and
+    observations far from the model's statistics (other units?); one pass over the data."""
     spatial = (LATITUDE, LONGITUDE)
-    counts, bad = dask.compute(observed.sum(spatial), (observed & da.isnull()).sum())
-    counts = np.atleast_1d(np.asarray(counts))
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        when = str(da[TIME].values[empty[0]])[:19] if TIME in da.dims else "the field"
+    counts, nan, inf, departure = dask.compute(
+        observed.sum(spatial), (observed & da.isnull()).sum(spatial), (observed & np.isinf(da)).sum(spatial),
+        _departure_sums(da, observed, model),
+    )
+    counts, nan, inf = (np.atleast_1d(np.asarray(c)) for c in (counts, nan, inf))
+
+    def first(steps: np.ndarray) -> str:
+        return str(da[TIME].values[np.flatnonzero(steps)[0]])[:19] if TIME in da.dims else "the field"
+
+    if (counts == 0).any():
         raise ValueError(
-            f"nothing is observed at {empty.size} time step(s) of {da.name!r}, first at {when}; "
-            "drop them or observe something"
+            f"nothing is observed at {int((counts == 0).sum())} time step(s) of {da.name!r}, first at "
+            f"{first(counts == 0)}; drop them or observe something"
         )
-    if int(bad):
+    if nan.sum():
         raise ValueError(
-            f"{int(bad)} observed cells of {da.name!r} are NaN; the mask must mark them as missing "
-            "(combine it with climate.masks.missing_mask)"
+            f"{int(nan.sum())} observed cells of {da.name!r} are NaN (first at {first(nan)}); the mask must "
+            "mark them as missing (combine it with climate.masks.missing_mask)"
         )
+    if inf.sum():
+        raise ValueError(
+            f"{int(inf.sum())} observed cells of {da.name!r} are infinite (+inf or -inf), first at "
+            f"{first(inf)}; fix them or hide them with the mask (e.g. mask & np.isfinite(field))"
+        )
+    problem = None if departure is None else _implausible(str(da.name), model, departure)
+    if problem:
+        raise ValueError(problem)
 
 
 class _Progress:
@@ -169,7 +279,9 @@ def impute(
     Returns:
         a Dataset with `<var>_mean`, `<var>_std` `([time,] latitude, longitude)`, `<var>_samples`
         `(sample, [time,] latitude, longitude)`, `<var>_quantiles` `(quantile, ...)` when asked and
-        `observed` (int8, 1 = observed), on the input's coordinates, in its dtype and units.
+        `observed` (int8, 1 = observed), on the input's coordinates, in its dtype and units, with
+        the scalar coordinate `all_samples` (the number of samples) that the `cell_methods` of
+        the mean and std name.
 
     Raises:
         KeyError: the variable is not in the Dataset.
@@ -178,6 +290,8 @@ def impute(
             nothing observed, NaN in observed cells.
     """
     da = select_variable(data, variable)
+    if TIME in da.dims and da.sizes[TIME] == 0:
+        raise ValueError(f"no time steps selected: {da.name!r} has an empty {TIME!r} dimension; select at least one")
     _check_field(da, model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -187,7 +301,10 @@ def impute(
     if quantiles and n_samples < 2:
         raise ValueError("quantiles need at least 2 samples")
     observed = _align_mask(mask, da)
-    _validate(da, observed)
+    reverse = model.latitudes_reversed(da)  # work in the model's latitude order, give back the input's
+    if reverse:
+        da, observed = da.isel(_REVERSED), observed.isel(_REVERSED)
+    _validate(da, observed, model)
     lazy = da.chunks is not None
     compute = not lazy if compute is None else compute
 
@@ -255,19 +372,24 @@ def impute(
         k: da.attrs[k] for k in ("standard_name", "GRIB_shortName") if da.attrs.get(k, "unknown") != "unknown"
     }
     out[f"{name}_mean"].attrs.update(
-        units=units, long_name=f"{long_name}, posterior mean", cell_methods=f"{SAMPLE}: mean",
+        units=units, long_name=f"{long_name}, posterior mean", cell_methods=f"{ALL_SAMPLES}: mean",
         ancillary_variables=ancillary, **keep_attrs,
     )
     out[f"{name}_std"].attrs.update(
         units=units, long_name=f"{long_name}, posterior standard deviation (0 where observed)",
-        cell_methods=f"{SAMPLE}: standard_deviation",
+        cell_methods=f"{ALL_SAMPLES}: standard_deviation",
     )
     out[f"{name}_samples"].attrs.update(units=units, long_name=f"{long_name}, posterior samples", **keep_attrs)
     if n_q:
         out[f"{name}_quantiles"].attrs.update(units=units, long_name=f"{long_name}, posterior quantiles")
         out[QUANTILE].attrs.update(long_name="quantile level", units="1")
-    out[SAMPLE] = np.arange(n_samples)
+    out[SAMPLE] = np.arange(n_samples, dtype=np.int32)
     out[SAMPLE].attrs.update(long_name="posterior sample number")
+    out.coords[ALL_SAMPLES] = np.int32(n_samples)
+    out[ALL_SAMPLES].attrs.update(
+        long_name=f"all posterior samples (their number), over which {name}_mean and {name}_std are taken",
+        units="1",
+    )
     out[OBSERVED].attrs.update(
         long_name=f"1 where {name} was observed (kept as given), 0 where imputed",
         flag_values=np.array([0, 1], dtype=np.int8), flag_meanings="imputed observed",
@@ -285,6 +407,9 @@ def impute(
         title=f"Imputation of {name} ({model.engine} posterior)",
         history=line + ("\n" + previous if previous else ""),
     )
+    out = _label_time_axis(out)
+    if reverse:
+        out = out.isel(_REVERSED)
     if no_time:
         out = out.isel({TIME: 0}, drop=True)
     if compute:
@@ -292,18 +417,104 @@ def impute(
     return out
 
 
+def _label_time_axis(out: xr.Dataset) -> xr.Dataset:
+    """Label the time coordinate variable `standard_name='time'` unless the fields are forecasts.
+
+    cfgrib labels the `time` axis of a GRIB file `forecast_reference_time` (and files converted
+    from GRIB keep that label), beside a `valid_time` coordinate and a `step`
+    (`forecast_period`). For analyses such as ERA5 the step is 0, the two times agree and the
+    fields are valid at `time`, as the models take it (hour-of-day climatology); CF 5.1 (and the
+    compliance checker) then wants the axis labelled `time`. Fields with a non-zero step, or
+    valid times that differ from `time`, keep their labels.
+    """
+    if TIME not in out.dims or out[TIME].attrs.get("standard_name", "time") == "time":
+        return out
+    for name, coord in out.coords.items():
+        standard_name = coord.attrs.get("standard_name")
+        if name == TIME or standard_name not in ("time", "forecast_period"):
+            continue
+        if standard_name == "time" and not bool((coord == out[TIME]).all()):
+            return out
+        if standard_name == "forecast_period" and bool((coord != np.zeros((), coord.dtype)).any()):
+            return out
+    return out.assign_coords({TIME: out[TIME].assign_attrs(standard_name="time", long_name="time")})
+
+
+_CF_INTEGERS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))  # CF-1.8 2.2: no int64, no unsigned
+
+
+def _cf_dtype_encoding(var: xr.Variable) -> dict:
+    """Encoding that stores an in-memory variable as a CF-1.8 type (`{}` when it already is one).
+
+    Integers wider than int32 or unsigned, and times and time spans whose numbers would be int64,
+    are written as int32: times in their own units when the numbers fit, else in the units xarray
+    picks from the data (the first time as reference); float64 when even those do not fit.
+    A dask-backed variable is left as it is (checking its range would compute it).
+    """
+    if var.chunks is not None:
+        return {}
+    trials = [var, var.copy(deep=False)]
+    trials[1].encoding = {}
+    for trial in trials:
+        disk = xr.conventions.encode_cf_variable(trial)
+        if disk.dtype.kind not in "iu" or disk.dtype in _CF_INTEGERS:
+            return {}
+        units = {k: disk.attrs[k] for k in ("units", "calendar") if k in disk.attrs and var.dtype.kind in "mM"}
+        limits = np.iinfo(np.int32)
+        if disk.size == 0 or limits.min <= disk.values.min() and disk.values.max() <= limits.max:
+            return {"dtype": "int32", **units}
+    return {"dtype": "float64", **units}
+
+
+def _cf_encoding(ds: xr.Dataset, complevel: int) -> dict[str, dict]:
+    """netCDF encoding of an imputation that CF-1.8 accepts.
+
+    Data variables are compressed (in chunks of the dask blocks); coordinate variables (those
+    named after their dimension) get no `_FillValue` (CF 2.5.1); every variable is stored as a
+    CF-1.8 type (`_cf_dtype_encoding`).
+    """
+    encoding: dict[str, dict] = {}
+    for name, var in ds.variables.items():
+        enc = _cf_dtype_encoding(var)
+        if name in ds.dims:
+            enc["_FillValue"] = None
+        if name in ds.data_vars:
+            enc.update(zlib=True, complevel=complevel)
+            if var.chunks is not None:
+                enc["chunksizes"] = tuple(max(c) for c in var.chunks)
+        if enc:
+            encoding[str(name)] = enc
+    return encoding
+
+
+def _list_all_samples_where_used(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy whose scalar `all_samples` is in the `coordinates` of only `<var>_mean`/`_std`.
+
+    xarray lists a scalar coordinate in the `coordinates` of every variable; `all_samples`
+    describes only the variables whose `cell_methods` name it.
+    """
+    if ALL_SAMPLES not in ds.coords:
+        return ds
+    ds = ds.copy(deep=False)
+    for name, var in ds.data_vars.items():
+        if ALL_SAMPLES not in var.attrs.get("cell_methods", ""):
+            others = sorted(
+                str(c) for c in ds.coords
+                if c not in ds.dims and c != ALL_SAMPLES and set(ds[c].dims) <= set(var.dims)
+            )
+            ds[name].encoding["coordinates"] = " ".join(others) or None
+    return ds
+
+
 def write_imputation(ds: xr.Dataset, path: str | os.PathLike, *, complevel: int = 4) -> Path:
-    """Write an imputation to compressed netCDF-4, atomically, streaming dask blocks.
+    """Write an imputation to compressed netCDF-4 (CF-1.8), atomically, streaming dask blocks.
 
     A lazy Dataset (from a dask-backed input) is computed block by block while it is written,
-    so memory stays bounded by a few blocks.
+    so memory stays bounded by a few blocks. The file passes the IOOS compliance checker's
+    `cf:1.8` test with no errors (see `_cf_encoding`, `_label_time_axis`).
     """
-    encoding = {}
-    for v in ds.data_vars:
-        enc: dict = {"zlib": True, "complevel": complevel}
-        if ds[v].chunks is not None:
-            enc["chunksizes"] = tuple(max(c) for c in ds[v].chunks)
-        encoding[v] = enc
+    encoding = _cf_encoding(ds, complevel)
+    ds = _list_all_samples_where_used(ds)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE, encoding=encoding)
     return Path(path)

@@ -157,6 +157,10 @@ def _cell_areas(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 def missing_mask(da: xr.DataArray) -> xr.DataArray:
     """Observed where `da` has a value (not NaN); every dimension of `da` is kept.
 
+    NaN means "missing". ±inf is not a gap but a broken value: it counts as observed here, so
+    `climate.impute` refuses it (naming the variable, time and count) unless another mask hides
+    it, e.g. `missing_mask(da) & np.isfinite(da)`.
+
     Lazy on dask-backed data: nothing is computed until the mask's values are asked for.
 
     Arguments:
@@ -568,6 +572,12 @@ def align_mask(observed: xr.DataArray, like, *, name: str = "observed") -> xr.Da
             )
         if TIME not in observed.indexes:
             raise ValueError(f"{name} has a {TIME!r} dimension without coordinates")
+        if not like_times.is_unique:  # checked first: a mask made from the input repeats them too
+            repeated = [str(t) for t in like_times[like_times.duplicated()].unique()[:3]]
+            raise ValueError(
+                f"the input has repeated {TIME!r} values: {repeated}; drop the duplicates first, "
+                f"e.g. da.drop_duplicates({TIME!r})"
+            )
         mask_times = observed.indexes[TIME]
         if not mask_times.is_unique:
             raise ValueError(f"{name} has repeated {TIME!r} values")

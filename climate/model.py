@@ -37,6 +37,7 @@ from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
 from manifold_aps.priors import GaussianPrior, fit_matern
+from manifold_aps.training import read_weights_file
 
 __all__ = [
     "ENGINES",
@@ -180,6 +181,33 @@ class ImputationModel:
                 f"longitude {self.domain.lon_deg[0]:g}..{self.domain.lon_deg[-1]:g})"
             )
 
+    def latitudes_reversed(self, field: xr.DataArray | xr.Dataset) -> bool:
+        """Whether `field`'s latitudes are this model's in the opposite order (e.g. 50..58 for 58..50).
+
+        `impute` then reverses the field on the way in and its result on the way out, so a model
+        fitted on one latitude order imputes the other and the output keeps the input's order.
+        """
+        if LATITUDE not in field.coords:
+            return False
+        lat = np.asarray(field[LATITUDE].values, dtype=np.float64)
+        mine = self.domain.lat_deg
+        return (
+            lat.shape == mine.shape and lat.size > 1 and lat[0] != lat[-1]
+            and np.allclose(lat[::-1], mine, rtol=0, atol=1e-6)
+        )
+
+    def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
+        """Typical values of the variable: mean `(B, N)` at `times` and spread `(N,)`, physical units.
+
+        The statistics the model normalises with (the climatology and per-cell scale of the
+        Gaussian engine, the prior's channel mean and std otherwise); `impute` checks that the
+        observations lie near them, to catch values in other units. None when the model has none.
+
+        Arguments:
+            times: numpy datetime64 `(B,)` of the fields, or None (one field).
+        """
+        return None
+
     def posterior(
         self, y: torch.Tensor, mask: torch.Tensor, n: int, *, times=None, rng: torch.Generator | None = None
     ) -> Posterior:
@@ -206,9 +234,18 @@ class ImputationModel:
 
 
 def _summary(samples: torch.Tensor) -> Posterior:
-    """A `Posterior` whose mean and std are those of the samples `(S, B, N, 1)`."""
-    std = samples.std(0) if samples.shape[0] > 1 else torch.full_like(samples[0], float("nan"))
-    return Posterior(samples, samples.mean(0), std)
+    """A `Posterior` whose mean and std are those of the samples `(S, B, N, 1)`, `S >= 2`.
+
+    Raises:
+        ValueError: a single sample (its std would be NaN); every engine without an exact std
+            (all but gaussian) needs at least 2.
+    """
+    if samples.shape[0] < 2:
+        raise ValueError(
+            f"{samples.shape[0]} sample per field: the posterior std is that of the samples and needs at "
+            "least 2 (only the gaussian engine has an exact std)"
+        )
+    return Posterior(samples, samples.mean(0), samples.std(0))
 
 
 class GaussianImputer(ImputationModel):
@@ -281,6 +318,11 @@ class GaussianImputer(ImputationModel):
             f"noise_std {self.noise_std:g} {self.units}"
         )
 
+    def reference(self, times) -> tuple[np.ndarray, np.ndarray]:
+        """The hour-of-day climatology `(B, N)` at `times` and the per-cell anomaly std `(N,)`."""
+        times = None if times is None else np.asarray(times)
+        return self.standardizer.climatology(times)[:, :, 0].numpy(), self.standardizer.scale
+
     @torch.no_grad()
     def _posterior(self, y, mask, times, n, rng):
         times = None if times is None else np.asarray(times)
@@ -346,6 +388,19 @@ class ScoreImputer(ImputationModel):
     def describe(self) -> str:
         return self._description
 
+    def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prior's channel mean `(B, N)` and std `(N,)` (None for an identity normaliser)."""
+        normalizer = getattr(getattr(self.sampler, "prior", None), "normalizer", None)
+        mean = getattr(self.sampler, "norm_mean", getattr(normalizer, "mean", None))
+        std = getattr(self.sampler, "norm_std", getattr(normalizer, "std", None))
+        if mean is None or std is None:
+            return None
+        mean, std = float(torch.as_tensor(mean).reshape(-1)[0]), float(torch.as_tensor(std).reshape(-1)[0])
+        if mean == 0.0 and std == 1.0:  # the identity: no statistics to compare with
+            return None
+        n_fields, nodes = len(_hours(times)), self.domain.num_nodes
+        return np.full((n_fields, nodes), mean), np.full(nodes, std)
+
     def _posterior(self, y, mask, times, n, rng):
         samples = self.sampler.sample(y, Mask(self.domain, mask), n, rng=rng)  # DPS needs autograd
         return _summary(samples.detach().double())
@@ -387,7 +442,7 @@ def load_model(
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights_file(path)
     kind = state.get("kind") if isinstance(state, dict) else None
     found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps", "implicit-generator": "implicit",
              "amortized-vi": "avi"}.get(kind)

@@ -1,6 +1,6 @@
 """Names of dimensions and coordinates used across `climate/` (the only place they are spelled)."""
 
-__all__ = ["ALIASES", "LATITUDE", "LEVEL", "LONGITUDE", "REALIZATION", "SAMPLE", "TIME"]
+__all__ = ["ALIASES", "ALL_SAMPLES", "LATITUDE", "LEVEL", "LONGITUDE", "REALIZATION", "SAMPLE", "TIME"]
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"
@@ -8,6 +8,10 @@ TIME = "time"
 LEVEL = "level"
 REALIZATION = "number"
 SAMPLE = "sample"
+# Scalar coordinate (the number of samples) of the statistics over the samples, `<var>_mean` and
+# `<var>_std`: CF 7.3 `cell_methods` names a dimension or scalar coordinate of the variable (or
+# a standard name, or "area"), and `sample` is not a dimension of theirs.
+ALL_SAMPLES = "all_samples"
 
 # Spellings met in ERA5 files (CDS netCDF, cfgrib GRIB, WeatherBench zarr) -> our names.
 ALIASES = {

@@ -13,6 +13,9 @@ from manifold_aps.flows import ConditionalFlow, FlowCondition, FlowConfig
 from manifold_aps.geometry import HealpixSphere, PlanarGrid, eigen
 from manifold_aps.geometry.eigen import cache_path, cached_eigenbasis
 from manifold_aps.nn import DomainTensors, ScoreNetConfig
+from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
+from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, TikhonovEstimate
+from manifold_aps.priors import GaussianPrior
 from manifold_aps.priors.score import ScorePrior
 from manifold_aps.priors.train import KIND, load_prior
 from manifold_aps.training import CHECKPOINT_FORMAT
@@ -106,14 +109,23 @@ def test_a_truncated_cache_file_warns_and_is_recomputed(cache, how):
 
 def _other_machine(monkeypatch, tmp_path):
     """From now on: another, empty cache folder, and a solver that returns another valid
-    eigenbasis (every other mode negated), as another machine or scipy may; the cache files it
-    writes pass every check."""
+    eigenbasis (every other mode negated, and each pair of modes of one degenerate eigenvalue
+    rotated by 0.7 rad within its eigenspace), as another machine or scipy may; the cache files
+    it writes pass every check."""
     monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path / "other-cache"))
     solve = eigen.solve_eigenbasis
 
     def other(stiffness, mass, k):
         vals, vecs = solve(stiffness, mass, k)
-        return vals, vecs * np.where(np.arange(k) % 2 == 1, -1.0, 1.0)
+        vecs = vecs * np.where(np.arange(k) % 2 == 1, -1.0, 1.0)
+        c, s = np.cos(0.7), np.sin(0.7)
+        i = 0
+        while i + 1 < k:
+            if abs(vals[i + 1] - vals[i]) <= 1e-12 * max(1.0, abs(vals[i])):
+                vecs[:, [i, i + 1]] = vecs[:, [i, i + 1]] @ np.array([[c, -s], [s, c]])
+                i += 1
+            i += 1
+        return vals, vecs
 
     monkeypatch.setattr(eigen, "solve_eigenbasis", other)
 
@@ -189,3 +201,61 @@ def test_a_checkpoint_without_eigenpairs_still_loads_with_a_warning(cache):
         fresh.load_state_dict(old)  # strict: the missing eigenpairs are not an error
     x, t = torch.randn(2, 48, 1), torch.tensor([0.2, 0.7])
     assert torch.equal(fresh.net(x, t), prior.net(x, t))  # same computation here, same result
+
+
+ENGINE_FLOW = FlowConfig(couplings=2, width=8, depth=1, num_modes=8)
+
+
+def _engine(dense_limit):
+    """A float64 APS engine on HEALPix nside 2 (48 nodes) with random weights: dense (Cholesky)
+    first estimate for `dense_limit` >= 48, iterative (PCG, prior-variance modes) for 0."""
+    domain = HealpixSphere(2)
+    config = APSConfig(flow=ENGINE_FLOW, cg_iterations=5, dense_limit=dense_limit)
+    engine = AmortizedFlowPosterior(domain, 1, GaussianPrior(domain), GaussianNoise(0.1), config).double()
+    return _randomize(engine, seed=3)
+
+
+def _engine_outputs(engine):
+    """Samples `(2, 2, 48, 1)` and their log q `(2, 2)` for fixed observations and seed."""
+    g = torch.Generator().manual_seed(5)
+    domain = engine.domain
+    operator = Mask(domain, RandomMaskGenerator(domain).step(2, seed=0)["mask"])
+    y = torch.randn(2, domain.num_nodes, 1, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        return engine.sample_and_log_prob(y, operator, 2, generator=g)
+
+
+@pytest.mark.parametrize("dense_limit", [2000, 0], ids=["dense", "pcg"])
+def test_a_saved_aps_engine_does_not_depend_on_the_cache_it_is_loaded_with(tmp_path, monkeypatch, cache, dense_limit):
+    """The first estimate's free gains belong to its own eigenbasis: a loaded engine uses the
+    saved one, not the other machine's rotation of the degenerate eigenspaces."""
+    engine = _engine(dense_limit)
+    state = engine.state_dict()
+    assert state["estimate.modes"].shape == (48, 32) and state["estimate.modes"].dtype == torch.float64
+    assert ("estimate.variance_modes" in state) == (dense_limit == 0)
+    path = tmp_path / "engine.pt"
+    torch.save(state, path)
+    expected = _engine_outputs(engine)
+    phi = HealpixSphere(2).eigenbasis(32)[1]
+
+    _other_machine(monkeypatch, tmp_path)
+    assert not torch.allclose(HealpixSphere(2).eigenbasis(32)[1].abs(), phi.abs())  # really another basis
+    loaded = _engine(dense_limit)
+    loaded.load_state_dict(torch.load(path))
+    got = _engine_outputs(loaded)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_an_engine_state_dict_without_estimate_eigenpairs_loads_with_a_warning(cache):
+    """An engine checkpoint from before either module saved its eigenpairs."""
+    engine = _engine(0)
+    spectra = TikhonovEstimate.SPECTRUM + DomainTensors.SPECTRUM
+    old = {k: v for k, v in engine.state_dict().items() if not k.endswith(spectra)}
+    assert any(k.startswith("estimate.") for k in old) and not any(k.startswith("estimate.var") for k in old)
+    fresh = _engine(0)
+    with pytest.warns(RuntimeWarning) as record:
+        fresh.load_state_dict(old)  # strict: the missing eigenpairs are not an error
+    messages = " ".join(str(w.message) for w in record)
+    assert "no TikhonovEstimate eigenpairs" in messages and "no DomainTensors eigenpairs" in messages
+    got, expected = _engine_outputs(fresh), _engine_outputs(engine)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])  # same solve here

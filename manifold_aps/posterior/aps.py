@@ -26,8 +26,9 @@ from torch import nn
 from manifold_aps.flows import ConditionalFlow, FlowCondition, FlowConfig
 from manifold_aps.geometry import Domain
 from manifold_aps.geometry.domain import sparse_to_torch
+from manifold_aps.nn.graph import SavedEigenpairs
 from manifold_aps.operators import GaussianNoise, LinearOperator, Mask
-from manifold_aps.posterior.observations import SimulatedObservations
+from manifold_aps.posterior.observations import SimulatedObservations, check_observations
 from manifold_aps.priors.gaussian import GaussianPrior
 from manifold_aps.priors.likelihood import elbo
 from manifold_aps.training import step_generator
@@ -61,7 +62,7 @@ def data_weight(step: int, total: int, warmup_fraction: float) -> float:
     return 1.0 / (1.0 + math.exp(-rate * (step - pivot)))
 
 
-class TikhonovEstimate(nn.Module):
+class TikhonovEstimate(SavedEigenpairs):
     r"""A cheap, mask-aware first estimate of the posterior mean, with a learned Gaussian prior.
 
     Solves :math:`(A^TA/\sigma^2 + Q_\theta)\,x = A^Ty/\sigma^2` by unrolled Jacobi-preconditioned
@@ -78,12 +79,22 @@ class TikhonovEstimate(nn.Module):
     matrix per observation and channel and returns its Cholesky factor too: the exact mean by a
     Cholesky solve and, for the flow's anchor, exact samples of the Gaussian :math:`N(\mu, P^{-1})`.
 
+    The eigenpairs it was built with are saved in `state_dict` (see `SavedEigenpairs`), float64:
+    `modes` `(N, K)` and `mode_eigenvalues` `(K,)` (with `K > 0`) and, iterative mode only,
+    `variance_modes` `(N, Kv)` and `variance_mode_eigenvalues` `(Kv,)` (a separate `Kv`-pair
+    solve). The gains :math:`g_k` belong to those modes, so a loaded estimator uses them, not
+    the ones the loading machine computes; a state dict without them loads with a warning.
+
     Arguments:
         domain: the domain.
         iterations: PCG iterations (iterative mode).
         num_modes: `K`, low modes with free gains (0 for none).
         dense: dense Cholesky mode (O(N^3) per observation; for N up to a few thousand).
+        variance_modes: `Kv`, modes of the prior-variance expansion (iterative mode; at least
+            `K`, clipped to `N`).
     """
+
+    SPECTRUM = ("modes", "mode_eigenvalues", "variance_modes", "variance_mode_eigenvalues")
 
     def __init__(
         self, domain: Domain, iterations: int = 30, num_modes: int = 32, dense: bool = False, variance_modes: int = 256
@@ -100,20 +111,24 @@ class TikhonovEstimate(nn.Module):
         self.register_buffer("diag_ss", torch.from_numpy(s2), persistent=False)
         k = min(num_modes, domain.num_nodes)
         if k:
-            lam, phi = domain.eigenbasis(k)
-            self.register_buffer("lam", lam, persistent=False)
-            self.register_buffer("basis", phi, persistent=False)
-            self.register_buffer("analysis", (phi * mass[:, None]).T.contiguous(), persistent=False)
+            self.register_eigenpairs("mode_eigenvalues", "modes", domain.eigenbasis(k))
         self.num_modes = k
         if not dense:
             kv = min(max(variance_modes, k), domain.num_nodes)
-            lam_v, phi_v = domain.eigenbasis(kv)
-            self.register_buffer("var_lam", lam_v, persistent=False)
-            self.register_buffer("var_phi_sq", phi_v**2, persistent=False)  # (N, Kv)
+            self.register_eigenpairs("variance_mode_eigenvalues", "variance_modes", domain.eigenbasis(kv))
+        self._derive_spectral_buffers()
         m = float(mass.mean())
         # start near a white prior of unit variance per node: p(lambda) ~ 1/m
         self.log_a = nn.Parameter(torch.tensor([math.log(1.0 / m), math.log(0.1 / m * m), math.log(1e-3 * m)]))
         self.log_gain = nn.Parameter(torch.zeros(k))  # offsets of log g_k from log p(lambda_k)
+
+    def _derive_spectral_buffers(self) -> None:
+        r"""(Re)build `analysis` `(K, N)` (:math:`\Phi^T M`) and `var_phi_sq` `(N, Kv)` (:math:`\phi_k(i)^2`)."""
+        if self.num_modes:
+            analysis = (self.modes * self.mass.to(self.modes.dtype)[:, None]).T.contiguous()
+            self.register_buffer("analysis", analysis, persistent=False)
+        if not self.dense:
+            self.register_buffer("var_phi_sq", self.variance_modes**2, persistent=False)
 
     @torch.no_grad()
     def fit_to_spectrum(self, eigenvalues: torch.Tensor, variances: torch.Tensor) -> float:
@@ -167,11 +182,11 @@ class TikhonovEstimate(nn.Module):
         sx = self._sparse(x)
         out = a[0] * m * x + a[1] * sx + a[2] * self._sparse(sx / m)
         if self.num_modes:
-            lam = self.lam.to(x.dtype)
+            lam = self.mode_eigenvalues.to(x.dtype)
             p = self._poly(lam)
             gain = p * torch.expm1(self.log_gain.to(x.dtype))  # e^{g} - p with g = log p + offset
             coef = torch.einsum("kn,bnc->bkc", self.analysis.to(x.dtype), x) * gain[None, :, None]
-            out = out + m * torch.einsum("nk,bkc->bnc", self.basis.to(x.dtype), coef)
+            out = out + m * torch.einsum("nk,bkc->bnc", self.modes.to(x.dtype), coef)
         return out
 
     def prior_variance(self, dtype) -> torch.Tensor:
@@ -179,7 +194,7 @@ class TikhonovEstimate(nn.Module):
         eigen-expansion on the first `variance_modes` modes:
         :math:`v_i \approx \sum_k \phi_k(i)^2 / q_k` (:math:`q_k = e^{g_k}` on the gain modes,
         :math:`p(\lambda_k)` above); the truncated tail is small for smooth priors."""
-        q = self._poly(self.var_lam.to(dtype))
+        q = self._poly(self.variance_mode_eigenvalues.to(dtype))
         if self.num_modes:
             q = torch.cat([q[: self.num_modes] * torch.exp(self.log_gain.to(dtype)), q[self.num_modes :]])
         return self.var_phi_sq.to(dtype) @ (1.0 / q)
@@ -352,7 +367,7 @@ class ConditionedEngine(nn.Module):
 
     def encode(self, y: torch.Tensor, operator: LinearOperator, dtype: torch.dtype) -> ObservationEncoding:
         """Features of observations `y` `(B, N_out, C)` made with `operator`."""
-        operator.check_output(y)
+        check_observations(y, operator)
         y = y.to(dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)

@@ -26,6 +26,7 @@ import torch
 
 from manifold_aps.geometry import Domain
 from manifold_aps.operators import LinearOperator, Mask
+from manifold_aps.posterior.observations import check_observations
 
 __all__ = ["GapFiller", "HarmonicInterpolation", "NearestNeighbour"]
 
@@ -52,7 +53,7 @@ class GapFiller:
         """
         if not isinstance(operator, Mask):
             raise TypeError(f"{type(self).__name__} fills gaps of a Mask operator, got {type(operator).__name__}")
-        operator.check_output(y)
+        check_observations(y, operator)
         mask = operator.mask
         out = torch.empty(y.shape, dtype=torch.float64)
         for b in range(y.shape[0]):

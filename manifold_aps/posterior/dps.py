@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from manifold_aps.operators import GaussianNoise, LinearOperator
+from manifold_aps.posterior.observations import check_observations
 from manifold_aps.priors.sampling import time_grid
 
 __all__ = ["DPS", "DPSOutput"]
@@ -79,7 +80,7 @@ class DPS:
 
     def run(self, y: torch.Tensor, operator: LinearOperator, n: int, *, generator=None) -> DPSOutput:
         """`n` samples per observation `y` `(B, N_out, C)`; returns a `DPSOutput`."""
-        operator.check_output(y)
+        check_observations(y, operator)
         param = next(iter(self.prior.parameters()), None) if isinstance(self.prior, torch.nn.Module) else None
         dtype = param.dtype if param is not None else y.dtype  # run in the prior's precision
         samples = torch.stack([self._one(y.to(dtype), operator, generator, dtype) for _ in range(n)])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from manifold_aps.operators import GaussianNoise, LinearOperator, Mask
+from manifold_aps.posterior.observations import check_observations
 from manifold_aps.priors.gaussian import DENSE_MAX_NODES, GaussianPrior
 
 __all__ = ["ExactGaussianPosterior", "GaussianConditional", "operator_matrix"]
@@ -126,7 +127,7 @@ class ExactGaussianPosterior:
 
     def condition(self, y: torch.Tensor, operator: LinearOperator) -> GaussianConditional:
         """Posterior for observations `y` `(B, N_out, C)` made with `operator`."""
-        operator.check_output(y)
+        check_observations(y, operator)
         if operator.domain is not self.prior.domain:
             if operator.domain.fingerprint != self.prior.domain.fingerprint:
                 raise ValueError("the operator and the prior live on different domains")

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import torch
 
 from manifold_aps.operators import Compose, GaussianNoise, LinearOperator, Mask
+from manifold_aps.posterior.observations import check_observations
 from manifold_aps.priors.sampling import time_grid
 
 __all__ = [
@@ -631,7 +632,7 @@ def run_driver(sampler, y: torch.Tensor, operator: LinearOperator, n: int, gener
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    operator.check_output(y)
+    check_observations(y, operator)
     dtype = prior_dtype(sampler.prior, y)
     y = y.to(dtype)
     b, _, c = y.shape

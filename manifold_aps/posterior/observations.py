@@ -8,7 +8,33 @@ import torch
 
 from manifold_aps.operators import GaussianNoise, Mask, MaskGenerator
 
-__all__ = ["ObservationBatch", "SimulatedObservations"]
+__all__ = ["ObservationBatch", "SimulatedObservations", "check_observations"]
+
+
+def check_observations(y: torch.Tensor, operator, name: str = "y") -> None:
+    """Raise a clear ValueError unless `y` `(B, N_out, C)` fits `operator` and is finite.
+
+    Every engine calls this where observations enter it. A NaN or ±inf observation would turn
+    the posterior of its whole field into NaN; entries outside the operator's `range_mask` carry
+    no data but must be 0 (as the operator's output is there), not NaN.
+
+    Arguments:
+        y: observations `(B, N_out, C)`.
+        operator: the `LinearOperator` that made them.
+        name: what to call `y` in the message.
+    """
+    operator.check_output(y, name)
+    bad = ~torch.isfinite(y)
+    if not bool(bad.any()):
+        return
+    observed = operator.range_mask
+    observed = torch.ones_like(bad) if observed is None else observed.to(torch.bool).expand_as(bad)
+    n_obs, n_bad = int((bad & observed).sum()), int(bad.sum())
+    raise ValueError(
+        f"{name} holds {n_bad} non-finite value(s) (NaN or inf): {n_obs} at observed entries, "
+        f"{n_bad - n_obs} at entries the operator does not observe; observations must be finite "
+        "(hide missing values with the mask and set them to 0)"
+    )
 
 
 @dataclass
