@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from climate.era5 import from_signal, grid_domain, open_era5, to_signal
 from climate.impute import impute, write_imputation
+from climate.masks import EARTH_RADIUS_KM
 from climate.model import GaussianImputer
 from climate.plot import plot_imputation
 from climate.schema import TIME
@@ -61,9 +62,9 @@ class DemoScores:
     missing_fraction: float
     num_test_fields: int
     num_train_fields: int
-    variance: float
-    length_scale_km: float
-    smoothness: float
+    prior_std: float
+    range_km: float
+    alpha: int
     nugget: float
     seconds: float
 
@@ -121,7 +122,7 @@ def run_demo(
     domain = grid_domain(da)
     log(f"domain: {domain}; train {train.sizes[TIME]} fields, test {test.sizes[TIME]} fields")
 
-    # Prior: hour-of-day climatology + per-cell scale * Matérn field, all fitted on training hours.
+    # Prior: hour-of-day climatology + per-cell scale * (Matérn GMRF + nugget), all fitted on training hours.
     model = GaussianImputer.fit(train, noise_std=noise_std, log=log)
     truth, layout = to_signal(test)
     clim = model.standardizer.climatology(test[TIME].values)
@@ -143,7 +144,6 @@ def run_demo(
         nn_fill[b, ~obs, 0] = truth[b, obs, 0][idx]
     lo, hi = mean - Z90 * std, mean + Z90 * std
     prior = model.prior
-    km = prior.length_scale * 6371.0
     scores = DemoScores(
         rmse_posterior_mean=float(weighted_rmse(mean, truth, w, hidden)),
         rmse_climatology=float(weighted_rmse(clim, truth, w, hidden)),
@@ -154,10 +154,10 @@ def run_demo(
         missing_fraction=float(hidden.double().mean()),
         num_test_fields=truth.shape[0],
         num_train_fields=train.sizes[TIME],
-        variance=prior.variance,
-        length_scale_km=km,
-        smoothness=prior.smoothness,
-        nugget=prior.nugget,
+        prior_std=prior.std if prior.std is not None else float("nan"),
+        range_km=prior.range * EARTH_RADIUS_KM,
+        alpha=prior.alpha,
+        nugget=model.nugget,
         seconds=0.0,
     )
 

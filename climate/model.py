@@ -8,8 +8,9 @@ observations to the engine's space and the samples back, so callers never normal
 Three kinds, one interface:
 
 * ``gaussian``: `GaussianImputer.fit(train)` fits an hour-of-day climatology and a per-cell
-  standard deviation (the `FieldStandardizer`) and a Whittle-Matérn prior of the standardised
-  anomalies by maximum likelihood; the exact Gaussian posterior samples it. Saved with `save`.
+  standard deviation (the `FieldStandardizer`) and a sparse Whittle-Matérn GMRF (SPDE) of the
+  standardised anomalies by maximum likelihood (`fit_to_observations` fits it to the observed
+  values of gappy fields instead); its exact posterior has no size limit. Saved with `save`.
 * ``dps``: a score prior trained with `manifold-aps train-prior` on the field's grid, sampled by
   diffusion posterior sampling. Its normalisation lives in the prior's checkpoint.
 * ``aps``: a flow distilled with `manifold-aps distill`; one flow pass per sample.
@@ -31,12 +32,14 @@ import torch
 import xarray as xr
 
 from climate.era5 import grid_domain, to_signal
+from climate.masks import EARTH_RADIUS_KM, align_mask
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from manifold_aps.checkpoint import atomic_path
 from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
-from manifold_aps.posterior import DPS, ExactGaussianPosterior
-from manifold_aps.priors import GaussianPrior, fit_matern
+from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
+from manifold_aps.priors import MaternGMRF
+from manifold_aps.priors.gmrf import ALPHAS
 from manifold_aps.training import read_weights_file
 
 __all__ = [
@@ -157,6 +160,8 @@ class ImputationModel:
                 f"an imputation model needs a latitude-longitude grid, got {domain!r}; train the "
                 "prior on the field's own grid"
             )
+        if not float(noise_std) > 0 or not np.isfinite(noise_std):  # before any scaling to standardised units
+            raise ValueError(f"noise_std must be a positive number of {units or 'physical units'}, got {noise_std}")
         self.variable, self.units, self.domain, self.noise_std = variable, units, domain, float(noise_std)
 
     def __repr__(self) -> str:
@@ -248,40 +253,63 @@ def _summary(samples: torch.Tensor) -> Posterior:
     return Posterior(samples, samples.mean(0), samples.std(0))
 
 
-class GaussianImputer(ImputationModel):
-    """Exact Gaussian posterior of a Whittle-Matérn prior of standardised anomalies.
+def _fit_alpha(domain, values, observed, alpha, *, log=None, **kwargs):
+    """`fit_gmrf` for one alpha, or for each of 1, 2, 3 keeping the largest likelihood (`alpha="auto"`)."""
+    if alpha != "auto":
+        return fit_gmrf(domain, values, observed, alpha=int(alpha), **kwargs)
+    fits = [fit_gmrf(domain, values, observed, alpha=a, **kwargs) for a in ALPHAS]
+    best = max(fits, key=lambda f: f.log_likelihood)
+    if log is not None:
+        lik = ", ".join(f"alpha {f.prior.alpha}: {f.log_likelihood:.6g}" for f in fits)
+        log(f"GMRF smoothness by likelihood ({lik}): alpha {best.prior.alpha}")
+    best.seconds = sum(f.seconds for f in fits)
+    return best
 
-    :math:`x = \\mu_{h(t)} + s \\odot a`, :math:`a \\sim` Matérn(variance, length scale, smoothness)
-    plus a nugget, in the Laplace-Beltrami eigenbasis of the grid. The likelihood assumes
-    independent errors of `noise_std` on the observed cells; in standardised units it uses the
-    smallest per-cell value `noise_std / max(s)` (one noise level per posterior).
+
+class GaussianImputer(ImputationModel):
+    """Exact Gaussian posterior of a Whittle-Matérn GMRF of standardised anomalies; no size limit.
+
+    :math:`x = \\mu_{h(t)} + s \\odot (u + e)`: an hour-of-day climatology :math:`\\mu`, a per-cell
+    standard deviation `s` (the `FieldStandardizer`), a sparse SPDE Matérn field `u`
+    (`manifold_aps.priors.MaternGMRF`, its smoothness alpha chosen by likelihood) and a white nugget `e` of the
+    standardised anomalies. The likelihood assumes independent errors of `noise_std` (physical
+    units) on the observed cells, i.e. :math:`(\\text{noise\\_std}/s_i)^2` per cell in standardised
+    units. The posterior (`manifold_aps.posterior.GMRFPosterior`) costs one sparse factorisation
+    per distinct mask: mean, exact marginal std (selected inversion; an unbiased Monte Carlo
+    estimate above `EXACT_VARIANCE_WORK`) and samples.
 
     Arguments:
         variable, units, domain, noise_std: as `ImputationModel`.
         standardizer: the fitted `FieldStandardizer`.
-        prior: the Matérn prior of the standardised anomalies.
+        prior: the `MaternGMRF` of the standardised anomalies (mean 0).
+        nugget: white variance of the standardised anomalies beyond the GMRF.
+        fitted_to: what the hyper-parameters were fitted to (for logs and `history`).
     """
 
     engine = "gaussian"
 
-    def __init__(self, variable, units, domain, noise_std, standardizer: FieldStandardizer, prior: GaussianPrior):
+    def __init__(self, variable, units, domain, noise_std, standardizer: FieldStandardizer, prior: MaternGMRF,
+                 nugget: float = 0.0, fitted_to: str = "complete fields"):
         super().__init__(variable, units, domain, noise_std)
-        self.standardizer, self.prior = standardizer, prior
-        self._posterior_engine = ExactGaussianPosterior(
-            prior, GaussianNoise(noise_std / float(standardizer.scale.max()))
-        )
+        if not isinstance(prior, MaternGMRF):
+            raise TypeError(f"prior must be a MaternGMRF, got {type(prior).__name__}")
+        self.standardizer, self.prior, self.nugget, self.fitted_to = standardizer, prior, float(nugget), fitted_to
 
     @classmethod
     def fit(
-        cls, train: xr.DataArray, *, noise_std: float = 0.1, by_hour: bool = True, log=None
+        cls, train: xr.DataArray, *, noise_std: float = 0.1, by_hour: bool = True, alpha: int | str = "auto",
+        log=None, progress: bool = False,
     ) -> GaussianImputer:
-        """Fit the standardizer and the Matérn prior on complete fields `train(time, latitude, longitude)`.
+        """Fit the standardizer and the GMRF on complete fields `train(time, latitude, longitude)`.
 
         Arguments:
             train: training fields (no NaN), with `units` in its attributes.
             noise_std: observation error standard deviation, physical units.
             by_hour: remove an hour-of-day climatology (when every hour is present).
+            alpha: GMRF smoothness order (1, 2 or 3; nu = alpha - 1), or "auto": each is fitted and
+                the one of largest likelihood kept (three fits).
             log: callable for one progress line (e.g. `print`), or None.
+            progress: a progress bar over likelihood evaluations.
 
         Raises:
             ValueError: NaN in the training fields, fewer than 2 fields, extra dimensions.
@@ -299,22 +327,65 @@ class GaussianImputer(ImputationModel):
         domain = grid_domain(train)
         x, _ = to_signal(train)
         standardizer = FieldStandardizer.fit_signal(x, train[TIME].values, by_hour=by_hour)
-        anomalies = standardizer.normalize(x, train[TIME].values)
-        prior = fit_matern(domain, anomalies, fit_nugget=True).prior
+        anomalies = standardizer.normalize(x, train[TIME].values)[:, :, 0].numpy()
+        fit = _fit_alpha(domain, anomalies, None, alpha, progress=progress, log=log)
+        model = cls(str(train.name), train.attrs.get("units", ""), domain, noise_std, standardizer, fit.prior,
+                    fit.nugget, f"{train.sizes[TIME]} complete training fields")
         if log is not None:
-            log(
-                f"Matérn prior of the standardised anomalies ({train.sizes[TIME]} fields): std "
-                f"{prior.variance**0.5:.3f}, length scale {prior.length_scale * 6371.0:.0f} km, "
-                f"smoothness {prior.smoothness:.2f}, nugget {prior.nugget:.3g}"
-            )
-        units = train.attrs.get("units", "")
-        return cls(str(train.name), units, domain, noise_std, standardizer, prior)
+            log(f"GMRF prior of the standardised anomalies fitted to {model.fitted_to} ({fit.seconds:.1f} s): {model.hyper_parameters()}")
+        return model
+
+    @classmethod
+    def fit_to_observations(
+        cls, field: xr.DataArray, observed: xr.DataArray, *, noise_std: float = 0.1, alpha: int | str = "auto", log=None,
+        progress: bool = False,
+    ) -> GaussianImputer:
+        """Fit to the observed values of gappy fields themselves (no complete training fields).
+
+        The standardisation is one mean and one standard deviation of all observed values (no
+        climatology can be estimated from gappy fields); the GMRF's range, std and nugget maximise
+        the exact marginal likelihood of the observed values, with the known `noise_std`.
+
+        Arguments:
+            field: `(time, latitude, longitude)` or `(latitude, longitude)`, with `units`.
+            observed: boolean of the same grid (True = observed), e.g. `climate.missing_mask(field)`.
+        """
+        observed = align_mask(observed, field)
+        field = field.load()
+        if TIME not in field.dims:
+            field, observed = field.expand_dims(TIME), observed.expand_dims(TIME)
+        domain = grid_domain(field)
+        x, _ = to_signal(field)
+        m, _ = to_signal(observed.astype(np.float64))
+        keep = m[:, :, 0].numpy() > 0.5
+        values = x[:, :, 0].numpy()
+        if not keep.any(axis=1).all():
+            raise ValueError("every time step needs at least one observed cell to fit to its observed values")
+        obs_values = values[keep]
+        if not np.all(np.isfinite(obs_values)):
+            raise ValueError(f"observed cells of {field.name!r} hold NaN or infinity; hide them with the mask")
+        mean, scale = float(obs_values.mean()), float(obs_values.std()) or 1.0
+        n = domain.num_nodes
+        standardizer = FieldStandardizer(np.full((1, n), mean), np.full(n, scale))
+        anomalies = np.where(keep, (values - mean) / scale, 0.0)
+        fit = _fit_alpha(domain, anomalies, keep, alpha, noise_std=noise_std / scale, progress=progress, log=log)
+        model = cls(str(field.name), field.attrs.get("units", ""), domain, noise_std, standardizer, fit.prior,
+                    fit.nugget, f"the {int(keep.sum())} observed values of {field.sizes[TIME]} fields")
+        if log is not None:
+            log(f"GMRF prior fitted to {model.fitted_to} ({fit.seconds:.1f} s): {model.hyper_parameters()}")
+        return model
+
+    def hyper_parameters(self) -> str:
+        """The prior's parameters in words (range in km on the Earth)."""
+        p = self.prior
+        std = "" if p.std is None else f", std {p.std:.3g}"
+        return f"alpha {p.alpha}, range {p.range * EARTH_RADIUS_KM:.0f} km{std}, nugget {self.nugget:.3g} (standardised units)"
 
     def describe(self) -> str:
         p = self.prior
         return (
-            f"exact Gaussian posterior, Matern prior of standardised anomalies (variance {p.variance:.6g}, "
-            f"length_scale_rad {p.length_scale:.6g}, smoothness {p.smoothness:.6g}, nugget {p.nugget:.6g}), "
+            f"exact Gaussian posterior, SPDE Matern GMRF of standardised anomalies (alpha {p.alpha}, kappa {p.kappa:.6g}, "
+            f"tau {p.tau:.6g}, range_rad {p.range:.6g}, nugget {self.nugget:.6g}; fitted to {self.fitted_to}), "
             f"noise_std {self.noise_std:g} {self.units}"
         )
 
@@ -326,21 +397,35 @@ class GaussianImputer(ImputationModel):
     @torch.no_grad()
     def _posterior(self, y, mask, times, n, rng):
         times = None if times is None else np.asarray(times)
-        y_z = self.standardizer.normalize(y, times) * mask
-        samples, means, stds = [], [], []
-        for b in range(y.shape[0]):  # one factorisation per field: memory O(N^2), not O(B N^2)
-            cond = self._posterior_engine.condition(y_z[b : b + 1], Mask(self.domain, mask[b : b + 1]))
-            samples.append(cond.sample(n, rng=rng))
-            means.append(cond.mean)
-            stds.append(cond.std)
+        y_z = self.standardizer.normalize(y, times)[:, :, 0].numpy()
+        keep = mask[:, :, 0].numpy()
+        noise_var = (self.noise_std / self.standardizer.scale) ** 2  # (N,), standardised units
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng)) if rng is not None else None
+        np_rng = np.random.default_rng(seed)
+        bsz, nodes = keep.shape
+        samples = np.empty((n, bsz, nodes))
+        means, stds = np.empty((bsz, nodes)), np.empty((bsz, nodes))
+        factored: dict[bytes, GMRFObservation] = {}  # fields observed at the same cells share one factorisation
+        for b in range(bsz):
+            idx = np.flatnonzero(keep[b])
+            if idx.size == nodes:  # nothing hidden: the field passes through
+                samples[:, b], means[b], stds[b] = y_z[b], y_z[b], 0.0
+                continue
+            key = idx.tobytes()
+            if key not in factored:
+                factored[key] = GMRFObservation(self.prior, idx, noise_var[idx], self.nugget)
+            obs = factored[key]
+            values = y_z[b, idx]
+            means[b] = obs.mean(values)
+            stds[b] = np.sqrt(obs.variance())
+            samples[:, b] = obs.sample(values, n, rng=np_rng)
         scale = torch.from_numpy(self.standardizer.scale)[:, None]
-        samples = self.standardizer.denormalize(torch.cat(samples, dim=1), times)
-        mean = self.standardizer.denormalize(torch.cat(means), times)
-        return Posterior(samples, mean, torch.cat(stds) * scale)
+        samples = self.standardizer.denormalize(torch.from_numpy(samples)[..., None], times)
+        mean = self.standardizer.denormalize(torch.from_numpy(means)[..., None], times)
+        return Posterior(samples, mean, torch.from_numpy(stds)[..., None] * scale)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model atomically to `path` (a torch file loadable with `weights_only=True`)."""
-        p = self.prior
         state = {
             "kind": KIND,
             "variable": self.variable,
@@ -350,7 +435,7 @@ class GaussianImputer(ImputationModel):
             "lon_deg": torch.tensor(self.domain.lon_deg),
             "fingerprint": self.domain.fingerprint,
             "standardizer": self.standardizer.state_dict(),
-            "prior": {"variance": p.variance, "length_scale": p.length_scale, "smoothness": p.smoothness, "nugget": p.nugget},
+            "gmrf": {**self.prior.config(), "nugget": self.nugget, "fitted_to": self.fitted_to},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with atomic_path(path) as tmp:
@@ -360,12 +445,19 @@ class GaussianImputer(ImputationModel):
     @classmethod
     def from_state(cls, state: dict) -> GaussianImputer:
         """Rebuild from the dictionary `save` wrote."""
+        if "gmrf" not in state:
+            raise ValueError(
+                "this Gaussian model was saved by an earlier version (dense Matern prior, at most 6000 cells); "
+                "fit it again (manifold-aps impute --engine gaussian --fit-period ... --save-model FILE)"
+            )
         domain = SphereGrid(state["lat_deg"].numpy(), state["lon_deg"].numpy())
         if domain.fingerprint != state["fingerprint"]:
             raise ValueError("the saved grid does not rebuild to the same domain (fingerprint mismatch)")
-        prior = GaussianPrior(domain, **state["prior"])
+        gmrf = dict(state["gmrf"])
+        nugget, fitted_to = gmrf.pop("nugget"), gmrf.pop("fitted_to", "complete fields")
+        prior = MaternGMRF(domain, **gmrf)
         standardizer = FieldStandardizer.from_state_dict(state["standardizer"])
-        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior)
+        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior, nugget, fitted_to)
 
 
 class ScoreImputer(ImputationModel):

@@ -176,7 +176,7 @@ def fit_gmrf(
         return 1e300 if not np.isfinite(value) else -value / num_values
 
     # ftol: a relative change of 1e-8 per observed value is far below one standard error
-    res = scipy.optimize.minimize(objective, np.array(x0), method="L-BFGS-B", options={"maxiter": 200, "ftol": 1e-8})
+    res = scipy.optimize.minimize(objective, np.array(x0), method="L-BFGS-B", options={"maxiter": 200, "ftol": 1e-8, "eps": 1e-5})
     theta = res.x
     errors: dict = {}
     if std_errors:
