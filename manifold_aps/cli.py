@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line (exit code 2), like every other error here."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (as given, before any scaling)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
 
 DEMO_HELP = """\
 Impute hidden cells of a real ERA5 field with the exact Gaussian (Matérn) posterior.
@@ -102,6 +134,7 @@ def _impute(args: argparse.Namespace) -> int:
         quantiles=tuple(args.quantiles or ()), seed=args.seed, noise_std=args.noise_std,
         chunk_size=args.chunk_size, dps_steps=args.dps_steps, guidance=args.guidance,
         output=args.output, plot=args.plot, plot_time=args.plot_time, progress=not args.quiet,
+        skip_corrupt_grib=args.skip_corrupt_grib,
     )
     run_impute(request, log=print)
     return 0
@@ -123,8 +156,11 @@ datasets (real data from $MANIFOLD_APS_DATA, default ../shared/data; era5-uk is 
   gaussian-bumpy     the same on the bumpy mesh
 
 Writes OUT/checkpoint.pt (atomic; weights, EMA, optimizer, domain fingerprint), OUT/log.csv and
-OUT/train.json. --resume continues an interrupted run exactly where it stopped; Ctrl-C saves a
-checkpoint first. Several processes: torchrun --nproc_per_node 2 -m manifold_aps.cli train-prior ...
+OUT/train.json. --resume continues an interrupted run exactly where it stopped (with the
+checkpoint's seed, batch size, learning rate, warm-up and EMA; only --steps, --checkpoint-every,
+--log-every, --validate-every and --device may change); an OUT that already holds a run is refused
+unless --resume or --overwrite is given. Ctrl-C saves a checkpoint first. Several processes:
+torchrun --nproc_per_node 2 -m manifold_aps.cli train-prior ...
 
 example:
   manifold-aps train-prior --dataset era5-uk --steps 2000 --out runs/era5-uk
@@ -132,6 +168,7 @@ example:
 
 
 def _train_prior(args: argparse.Namespace) -> int:
+    _refuse_to_replace_run(args)
     import torch
 
     from manifold_aps.nn import ScoreNetConfig
@@ -161,7 +198,7 @@ The prior is "exact" for the gaussian-* datasets (closed-form Matern prior) or t
 prior trained with `manifold-aps train-prior` on the same dataset. Masks: random (50-95 %
 missing), caps, stations, swaths, or mixture (all four). Writes OUT/checkpoint.pt (kind
 aps-flow, implicit-generator or amortized-vi), OUT/log.csv (loss per dimension), OUT/train.json; --resume
-continues.
+continues (as for train-prior), and an OUT that already holds a run needs --resume or --overwrite.
 
 examples:
   manifold-aps distill --dataset gaussian-healpix8 --prior exact --steps 2000 --out runs/aps-h8
@@ -179,24 +216,49 @@ example:
 """
 
 
-def _train_config(args: argparse.Namespace):
-    from manifold_aps.training import TrainConfig
+# training option (argparse dest) -> `TrainConfig` field
+_TRAINING_FIELDS = {
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
+    "seed": "seed", "checkpoint_every": "checkpoint_every", "validate_every": "validate_every",
+    "log_every": "log_every", "device": "device",
+}
 
-    return TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=min(args.warmup, args.steps),
-        ema_decay=args.ema,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        validate_every=getattr(args, "validate_every", 0),
-        log_every=args.log_every,
-        device=args.device,
-    )
+
+def _refuse_to_replace_run(args: argparse.Namespace) -> None:
+    """Refuse an `--out` that already holds a run unless --resume or --overwrite (before any work)."""
+    from manifold_aps.training import existing_run_files
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; it must be a folder (new or holding a run)")
+    found = existing_run_files(out)
+    if found and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"--out {out} already holds a run ({', '.join(f.name for f in found)}); give --resume to continue "
+            "it or --overwrite to replace it"
+        )
+
+
+def _train_config(args: argparse.Namespace):
+    """The `TrainConfig` of the options given; the others take their defaults, or, with --resume of
+    an existing checkpoint, the checkpoint's values of the settings a resumed run must keep."""
+    from manifold_aps.training import RESUMABLE_CHANGES, TrainConfig, load_checkpoint
+
+    given = {field: getattr(args, dest) for dest, field in _TRAINING_FIELDS.items() if getattr(args, dest, None) is not None}
+    values = dict(args.training_defaults)
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    resuming = args.resume and checkpoint.is_file()
+    if resuming:  # Trainer.resume refuses a given value that differs from the checkpoint's
+        saved = load_checkpoint(checkpoint)["train_config"]
+        values.update({k: v for k, v in saved.items() if k in values and k not in RESUMABLE_CHANGES})
+    values.update(given)
+    if not resuming or "warmup" in given:
+        values["warmup"] = min(values["warmup"], values["steps"])
+    return TrainConfig(**values)
 
 
 def _distill(args: argparse.Namespace) -> int:
+    _refuse_to_replace_run(args)
     import torch
 
     from manifold_aps.flows import FlowConfig
@@ -265,25 +327,37 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_training_options(p: argparse.ArgumentParser, steps: int, lr: float, ema: float) -> None:
-    p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps in total (default: {steps})")
+def _add_training_options(p: argparse.ArgumentParser, steps: int, lr: float, ema: float, validate_every: int) -> None:
+    """The `TrainConfig` options (default None: `_train_config` fills them in) and --resume/--overwrite."""
     batch, warm = (16, 50) if ema == 0 else (32, 100)
-    p.add_argument("--batch-size", type=int, default=batch, help=f"global batch size (default: {batch})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak Adam learning rate (default: {lr})")
-    p.add_argument("--warmup", type=int, default=warm, help=f"learning-rate warm-up steps (default: {warm})")
-    p.add_argument("--ema", type=float, default=ema, help=f"EMA decay of the weights, 0 for none (default: {ema})")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
-    p.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: 250)")
-    p.add_argument("--log-every", type=int, default=25, help="steps between log rows (default: 25)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.set_defaults(training_defaults={
+        "steps": steps, "batch_size": batch, "lr": lr, "warmup": warm, "ema_decay": ema, "seed": 0,
+        "checkpoint_every": 250, "validate_every": validate_every, "log_every": 25, "device": "cpu",
+    })
+    keep = "; with --resume: the checkpoint's"
+    p.add_argument("--steps", type=_positive_int, help=f"optimisation steps in total (default: {steps})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"global batch size (default: {batch}{keep})")
+    p.add_argument("--lr", type=_positive_float, help=f"peak Adam learning rate (default: {lr}{keep})")
+    p.add_argument("--warmup", type=int, help=f"learning-rate warm-up steps (default: {warm}, at most --steps{keep})")
+    p.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default: {ema}{keep})")
+    p.add_argument("--seed", type=int, help=f"seed of initialisation and batches (default: 0{keep})")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: 250)")
+    p.add_argument("--log-every", type=_positive_int, help="steps between log rows (default: 25)")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default: 1)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt if it exists, with its settings (a different "
+                            "seed, batch size, learning rate, warm-up or EMA is refused)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run OUT already holds (checkpoint.pt, log.csv, train.json); "
+                            "without it (or --resume) such an OUT is refused")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `manifold-aps` (one sub-command per task)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="manifold-aps",
         description="Posterior sampling for inverse problems on spheres, meshes and climate grids.",
     )
@@ -300,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fraction of cells hidden for --mask random/stations (default: 0.7)")
     demo.add_argument("--times", type=int, default=8, help="number of held-out test hours (default: 8)")
     demo.add_argument("--samples", type=int, default=16, help="posterior samples per field (default: 16)")
-    demo.add_argument("--noise-std", type=float, default=0.1,
+    demo.add_argument("--noise-std", type=_positive_float, default=0.1,
                       help="observation error std assumed by the likelihood, variable units (default: 0.1)")
     demo.add_argument("--train-fraction", type=float, default=0.75,
                       help="leading fraction of time steps used to fit the prior (default: 0.75)")
@@ -316,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.add_argument("--input", required=True, help="netCDF/GRIB/zarr file or glob of files")
     im.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
+    im.add_argument("--skip-corrupt-grib", action="store_true",
+                    help="read a GRIB file with truncated/corrupted messages without them (default: refuse it)")
     im.add_argument("--mask", action="append", metavar="SPEC",
                     help="cells to hide, see above; repeat to combine (default: nan)")
     im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit", "avi"],
@@ -328,21 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pick one value of an extra dimension, e.g. level=500 or number=0")
     im.add_argument("--region", metavar="S:N:W:E",
                     help="crop the field to a latitude-longitude box first, e.g. 35:70:-15:40 (Europe)")
-    im.add_argument("--coarsen", type=int, default=1, metavar="K",
+    im.add_argument("--coarsen", type=_positive_int, default=1, metavar="K",
                     help="average KxK blocks of cells first, e.g. 4 for a global 1 deg grid (default: 1)")
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
-    im.add_argument("--samples", type=int, default=16, help="posterior samples per field (default: 16)")
+    im.add_argument("--samples", type=_positive_int, default=16,
+                    help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "
+                         "exact (default: 16)")
     im.add_argument("--quantiles", type=float, nargs="*", metavar="Q",
                     help="also write per-cell quantiles of the samples, e.g. 0.05 0.95")
     im.add_argument("--seed", type=int, default=0, help="seed of random masks and samples (default: 0)")
-    im.add_argument("--noise-std", type=float, default=0.1,
-                    help="observation error std, variable units (gaussian, dps; default: 0.1)")
-    im.add_argument("--chunk-size", type=int, default=None,
+    im.add_argument("--noise-std", type=_positive_float, default=None,
+                    help="observation error std of the likelihood, variable units (default: 0.1 for a gaussian "
+                         "engine fitted here and for dps; a saved gaussian model's own value, which this "
+                         "replaces, its prior unchanged; aps/implicit/avi keep the value they were distilled for)")
+    im.add_argument("--chunk-size", type=_positive_int, default=None,
                     help="time steps per block; memory grows with it (default: up to 24)")
-    im.add_argument("--dps-steps", type=int, default=1000, help="DPS reverse-diffusion steps (default: 1000)")
+    im.add_argument("--dps-steps", type=_positive_int, default=1000, help="DPS reverse-diffusion steps (default: 1000)")
     im.add_argument("--guidance", type=float, default=1.0, help="DPS guidance step size (default: 1.0)")
-    im.add_argument("--output", required=True, help="output netCDF file (written atomically)")
-    im.add_argument("--plot", help="PNG map of the first imputed time step (or --plot-time)")
+    im.add_argument("--output", required=True,
+                    help="output netCDF file (written atomically; never one of the inputs or the checkpoint)")
+    im.add_argument("--plot", help="PNG map of the first imputed time step (or --plot-time); not an input or --output")
     im.add_argument("--plot-time", help="time step to map, e.g. 2019-03-28T12")
     im.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -354,11 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--dataset", required=True, help="dataset name (see above)")
     tp.add_argument("--out", required=True, help="output folder (checkpoint.pt, log.csv, train.json)")
-    _add_training_options(tp, steps=2000, lr=2e-3, ema=0.999)
+    _add_training_options(tp, steps=2000, lr=2e-3, ema=0.999, validate_every=250)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64],
                     help="feature channels per U-Net level, finest first (default: 16 32 64)")
     tp.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of the spectral filters (default: 64)")
-    tp.add_argument("--validate-every", type=int, default=250, help="steps between validation losses (default: 250)")
+    tp.add_argument("--validate-every", type=int, help="steps between validation losses, 0 for none (default: 250)")
     tp.set_defaults(func=_train_prior)
 
     ds = sub.add_parser(
@@ -372,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets) or a prior checkpoint')
     ds.add_argument("--out", required=True, help="output folder")
     ds.add_argument("--masks", default="random", help="random | caps | stations | swaths | mixture (default: random)")
-    ds.add_argument("--noise-std", type=float, default=0.1, help="observation noise std, signal units (default: 0.1)")
+    ds.add_argument("--noise-std", type=_positive_float, default=0.1,
+                    help="observation noise std, signal units (default: 0.1)")
     ds.add_argument("--couplings", type=int, default=4, help="affine coupling layers (default: 4)")
     ds.add_argument("--width", type=int, default=32, help="conditioner channels (default: 32)")
     ds.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of spectral layers (default: 64)")
@@ -380,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--data-warmup", type=float, default=None,
                     help="fraction of training over which the likelihood weight rises to 1 "
                          "(default: 0.2 for aps, 0 for implicit)")
-    _add_training_options(ds, steps=2000, lr=2e-3, ema=0.0)
+    _add_training_options(ds, steps=2000, lr=2e-3, ema=0.0, validate_every=0)
     ds.set_defaults(func=_distill)
 
     sp = sub.add_parser(
@@ -407,8 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError) as err:  # user input; CheckpointError is a ValueError
         print(f"manifold-aps {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file that cannot be read or written: name it
+        files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        reason = err.strerror or str(err)
+        print(f"manifold-aps {args.command}: error: {files + ': ' if files else ''}{reason}", file=sys.stderr)
         return 2
 
 

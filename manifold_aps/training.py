@@ -18,8 +18,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import signal
 import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,11 +38,19 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "existing_run_files",
     "load_checkpoint",
+    "read_weights_file",
+    "resume_conflicts",
     "step_generator",
 ]
 
 CHECKPOINT_FORMAT = 1
+RUN_FILES = ("checkpoint.pt", "log.csv", "train.json")
+# TrainConfig fields a resumed run may change: they move the end of the run, its bookkeeping or
+# the hardware, not the steps already taken (every other field changes what the steps compute).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "validate_every", "log_every", "device")
+_RESUME_ADVICE = "give the same settings, start a new run in another folder, or replace this one (--overwrite)"
 
 
 class CheckpointError(ValueError):
@@ -130,12 +141,34 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, kind: str | None = None) -> dict:
-    """Read a checkpoint with `weights_only=True`; refuse another domain or kind with a clear message."""
+def read_weights_file(path: str | os.PathLike):
+    """`torch.load(path, weights_only=True)` on the CPU, with one clear error for anything else.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a torch weights file (a pickle of code, another format,
+            a truncated or corrupt file); torch's advice to pass `weights_only=False` is not
+            repeated: we never unpickle code.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": a plain pickle, refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, KeyError) as err:  # KeyError: an unknown pickle opcode (a text file)
+        raise CheckpointError(f"{path} is not a manifold-aps checkpoint (we never unpickle code)") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"{path} is not a manifold-aps checkpoint (we never unpickle code): truncated or corrupt"
+        ) from err
+
+
+def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, kind: str | None = None) -> dict:
+    """Read a checkpoint with `weights_only=True`; refuse another domain or kind with a clear message."""
+    path = Path(path)
+    ckpt = read_weights_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a manifold-aps checkpoint (format {CHECKPOINT_FORMAT})")
     if kind is not None and ckpt["kind"] != kind:
@@ -146,6 +179,31 @@ def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, 
             f"not on this domain (fingerprint {fingerprint}); a model cannot run on another mesh or grid"
         )
     return ckpt
+
+
+def _differences(saved: dict, current: dict, keys) -> str:
+    """`"key: A in the checkpoint, B now; ..."` for the `keys` whose values differ."""
+    return "; ".join(
+        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys if saved.get(k) != current.get(k)
+    )
+
+
+def resume_conflicts(saved: dict, config: TrainConfig) -> str:
+    """The settings of `config` that a resumed run may not change from the checkpoint's `saved`
+    train config (`asdict` of a `TrainConfig`), as one phrase; "" when there are none.
+
+    Only `RESUMABLE_CHANGES` may differ (the total steps, checkpoint/log/validation intervals,
+    device); a new seed, batch size, learning rate, warm-up, EMA decay or gradient clip would make
+    the resumed run another run than the one the checkpoint started.
+    """
+    current = asdict(config)
+    # a field newer than the checkpoint is not compared: the checkpoint cannot say what it was
+    return _differences(saved, current, [k for k in current if k in saved and k not in RESUMABLE_CHANGES])
+
+
+def existing_run_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The files of a training run (`checkpoint.pt`, `log.csv`, `train.json`) that `out_dir` holds."""
+    return [Path(out_dir) / name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
 class EMA:
@@ -268,6 +326,7 @@ class Trainer:
             )
         self.step = 0
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.resumed: dict | None = None  # set by `resume`: the step it started from, the settings changed
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -294,12 +353,35 @@ class Trainer:
         return self.checkpoint_path
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
-        """Load weights, EMA, optimizer and step from a checkpoint; returns the step reached."""
-        ckpt = load_checkpoint(path or self.checkpoint_path, fingerprint=self.domain.fingerprint, kind=self.kind)
+        """Load weights, EMA, optimizer and step from a checkpoint; returns the step reached.
+
+        Raises:
+            CheckpointError: another domain or kind, another model configuration, or training
+                settings that may not change on resume (see `resume_conflicts`); the message
+                names each differing setting with its value in the checkpoint and now.
+        """
+        path = Path(path or self.checkpoint_path)
+        ckpt = load_checkpoint(path, fingerprint=self.domain.fingerprint, kind=self.kind)
         if ckpt["model_config"] != self.model_config:
+            keys = list(dict.fromkeys([*ckpt["model_config"], *self.model_config]))
             raise CheckpointError(
-                f"the checkpoint's model {ckpt['model_config']} differs from this one {self.model_config}"
+                f"cannot resume {path}: the checkpoint's model config differs from this one "
+                f"({_differences(ckpt['model_config'], self.model_config, keys)}); {_RESUME_ADVICE}"
             )
+        conflicts = resume_conflicts(ckpt["train_config"], self.config)
+        if conflicts:
+            raise CheckpointError(
+                f"cannot resume {path}: the checkpoint's training settings differ from these ({conflicts}); "
+                f"only {', '.join(RESUMABLE_CHANGES)} may change on resume: {_RESUME_ADVICE}"
+            )
+        self.resumed = {
+            "from_step": int(ckpt["step"]),
+            "changed": {
+                k: [v, getattr(self.config, k)]
+                for k, v in ckpt["train_config"].items()
+                if k in RESUMABLE_CHANGES and v != getattr(self.config, k)
+            },
+        }
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt["ema_state"] is not None:
             self.ema.load_state_dict(ckpt["ema_state"])
@@ -467,6 +549,8 @@ class Trainer:
                 "model_config": self.model_config,
                 "interrupted": interrupted["flag"],
             }
+            if self.resumed is not None:  # e.g. {"from_step": 500, "changed": {"steps": [1000, 2000]}}
+                summary["resumed"] = self.resumed
             with atomic_path(self.out_dir / "train.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=2, default=str))
         return result
