@@ -94,8 +94,9 @@ def run_domain(name: str, domain, *, fit_fields: int, seed: int, full_fit_max_no
         "rmse_hidden": round(rmse, 4),
         "coverage90": round(float(np.mean(z < 1.6449)), 4),
     }
-    if method == "rbmc":
-        row["rbmc_rel_error_median"] = round(float(np.median(obs.variance_error / obs.latent_variance("auto"))), 4)
+    row["rbmc_rel_error_median"] = (
+        round(float(np.median(obs.variance_error / obs.latent_variance("auto"))), 4) if method == "rbmc" else ""
+    )
     print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return row
 
