@@ -141,13 +141,15 @@ def _scores(sample, exact):
 
 
 @pytest.mark.parametrize(
-    "times, steps, lr", [((0.1, 0.02), 500, 0.01), ((0.3, 0.2), 300, 0.03)], ids=["low", "mid"]
+    "times, steps, lr", [((0.1, 0.02), 500, 0.01), ((0.3, 0.2), 600, 0.03)], ids=["low", "mid"]
 )
 def test_inner_adam_reaches_the_mean_field_optimum(times, steps, lr):
     """The inner Adam loop (fresh optimiser, one Monte Carlo sample per step) converges to the
     closed-form mean-field optimum of the tilted Gaussian: mean of pi_s, std 1/sqrt(diag P).
     Averaged over 64 copies, measured: residual mean error 0.7 % (low noise) and 9 % (mid) of
-    the initial distance, log-std error 13 % and 17 % of its initial offset."""
+    the initial distance, log-std error 13 % and 17 % of its initial offset. The mid case runs 600
+    steps: with 300 the mean error was 15.5 % under this machine's current libraries (also on the
+    commit before the reliability work)."""
     y, op, _ = _problem(batch=1)
     copies = 64
     problem = MGDMProblem(PRIOR, NOISE, y.repeat(copies, 1, 1), repeat_operator(op, copies))
