@@ -56,11 +56,17 @@ def run_domain(name: str, domain, *, fit_fields: int, seed: int, full_fit_max_no
     n = domain.num_nodes
     truth = MaternGMRF.from_range(domain, range_=1000 / EARTH_KM, std=1.0, alpha=2)
     nugget = 0.01
-    fields = truth.sample(fit_fields + 1, rng=rng) + rng.standard_normal((fit_fields + 1, n)) * math.sqrt(nugget)
+    fields = truth.sample(fit_fields + 1, rng=rng) + rng.standard_normal(
+        (fit_fields + 1, n)
+    ) * math.sqrt(nugget)
     print(f"{name}: N={n}", flush=True)
-    full = n <= full_fit_max_nodes  # above: the noise-free profile fit only (range search, tau in closed form)
+    full = (
+        n <= full_fit_max_nodes
+    )  # above: the noise-free profile fit only (range search, tau in closed form)
     fit, t_fit, m_fit = timed(lambda: fit_gmrf(domain, fields[:fit_fields], fit_nugget=full))
-    fit_nugget = fit.nugget if full else nugget  # the profile fit has none: use the known one downstream
+    fit_nugget = (
+        fit.nugget if full else nugget
+    )  # the profile fit has none: use the known one downstream
     print(f"  fit {t_fit:.1f} s ({fit.evaluations} evaluations): {fit.describe()}", flush=True)
     test = fields[-1]
     observed = np.sort(rng.choice(n, int(round(0.3 * n)), replace=False))
@@ -95,7 +101,9 @@ def run_domain(name: str, domain, *, fit_fields: int, seed: int, full_fit_max_no
         "coverage90": round(float(np.mean(z < 1.6449)), 4),
     }
     row["rbmc_rel_error_median"] = (
-        round(float(np.median(obs.variance_error / obs.latent_variance("auto"))), 4) if method == "rbmc" else ""
+        round(float(np.median(obs.variance_error / obs.latent_variance("auto"))), 4)
+        if method == "rbmc"
+        else ""
     )
     print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return row
@@ -109,19 +117,45 @@ def solver_comparison(domain, name: str) -> list[dict]:
     q = (prior.precision() + sp.diags(np.full(domain.num_nodes, 100.0))).tocsc()
     rows = []
     _, t, m = timed(lambda: SparseCholesky(q))
-    rows.append({"domain": name, "nodes": domain.num_nodes, "solver": "scipy SuperLU (LDL^T, MMD)", "factor_s": round(t, 2), "peak_mb": round(m)})
+    rows.append(
+        {
+            "domain": name,
+            "nodes": domain.num_nodes,
+            "solver": "scipy SuperLU (LDL^T, MMD)",
+            "factor_s": round(t, 2),
+            "peak_mb": round(m),
+        }
+    )
     try:
         import sksparse_minimal
 
-        _, t, m = timed(lambda: sksparse_minimal.SparseCholesky(q).solve_A(np.ones(domain.num_nodes)))
-        rows.append({"domain": name, "nodes": domain.num_nodes, "solver": "CHOLMOD (sksparse-minimal)", "factor_s": round(t, 2), "peak_mb": round(m)})
+        _, t, m = timed(
+            lambda: sksparse_minimal.SparseCholesky(q).solve_A(np.ones(domain.num_nodes))
+        )
+        rows.append(
+            {
+                "domain": name,
+                "nodes": domain.num_nodes,
+                "solver": "CHOLMOD (sksparse-minimal)",
+                "factor_s": round(t, 2),
+                "peak_mb": round(m),
+            }
+        )
     except ImportError:
         pass
     try:
         import qdldl
 
         _, t, m = timed(lambda: qdldl.Solver(q))
-        rows.append({"domain": name, "nodes": domain.num_nodes, "solver": "qdldl (AMD)", "factor_s": round(t, 2), "peak_mb": round(m)})
+        rows.append(
+            {
+                "domain": name,
+                "nodes": domain.num_nodes,
+                "solver": "qdldl (AMD)",
+                "factor_s": round(t, 2),
+                "peak_mb": round(m),
+            }
+        )
     except ImportError:
         pass
     for r in rows:
@@ -137,7 +171,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
     n = np.array([r["nodes"] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for key, label in [("fit_s", "fit (ML, complete fields)"), ("factor_s", "factorisation"), ("std_s", "marginal std"), ("samples16_s", "16 samples"), ("total_s", "total")]:
+    for key, label in [
+        ("fit_s", "fit (ML, complete fields)"),
+        ("factor_s", "factorisation"),
+        ("std_s", "marginal std"),
+        ("samples16_s", "16 samples"),
+        ("total_s", "total"),
+    ]:
         ax.loglog(n, [r[key] for r in rows], "o-", label=label)
     ref = n / n[0]
     ax.loglog(n, rows[0]["total_s"] * ref**1.5, "k:", label="N^1.5")
@@ -151,12 +191,29 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", type=float, nargs="*", default=[2.5, 1.0, 0.5, 0.25], help="lat-lon steps in degrees")
-    parser.add_argument("--icosphere", type=int, default=8, help="icosphere level (8: 655,362 vertices; 0 to skip)")
-    parser.add_argument("--fit-fields", type=int, default=4, help="complete fields for the fit (default 4)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--grids",
+        type=float,
+        nargs="*",
+        default=[2.5, 1.0, 0.5, 0.25],
+        help="lat-lon steps in degrees",
+    )
+    parser.add_argument(
+        "--icosphere", type=int, default=8, help="icosphere level (8: 655,362 vertices; 0 to skip)"
+    )
+    parser.add_argument(
+        "--fit-fields", type=int, default=4, help="complete fields for the fit (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--full-fit-max-nodes", type=int, default=300_000, help="above: fit without the nugget (default 300000)")
+    parser.add_argument(
+        "--full-fit-max-nodes",
+        type=int,
+        default=300_000,
+        help="above: fit without the nugget (default 300000)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "gmrf_scaling.csv")
     args = parser.parse_args()
     rows, solvers = [], []
@@ -164,7 +221,15 @@ def main() -> None:
     if args.icosphere:
         domains.append((f"icosphere level {args.icosphere}", IcosphereMesh(args.icosphere)))
     for name, dom in domains:
-        rows.append(run_domain(name, dom, fit_fields=args.fit_fields, seed=args.seed, full_fit_max_nodes=args.full_fit_max_nodes))
+        rows.append(
+            run_domain(
+                name,
+                dom,
+                fit_fields=args.fit_fields,
+                seed=args.seed,
+                full_fit_max_nodes=args.full_fit_max_nodes,
+            )
+        )
         solvers += solver_comparison(dom, name)
         write_csv(args.out, rows)
         write_csv(args.out.with_name(args.out.stem + "_solvers.csv"), solvers)

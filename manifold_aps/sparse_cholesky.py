@@ -62,11 +62,15 @@ class SparseCholesky:
             raise ValueError(f"matrix must be square, got shape {a.shape}")
         self.num_rows = n
         try:
-            lu = spla.splu(a, permc_spec=ORDERING, diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+            lu = spla.splu(
+                a, permc_spec=ORDERING, diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+            )
         except RuntimeError as err:  # "Factor is exactly singular"
             raise NotPositiveDefiniteError(f"the matrix is singular: {err}") from None
         if not np.array_equal(lu.perm_r, lu.perm_c):
-            raise NotPositiveDefiniteError("SuperLU pivoted off the diagonal: the matrix is not symmetric positive definite")
+            raise NotPositiveDefiniteError(
+                "SuperLU pivoted off the diagonal: the matrix is not symmetric positive definite"
+            )
         d = lu.U.diagonal().copy()
         if not np.all(d > 0) or not np.all(np.isfinite(d)):
             raise NotPositiveDefiniteError(
@@ -130,7 +134,9 @@ class SparseCholesky:
         diag[self.perm] = sigma_diag
         return diag, inv_lower
 
-    def trace_product(self, other: sp.spmatrix, selected: tuple[np.ndarray, sp.csc_matrix] | None = None) -> float:
+    def trace_product(
+        self, other: sp.spmatrix, selected: tuple[np.ndarray, sp.csc_matrix] | None = None
+    ) -> float:
         r""":math:`\mathrm{tr}(A^{-1} B)` for a symmetric sparse `B` whose pattern lies in that of `A`.
 
         Uses only the selected inverse (the pattern of `L` contains the pattern of `A`).
@@ -141,8 +147,6 @@ class SparseCholesky:
         total = float(np.dot(b.diagonal(), diag[self.perm]))
         # sum over strictly lower entries of B times the matching entries of the selected inverse
         return total + 2.0 * float(inv_lower.multiply(b_lower).sum())
-
-
 
 
 @numba.njit(cache=True)
@@ -192,6 +196,7 @@ def _takahashi_compiled(indptr, indices, data, d):  # pragma: no cover - compile
         sig_diag[j] = 1.0 / d[j] - diag_acc
     return sig_diag, sig_lower, missing
 
+
 def _takahashi(indptr, indices, data, d):
     sig_diag, sig_lower, missing = _takahashi_compiled(
         indptr.astype(np.int64), indices.astype(np.int64), data, d
@@ -199,4 +204,3 @@ def _takahashi(indptr, indices, data, d):
     if missing:
         raise RuntimeError(f"selected inversion: {missing} entries outside the factor's pattern")
     return sig_diag, sig_lower
-

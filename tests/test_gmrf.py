@@ -27,7 +27,9 @@ DOMAINS = {
 
 
 def _random_spd(n: int, rng) -> sp.csc_matrix:
-    a = sp.random(n, n, density=0.05, random_state=np.random.RandomState(int(rng.integers(1 << 30))))
+    a = sp.random(
+        n, n, density=0.05, random_state=np.random.RandomState(int(rng.integers(1 << 30)))
+    )
     return (a @ a.T + sp.eye(n) * 0.5).tocsc()
 
 
@@ -123,7 +125,11 @@ def test_samples_have_the_exact_covariance():
     cov_u = np.linalg.inv(obs.precision.toarray())
     emp_cov = np.cov(draws.T)
     hidden = np.setdiff1d(np.arange(48), np.arange(0, 48, 4))
-    np.testing.assert_allclose(emp_cov[np.ix_(hidden, hidden)], (cov_u + 0.02 * np.eye(48))[np.ix_(hidden, hidden)], atol=0.03)
+    np.testing.assert_allclose(
+        emp_cov[np.ix_(hidden, hidden)],
+        (cov_u + 0.02 * np.eye(48))[np.ix_(hidden, hidden)],
+        atol=0.03,
+    )
 
 
 def test_rbmc_variance_within_its_stated_error():
@@ -164,7 +170,9 @@ def test_ml_fit_recovers_known_hyper_parameters(source):
     rng = np.random.default_rng(0)
     truth = {"range": 0.6, "std": 1.5, "nugget": 0.05}
     prior = MaternGMRF.from_range(d, range_=truth["range"], std=truth["std"], alpha=2)
-    fields = prior.sample(20, rng=rng) + rng.standard_normal((20, d.num_nodes)) * math.sqrt(truth["nugget"])
+    fields = prior.sample(20, rng=rng) + rng.standard_normal((20, d.num_nodes)) * math.sqrt(
+        truth["nugget"]
+    )
     if source == "complete fields":
         fit = fit_gmrf(d, fields, std_errors=True)
     else:  # a geostatistician's case: a few gappy fields, half of the nodes observed

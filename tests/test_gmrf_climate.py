@@ -19,7 +19,9 @@ from manifold_aps.priors.gaussian import DENSE_MAX_NODES
 def test_global_grid_beyond_the_dense_limit(data):
     """ERA5 t2m at 2 deg (91 x 180 = 16,380 cells, over the old 6000-node limit), 70 % hidden."""
     path = require(data / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc")
-    field = climate.open_era5(path, "t2m")["t2m"].isel(latitude=slice(None, None, 2), longitude=slice(None, None, 2))
+    field = climate.open_era5(path, "t2m")["t2m"].isel(
+        latitude=slice(None, None, 2), longitude=slice(None, None, 2)
+    )
     field = field.load()
     assert field.sizes["latitude"] * field.sizes["longitude"] > DENSE_MAX_NODES
     model = GaussianImputer.fit(field.isel(time=slice(0, 20)), by_hour=False, alpha=2)
@@ -46,9 +48,25 @@ def test_cli_fits_to_the_observed_values_when_no_complete_field_exists(tmp_path)
     gappy.to_dataset(name="t2m").to_netcdf(src, engine="h5netcdf")
     out = tmp_path / "out.nc"
     res = subprocess.run(
-        [sys.executable, "-m", "manifold_aps.cli", "impute", "--input", src, "--var", "t2m", "--samples", "4",
-         "--output", out, "--quiet"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "manifold_aps.cli",
+            "impute",
+            "--input",
+            src,
+            "--var",
+            "t2m",
+            "--samples",
+            "4",
+            "--output",
+            out,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "fitting the gaussian engine to the observed values" in res.stdout

@@ -32,9 +32,17 @@ from manifold_aps.operators import GaussianNoise, Identity, LinearOperator, Mask
 from manifold_aps.priors.gmrf import MaternGMRF
 from manifold_aps.sparse_cholesky import SparseCholesky
 
-__all__ = ["EXACT_VARIANCE_WORK", "GMRFConditional", "GMRFObservation", "GMRFPosterior", "observed_nodes"]
+__all__ = [
+    "EXACT_VARIANCE_WORK",
+    "GMRFConditional",
+    "GMRFObservation",
+    "GMRFPosterior",
+    "observed_nodes",
+]
 
-EXACT_VARIANCE_WORK = 2e9  # Takahashi steps (sum over columns of L of m^2 / 2) above which "auto" estimates
+EXACT_VARIANCE_WORK = (
+    2e9  # Takahashi steps (sum over columns of L of m^2 / 2) above which "auto" estimates
+)
 RBMC_SAMPLES = 100
 
 
@@ -57,7 +65,9 @@ def observed_nodes(operator: LinearOperator, b: int, c: int) -> np.ndarray:
     )
 
 
-def _observed_values(y: torch.Tensor, operator: LinearOperator, idx: np.ndarray, b: int, c: int) -> np.ndarray:
+def _observed_values(
+    y: torch.Tensor, operator: LinearOperator, idx: np.ndarray, b: int, c: int
+) -> np.ndarray:
     values = y[b, :, c].detach().cpu().numpy().astype(np.float64)
     return values[idx] if isinstance(operator, Mask) else values
 
@@ -83,19 +93,32 @@ class GMRFObservation:
         if np.unique(idx).size != idx.size:
             raise ValueError("observed node indices must be distinct")
         noise_var = np.broadcast_to(np.asarray(noise_var, dtype=np.float64), idx.shape)
-        if not (math.isfinite(nugget) and nugget >= 0) or np.any(~np.isfinite(noise_var)) or np.any(noise_var < 0):
+        if (
+            not (math.isfinite(nugget) and nugget >= 0)
+            or np.any(~np.isfinite(noise_var))
+            or np.any(noise_var < 0)
+        ):
             raise ValueError("noise variances and the nugget must be finite and >= 0")
         total = noise_var + nugget
         if np.any(total <= 0):
-            raise ValueError("noise_var + nugget must be > 0 at every observed node (exact interpolation is singular)")
-        self.prior, self.observed, self.noise_var, self.nugget = prior, idx, noise_var, float(nugget)
+            raise ValueError(
+                "noise_var + nugget must be > 0 at every observed node (exact interpolation is singular)"
+            )
+        self.prior, self.observed, self.noise_var, self.nugget = (
+            prior,
+            idx,
+            noise_var,
+            float(nugget),
+        )
         self.total_var = total
         weights = np.zeros(n)
         weights[idx] = 1.0 / total
         self.precision = (prior.precision() + sp.diags(weights)).tocsc()
         self.factor = SparseCholesky(self.precision)
         self._latent_var: np.ndarray | None = None
-        self.variance_error: np.ndarray | None = None  # standard error of an estimated variance, else None
+        self.variance_error: np.ndarray | None = (
+            None  # standard error of an estimated variance, else None
+        )
 
     @property
     def num_nodes(self) -> int:
@@ -104,9 +127,13 @@ class GMRFObservation:
     def _rhs(self, values) -> tuple[np.ndarray, np.ndarray]:
         values = np.asarray(values, dtype=np.float64)
         if values.shape[-1] != self.observed.size:
-            raise ValueError(f"values must have {self.observed.size} observed entries, got shape {values.shape}")
+            raise ValueError(
+                f"values must have {self.observed.size} observed entries, got shape {values.shape}"
+            )
         if not np.all(np.isfinite(values)):
-            raise ValueError("observed values must be finite (hide missing values with the mask instead)")
+            raise ValueError(
+                "observed values must be finite (hide missing values with the mask instead)"
+            )
         mu = np.broadcast_to(self.prior.mean, (self.num_nodes,))
         resid = values - mu[self.observed]
         b = np.zeros((self.num_nodes,) + values.shape[:-1])
@@ -124,7 +151,9 @@ class GMRFObservation:
         counts = np.diff(self.factor.lower.indptr).astype(np.float64) - 1.0
         return float((counts * (counts - 1) / 2).sum() + counts.sum())
 
-    def latent_variance(self, method: str = "auto", *, num_samples: int = RBMC_SAMPLES, rng=None) -> np.ndarray:
+    def latent_variance(
+        self, method: str = "auto", *, num_samples: int = RBMC_SAMPLES, rng=None
+    ) -> np.ndarray:
         r"""Posterior variances of `u` `(N,)`.
 
         Arguments:
@@ -145,7 +174,9 @@ class GMRFObservation:
             var, err = self.factor.inverse_diagonal(), None
         else:
             rng = np.random.default_rng(0) if rng is None else rng
-            z = self.factor.solve(self.factor.sqrt_times(rng.standard_normal((self.num_nodes, num_samples))))
+            z = self.factor.solve(
+                self.factor.sqrt_times(rng.standard_normal((self.num_nodes, num_samples)))
+            )
             diag = self.precision.diagonal()
             off = self.precision - sp.diags(diag)
             terms = ((off @ z) / diag[:, None]) ** 2
@@ -173,7 +204,9 @@ class GMRFObservation:
             hidden = np.ones(self.num_nodes, dtype=bool)
             hidden[self.observed] = False
             var[hidden] += self.nugget
-            var[self.observed] = (1 - w) ** 2 * var[self.observed] + self.nugget * self.noise_var / self.total_var
+            var[self.observed] = (1 - w) ** 2 * var[
+                self.observed
+            ] + self.nugget * self.noise_var / self.total_var
         return var
 
     def sample(self, values, n: int, *, rng: np.random.Generator) -> np.ndarray:
@@ -189,7 +222,11 @@ class GMRFObservation:
             w = self._observed_weight()[:, None]
             uo = u[self.observed]
             cond_std = np.sqrt(self.nugget * self.noise_var / self.total_var)[:, None]
-            u[self.observed] = uo + w * (np.asarray(values, dtype=np.float64)[:, None] - uo) + cond_std * e[self.observed]
+            u[self.observed] = (
+                uo
+                + w * (np.asarray(values, dtype=np.float64)[:, None] - uo)
+                + cond_std * e[self.observed]
+            )
         return u.T
 
     def log_likelihood(self, values, *, log_det_prior: float | None = None) -> np.ndarray:
@@ -198,19 +235,30 @@ class GMRFObservation:
         Arguments:
             log_det_prior: :math:`\log|Q|` if already known (it does not depend on the values).
         """
+        return self.likelihood_terms(values, log_det_prior=log_det_prior)[0]
+
+    def likelihood_terms(
+        self, values, *, log_det_prior: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        r"""`(log p(y), y^T Cov(y)^{-1} y)` with :math:`y` the residuals from the prior mean; each a number or `(B,)`.
+
+        The quadratic form :math:`r^TV^{-1}r - b^TQ_y^{-1}b` is what a common scale of the covariance
+        multiplies (`fit_gmrf` profiles that scale out).
+        """
         values = np.asarray(values, dtype=np.float64)
         resid, b = self._rhs(values)
         sol = self.factor.solve(b)
         quad = (resid**2 / self.total_var).sum(-1) - np.einsum("n...,n...->...", b, sol)
         log_q = self.prior.log_det_precision() if log_det_prior is None else log_det_prior
         n_obs = self.observed.size
-        return (
+        loglik = (
             0.5 * log_q
             - 0.5 * self.factor.logdet()
             - 0.5 * float(np.log(self.total_var).sum())
             - 0.5 * quad
             - 0.5 * n_obs * math.log(2 * math.pi)
         )
+        return loglik, quad
 
 
 @dataclass
@@ -261,7 +309,14 @@ class GMRFPosterior:
         torch.Size([5, 2, 192, 1])
     """
 
-    def __init__(self, prior: MaternGMRF, noise: GaussianNoise | float, *, nugget: float = 0.0, variance_method: str = "auto"):
+    def __init__(
+        self,
+        prior: MaternGMRF,
+        noise: GaussianNoise | float,
+        *,
+        nugget: float = 0.0,
+        variance_method: str = "auto",
+    ):
         self.prior = prior
         self.noise_std = float(noise.sigma if isinstance(noise, GaussianNoise) else noise)
         self.nugget = float(nugget)
@@ -295,7 +350,14 @@ class GMRFPosterior:
                 parts.append(((b, c), (obs, values)))
         return GMRFConditional(mean=mean, std=std, parts=parts)
 
-    def sample(self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """`n` exact posterior samples `(n, B, N, C)`."""
         return self.condition(y, operator).sample(n, rng=rng)
 
@@ -307,5 +369,9 @@ class GMRFPosterior:
             for c in range(y.shape[2]):
                 idx = observed_nodes(operator, b, c)
                 obs = self.observation(idx)
-                out[b] += float(obs.log_likelihood(_observed_values(y, operator, idx, b, c), log_det_prior=log_q))
+                out[b] += float(
+                    obs.log_likelihood(
+                        _observed_values(y, operator, idx, b, c), log_det_prior=log_q
+                    )
+                )
         return out

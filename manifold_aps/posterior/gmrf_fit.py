@@ -8,7 +8,10 @@ truth) fitted; fields that share their observed nodes share one factorisation pe
 
 Parameterised in :math:`(\log\rho, \log\sigma, \log\eta^2)` for :math:`\alpha \ge 2` (range and
 marginal std: better conditioned than :math:`\kappa, \tau`), :math:`(\log\kappa, \log\tau, \log\eta^2)`
-for :math:`\alpha = 1`; maximised by L-BFGS-B. Standard errors of the log-parameters come from the
+for :math:`\alpha = 1`; maximised by L-BFGS-B. Without measurement noise (complete training fields,
+the nugget holding all white variance) the covariance is :math:`\tau^{-2}(HQ_1^{-1}H^T + \lambda I)`,
+so the scale is profiled out in closed form and only (range, :math:`\lambda = \eta^2\tau^2`) are
+searched: about half the likelihood evaluations. Standard errors of the log-parameters come from the
 inverse of a central-difference Hessian.
 """
 
@@ -27,7 +30,9 @@ from manifold_aps.posterior.gmrf import GMRFObservation
 from manifold_aps.priors.gmrf import MaternGMRF, matern_kappa_tau
 from manifold_aps.sparse_cholesky import NotPositiveDefiniteError
 
-__all__ = ["GMRFFit", "fit_gmrf"]
+__all__ = ["COARSE_START_NODES", "GMRFFit", "fit_gmrf"]
+
+COARSE_START_NODES = 20_000  # above: start the search from a fit on the once-coarsened domain
 
 
 @dataclass
@@ -114,7 +119,9 @@ def fit_gmrf(
     if observed is not None:
         observed = np.atleast_2d(np.asarray(observed, dtype=bool))
         if observed.shape != values.shape:
-            raise ValueError(f"observed must have the shape of values {values.shape}, got {observed.shape}")
+            raise ValueError(
+                f"observed must have the shape of values {values.shape}, got {observed.shape}"
+            )
         if not observed.any(axis=1).all():
             raise ValueError("every field needs at least one observed value")
     used = values if observed is None else values[observed]
@@ -130,6 +137,10 @@ def fit_gmrf(
     spread = float(np.std(centred)) or 1.0
     init = dict(init or {})
     size = math.sqrt(domain.total_area)
+    if observed is None and n > COARSE_START_NODES and not init and fit_nugget:
+        init = _coarse_start(
+            domain, values, alpha=alpha, noise_std=noise_std, mean=template.mean, progress=progress
+        )
     if exact_density and not {"range", "std", "kappa", "tau"} & init.keys():
         # without a nugget the profile fit is the exact optimum's neighbourhood; with one it is not (a
         # white nugget pulls the noise-free range towards the grid spacing: 215 km for 1000 km at 0.5 deg)
@@ -173,13 +184,57 @@ def fit_gmrf(
         except NotPositiveDefiniteError:
             return -np.inf
 
-    def objective(theta):
-        value = log_likelihood(theta)
-        return 1e300 if not np.isfinite(value) else -value / num_values
+    def profiled(phi) -> tuple[float, np.ndarray]:
+        """Log-likelihood maximised over the scale, and the full parameters, at (shape, log lambda).
+
+        With no measurement noise, Cov(y) = tau^-2 (H Q1^-1 H^T + lambda I) (Q1: the precision at
+        tau = 1, lambda = nugget tau^2): the scale c = tau^-2 has the closed-form optimum q / n.
+        """
+        nonlocal evaluations
+        evaluations += 1
+        bar.update(1)
+        if not np.all(np.isfinite(phi)) or np.max(np.abs(phi)) > 60:
+            return -np.inf, np.array(x0)
+        nu = alpha - 1
+        kappa = math.exp(phi[0]) if alpha == 1 else math.sqrt(8 * nu) / math.exp(phi[0])
+        lam = math.exp(phi[1])
+        unit = template.with_params(kappa=kappa, tau=1.0)
+        try:
+            log_q = unit.log_det_precision()
+            loglik, quad = 0.0, 0.0
+            for idx, vals in groups:
+                ll, q = GMRFObservation(unit, idx, 0.0, lam).likelihood_terms(
+                    vals, log_det_prior=log_q
+                )
+                loglik, quad = loglik + float(np.sum(ll)), quad + float(np.sum(q))
+        except NotPositiveDefiniteError:
+            return -np.inf, np.array(x0)
+        scale = quad / num_values  # tau^-2
+        best = loglik + 0.5 * quad - 0.5 * num_values * math.log(scale) - 0.5 * num_values
+        prior = template.with_params(kappa=kappa, tau=scale**-0.5)
+        second = prior.tau if alpha == 1 else prior.std
+        return best, np.array([phi[0], math.log(second), math.log(lam * scale)])
 
     # ftol: a relative change of 1e-8 per observed value is far below one standard error
-    res = scipy.optimize.minimize(objective, np.array(x0), method="L-BFGS-B", options={"maxiter": 200, "ftol": 1e-8, "eps": 1e-5})
-    theta = res.x
+    options = {"maxiter": 200, "ftol": 1e-7, "gtol": 1e-4, "eps": 1e-5}
+    if fit_nugget and noise_var == 0:  # the scale has a closed form: two parameters left, not three
+        _, tau0, nugget0 = unpack(np.array(x0))
+        phi0 = np.array([x0[0], math.log(nugget0 * tau0**2)])
+
+        def objective2(phi):
+            value = profiled(phi)[0]
+            return 1e300 if not np.isfinite(value) else -value / num_values
+
+        res = scipy.optimize.minimize(objective2, phi0, method="L-BFGS-B", options=options)
+        theta = profiled(res.x)[1]
+    else:
+
+        def objective(theta):
+            value = log_likelihood(theta)
+            return 1e300 if not np.isfinite(value) else -value / num_values
+
+        res = scipy.optimize.minimize(objective, np.array(x0), method="L-BFGS-B", options=options)
+        theta = res.x
     errors: dict = {}
     if std_errors:
         hess = _hessian(lambda t: -log_likelihood(t), theta)
@@ -207,6 +262,40 @@ def fit_gmrf(
     )
 
 
+def _coarse_start(
+    domain: Domain, fields: np.ndarray, *, alpha: int, noise_std: float, mean, progress: bool
+) -> dict:
+    """Starting values from a fit to the fields pooled on `domain.coarsen()` (about 4x fewer nodes).
+
+    Range and std are parameters of the continuous field, so they carry over (pooling smooths: the
+    coarse range is longer, 0.25 rad for 0.155 at 1 deg); pooling 4 cells divides a white nugget by
+    about 4, so the coarse nugget is scaled back by the ratio of node counts. Measured on a 1-degree
+    global grid: 25 fine evaluations instead of 52 (31 s instead of 57 s, the coarse fit included).
+    Nothing (the default start) if the domain cannot be coarsened.
+    """
+    import torch
+
+    try:
+        step = domain.coarsen()
+    except (ValueError, NotImplementedError):
+        return {}
+    pool = step.pool_signal
+    pooled = (
+        pool(torch.from_numpy(np.ascontiguousarray(fields.T))[None]).numpy()[0].T
+    )  # (B, N_coarse)
+    coarse_mean = (
+        mean
+        if np.ndim(mean) == 0
+        else pool(torch.from_numpy(np.asarray(mean)[None, :, None]))[0, :, 0].numpy()
+    )
+    coarse = fit_gmrf(
+        step.domain, pooled, alpha=alpha, noise_std=noise_std, mean=coarse_mean, progress=progress
+    )
+    start = {k: v for k, v in coarse.params.items() if k != "nugget"}
+    start["nugget"] = max(coarse.nugget, 1e-12) * domain.num_nodes / step.domain.num_nodes
+    return start
+
+
 def _profile_start(template: MaternGMRF, fields: np.ndarray, size: float) -> dict:
     r"""A cheap first fit to complete fields without nugget: the range by a 1-D search, :math:`\tau` in closed form.
 
@@ -226,7 +315,10 @@ def _profile_start(template: MaternGMRF, fields: np.ndarray, size: float) -> dic
         prior = template.with_params(kappa=kappa_of(log_range), tau=1.0)
         quad = float(np.einsum("bn,bn->", resid, (prior.precision() @ resid.T).T))
         tau2 = resid.size / quad
-        loglik = 0.5 * fields.shape[0] * (n * math.log(tau2) + prior.log_det_precision()) - 0.5 * resid.size
+        loglik = (
+            0.5 * fields.shape[0] * (n * math.log(tau2) + prior.log_det_precision())
+            - 0.5 * resid.size
+        )
         return -loglik, tau2
 
     res = scipy.optimize.minimize_scalar(
@@ -255,6 +347,9 @@ def _hessian(func, theta: np.ndarray, step: float = 1e-3) -> np.ndarray:
             ej = np.zeros(p)
             ej[j] = step
             hess[i, j] = hess[j, i] = (
-                func(theta + ei + ej) - func(theta + ei - ej) - func(theta - ei + ej) + func(theta - ei - ej)
+                func(theta + ei + ej)
+                - func(theta + ei - ej)
+                - func(theta - ei + ej)
+                + func(theta - ei - ej)
             ) / (4 * step**2)
     return hess

@@ -73,20 +73,26 @@ class MaternGMRF:
 
     def __init__(self, domain: Domain, *, alpha: int, kappa: float, tau: float, mean=0.0):
         if alpha not in ALPHAS:
-            raise ValueError(f"alpha must be one of {ALPHAS} (integer smoothness nu = alpha - 1), got {alpha!r}")
+            raise ValueError(
+                f"alpha must be one of {ALPHAS} (integer smoothness nu = alpha - 1), got {alpha!r}"
+            )
         for name, value in (("kappa", kappa), ("tau", tau)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         self.domain, self.alpha, self.kappa, self.tau = domain, int(alpha), float(kappa), float(tau)
         mean = np.asarray(mean, dtype=np.float64)
         if mean.ndim not in (0, 1) or (mean.ndim == 1 and mean.shape != (domain.num_nodes,)):
-            raise ValueError(f"mean must be a number or an array (N={domain.num_nodes},), got shape {mean.shape}")
+            raise ValueError(
+                f"mean must be a number or an array (N={domain.num_nodes},), got shape {mean.shape}"
+            )
         self.mean = mean
         self._mass = domain.mass.numpy()
         self._stiffness = domain.stiffness().tocsc()
 
     @classmethod
-    def from_range(cls, domain: Domain, *, range_: float, std: float, alpha: int = 2, mean=0.0) -> MaternGMRF:
+    def from_range(
+        cls, domain: Domain, *, range_: float, std: float, alpha: int = 2, mean=0.0
+    ) -> MaternGMRF:
         r"""The field of practical range :math:`\rho` (domain length units) and marginal std :math:`\sigma` (:math:`\alpha \ge 2`)."""
         kappa, tau = matern_kappa_tau(range_, std, alpha)
         return cls(domain, alpha=alpha, kappa=kappa, tau=tau, mean=mean)
@@ -109,7 +115,9 @@ class MaternGMRF:
         nu = self.smoothness
         if nu == 0:
             return None
-        var = math.gamma(nu) / (math.gamma(self.alpha) * 4 * math.pi * self.kappa ** (2 * nu) * self.tau**2)
+        var = math.gamma(nu) / (
+            math.gamma(self.alpha) * 4 * math.pi * self.kappa ** (2 * nu) * self.tau**2
+        )
         return math.sqrt(var)
 
     def config(self) -> dict:
@@ -118,7 +126,9 @@ class MaternGMRF:
 
     def __repr__(self) -> str:
         std = "" if self.std is None else f", std={self.std:.4g}"
-        return f"MaternGMRF(domain={self.domain!r}, alpha={self.alpha}, range={self.range:.4g}{std})"
+        return (
+            f"MaternGMRF(domain={self.domain!r}, alpha={self.alpha}, range={self.range:.4g}{std})"
+        )
 
     def with_params(self, *, kappa: float, tau: float) -> MaternGMRF:
         """The same field family on the same domain with other :math:`\\kappa, \\tau` (shares the FEM matrices)."""
@@ -148,7 +158,11 @@ class MaternGMRF:
         r""":math:`\log\det Q = 2N\log\tau + \alpha\log\det K - (\alpha - 1)\log\det M` (one factorisation of `K`)."""
         n = self.domain.num_nodes
         log_k = SparseCholesky(self.operator_k()).logdet()
-        return 2 * n * math.log(self.tau) + self.alpha * log_k - (self.alpha - 1) * float(np.log(self._mass).sum())
+        return (
+            2 * n * math.log(self.tau)
+            + self.alpha * log_k
+            - (self.alpha - 1) * float(np.log(self._mass).sum())
+        )
 
     def spectrum(self, eigenvalues) -> np.ndarray:
         r"""Variances :math:`\tau^{-2}(\kappa^2 + \lambda_k)^{-\alpha}` of the mass-orthonormal eigenfunctions (for the dense `GaussianPrior(spectrum=...)`)."""
