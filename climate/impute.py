@@ -8,13 +8,17 @@ values bit for bit in the mean, the samples and the quantiles (their std is 0).
 Time steps are processed in blocks of `chunk_size` fields by `dask.array.map_blocks`: an
 in-memory input is computed at once (with a progress bar); a dask-backed input gives a lazy
 Dataset, and `write_imputation` streams it to netCDF block by block, so memory stays bounded by a
-few blocks whatever the length of the series.
+few blocks whatever the length of the series. Under an active `dask.distributed.Client` the blocks
+run on its workers (the model is sent to each worker once, torch uses one thread per block there)
+and the output is the single-process one bit for bit: a block's seed depends on its first time
+index only, never on where or in which order it runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -135,7 +139,8 @@ def _departure_sums(da: xr.DataArray, observed: xr.DataArray, model: ImputationM
     values = values.rechunk((values.chunks[0] if lazy else 24, -1, -1))  # blocks of time steps
     obs = dsa.asarray(obs).rechunk(values.chunks)
 
-    def sums(x: np.ndarray, m: np.ndarray, start: int) -> np.ndarray:
+    def sums(x: np.ndarray, m: np.ndarray, start: int, shipped: tuple) -> np.ndarray:
+        model, times = shipped
         x = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
         m = np.asarray(m, dtype=bool).reshape(x.shape) & np.isfinite(x)
         mean, scale = model.reference(None if times is None else times[start : start + x.shape[0]])
@@ -144,8 +149,9 @@ def _departure_sums(da: xr.DataArray, observed: xr.DataArray, model: ImputationM
         return np.array([m.sum(), (far & m).sum(), x[m].sum(), mean[m].sum(), scale[m].sum()])
 
     starts = np.cumsum((0,) + values.chunks[0][:-1])
+    shipped = _shipped(model, times)
     parts = [
-        dask.delayed(sums)(x, m, int(start))
+        dask.delayed(sums)(x, m, int(start), shipped)
         for x, m, start in zip(values.to_delayed().ravel(), obs.to_delayed().ravel(), starts)
     ]
     return dask.delayed(np.sum)(dask.delayed(np.stack)(parts), axis=0)
@@ -217,7 +223,8 @@ def _validate(da: xr.DataArray, observed: xr.DataArray, model: ImputationModel) 
 
 
 class _Progress:
-    """A tqdm bar over fields that opens at the first finished block (compute may come later)."""
+    """A tqdm bar over fields that opens when the first block starts (compute may come later) and
+    advances as each field is finished (`update` is thread-safe: blocks run on dask's threads)."""
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self.total, self.enabled, self.desc = total, enabled, desc
@@ -243,6 +250,38 @@ class _Progress:
             if self._bar.n >= self.total:
                 self._bar.close()
                 self._bar = None
+
+    def __getstate__(self) -> dict:
+        """The copy a dask.distributed worker gets is off: a bar shows only where it was made."""
+        return {"total": self.total, "enabled": False, "desc": self.desc}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def _shipped(*objects):
+    """`objects` as one literal of the dask graph (a Delayed tuple), for blocks to take as an argument.
+
+    A distributed scheduler then sends them to each worker once instead of inside every block's
+    task (a model closed over by the block function would travel with each block: megabytes for
+    a distilled flow, the climatology of a large grid).
+    """
+    return dask.delayed(objects, pure=False, traverse=False)
+
+
+def _one_torch_thread_on_dask_worker() -> None:
+    """On a dask.distributed worker, torch runs each block on one thread (the worker's threads and
+    processes already run blocks in parallel; more would oversubscribe the cores)."""
+    if "distributed" not in sys.modules:  # never imported: not a worker
+        return
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:  # a client or a plain process
+        return
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def impute(
@@ -274,7 +313,7 @@ def impute(
         quantiles: levels in (0, 1) of per-cell sample quantiles to add (e.g. `(0.05, 0.95)`).
         chunk_size: fields per block; default: as many as fit in about 256 MiB, at most 24.
         compute: compute now (default: when the input is not dask-backed); else a lazy Dataset.
-        progress: a tqdm bar over fields while blocks are computed.
+        progress: a tqdm bar over fields while blocks are computed, advancing per field.
 
     Returns:
         a Dataset with `<var>_mean`, `<var>_std` `([time,] latitude, longitude)`, `<var>_samples`
@@ -329,14 +368,17 @@ def impute(
     bar = _Progress(n_time, progress, f"imputing {da.name} ({model.engine})")
     q_levels = torch.tensor(quantiles, dtype=torch.float64)
 
-    def block(x: np.ndarray, m: np.ndarray, block_info=None) -> np.ndarray:
+    def block(x: np.ndarray, m: np.ndarray, shipped: tuple, block_info=None) -> np.ndarray:
+        model, times = shipped
         start, stop = block_info[0]["array-location"][0]
         b = stop - start
+        _one_torch_thread_on_dask_worker()
         bar.start()
         xt = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(b, nlat * nlon, 1))
         mt = torch.from_numpy(np.asarray(m, dtype=bool).reshape(b, nlat * nlon, 1))
         rng = torch.Generator().manual_seed(seed_to_int(f"impute:{seed}:{start}"))
-        post = model.posterior(xt, mt, n_samples, times=None if times is None else times[start:stop], rng=rng)
+        post = model.posterior(xt, mt, n_samples, times=None if times is None else times[start:stop], rng=rng,
+                               on_field=bar.update)  # the bar advances per field (thread-safe)
         parts = [post.samples, post.mean[None], post.std[None]]
         if n_q:
             parts.append(torch.quantile(post.samples, q_levels, dim=0))
@@ -345,11 +387,10 @@ def impute(
         given = np.broadcast_to(np.asarray(x).astype(dtype)[None], out.shape)
         out = np.where(keep, given, out)  # observed cells: the input, bit for bit
         out[n_samples + 1][keep[0]] = 0  # and no spread
-        bar.update(b)
         return out
 
     stacked = dsa.map_blocks(
-        block, values, obs, new_axis=0, chunks=((depth,),) + values.chunks, dtype=dtype,
+        block, values, obs, _shipped(model, times), new_axis=0, chunks=((depth,),) + values.chunks, dtype=dtype,
         name=f"impute-{da.name}-{model.engine}-{dask.base.tokenize(values, obs, seed, n_samples, quantiles, id(model))}",
     )
     dims = (TIME, LATITUDE, LONGITUDE)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 
 from climate.era5 import _expand as input_files
 from climate.era5 import open_era5
-from climate.impute import OBSERVED, impute, write_imputation
-from climate.masks import align_mask, crop_region, missing_mask, parse_mask_spec
+from climate.impute import OBSERVED, _same_units, impute, write_imputation
+from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import GaussianImputer, ImputationModel, load_model
 from climate.plot import plot_imputation
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 from manifold_aps.training import read_weights_file
 
-__all__ = ["DEFAULT_NOISE_STD", "ImputeRequest", "coarsen_grid", "parse_period", "run_impute"]
+__all__ = [
+    "DEFAULT_NOISE_STD", "OUTPUT_GRIDS", "ImputeRequest", "Period", "coarsen_grid", "parse_period", "run_impute",
+    "upsample_blocks",
+]
 
 DEFAULT_NOISE_STD = 0.1  # observation error std (variable units) when neither --noise-std nor a model gives one
+OUTPUT_GRIDS = ("coarse", "native")  # --output-grid: the --coarsen grid, or the input's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,11 +45,16 @@ class ImputeRequest:
         masks: mask specs, combined with "and" (observed only where all observe).
         engine: "gaussian", "dps", "aps", "implicit" or "avi".
         checkpoint: model file (required for dps/aps).
-        fit_period: "START:END" of the gaussian fit, or None.
-        period: "START:END" of the imputed times, or None (all).
+        fit_period: times of the gaussian fit (`parse_period`: stamps and START:END ranges,
+            comma-separated), or None.
+        period: the imputed times (as `fit_period`), or None (all).
         select: "DIM=VALUE" selections of extra dimensions.
         region: "S:N:W:E" box to crop the field to (degrees), or None.
         coarsen: average blocks of `coarsen x coarsen` cells first (1: keep the grid).
+        output_grid: "coarse" (the result on the `coarsen` grid) or "native" (brought back to the
+            input grid, piecewise constant per block, the input's observed cells kept exactly).
+        truth: a file to score the imputation against (the same variable and grid, e.g. the
+            complete field behind real gaps), or None.
         save_model: where to save a fitted gaussian model, or None.
         samples: posterior samples per field (>= 2 unless the engine is gaussian: the others'
             std is that of their samples).
@@ -55,6 +67,10 @@ class ImputeRequest:
         plot: output PNG path, or None.
         plot_time: time to map, or None (the first).
         progress: progress bars.
+        scheduler: where the dask blocks run: None (this process, threads), "local:N" (a
+            `LocalCluster` of N single-threaded worker processes on 127.0.0.1, closed at the end)
+            or the address of a running dask scheduler, e.g. "tcp://host:8786" (its workers must
+            see the input and output paths); the output is the same bit for bit.
     """
 
     input: str
@@ -68,6 +84,8 @@ class ImputeRequest:
     select: tuple[str, ...] = ()
     region: str | None = None
     coarsen: int = 1
+    output_grid: str = "coarse"
+    truth: str | None = None
     save_model: str | None = None
     samples: int = 16
     quantiles: tuple[float, ...] = ()
@@ -80,6 +98,7 @@ class ImputeRequest:
     plot: str | None = None
     plot_time: str | None = None
     progress: bool = True
+    scheduler: str | None = None
 
     def __post_init__(self):
         if self.engine not in ("gaussian", "dps", "aps", "implicit", "avi"):
@@ -88,6 +107,11 @@ class ImputeRequest:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
+        if self.output_grid not in OUTPUT_GRIDS:
+            raise ValueError(f"--output-grid must be one of {list(OUTPUT_GRIDS)}, got {self.output_grid!r}")
+        for option, text in (("--period", self.period), ("--fit-period", self.fit_period)):
+            if text:
+                parse_period(text, option)  # its syntax, before any work
         if self.save_model and (self.engine != "gaussian" or self.checkpoint):
             raise ValueError("--save-model saves a gaussian model fitted here (no --checkpoint)")
         if self.samples < 1:
@@ -101,49 +125,150 @@ class ImputeRequest:
             raise ValueError(f"--noise-std must be a positive number (variable units), got {self.noise_std:g}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"--chunk-size must be a positive integer, got {self.chunk_size}")
+        if self.scheduler is not None:
+            _parse_scheduler(self.scheduler)
 
 
-def parse_period(text: str | None) -> slice:
-    """`"START:END"` (ISO dates/times, either side may be empty) -> a label slice for `.sel`."""
-    if text is None:
-        return slice(None)
-    parts = text.split(":") if text.count(":") == 1 else None
+@dataclass(frozen=True)
+class Period:
+    """A union of time ranges, what `--period` / `--fit-period` take (made by `parse_period`).
+
+    Attributes:
+        text: the option's value, e.g. `"2002-07-01,2002-07-11,2002-07-21"` or `"A:B,C:D"`.
+        option: the option's name for messages, e.g. `"--period"`.
+        items: one `(item text, label slice)` per comma-separated item, in the order given; a
+            single stamp `S` is the slice `S:S` (a date: its whole day, an hour: that hour).
+    """
+
+    text: str
+    option: str
+    items: tuple[tuple[str, slice], ...]
+
+    def indices(self, times: xr.DataArray) -> np.ndarray:
+        """Positions `(T_selected,)`, in time order, of the steps of `times` `(T,)` that the items select.
+
+        Raises:
+            ValueError: an item selects no time step, or two items select a common one (naming them).
+        """
+        positions = xr.DataArray(np.arange(times.size), coords={TIME: times.values}, dims=TIME)
+        chosen: dict[str, np.ndarray] = {}
+        for item, label in self.items:
+            picked = np.atleast_1d(positions.sel({TIME: label}).values)
+            if picked.size == 0:
+                span = f"{_stamp(times.values[0])} .. {_stamp(times.values[-1])}" if times.size else "none"
+                raise ValueError(f"{self.option} item {item!r} selects no time step (the times are {span})")
+            for other, before in chosen.items():
+                common = np.intersect1d(before, picked)
+                if common.size:
+                    raise ValueError(
+                        f"{self.option} items {other!r} and {item!r} overlap: both select "
+                        f"{_stamp(times.values[common[0]])} ({common.size} time step(s)); give each time once"
+                    )
+            chosen[item] = picked
+        return np.sort(np.concatenate(list(chosen.values())))
+
+    def select(self, da: xr.DataArray) -> xr.DataArray:
+        """The time steps of `da` that the items select (their union, in time order)."""
+        return da.isel({TIME: self.indices(da[TIME])})
+
+
+def parse_period(text: str, option: str = "--period") -> Period:
+    """`"START:END"`, a single stamp, or several of them comma-separated -> a `Period`.
+
+    Each item is an ISO date/time `S` (what `S:S` selects: a date its whole day, `2019-03-01T12`
+    that hour) or a range `START:END` (ISO times, ends included, either side may be empty); an
+    item that is itself one ISO time (`2019-03-01T12:00`) is a stamp, not a range.
+
+    Raises:
+        ValueError: an empty item or one that is not an ISO time or range, naming it and `option`.
+    """
+    items = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"{option} {text!r} has an empty item; separate stamps or START:END ranges by one comma")
+        items.append((item, _period_item(item, option)))
+    return Period(text=text, option=option, items=tuple(items))
+
+
+def _period_item(item: str, option: str) -> slice:
+    """One item of a period: a stamp `S` -> `slice(S, S)`, `"START:END"` -> `slice(START, END)`."""
+    if ":" not in item or _is_stamp(item):
+        if not _is_stamp(item):
+            raise ValueError(f"{option} item {item!r} is not an ISO date/time or START:END range")
+        return slice(item, item)
+    parts = item.split(":") if item.count(":") == 1 else None
     if parts is None:
         # times may contain colons: split on the one ':' that separates two ISO stamps ("..T12:00:...")
-        for i in range(len(text)):
-            if text[i] == ":" and _is_stamp(text[:i]) and _is_stamp(text[i + 1 :]):
-                parts = [text[:i], text[i + 1 :]]
+        for i in range(len(item)):
+            if item[i] == ":" and _is_stamp(item[:i]) and _is_stamp(item[i + 1 :]):
+                parts = [item[:i], item[i + 1 :]]
                 break
         else:
-            raise ValueError(f"a period must be START:END (ISO times), got {text!r}")
+            raise ValueError(f"{option} item {item!r} must be START:END (ISO times)")
     start, end = (p or None for p in parts)
     for p in (start, end):
         if p is not None and not _is_stamp(p):
-            raise ValueError(f"{p!r} in period {text!r} is not an ISO date/time")
+            raise ValueError(f"{p!r} in {option} item {item!r} is not an ISO date/time")
     return slice(start, end)
+
+
+def _stamp(value) -> str:
+    """A time for messages: `2019-03-01T12:00`."""
+    return str(value)[:16]
 
 
 def _is_stamp(text: str) -> bool:
     if text == "":
         return True
     try:
-        np.datetime64(text)
+        with warnings.catch_warnings():  # "no explicit representation of timezones": not a stamp either way
+            warnings.simplefilter("ignore", UserWarning)
+            np.datetime64(text)
     except ValueError:
         return False
     return True
 
 
 def coarsen_grid(da: xr.DataArray, factor: int) -> xr.DataArray:
-    """Plain mean of blocks of `factor x factor` cells (NaN where any cell of a block is NaN),
-    trimming rows/columns that do not fill a block; attributes are kept. Centres become the
-    blocks' mean coordinates."""
+    """Plain (unweighted) mean of the observed cells of blocks of `factor x factor` cells.
+
+    A block is NaN only where all its cells are; rows/columns that do not fill a block are
+    trimmed; attributes are kept. Centres become the blocks' mean coordinates.
+
+    Arguments:
+        da: field `(..., latitude, longitude)`.
+        factor: block side, cells.
+
+    Returns:
+        `(..., latitude // factor, longitude // factor)`.
+    """
     for dim in (LATITUDE, LONGITUDE):
         if da.sizes[dim] < factor:
             raise ValueError(f"--coarsen {factor}: the field has only {da.sizes[dim]} {dim} values")
-    blocks = {LATITUDE: factor, LONGITUDE: factor}
-    out = da.coarsen(blocks, boundary="trim").mean()
-    any_nan = da.isnull().coarsen(blocks, boundary="trim").max()
-    return out.where(~any_nan).assign_attrs(da.attrs)
+    with warnings.catch_warnings():  # "Mean of empty slice": an all-NaN block is NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = da.coarsen({LATITUDE: factor, LONGITUDE: factor}, boundary="trim").mean()  # skips NaN
+    return out.assign_attrs(da.attrs)
+
+
+def upsample_blocks(coarse: xr.Dataset | xr.DataArray, like: xr.DataArray, factor: int) -> xr.Dataset | xr.DataArray:
+    """Piecewise-constant inverse of `coarsen_grid`: each cell of `like`'s grid takes the value of
+    the `factor x factor` block it belongs to (the rows/columns `coarsen_grid` trimmed: of the
+    nearest block), on `like`'s latitude/longitude coordinates.
+
+    Arguments:
+        coarse: on the grid `coarsen_grid(like, factor)` gives, `(..., nlat_c, nlon_c)`.
+        like: a field on the fine grid `(..., nlat, nlon)`.
+        factor: the block side of the coarsening.
+
+    Returns:
+        `coarse` on the fine grid `(..., nlat, nlon)`, lazily if dask-backed.
+    """
+    index = {
+        dim: np.minimum(np.arange(like.sizes[dim]) // factor, coarse.sizes[dim] - 1) for dim in (LATITUDE, LONGITUDE)
+    }
+    return coarse.isel(index).assign_coords({dim: like[dim] for dim in (LATITUDE, LONGITUDE)})
 
 
 def _select(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
@@ -176,6 +301,11 @@ def _check_paths(req: ImputeRequest) -> None:
     inputs = [(f"the input {f}", Path(f)) for f in input_files(req.input)]
     if req.checkpoint:
         inputs.append((f"the --checkpoint {req.checkpoint}", Path(req.checkpoint)))
+    if req.truth:
+        try:
+            inputs += [(f"the --truth {f}", Path(f)) for f in input_files(req.truth)]
+        except FileNotFoundError as err:
+            raise ValueError(f"--truth {req.truth}: {err}") from err
     outputs = [(flag, Path(path)) for flag, path in
                (("--output", req.output), ("--plot", req.plot), ("--save-model", req.save_model)) if path]
     for i, (flag, path) in enumerate(outputs):
@@ -187,6 +317,134 @@ def _check_paths(req: ImputeRequest) -> None:
         for what, other in inputs + [(f"{f} {p}", p) for f, p in outputs[:i]]:
             if _same_file(path, other):
                 raise ValueError(f"{flag} {path} is {what}: writing it would replace that file; give another one")
+
+
+def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
+    """`da` after `--select` and `--region` (on its own grid, before any `--coarsen`)."""
+    da = _select(da, req.select)
+    if req.region:
+        try:
+            south, north, west, east = (float(v) for v in req.region.split(":"))
+        except ValueError as err:
+            raise ValueError(f"--region takes S:N:W:E in degrees, got {req.region!r}") from err
+        da = crop_region(da, lat=(south, north), lon=(west, east))
+    return da
+
+
+def _truth_field(req: ImputeRequest, like: xr.DataArray, *, like_units: str | None) -> xr.DataArray:
+    """`--truth`'s variable, through the same `--select`/`--region`/`--coarsen` as the input (no
+    `--coarsen` for `--output-grid native`), at the times of `like` (lazy, dask-backed).
+
+    Raises:
+        ValueError: the file cannot be read or lacks the variable, another grid than `like`'s,
+            other units, or missing times of `like` (each naming the file and the problem).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ds = open_era5(req.truth, req.variable, chunks={TIME: req.chunk_size or 24})
+        truth = _crop(ds[req.variable], req)
+        if req.coarsen > 1 and req.output_grid == "coarse":
+            truth = coarsen_grid(truth, req.coarsen)
+    except (KeyError, ValueError, OSError) as err:
+        raise ValueError(f"--truth {req.truth}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+    same = all(
+        truth.sizes.get(dim) == like.sizes[dim]
+        and np.allclose(truth[dim].values, like[dim].values, rtol=0, atol=1e-6)
+        for dim in (LATITUDE, LONGITUDE)
+    )
+    if not same:
+        raise ValueError(
+            f"--truth {req.truth} is on another grid than the input after "
+            f"--select/--region/--coarsen: {_describe_grid(truth[LATITUDE].values, truth[LONGITUDE].values)}, not "
+            f"{_describe_grid(like[LATITUDE].values, like[LONGITUDE].values)}"
+        )
+    units = truth.attrs.get("units")
+    if units and like_units and not _same_units(units, like_units):
+        raise ValueError(f"--truth {req.truth}: {req.variable} is in {units!r}, the input in {like_units!r}")
+    if TIME in like.dims:
+        if TIME not in truth.dims:
+            raise ValueError(f"--truth {req.truth} has no time dimension; the imputed times are {like.sizes[TIME]}")
+        lacking = ~np.isin(like[TIME].values, truth[TIME].values)
+        if lacking.any():
+            raise ValueError(
+                f"--truth {req.truth} lacks {int(lacking.sum())} of the {lacking.size} imputed time steps, first "
+                f"{_stamp(like[TIME].values[lacking][0])}"
+            )
+        truth = truth.sel({TIME: like[TIME].values})
+    return truth.transpose(*like.dims)
+
+
+def _on_input_grid(
+    result: xr.Dataset, native: xr.DataArray, masked: xr.DataArray | None, factor: int, variable: str
+) -> xr.Dataset:
+    """`--output-grid native`: an imputation on the `--coarsen` grid brought back to the input's.
+
+    The mean, std, samples and quantiles are repeated over each block (`upsample_blocks`); a cell
+    is observed where the input has a value and the `--mask` specs (on the coarse grid) observe
+    its block: there the mean, samples and quantiles are the input's value bit for bit and the
+    std is 0, as at the observed cells of any imputation. A hidden cell of a block that has
+    observed cells takes the block's value, their average, with std 0 (the coarse posterior has
+    no variability within a block).
+
+    Arguments:
+        result: `impute`'s output on the coarse grid.
+        native: the imputed input times on the input grid `([time,] latitude, longitude)`.
+        masked: True where every `--mask` spec observes, on the coarse grid; None: no spec.
+        factor: `--coarsen`.
+        variable: the variable name.
+    """
+    out = upsample_blocks(result, native, factor)
+    observed = native.notnull()
+    if masked is not None:
+        observed = observed & upsample_blocks(masked, native, factor)
+    observed = observed.transpose(*native.dims)
+    for name in (f"{variable}_mean", f"{variable}_samples", f"{variable}_quantiles"):
+        if name in out:
+            var = out[name]
+            out[name] = var.where(~observed, native.astype(var.dtype)).transpose(*var.dims).assign_attrs(var.attrs)
+    std = out[f"{variable}_std"]
+    out[f"{variable}_std"] = std.where(~observed, np.zeros((), std.dtype)).transpose(*std.dims).assign_attrs(std.attrs)
+    out[OBSERVED] = observed.astype(np.int8).assign_attrs(result[OBSERVED].attrs)
+    first, _, rest = out.attrs.get("history", "").partition("\n")
+    out.attrs["history"] = (
+        f"{first}; on the input grid (--output-grid native): each {factor}x{factor} block's values repeated over "
+        "its cells, the input's observed cells kept as given" + (f"\n{rest}" if rest else "")
+    )
+    return out
+
+
+def _log_cost_per_field(model: ImputationModel, target: xr.DataArray, observed: xr.DataArray, n_samples: int, log):
+    """Log what the gaussian engine spends on one field with hidden cells (its sparse Cholesky
+    factorisation, exact variances and samples), timed on the first imputed field if it has any."""
+    if not isinstance(model, GaussianImputer):
+        return
+    first = {TIME: 0} if TIME in target.dims else {}
+    values = target.isel(first).transpose(LATITUDE, LONGITUDE)
+    seen = observed.broadcast_like(target).isel(first).transpose(LATITUDE, LONGITUDE)
+    if model.latitudes_reversed(values):
+        values, seen = values.isel({LATITUDE: slice(None, None, -1)}), seen.isel({LATITUDE: slice(None, None, -1)})
+    mask = np.asarray(seen.values, dtype=bool).reshape(1, -1, 1)
+    if mask.all():
+        return
+    y = np.nan_to_num(np.asarray(values.values, dtype=np.float64)).reshape(1, -1, 1)
+    when = None if not first else target[TIME].values[:1]
+    tic = time.perf_counter()
+    model.posterior(torch.from_numpy(y), torch.from_numpy(mask), n_samples, times=when,
+                    rng=torch.Generator().manual_seed(0))
+    log(f"gaussian posterior of one field ({mask.size} cells, {100 * (1 - mask.mean()):.0f} % hidden): "
+        f"{time.perf_counter() - tic:.2f} s (one sparse Cholesky factorisation per distinct mask, exact variances, "
+        f"{n_samples} samples), {target.sizes.get(TIME, 1)} field(s) to impute")
+
+
+def _scores_line(scores: dict, where: str, units: str) -> str:
+    """The log line of `imputation_scores`, over the hidden cells `where` says."""
+    return (
+        f"scores over the {100 * scores['hidden_fraction']:.0f} % hidden cells {where} "
+        f"(area-weighted): RMSE of the mean {scores['rmse_mean']:.3f}, of one sample "
+        f"{scores['rmse_sample']:.3f}, CRPS {scores['crps']:.3f}, 90 % coverage "
+        f"{100 * scores['coverage_90']:.1f} %, spread/skill {scores['spread_skill']:.2f} [{units}]"
+    )
 
 
 def _with_noise_std(model: ImputationModel, req: ImputeRequest, log) -> ImputationModel:
@@ -218,10 +476,13 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
     if TIME not in field.dims:
         raise ValueError("the gaussian engine fits on time steps; the field has no time dimension (give --checkpoint)")
     if req.fit_period:
-        train = field.sel({TIME: parse_period(req.fit_period)})
+        train = parse_period(req.fit_period, "--fit-period").select(field)
     else:
-        inside = field[TIME].isin(field.sel({TIME: parse_period(req.period)})[TIME]) if req.period else None
-        candidates = field if inside is None else field.isel({TIME: ~inside.values})
+        inside = None
+        if req.period:
+            inside = np.zeros(field.sizes[TIME], dtype=bool)
+            inside[parse_period(req.period).indices(field[TIME])] = True
+        candidates = field if inside is None else field.isel({TIME: ~inside})
         complete = ~candidates.isnull().any((LATITUDE, LONGITUDE)).compute()
         train = candidates.isel({TIME: np.flatnonzero(complete.values)})
         if inside is None:
@@ -246,8 +507,63 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
     return model
 
 
+_ADDRESS = re.compile(r"((tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}")
+_SCHEDULER_CONNECT_S = 10  # how long to wait for a scheduler at an address to answer
+
+
+def _parse_scheduler(text: str) -> int | str:
+    """`--scheduler` -> the number of local workers (`"local:N"`) or the scheduler's address."""
+    if text.startswith("local:"):
+        count = text[len("local:") :]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--scheduler local:N needs N >= 1 worker processes, got {text!r}")
+        return int(count)
+    if not _ADDRESS.fullmatch(text):
+        raise ValueError(
+            f"--scheduler must be local:N (N worker processes here) or a dask scheduler address such as "
+            f"tcp://host:8786, got {text!r}"
+        )
+    return text
+
+
+@contextlib.contextmanager
+def _dask_scheduler(spec: str | None, log):
+    """Run the dask computations inside on `spec`'s cluster (see `ImputeRequest.scheduler`).
+
+    `local:N` starts a `LocalCluster` (processes, one thread each, listening on 127.0.0.1 only,
+    no dashboard) and closes it on the way out; an address gets a `Client` connected to that
+    scheduler, and only the client is closed. None: nothing changes.
+    """
+    if spec is None:
+        yield
+        return
+    from distributed import Client, LocalCluster
+
+    target = _parse_scheduler(spec)
+    with contextlib.ExitStack() as opened:
+        if isinstance(target, int):
+            target = opened.enter_context(LocalCluster(  # its HTTP server on a free port: runs side by side
+                n_workers=target, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
+            ))
+        try:
+            client = opened.enter_context(Client(target, timeout=_SCHEDULER_CONNECT_S))
+        except OSError as err:  # TimeoutError, refused connection
+            raise ValueError(f"--scheduler {spec}: no dask scheduler answered there ({err})") from err
+        threads = client.nthreads()  # {worker address: threads}
+        log(f"dask scheduler {client.scheduler.address}: {len(threads)} worker(s), {sum(threads.values())} thread(s)")
+        yield
+
+
 def run_impute(req: ImputeRequest, *, log=print) -> dict:
-    """Run one imputation end to end; returns the scores (empty when nothing hidden has a value)."""
+    """Run one imputation end to end, on `req.scheduler`'s dask cluster when given; returns the
+    scores (empty when nothing hidden has a value), with `--truth`'s under the key "truth"."""
+    with _dask_scheduler(req.scheduler, log):
+        return _run_impute_here(req, log=log)
+
+
+def _run_impute_here(req: ImputeRequest, *, log) -> dict:
+    """`run_impute` on the dask scheduler already in force."""
     start = time.perf_counter()
     _check_paths(req)
     with warnings.catch_warnings():  # "chunks separate the stored chunks": harmless for reading
@@ -258,49 +574,52 @@ def run_impute(req: ImputeRequest, *, log=print) -> dict:
             raise
         except OSError as err:  # e.g. a truncated netCDF file (HDF5: "truncated file")
             raise ValueError(f"cannot read --input {req.input}: {err}") from err
-    field = _select(ds[req.variable], req.select)
-    if req.region:
-        try:
-            south, north, west, east = (float(v) for v in req.region.split(":"))
-        except ValueError as err:
-            raise ValueError(f"--region takes S:N:W:E in degrees, got {req.region!r}") from err
-        field = crop_region(field, lat=(south, north), lon=(west, east))
-    if req.coarsen > 1:
-        field = coarsen_grid(field, req.coarsen)
+    native = _crop(ds[req.variable], req)
+    field = coarsen_grid(native, req.coarsen) if req.coarsen > 1 else native
     log(f"read {req.variable} {dict(field.sizes)} from {req.input}")
-    target = field.sel({TIME: parse_period(req.period)}) if req.period and TIME in field.dims else field
+    period = parse_period(req.period) if req.period and TIME in field.dims else None
+    target = field if period is None else period.select(field)
     if TIME in target.dims and target.sizes[TIME] == 0:
         raise ValueError(f"--period {req.period} selects no time step of {req.input}")
+    on_input_grid = req.output_grid == "native" and req.coarsen > 1
+    native_target = (native if period is None else period.select(native)) if on_input_grid else target
     observed = missing_mask(target)
     descriptions = [observed.attrs["description"]]
+    masked = None  # True where every --mask spec observes (the NaN cells aside)
     for spec in req.masks:
         if spec != "nan":
             mask = parse_mask_spec(spec, target, seed=req.seed)
             descriptions.append(mask.attrs.get("description", spec))
             observed = observed & mask
+            masked = mask if masked is None else masked & mask
     observed.attrs["description"] = " & ".join(descriptions)
     align_mask(observed, target, name="mask")  # its checks (e.g. repeated input times) before any fit
+    truth = _truth_field(req, native_target, like_units=field.attrs.get("units")) if req.truth else None
     model = _model(req, field, log, target, observed)
     result = impute(
         target, observed, model, n_samples=req.samples, seed=req.seed, quantiles=req.quantiles,
         chunk_size=req.chunk_size, compute=False, progress=req.progress,
     )
+    _log_cost_per_field(model, target, observed, req.samples, log)
+    if on_input_grid:
+        result = _on_input_grid(result, native_target, masked, req.coarsen, req.variable)
     result.attrs["source"] = Path(str(req.input)).name
     write_imputation(result, req.output)
     log(f"wrote {req.output}")
     written = xr.open_dataset(req.output, engine="h5netcdf")
     try:
-        scores = imputation_scores(written, target, req.variable)
+        scores = imputation_scores(written, native_target, req.variable)
         if scores:
-            log(
-                f"scores over the {100 * scores['hidden_fraction']:.0f} % hidden cells that have a value in the input "
-                f"(area-weighted): RMSE of the mean {scores['rmse_mean']:.3f}, of one sample "
-                f"{scores['rmse_sample']:.3f}, CRPS {scores['crps']:.3f}, 90 % coverage "
-                f"{100 * scores['coverage_90']:.1f} %, spread/skill {scores['spread_skill']:.2f} [{model.units}]"
-            )
+            log(_scores_line(scores, "that have a value in the input", model.units))
+        if truth is not None:
+            against = imputation_scores(written, truth.load(), req.variable)
+            log(_scores_line(against, f"that have a value in --truth {req.truth}", model.units) if against else
+                f"no hidden cell has a value in --truth {req.truth}: nothing to score")
+            scores = {**scores, "truth": against}
         if req.plot:
             when = req.plot_time
-            plot_imputation(written, target, req.variable, req.plot, time=when, engine=model.engine)
+            plot_imputation(written, native_target if truth is None else truth, req.variable, req.plot, time=when,
+                            engine=model.engine)
             log(f"wrote {req.plot}")
         hidden = float((written[OBSERVED] == 0).mean())
     finally:

@@ -129,8 +129,8 @@ def impute_domain(name: str, setting: Setting, args) -> list[dict]:
     field = climate.open_era5(setting.path, "t2m")["t2m"]
     if setting.coarsen > 1:
         field = coarsen_grid(field, setting.coarsen)
-    train = field.sel(time=parse_period(setting.fit_period)).load()
-    target = field.sel(time=parse_period(setting.period)).load()
+    train = parse_period(setting.fit_period, "fit_period").select(field).load()
+    target = parse_period(setting.period).select(field).load()
     print(f"{name}: t2m {target.sizes['latitude']} x {target.sizes['longitude']} cells, "
           f"{train.sizes['time']} training fields, {target.sizes['time']} imputed", flush=True)
     if args.engine == "gaussian":

@@ -110,14 +110,32 @@ Engines:
   implicit  a generator from `manifold-aps distill --engine implicit` (--checkpoint); one pass
   avi       a few-step guided sampler from `manifold-aps distill --engine avi` (--checkpoint)
 
+--period and --fit-period take one time range or several, comma-separated: a stamp is what
+START:END of itself selects (2019-03-01: that day, 2019-03-01T12: that hour), a range includes
+both ends (either may be empty), e.g. 2002-07-01,2002-07-11,2002-07-21 or A:B,C:D; the union is
+taken in time order, and an item that selects nothing or overlaps another is refused. Time steps
+with nothing hidden are passed through (samples = the values, std 0), by every engine.
+
+--coarsen K averages the observed cells of each KxK block (a block is missing only where all of
+its cells are); --output-grid native brings the result back to the input grid: each block's
+mean, std and samples repeated over its cells (piecewise constant: the nearest coarse cell is
+the block a cell belongs to), every cell observed in the input kept bit for bit with std 0; a
+hidden cell of a block with observed cells takes their average, with std 0 (the coarse grid
+resolves nothing finer). Default: coarse, the result on the --coarsen grid.
+
 When the hidden cells have values in the input (an artificial mask), the scores of the
 imputation against them are printed: area-weighted RMSE, CRPS, 90 % coverage, spread/skill.
+--truth FILE scores an imputation of real gaps the same way against another file (the same
+variable, on the same grid after --select/--region/--coarsen, with every imputed time step):
+over the cells hidden in the input that have a value in FILE.
 
 examples:
-  manifold-aps impute --input era5.nc --var t2m --mask random:0.7 --fit-period 2019-03-01:2019-03-24 \
+  manifold-aps impute --input era5.nc --var t2m --mask random:0.7 --fit-period 2019-03-01:2019-03-24 \\
       --period 2019-03-25:2019-03-31 --output out.nc --plot out.png
-  manifold-aps impute --input era5.grib --var t2m --mask stations:stations.csv --engine dps \
+  manifold-aps impute --input era5.grib --var t2m --mask stations:stations.csv --engine dps \\
       --checkpoint runs/era5-uk/checkpoint.pt --samples 8 --output out.nc
+  manifold-aps impute --input gappy.nc --var sst --coarsen 10 --output-grid native \\
+      --period 2002-07-01,2002-07-11,2002-07-21 --truth complete.nc --output out.nc
 """
 
 
@@ -130,11 +148,12 @@ def _impute(args: argparse.Namespace) -> int:
     request = ImputeRequest(
         input=args.input, variable=args.var, masks=tuple(args.mask or ("nan",)), engine=args.engine,
         checkpoint=args.checkpoint, fit_period=args.fit_period, period=args.period,
-        select=tuple(args.select or ()), region=args.region, coarsen=args.coarsen, save_model=args.save_model, samples=args.samples,
+        select=tuple(args.select or ()), region=args.region, coarsen=args.coarsen, output_grid=args.output_grid,
+        truth=args.truth, save_model=args.save_model, samples=args.samples,
         quantiles=tuple(args.quantiles or ()), seed=args.seed, noise_std=args.noise_std,
         chunk_size=args.chunk_size, dps_steps=args.dps_steps, guidance=args.guidance,
         output=args.output, plot=args.plot, plot_time=args.plot_time, progress=not args.quiet,
-        skip_corrupt_grib=args.skip_corrupt_grib,
+        skip_corrupt_grib=args.skip_corrupt_grib, scheduler=args.scheduler,
     )
     run_impute(request, log=print)
     return 0
@@ -397,15 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit", "avi"],
                     help="posterior engine (default: gaussian)")
     im.add_argument("--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint")
-    im.add_argument("--fit-period", metavar="START:END",
-                    help="times used to fit the gaussian engine, e.g. 2019-03-01:2019-03-24")
-    im.add_argument("--period", metavar="START:END", help="times to impute (default: all)")
+    im.add_argument("--fit-period", metavar="START:END[,...]",
+                    help="times used to fit the gaussian engine, e.g. 2019-03-01:2019-03-24 or "
+                         "2019-03-01:2019-03-10,2019-03-20:2019-03-24 (see above)")
+    im.add_argument("--period", metavar="START:END[,...]",
+                    help="times to impute: ranges or stamps, comma-separated, e.g. 2019-03-25,2019-03-28T12 "
+                         "(default: all)")
     im.add_argument("--select", action="append", metavar="DIM=VALUE",
                     help="pick one value of an extra dimension, e.g. level=500 or number=0")
     im.add_argument("--region", metavar="S:N:W:E",
                     help="crop the field to a latitude-longitude box first, e.g. 35:70:-15:40 (Europe)")
     im.add_argument("--coarsen", type=_positive_int, default=1, metavar="K",
-                    help="average KxK blocks of cells first, e.g. 4 for a global 1 deg grid (default: 1)")
+                    help="average the observed cells of KxK blocks first, e.g. 4 for a global 1 deg grid (default: 1)")
+    im.add_argument("--output-grid", choices=["coarse", "native"], default="coarse",
+                    help="with --coarsen: write the result on the coarse grid, or on the input's (native: "
+                         "piecewise constant per block, the input's observed cells exact, std 0 there) "
+                         "(default: coarse)")
+    im.add_argument("--truth", metavar="FILE",
+                    help="score the imputation against FILE's values at the hidden cells (same variable and "
+                         "grid after --select/--region/--coarsen, every imputed time)")
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
     im.add_argument("--samples", type=_positive_int, default=16,
                     help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "
@@ -427,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--plot-time", help="time step to map, e.g. 2019-03-28T12")
     im.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
+    im.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                    help="run the blocks of time steps on a dask cluster: local:N starts N single-threaded worker "
+                         "processes here, an address (tcp://host:8786) joins a running `dask scheduler`; the "
+                         "output is the same bit for bit (default: this process)")
     im.set_defaults(func=_impute)
 
     tp = sub.add_parser(
