@@ -41,7 +41,7 @@ def _positive_float(text: str) -> float:
 
 
 DEMO_HELP = """\
-Impute hidden cells of a real ERA5 field with the exact Gaussian (Matérn) posterior.
+Impute hidden cells of a real ERA5 field with the exact Gaussian (Matérn GMRF) posterior.
 
 By default it reads the ERA5 2 m temperature sample shipped in the package (UK and Ireland,
 0.25 deg, hourly, March 2019), fits the prior on the first 75 % of the hours, hides 70 % of the
@@ -102,9 +102,11 @@ combine: a cell is observed only where all of them observe it):
   land / sea              only land (sea) cells observed (Natural Earth; set CARTOPY_DATA_DIR)
 
 Engines:
-  gaussian  exact posterior of a Matern prior of standardised anomalies (hour-of-day climatology
-            and per-cell std), fitted by maximum likelihood on --fit-period (default: the complete
-            time steps outside --period), or loaded from --checkpoint (saved with --save-model)
+  gaussian  exact posterior of a sparse Matern GMRF (SPDE, no grid-size limit) of standardised
+            anomalies (hour-of-day climatology and per-cell std), fitted by maximum likelihood on
+            the complete fields of --fit-period (default: the complete time steps outside
+            --period; if there are none, the observed values of the imputed fields themselves),
+            or loaded from --checkpoint (saved with --save-model)
   dps       diffusion posterior sampling with a prior from `manifold-aps train-prior` (--checkpoint)
   aps       a flow distilled with `manifold-aps distill` (--checkpoint); one pass per sample
   implicit  a generator from `manifold-aps distill --engine implicit` (--checkpoint); one pass
