@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,24 @@ def pytest_configure(config):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     os.environ.setdefault("MANIFOLD_APS_CACHE", str(REPO / ".cache"))
+
+
+def run_cli(*args, cwd) -> subprocess.CompletedProcess:
+    """`python -m manifold_aps.cli ARGS` from a subprocess, as a user runs it (one torch thread)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "manifold_aps.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def refused(res, *words: str) -> str:
+    """The one error line of a refused CLI run (exit 2, no traceback), checked to name `words`."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
 
 
 @pytest.fixture

@@ -9,17 +9,15 @@ gaussian model is fitted once (alpha 2) and passed as `--checkpoint`.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import REPO
+from conftest import refused, run_cli
 
 from climate import open_era5
 from climate.demo import default_sample_path
@@ -34,18 +32,8 @@ GAPPY_HOURS = (12, 14, 15)
 
 
 def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "manifold_aps.cli", "impute", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return run_cli("impute", *args, cwd=cwd)
 
-
-def _refused(res: subprocess.CompletedProcess, *words: str) -> None:
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr[-2000:]
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +88,7 @@ def test_overlapping_period_items_are_refused_by_the_cli(files, tmp_path):
     out = tmp_path / "out.nc"
     res = _cli("--input", files["gappy"], "--checkpoint", files["native"], "--period",
                "2019-03-01T12,2019-03-01T12:2019-03-01T13", "--samples", "2", "--output", out, "--quiet", cwd=tmp_path)
-    _refused(res, "--period items '2019-03-01T12' and '2019-03-01T12:2019-03-01T13' overlap: both select 2019-03-01T12:00")
+    refused(res, "--period items '2019-03-01T12' and '2019-03-01T12:2019-03-01T13' overlap: both select 2019-03-01T12:00")
     assert not out.exists()
 
 
@@ -212,7 +200,7 @@ def test_a_truth_file_on_another_grid_or_without_the_times_is_refused(files, tmp
         ds.isel(time=slice(0, 13)).to_netcdf(tmp_path / "short.nc")
     res = _cli("--input", files["gappy"], "--checkpoint", files["native"], "--period", "2019-03-01T12:2019-03-01T14",
                "--truth", truth, "--samples", "2", "--output", out, "--quiet", cwd=tmp_path)
-    _refused(res, f"--truth {truth} is on another grid than the input", "latitude (30,)", "not latitude (33,)")
+    refused(res, f"--truth {truth} is on another grid than the input", "latitude (30,)", "not latitude (33,)")
     request = ImputeRequest(input=str(files["gappy"]), checkpoint=str(files["native"]), truth=str(tmp_path / "short.nc"),
                             period="2019-03-01T12:2019-03-01T14", output=str(out), progress=False)
     with pytest.raises(ValueError, match="short.nc lacks 2 of the 3 imputed time steps, first 2019-03-01T13:00"):

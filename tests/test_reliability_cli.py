@@ -7,19 +7,16 @@ and tiny models; refusals come before any work, so each run costs about one inte
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import xarray as xr
-from conftest import REPO
+from conftest import refused, run_cli
 
 from climate import open_era5
 from climate.demo import default_sample_path
@@ -38,21 +35,6 @@ from manifold_aps.training import CheckpointError, TrainConfig, load_checkpoint,
 PERIOD = ["--period", "2019-03-28T00:2019-03-28T01"]
 
 
-def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "manifold_aps.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-
-
-def _refused(res: subprocess.CompletedProcess, *words: str) -> str:
-    """The one error line of a refused run, checked to name `words`."""
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr[-2000:]
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
@@ -74,9 +56,9 @@ def gaussian_model(tmp_path_factory) -> Path:
 def test_one_sample_is_refused_for_an_engine_whose_std_comes_from_samples(sample, tmp_path):
     fake = tmp_path / "prior.pt"
     fake.write_bytes(b"never read")
-    res = _cli("impute", "--input", sample, "--engine", "dps", "--checkpoint", fake, "--samples", "1",
+    res = run_cli("impute", "--input", sample, "--engine", "dps", "--checkpoint", fake, "--samples", "1",
                *PERIOD, "--output", tmp_path / "out.nc", "--quiet", cwd=tmp_path)
-    _refused(res, "--samples 1", "dps", "2 or more")
+    refused(res, "--samples 1", "dps", "2 or more")
     assert not (tmp_path / "out.nc").exists()
     with pytest.raises(ValueError, match="needs at least 2"):  # the API: no NaN std either
         _summary(torch.zeros(1, 2, 5, 1))
@@ -85,7 +67,7 @@ def test_one_sample_is_refused_for_an_engine_whose_std_comes_from_samples(sample
 
 def test_noise_std_with_a_saved_gaussian_model_is_used_and_said(sample, tmp_path, gaussian_model):
     out = tmp_path / "out.nc"
-    res = _cli("impute", "--input", sample, "--checkpoint", gaussian_model, "--noise-std", "0.5", "--mask",
+    res = run_cli("impute", "--input", sample, "--checkpoint", gaussian_model, "--noise-std", "0.5", "--mask",
                "random:0.5", "--samples", "2", *PERIOD, "--output", out, "--quiet", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "likelihood noise std 0.5 K from --noise-std (the saved model has 0.1" in res.stdout
@@ -126,9 +108,9 @@ def test_resume_refuses_changed_training_settings_and_records_allowed_ones(tmp_p
 def test_an_output_that_is_the_input_is_refused(sample, tmp_path, gaussian_model, given):
     (tmp_path / "link.nc").symlink_to(sample)
     before = sample.read_bytes()
-    res = _cli("impute", "--input", given, "--checkpoint", gaussian_model, *PERIOD, "--output", sample,
+    res = run_cli("impute", "--input", given, "--checkpoint", gaussian_model, *PERIOD, "--output", sample,
                "--quiet", cwd=tmp_path)
-    _refused(res, "--output", f"is the input {given}", "would replace that file")
+    refused(res, "--output", f"is the input {given}", "would replace that file")
     assert sample.read_bytes() == before
 
 
@@ -160,8 +142,8 @@ def test_an_existing_run_is_not_replaced_without_resume_or_overwrite(tmp_path, c
     run.mkdir()
     for name in ("checkpoint.pt", "log.csv"):
         (run / name).write_text(f"precious {name}")
-    res = _cli(*command, "--steps", "1", "--out", run, "--quiet", cwd=tmp_path)
-    _refused(res, "--out", "already holds a run", "--resume", "--overwrite")
+    res = run_cli(*command, "--steps", "1", "--out", run, "--quiet", cwd=tmp_path)
+    refused(res, "--out", "already holds a run", "--resume", "--overwrite")
     assert [(run / n).read_text() for n in ("checkpoint.pt", "log.csv")] == ["precious checkpoint.pt", "precious log.csv"]
 
 
@@ -169,7 +151,7 @@ def test_overwrite_replaces_a_run_and_is_documented(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.csv").write_text("old log")
-    res = _cli(*TRAIN_PRIOR, "--steps", "1", "--out", run, "--overwrite", "--quiet", cwd=tmp_path)
+    res = run_cli(*TRAIN_PRIOR, "--steps", "1", "--out", run, "--overwrite", "--quiet", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 1 and "old log" not in (run / "log.csv").read_text()
     with pytest.raises(SystemExit):
@@ -181,25 +163,25 @@ def test_overwrite_replaces_a_run_and_is_documented(tmp_path, capsys):
 def test_a_truncated_netcdf_input_is_one_line(sample, tmp_path, gaussian_model):
     truncated = tmp_path / "truncated.nc"
     truncated.write_bytes(sample.read_bytes()[:100_000])
-    res = _cli("impute", "--input", truncated, "--checkpoint", gaussian_model, "--output", tmp_path / "out.nc",
+    res = run_cli("impute", "--input", truncated, "--checkpoint", gaussian_model, "--output", tmp_path / "out.nc",
                "--quiet", cwd=tmp_path)
-    _refused(res, "cannot read --input", "truncated.nc", "truncated file")
+    refused(res, "cannot read --input", "truncated.nc", "truncated file")
 
 
 def test_an_output_that_is_a_folder_is_refused(sample, tmp_path, gaussian_model):
     (tmp_path / "outdir").mkdir()
-    res = _cli("impute", "--input", sample, "--checkpoint", gaussian_model, *PERIOD, "--output", "outdir",
+    res = run_cli("impute", "--input", sample, "--checkpoint", gaussian_model, *PERIOD, "--output", "outdir",
                "--quiet", cwd=tmp_path)
-    _refused(res, "--output outdir is a folder")
+    refused(res, "--output outdir is a folder")
     assert list((tmp_path / "outdir").iterdir()) == []
 
 
 def test_a_pickle_that_is_not_weights_is_named_without_unpickling_advice(sample, tmp_path):
     code = tmp_path / "model.pt"
     code.write_bytes(pickle.dumps({"model": Counter}))  # a reference to code: refused by weights_only
-    res = _cli("impute", "--input", sample, "--checkpoint", code, *PERIOD, "--output", tmp_path / "out.nc",
+    res = run_cli("impute", "--input", sample, "--checkpoint", code, *PERIOD, "--output", tmp_path / "out.nc",
                "--quiet", cwd=tmp_path)
-    line = _refused(res, "model.pt is not a manifold-aps checkpoint (we never unpickle code)")
+    line = refused(res, "model.pt is not a manifold-aps checkpoint (we never unpickle code)")
     assert "weights_only" not in res.stderr + line
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes(b"PK\x03\x04" + b"\0" * 20)
@@ -219,17 +201,17 @@ def test_an_os_error_names_the_file(tmp_path, capsys):
 @pytest.mark.parametrize("flag,value,said", [("--chunk-size", "-3", "must be a positive integer, got '-3'"),
                                              ("--noise-std", "-1", "must be a positive number, got '-1'")])
 def test_bad_numbers_are_named_as_given(tmp_path, flag, value, said):
-    res = _cli("impute", "--input", "in.nc", "--output", "out.nc", flag, value, cwd=tmp_path)
-    _refused(res, f"argument {flag}", said)
+    res = run_cli("impute", "--input", "in.nc", "--output", "out.nc", flag, value, cwd=tmp_path)
+    refused(res, f"argument {flag}", said)
 
 
 def test_repeated_input_times_are_said_to_be_the_inputs(sample, tmp_path, gaussian_model):
     repeated = tmp_path / "repeated.nc"
     with xr.open_dataset(sample) as ds:
         ds.isel(time=[0, 1, 1, 2]).load().to_netcdf(repeated)
-    res = _cli("impute", "--input", repeated, "--checkpoint", gaussian_model, "--output", tmp_path / "out.nc",
+    res = run_cli("impute", "--input", repeated, "--checkpoint", gaussian_model, "--output", tmp_path / "out.nc",
                "--quiet", cwd=tmp_path)
-    _refused(res, "the input has repeated 'time' values", "2019-03-01 01:00:00")
+    refused(res, "the input has repeated 'time' values", "2019-03-01 01:00:00")
 
 
 def test_an_empty_time_selection_is_named(gaussian_model):
