@@ -38,7 +38,7 @@ from manifold_aps.checkpoint import atomic_path
 from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
-from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES
+from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
 from manifold_aps.priors import MaternGMRF
 from manifold_aps.priors.gmrf import ALPHAS
 from manifold_aps.training import read_weights_file
@@ -272,17 +272,16 @@ def _summary(samples: torch.Tensor) -> Posterior:
 def _fit_alpha(domain, values, observed, alpha, *, log=None, **kwargs):
     """`fit_gmrf` for one alpha, or the alpha of 1, 2, 3 of largest likelihood (`alpha="auto"`).
 
-    Above `COARSE_START_NODES` with complete fields, alpha is chosen by the likelihoods of the
-    fields pooled on the once-coarsened grid (three cheap fits), then fitted once at full size.
+    Above `COARSE_START_NODES` with complete fields, alpha is chosen by the likelihoods on
+    `coarser_problem` (the subgrid: three cheap fits), then fitted once at full size.
     """
     if alpha != "auto":
         return fit_gmrf(domain, values, observed, alpha=int(alpha), **kwargs)
     start = time.perf_counter()
     choose_on, choose_values, where = domain, values, "the grid"
-    if observed is None and domain.num_nodes > COARSE_START_NODES:
-        step = domain.coarsen()
-        pooled = step.pool_signal(torch.from_numpy(np.ascontiguousarray(values.T))[None])
-        choose_on, choose_values, where = step.domain, pooled.numpy()[0].T, "the 2x2-coarsened grid"
+    coarser = coarser_problem(domain, values) if observed is None and domain.num_nodes > COARSE_START_NODES else None
+    if coarser is not None:
+        choose_on, choose_values, where = coarser[0], coarser[1], "the every-other-row-and-column subgrid"
     fits = [fit_gmrf(choose_on, choose_values, observed, alpha=a, **kwargs) for a in ALPHAS]
     best = max(fits, key=lambda f: f.log_likelihood)
     if log is not None:

@@ -201,3 +201,17 @@ def test_profiled_scale_reaches_the_three_parameter_optimum():
         # optimiser tolerance: 1 % is far below the standard errors (range 5 %, std 2.6 %, nugget 43 % here)
         assert profiled.params[name] == pytest.approx(full.params[name], rel=1e-2), name
     assert profiled.evaluations < full.evaluations
+
+
+def test_coarser_problem_subsamples_grids_and_pools_meshes():
+    from manifold_aps.posterior.gmrf_fit import coarser_problem
+
+    grid = SphereGrid(np.linspace(80, -80, 17), np.arange(0, 360, 10.0))
+    fields = np.arange(2 * grid.num_nodes, dtype=float).reshape(2, grid.num_nodes)
+    dom, sub, mean, factor = coarser_problem(grid, fields, mean=np.ones(grid.num_nodes))
+    assert dom.shape == (9, 18) and factor == 1.0 and mean.shape == (dom.num_nodes,)
+    np.testing.assert_array_equal(sub, fields.reshape(2, 17, 36)[:, ::2, ::2].reshape(2, -1))
+    mesh = IcosphereMesh(3)
+    dom, pooled, _, factor = coarser_problem(mesh, np.ones((1, mesh.num_nodes)))
+    assert dom.num_nodes < mesh.num_nodes and factor == mesh.num_nodes / dom.num_nodes
+    np.testing.assert_allclose(pooled, 1.0)  # pooling averages
