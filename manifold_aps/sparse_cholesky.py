@@ -94,7 +94,7 @@ class SparseCholesky:
     @property
     def nnz(self) -> int:
         """Non-zeros of `L` (the fill of the factorisation)."""
-        return int(self._lu.L.nnz)
+        return int(self.lower.nnz)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """:math:`A^{-1} b` for `b` of shape `(N,)` or `(N, K)`."""

@@ -115,7 +115,7 @@ class GMRFObservation:
         weights[idx] = 1.0 / total
         self.precision = (prior.precision() + sp.diags(weights)).tocsc()
         self.factor = SparseCholesky(self.precision)
-        self._latent_var: np.ndarray | None = None
+        self._latent_vars: dict = {}  # (method, num_samples) -> (variance, error), for seeded runs
         self.variance_error: np.ndarray | None = (
             None  # standard error of an estimated variance, else None
         )
@@ -166,10 +166,12 @@ class GMRFObservation:
         """
         if method not in ("auto", "exact", "rbmc"):
             raise ValueError(f"method must be 'auto', 'exact' or 'rbmc', got {method!r}")
-        if self._latent_var is not None and method == "auto":
-            return self._latent_var
         if method == "auto":
             method = "exact" if self.takahashi_work() <= EXACT_VARIANCE_WORK else "rbmc"
+        key = (method, num_samples if method == "rbmc" else None)
+        if rng is None and key in self._latent_vars:  # fields observed at the same nodes share it
+            var, self.variance_error = self._latent_vars[key]
+            return var
         if method == "exact":
             var, err = self.factor.inverse_diagonal(), None
         else:
@@ -182,7 +184,9 @@ class GMRFObservation:
             terms = ((off @ z) / diag[:, None]) ** 2
             var = 1.0 / diag + terms.mean(1)
             err = terms.std(1, ddof=1) / math.sqrt(num_samples)
-        self._latent_var, self.variance_error = var, err
+        self.variance_error = err
+        if rng is None:
+            self._latent_vars[key] = (var, err)
         return var
 
     # ------------------------------------------------------------------ the truth x = u + e
@@ -326,6 +330,16 @@ class GMRFPosterior:
         """The factorised posterior precision for observations at nodes `observed`."""
         return GMRFObservation(self.prior, observed, self.noise_std**2, self.nugget)
 
+    def _observations(self, y: torch.Tensor, operator: LinearOperator):
+        """`((b, c), (GMRFObservation, observed values))` per field; fields observed at the same nodes share one."""
+        cache: dict[bytes, GMRFObservation] = {}
+        for b in range(y.shape[0]):
+            for c in range(y.shape[2]):
+                idx = observed_nodes(operator, b, c)
+                if idx.tobytes() not in cache:
+                    cache[idx.tobytes()] = self.observation(idx)
+                yield (b, c), (cache[idx.tobytes()], _observed_values(y, operator, idx, b, c))
+
     def condition(self, y: torch.Tensor, operator: LinearOperator) -> GMRFConditional:
         """Posterior for observations `y` `(B, N_out, C)` made with `operator`."""
         operator.check_output(y)
@@ -335,19 +349,11 @@ class GMRFPosterior:
         n = self.prior.domain.num_nodes
         mean = torch.empty(bsz, n, ch, dtype=torch.float64)
         std = torch.empty_like(mean)
-        cache: dict[bytes, GMRFObservation] = {}
         parts = []
-        for b in range(bsz):
-            for c in range(ch):
-                idx = observed_nodes(operator, b, c)
-                key = idx.tobytes()
-                if key not in cache:
-                    cache[key] = self.observation(idx)
-                obs = cache[key]
-                values = _observed_values(y, operator, idx, b, c)
-                mean[b, :, c] = torch.from_numpy(obs.mean(values))
-                std[b, :, c] = torch.from_numpy(np.sqrt(obs.variance(self.variance_method)))
-                parts.append(((b, c), (obs, values)))
+        for (b, c), (obs, values) in self._observations(y, operator):
+            mean[b, :, c] = torch.from_numpy(obs.mean(values))
+            std[b, :, c] = torch.from_numpy(np.sqrt(obs.variance(self.variance_method)))
+            parts.append(((b, c), (obs, values)))
         return GMRFConditional(mean=mean, std=std, parts=parts)
 
     def sample(
@@ -365,13 +371,6 @@ class GMRFPosterior:
         r""":math:`\log p(y)` summed over channels, `(B,)`."""
         log_q = self.prior.log_det_precision()
         out = torch.zeros(y.shape[0], dtype=torch.float64)
-        for b in range(y.shape[0]):
-            for c in range(y.shape[2]):
-                idx = observed_nodes(operator, b, c)
-                obs = self.observation(idx)
-                out[b] += float(
-                    obs.log_likelihood(
-                        _observed_values(y, operator, idx, b, c), log_det_prior=log_q
-                    )
-                )
+        for (b, _), (obs, values) in self._observations(y, operator):
+            out[b] += float(obs.log_likelihood(values, log_det_prior=log_q))
         return out
