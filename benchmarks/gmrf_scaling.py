@@ -7,8 +7,12 @@ inversion where affordable, else the RBMC estimator with its error) and 16 sampl
 `results/gmrf_scaling.csv` and a log-log plot `results/gmrf_scaling.png`, and prints the fitted
 exponent of each cost against N.
 
-    python benchmarks/gmrf_scaling.py                 # 2.5, 1, 0.5, 0.25 degree and icosphere level 8
-    python benchmarks/gmrf_scaling.py --grids 2.5 1   # a subset
+    python benchmarks/gmrf_scaling.py                 # 2.5, 1, 0.5, 0.25 degree and bumpy.off subdivided 4x
+    python benchmarks/gmrf_scaling.py --grids 2.5 1 --mesh none   # a subset
+
+The mesh row: a real mesh of `$MANIFOLD_APS_DATA/meshes` refined by Loop subdivision
+(`--subdivide 4`: bumpy.off, 1,250 -> 319,490 vertices), the range a fifth of the square root
+of its area.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PeakMemory, write_csv
 
-from manifold_aps.geometry import IcosphereMesh, SphereGrid
+from manifold_aps.datasets import data_dir
+from manifold_aps.geometry import IcosphereMesh, SphereGrid, TriangleMesh
 from manifold_aps.posterior.gmrf import GMRFObservation
 from manifold_aps.posterior.gmrf_fit import fit_gmrf
 from manifold_aps.priors.gmrf import MaternGMRF
@@ -44,6 +49,18 @@ def global_grid(step_deg: float) -> SphereGrid:
     return SphereGrid(lat, lon)
 
 
+def subdivided_mesh(name: str, times: int) -> TriangleMesh:
+    """A mesh of the data directory refined by `times` Loop subdivisions (each about 4x the vertices)."""
+    import trimesh
+
+    path = data_dir() / "meshes" / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found (set MANIFOLD_APS_DATA to the shared data directory)")
+    base = TriangleMesh.from_file(path)
+    vertices, faces = trimesh.remesh.subdivide_loop(base.vertices, base.faces, iterations=times)
+    return TriangleMesh(vertices, faces, name=f"{path.stem} x{times}")
+
+
 def timed(fn):
     start = time.perf_counter()
     with PeakMemory() as mem:
@@ -51,10 +68,12 @@ def timed(fn):
     return out, time.perf_counter() - start, mem.peak_mb
 
 
-def run_domain(name: str, domain, *, fit_fields: int, seed: int, full_fit_max_nodes: int) -> dict:
+def run_domain(
+    name: str, domain, *, fit_fields: int, seed: int, full_fit_max_nodes: int, range_: float
+) -> dict:
     rng = np.random.default_rng(seed)
     n = domain.num_nodes
-    truth = MaternGMRF.from_range(domain, range_=1000 / EARTH_KM, std=1.0, alpha=2)
+    truth = MaternGMRF.from_range(domain, range_=range_, std=1.0, alpha=2)
     nugget = 0.01
     fields = truth.sample(fit_fields + 1, rng=rng) + rng.standard_normal(
         (fit_fields + 1, n)
@@ -83,9 +102,10 @@ def run_domain(name: str, domain, *, fit_fields: int, seed: int, full_fit_max_no
         "domain": name,
         "nodes": n,
         "fit_s": round(t_fit, 2),
-        "fit_kind": "range, std, nugget (L-BFGS-B)" if full else "range, std (profile, no nugget)",
+        "fit_kind": "range, std, nugget (ML)" if full else "range, std (profile, no nugget)",
         "fit_evaluations": fit.evaluations,
-        "fit_range_km": round(fit.params["range"] * EARTH_KM, 1),
+        "true_range": round(range_, 5),
+        "fit_range": round(fit.params["range"], 5),
         "fit_std": round(fit.params["std"], 4),
         "fit_nugget": round(fit.nugget, 5),
         "factor_s": round(t_factor, 2),
@@ -121,7 +141,23 @@ def solver_comparison(domain, name: str) -> list[dict]:
         {
             "domain": name,
             "nodes": domain.num_nodes,
-            "solver": "scipy SuperLU (LDL^T, MMD)",
+            "solver": "scipy SuperLU (LDL^T, METIS nested dissection)",
+            "factor_s": round(t, 2),
+            "peak_mb": round(m),
+        }
+    )
+    import scipy.sparse.linalg as spla
+
+    _, t, m = timed(
+        lambda: spla.splu(
+            q, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+        )
+    )
+    rows.append(
+        {
+            "domain": name,
+            "nodes": domain.num_nodes,
+            "solver": "scipy SuperLU (LDL^T, its MMD on A^T+A)",
             "factor_s": round(t, 2),
             "peak_mb": round(m),
         }
@@ -202,8 +238,12 @@ def main() -> None:
         help="lat-lon steps in degrees",
     )
     parser.add_argument(
-        "--icosphere", type=int, default=8, help="icosphere level (8: 655,362 vertices; 0 to skip)"
+        "--icosphere", type=int, default=0, help="icosphere level (8: 655,362 vertices; 0 skips)"
     )
+    parser.add_argument(
+        "--mesh", default="bumpy.off", help="a mesh of $MANIFOLD_APS_DATA/meshes, or 'none'"
+    )
+    parser.add_argument("--subdivide", type=int, default=4, help="Loop subdivisions of --mesh")
     parser.add_argument(
         "--fit-fields", type=int, default=4, help="complete fields for the fit (default 4)"
     )
@@ -217,10 +257,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "gmrf_scaling.csv")
     args = parser.parse_args()
     rows, solvers = [], []
-    domains = [(f"lat-lon {g:g} deg", global_grid(g)) for g in args.grids]
+    sphere_range = 1000 / EARTH_KM  # 1000 km on the unit sphere
+    domains = [(f"lat-lon {g:g} deg", lambda g=g: global_grid(g), sphere_range) for g in args.grids]
     if args.icosphere:
-        domains.append((f"icosphere level {args.icosphere}", IcosphereMesh(args.icosphere)))
-    for name, dom in domains:
+        domains.append(
+            (f"icosphere level {args.icosphere}", lambda: IcosphereMesh(args.icosphere), sphere_range)
+        )
+    if args.mesh != "none":
+        domains.append((f"mesh {args.mesh} x{args.subdivide}", lambda: subdivided_mesh(args.mesh, args.subdivide), None))
+    for name, build, range_ in domains:
+        dom = build()
         rows.append(
             run_domain(
                 name,
@@ -228,6 +274,7 @@ def main() -> None:
                 fit_fields=args.fit_fields,
                 seed=args.seed,
                 full_fit_max_nodes=args.full_fit_max_nodes,
+                range_=range_ if range_ is not None else 0.2 * math.sqrt(dom.total_area),
             )
         )
         solvers += solver_comparison(dom, name)

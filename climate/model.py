@@ -22,6 +22,7 @@ Three kinds, one interface:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -79,12 +80,26 @@ def _hours(times) -> np.ndarray:
     return (np.asarray(times).astype("datetime64[h]").astype(np.int64) % 24).astype(np.int64)
 
 
+MIN_DIURNAL_HOURS = 4  # distinct UTC hours needed to fit the diurnal harmonic (3 coefficients)
+
+
+def _diurnal_basis(hours: np.ndarray) -> np.ndarray:
+    """`(len(hours), 3)`: 1, cos and sin of the first diurnal harmonic at UTC `hours`."""
+    phase = 2 * np.pi * np.asarray(hours, dtype=np.float64) / 24
+    return np.stack([np.ones_like(phase), np.cos(phase), np.sin(phase)], axis=1)
+
+
 class FieldStandardizer:
     r"""Per-cell standardisation :math:`z = (x - \mu_{h(t)}) / s`, fitted on training fields.
 
-    :math:`\mu_h` is the training mean of the fields at hour of day `h` (the diurnal cycle; one
-    overall mean when `by_hour` is False or the training data lacks an hour), :math:`s` the
-    per-cell standard deviation of the anomalies.
+    :math:`\mu_h` is the diurnal cycle of each cell at UTC hour `h`: the training mean at each
+    hour when all 24 are present (hourly data); else, when the training steps fall on at least
+    `MIN_DIURNAL_HOURS` distinct hours (6-hourly, 7-hourly data), the least-squares fit of the
+    first diurnal harmonic :math:`a + b\cos(2\pi h/24) + c\sin(2\pi h/24)` per cell; else (daily
+    data, or `by_hour` False) one overall mean. :math:`s` is the per-cell standard deviation of
+    the anomalies (with 3 degrees of freedom removed for the harmonic fit). On 18 7-hourly ERA5
+    steps (global 1 degree, `benchmarks/gmrf_era5.py`) the harmonic took the GMRF imputation's
+    RMSE from 0.79 to 0.75 K with 70 % hidden at random, and from 2.97 to 2.49 K under swaths.
 
     Arguments:
         mean: `(H, N)` climatology, physical units; `H = 24` (by hour of day) or 1.
@@ -109,12 +124,18 @@ class FieldStandardizer:
         """Fit on complete training signals `(B, N, 1)` at numpy datetime64 `times` `(B,)` (or None)."""
         x = signal[:, :, 0].numpy()
         hours = _hours(times)
-        if by_hour and set(range(24)) <= set(hours.tolist()):
+        distinct = set(hours.tolist())
+        dof = 0
+        if by_hour and set(range(24)) <= distinct:
             mean = np.stack([x[hours == h].mean(0) for h in range(24)])
+        elif by_hour and len(distinct) >= MIN_DIURNAL_HOURS and x.shape[0] > 3:
+            coef, *_ = np.linalg.lstsq(_diurnal_basis(hours), x, rcond=None)  # (3, N)
+            mean, dof = _diurnal_basis(np.arange(24)) @ coef, 3
         else:
             mean = x.mean(0, keepdims=True)
         anomalies = x - mean[hours % mean.shape[0]]
-        return cls(mean, np.maximum(anomalies.std(0), 1e-6 * max(np.abs(x).max(), 1.0)))
+        scale = np.sqrt((anomalies**2).sum(0) / (x.shape[0] - dof)) if dof else anomalies.std(0)
+        return cls(mean, np.maximum(scale, 1e-6 * max(np.abs(x).max(), 1.0)))
 
     def climatology(self, times) -> torch.Tensor:
         """`(B, N, 1)` float64 climatology at `times` (numpy datetime64 `(B,)` or None)."""
@@ -305,22 +326,41 @@ class GaussianImputer(ImputationModel):
     per distinct mask: mean, exact marginal std (selected inversion; an unbiased Monte Carlo
     estimate above `EXACT_VARIANCE_WORK`) and samples.
 
+    The training fields fix the correlation structure (range, smoothness, the nugget's share);
+    how variable the anomalies are on the day imputed is re-estimated from that field's own
+    observed values (`variance_scale="observed"`, the default): the prior covariance (GMRF and
+    nugget) is multiplied by :math:`c = y^T C^{-1} y / n`, the maximum-likelihood scale of the
+    `n` observed standardised values `y` under the fitted covariance `C` (exact when the noise is
+    scaled along; the noise is then kept at `noise_std`), and the posterior is that of the
+    rescaled prior. On real ERA5 (global 1 degree, 70 % hidden, `benchmarks/gmrf_era5.py`) the
+    test days' anomalies were about 1.5x as variable as the training week's: 90 % intervals covered
+    87.6 % of the hidden cells with the training scale. Fields with fewer than
+    `MIN_VALUES_FOR_SCALE` observed values keep the training scale.
+
     Arguments:
         variable, units, domain, noise_std: as `ImputationModel`.
         standardizer: the fitted `FieldStandardizer`.
         prior: the `MaternGMRF` of the standardised anomalies (mean 0).
         nugget: white variance of the standardised anomalies beyond the GMRF.
         fitted_to: what the hyper-parameters were fitted to (for logs and `history`).
+        variance_scale: ``"observed"`` (re-estimated per field, above) or ``"fitted"`` (the
+            training fields' scale as is).
     """
+
+    MIN_VALUES_FOR_SCALE = 50  # the scale's relative standard error is about sqrt(2 / n) or more
 
     engine = "gaussian"
 
     def __init__(self, variable, units, domain, noise_std, standardizer: FieldStandardizer, prior: MaternGMRF,
-                 nugget: float = 0.0, fitted_to: str = "complete fields"):
+                 nugget: float = 0.0, fitted_to: str = "complete fields", variance_scale: str = "observed"):
         super().__init__(variable, units, domain, noise_std)
         if not isinstance(prior, MaternGMRF):
             raise TypeError(f"prior must be a MaternGMRF, got {type(prior).__name__}")
+        if variance_scale not in ("observed", "fitted"):
+            raise ValueError(f"variance_scale must be 'observed' or 'fitted', got {variance_scale!r}")
         self.standardizer, self.prior, self.nugget, self.fitted_to = standardizer, prior, float(nugget), fitted_to
+        self.variance_scale = variance_scale
+        self.last_scales = np.ones(0)  # the variance scale c of each field of the last imputation
 
     @classmethod
     def fit(
@@ -413,7 +453,7 @@ class GaussianImputer(ImputationModel):
         return (
             f"exact Gaussian posterior, SPDE Matern GMRF of standardised anomalies (alpha {p.alpha}, kappa {p.kappa:.6g}, "
             f"tau {p.tau:.6g}, range_rad {p.range:.6g}, nugget {self.nugget:.6g}; fitted to {self.fitted_to}), "
-            f"noise_std {self.noise_std:g} {self.units}"
+            f"noise_std {self.noise_std:g} {self.units}; variance scale {self.variance_scale}"
         )
 
     def reference(self, times) -> tuple[np.ndarray, np.ndarray]:
@@ -433,6 +473,7 @@ class GaussianImputer(ImputationModel):
         samples = np.empty((n, bsz, nodes))
         means, stds = np.empty((bsz, nodes)), np.empty((bsz, nodes))
         factored: dict[bytes, GMRFObservation] = {}  # fields observed at the same cells share one factorisation
+        scales = np.ones(bsz)
         for b in range(bsz):
             idx = np.flatnonzero(keep[b])
             if idx.size == nodes:  # nothing hidden: the field passes through
@@ -444,10 +485,15 @@ class GaussianImputer(ImputationModel):
                 factored[key] = GMRFObservation(self.prior, idx, noise_var[idx], self.nugget)
             obs = factored[key]
             values = y_z[b, idx]
+            if self.variance_scale == "observed" and idx.size >= self.MIN_VALUES_FOR_SCALE:
+                scales[b] = float(obs.likelihood_terms(values)[1]) / idx.size
+                rescaled = self.prior.with_params(kappa=self.prior.kappa, tau=self.prior.tau / math.sqrt(scales[b]))
+                obs = GMRFObservation(rescaled, idx, noise_var[idx], self.nugget * scales[b])
             means[b] = obs.mean(values)
             stds[b] = np.sqrt(obs.variance())
             samples[:, b] = obs.sample(values, n, rng=np_rng)
             done(1)
+        self.last_scales = scales
         scale = torch.from_numpy(self.standardizer.scale)[:, None]
         samples = self.standardizer.denormalize(torch.from_numpy(samples)[..., None], times)
         mean = self.standardizer.denormalize(torch.from_numpy(means)[..., None], times)
@@ -464,7 +510,8 @@ class GaussianImputer(ImputationModel):
             "lon_deg": torch.tensor(self.domain.lon_deg),
             "fingerprint": self.domain.fingerprint,
             "standardizer": self.standardizer.state_dict(),
-            "gmrf": {**self.prior.config(), "nugget": self.nugget, "fitted_to": self.fitted_to},
+            "gmrf": {**self.prior.config(), "nugget": self.nugget, "fitted_to": self.fitted_to,
+                     "variance_scale": self.variance_scale},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with atomic_path(path) as tmp:
@@ -484,9 +531,11 @@ class GaussianImputer(ImputationModel):
             raise ValueError("the saved grid does not rebuild to the same domain (fingerprint mismatch)")
         gmrf = dict(state["gmrf"])
         nugget, fitted_to = gmrf.pop("nugget"), gmrf.pop("fitted_to", "complete fields")
+        variance_scale = gmrf.pop("variance_scale", "fitted")  # saved before the per-field scale existed
         prior = MaternGMRF(domain, **gmrf)
         standardizer = FieldStandardizer.from_state_dict(state["standardizer"])
-        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior, nugget, fitted_to)
+        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior, nugget, fitted_to,
+                   variance_scale)
 
 
 class ScoreImputer(ImputationModel):

@@ -62,6 +62,9 @@ class ImputeRequest:
             own (a `--save-model` file, a distilled engine), else `DEFAULT_NOISE_STD`. Given with a
             gaussian `checkpoint` it replaces the saved value (the prior is unchanged); a distilled
             engine (aps, implicit, avi) refuses a value other than its own.
+        variance_scale: the gaussian engine's variance per field: "observed" (re-estimated from
+            each field's observed values; `GaussianImputer`), "fitted" (the training fields'), or
+            None (a loaded model's own setting; "observed" for a model fitted here).
         quantiles, seed, chunk_size, dps_steps, guidance: as in `impute`, `load_model`.
         output: output netCDF path.
         plot: output PNG path, or None.
@@ -91,6 +94,7 @@ class ImputeRequest:
     quantiles: tuple[float, ...] = ()
     seed: int = 0
     noise_std: float | None = None
+    variance_scale: str | None = None
     chunk_size: int | None = None
     dps_steps: int = 1000
     guidance: float = 1.0
@@ -107,6 +111,10 @@ class ImputeRequest:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
+        if self.variance_scale not in (None, "observed", "fitted"):
+            raise ValueError(f"--variance-scale must be observed or fitted, got {self.variance_scale!r}")
+        if self.variance_scale is not None and self.engine != "gaussian":
+            raise ValueError(f"--variance-scale is a setting of the gaussian engine, not of {self.engine}")
         if self.output_grid not in OUTPUT_GRIDS:
             raise ValueError(f"--output-grid must be one of {list(OUTPUT_GRIDS)}, got {self.output_grid!r}")
         for option, text in (("--period", self.period), ("--fit-period", self.fit_period)):
@@ -471,6 +479,8 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
             dps_steps=req.dps_steps, guidance=req.guidance,
         )
         model = _with_noise_std(model, req, log)
+        if req.variance_scale is not None and isinstance(model, GaussianImputer):
+            model.variance_scale = req.variance_scale
         log(f"model: {model.describe()}")
         return model
     if TIME not in field.dims:
@@ -501,6 +511,8 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
         log(f"fitting the gaussian engine on {train.sizes[TIME]} complete training fields "
             f"({str(train[TIME].values[0])[:16]} .. {str(train[TIME].values[-1])[:16]})")
         model = GaussianImputer.fit(train, noise_std=noise_std, log=log, progress=req.progress)
+    if req.variance_scale is not None:
+        model.variance_scale = req.variance_scale
     if req.save_model:
         model.save(req.save_model)
         log(f"saved the model to {req.save_model}")

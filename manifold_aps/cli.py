@@ -153,6 +153,7 @@ def _impute(args: argparse.Namespace) -> int:
         select=tuple(args.select or ()), region=args.region, coarsen=args.coarsen, output_grid=args.output_grid,
         truth=args.truth, save_model=args.save_model, samples=args.samples,
         quantiles=tuple(args.quantiles or ()), seed=args.seed, noise_std=args.noise_std,
+        variance_scale=args.variance_scale,
         chunk_size=args.chunk_size, dps_steps=args.dps_steps, guidance=args.guidance,
         output=args.output, plot=args.plot, plot_time=args.plot_time, progress=not args.quiet,
         skip_corrupt_grib=args.skip_corrupt_grib, scheduler=args.scheduler,
@@ -437,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--truth", metavar="FILE",
                     help="score the imputation against FILE's values at the hidden cells (same variable and "
                          "grid after --select/--region/--coarsen, every imputed time)")
+    im.add_argument("--variance-scale", choices=["observed", "fitted"], default=None,
+                    help="gaussian engine: re-estimate how variable each field's anomalies are from its observed "
+                         "values (observed), or keep the training fields' variance (fitted) (default: observed "
+                         "for a model fitted here, a saved model's own setting)")
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
     im.add_argument("--samples", type=_positive_int, default=16,
                     help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "

@@ -197,9 +197,10 @@ def test_profiled_scale_reaches_the_three_parameter_optimum():
     profiled = fit_gmrf(d, fields)  # noise 0: two parameters searched
     full = fit_gmrf(d, fields, noise_std=1e-9)  # the three-parameter search
     assert profiled.log_likelihood == pytest.approx(full.log_likelihood, abs=0.05)
-    for name in ("range", "std", "nugget"):
-        # optimiser tolerance: 1 % is far below the standard errors (range 5 %, std 2.6 %, nugget 43 % here)
-        assert profiled.params[name] == pytest.approx(full.params[name], rel=1e-2), name
+    # optimiser tolerance, far below the standard errors (range 5 %, std 2.6 %, nugget 43 % here):
+    # the likelihood is flat along the nugget, so rounding moves its optimum by a few percent
+    for name, rel in (("range", 1e-2), ("std", 1e-2), ("nugget", 5e-2)):
+        assert profiled.params[name] == pytest.approx(full.params[name], rel=rel), name
     assert profiled.evaluations < full.evaluations
 
 

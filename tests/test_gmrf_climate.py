@@ -89,3 +89,72 @@ def test_fit_to_observations_matches_training_fit_roughly(alpha):
     assert "observed values" in gappy.fitted_to
     ratio = gappy.prior.range / full.prior.range
     assert 0.5 < ratio < 2.0, ratio
+
+
+def _grid_field(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, times) -> xr.DataArray:
+    return xr.DataArray(
+        values.reshape(len(times), lat.size, lon.size),
+        dims=("time", "latitude", "longitude"),
+        coords={"time": times, "latitude": lat, "longitude": lon},
+        name="t2m",
+        attrs={"units": "K"},
+    )
+
+
+def test_standardizer_fits_the_diurnal_harmonic_from_6_hourly_steps():
+    """6-hourly training steps (4 distinct hours): the diurnal cycle is fitted, not averaged away."""
+    from climate.model import FieldStandardizer
+
+    rng = np.random.default_rng(0)
+    n, steps = 30, 40
+    a, b, phase = rng.normal(280, 5, n), rng.uniform(1, 6, n), rng.uniform(0, 24, n)
+    times = np.datetime64("2020-01-01T00") + np.arange(steps) * np.timedelta64(6, "h")
+    hours = np.arange(steps) * 6 % 24
+    cycle = lambda h: a + b * np.cos(2 * np.pi * (np.asarray(h)[:, None] - phase) / 24)  # noqa: E731
+    x = cycle(hours) + 0.01 * rng.standard_normal((steps, n))
+    import torch
+
+    st = FieldStandardizer.fit_signal(torch.from_numpy(x)[:, :, None], times)
+    assert st.mean.shape == (24, n)
+    np.testing.assert_allclose(st.mean, cycle(np.arange(24)), atol=0.02)  # every hour, also unseen ones
+    np.testing.assert_allclose(st.scale, 0.01, rtol=0.3)
+    # daily steps (one hour of day): one overall mean, as before
+    daily = FieldStandardizer.fit_signal(torch.from_numpy(x[::4])[:, :, None], times[::4])
+    assert daily.mean.shape == (1, n)
+
+
+def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
+    """`variance_scale="observed"`: c = y^T C^-1 y / n (dense), and the std is the rescaled prior's."""
+    from climate.model import FieldStandardizer
+    from manifold_aps import MaternGMRF
+    from manifold_aps.geometry import SphereGrid
+
+    lat, lon = np.linspace(80, -80, 9), np.arange(0, 360, 20.0)
+    domain = SphereGrid(lat, lon)
+    n = domain.num_nodes
+    prior = MaternGMRF.from_range(domain, range_=0.6, std=1.0, alpha=2)
+    nugget, noise_std = 0.01, 0.1
+    rng = np.random.default_rng(1)
+    truth = 2.0 * (prior.sample(1, rng=rng)[0] + rng.standard_normal(n) * nugget**0.5)  # 4x the variance
+    times = np.array(["2020-01-01T00"], dtype="datetime64[ns]")
+    field = _grid_field(truth, lat, lon, times)
+    observed = climate.random_mask(field, 0.4, seed=0, per_time=True)
+    standardizer = FieldStandardizer(np.zeros((1, n)), np.ones(n))
+    idx = np.flatnonzero(observed.values.ravel())
+    hid = np.flatnonzero(~observed.values.ravel())
+    cov = np.linalg.inv(prior.precision().toarray()) + nugget * np.eye(n)
+    c_yy = cov[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size)
+    y = truth[idx]
+    c = float(y @ np.linalg.solve(c_yy, y)) / idx.size
+    assert 2.0 < c < 8.0  # the field is 4x as variable as the prior says
+    for mode, scale in (("observed", c), ("fitted", 1.0)):
+        model = GaussianImputer("t2m", "K", domain, noise_std, standardizer, prior, nugget, variance_scale=mode)
+        out = climate.impute(field, observed, model, n_samples=2, seed=0, progress=False)
+        if mode == "observed":
+            assert model.last_scales[0] == pytest.approx(c, rel=1e-8)
+        sc = scale * cov
+        k = sc[np.ix_(hid, idx)] @ np.linalg.inv(sc[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size))
+        post_var = np.diag(sc[np.ix_(hid, hid)] - k @ sc[np.ix_(idx, hid)])
+        std = out.t2m_std.values.ravel()[hid]
+        np.testing.assert_allclose(std, np.sqrt(post_var), rtol=1e-8)
+        np.testing.assert_allclose(out.t2m_mean.values.ravel()[hid], k @ y, rtol=1e-7, atol=1e-9)
