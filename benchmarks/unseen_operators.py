@@ -104,7 +104,7 @@ def main() -> None:
         samplers = dict(engines)
         zeta = ""
         if "DPS" in args.methods:
-            zeta = tune_dps(prior, noise, ds, weight)
+            zeta = tune_dps(prior, noise, ds, weight, steps=args.dps_steps)
             samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
         if isinstance(prior, GaussianPrior) and "exact" in args.methods:
             samplers["exact"] = ExactGaussianPosterior(prior, noise)
