@@ -158,3 +158,27 @@ def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
         std = out.t2m_std.values.ravel()[hid]
         np.testing.assert_allclose(std, np.sqrt(post_var), rtol=1e-8)
         np.testing.assert_allclose(out.t2m_mean.values.ravel()[hid], k @ y, rtol=1e-7, atol=1e-9)
+
+
+def test_ensemble_coverage_is_unbiased_for_a_calibrated_gaussian_ensemble():
+    """16 exact draws: the prediction-interval coverage is 90 %, the sample-quantile one ~79 %."""
+    rng = np.random.default_rng(0)
+    t, nlat, nlon, s = 50, 20, 40, 16
+    lat, lon = np.linspace(60, -60, nlat), np.arange(0, 360, 9.0)
+    mean = rng.normal(280, 3, (t, nlat, nlon))
+    std = rng.uniform(0.5, 2, (t, nlat, nlon))
+    truth = mean + std * rng.standard_normal(mean.shape)
+    samples = mean + std * rng.standard_normal((s, *mean.shape))
+    dims = ("time", "latitude", "longitude")
+    coords = {"time": np.arange(t), "latitude": lat, "longitude": lon}
+    result = xr.Dataset(
+        {
+            "t2m_mean": (dims, samples.mean(0)),
+            "t2m_samples": (("sample", *dims), samples),
+            "observed": (dims, np.zeros(mean.shape, dtype=np.int8)),
+        },
+        coords=coords,
+    )
+    scores = climate.imputation_scores(result, xr.DataArray(truth, dims=dims, coords=coords), "t2m")
+    assert scores["coverage_90"] == pytest.approx(0.90, abs=0.01)
+    assert scores["coverage_90_quantiles"] == pytest.approx(0.9 * (s - 1) / (s + 1), abs=0.015)
