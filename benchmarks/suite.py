@@ -84,7 +84,7 @@ class Problem:
     """One row group of the table.
 
     Attributes:
-        dataset: name in `manifold_aps.datasets.DATASETS`.
+        dataset: a name of `manifold_aps.datasets.dataset_names()`.
         label: how the table names it.
         noise_std: observation noise, in the dataset's units.
     """

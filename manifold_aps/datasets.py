@@ -1,6 +1,8 @@
 """Training signals for priors: tensor datasets with augmentation, Gaussian sources, real builders.
 
-`build_prior_dataset(name)` returns a `PriorDataset` for the priors the project trains:
+`build_prior_dataset(name)` returns a `PriorDataset` for the priors the project trains (the two
+ERA5 ones live in `climate.datasets`, registered through the ``manifold_aps.datasets`` entry
+points, so that this core module never imports `climate`):
 
 * ``era5-uk``: ERA5 t2m over the UK at 0.25° (the shipped sample). Train: 1-18 March 2019,
   validation: 19-21 March, test: 25-31 March (the days between are left out so that test hours
@@ -45,6 +47,8 @@ __all__ = [
     "TensorSource",
     "build_prior_dataset",
     "data_dir",
+    "require_file",
+    "dataset_names",
     "wmap_masked_problem",
 ]
 
@@ -59,7 +63,7 @@ def data_dir() -> Path:
     return here if here.is_dir() or not beside_repo.is_dir() else beside_repo
 
 
-def _require(path: Path) -> Path:
+def require_file(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; set MANIFOLD_APS_DATA to the folder of the shared data")
     return path
@@ -129,58 +133,11 @@ class PriorDataset:
         return self.source.validation().shape[-1]
 
 
-def _era5_uk(root: Path) -> PriorDataset:
-    from climate.demo import default_sample_path
-    from climate.era5 import grid_domain, open_era5, to_signal
-
-    da = open_era5(default_sample_path(), "t2m")["t2m"].load()
-    day = da["time"].dt.day
-    train, _ = to_signal(da.where(day <= 18, drop=True), dtype=torch.float32)
-    val, _ = to_signal(da.where((day >= 19) & (day <= 21), drop=True), dtype=torch.float32)
-    test, _ = to_signal(da.where(day >= 25, drop=True), dtype=torch.float32)
-    return PriorDataset(
-        "era5-uk", grid_domain(da), TensorSource(train, val), test, "K",
-        "ERA5 t2m UK 0.25°, hourly; train 1-18 Mar 2019, val 19-21, test 25-31",
-        extra={"variable": "t2m"},
-    )
-
-
-def _era5_global(root: Path, nside: int = 16) -> PriorDataset:
-    from climate.era5 import grid_domain, open_era5
-    from climate.regrid import latlon_to_healpix_matrix
-    from manifold_aps.geometry.domain import sparse_to_torch
-
-    da = open_era5(_require(root / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc"), "t2m")["t2m"].load()
-    grid = grid_domain(da)
-    matrix = sparse_to_torch(latlon_to_healpix_matrix(grid, nside), torch.float32)
-    fields = torch.from_numpy(da.values.astype(np.float32))  # (T, nlat, nlon)
-    nlon = fields.shape[-1]
-
-    def regrid(x):  # (n, nlat, nlon) -> (n, Npix, 1)
-        flat = x.reshape(x.shape[0], -1).T
-        return torch.sparse.mm(matrix, flat).T[:, :, None]
-
-    train_ll = fields[:16]
-
-    class _Rolled(TensorSource):
-        def batch(self, generator, n):
-            idx = torch.randint(0, train_ll.shape[0], (n,), generator=generator)
-            shifts = torch.randint(0, nlon, (n,), generator=generator)
-            x = torch.stack([torch.roll(train_ll[i], int(s), dims=-1) for i, s in zip(idx, shifts)])
-            return regrid(x)
-
-    source = _Rolled(regrid(train_ll), regrid(fields[16:18]))
-    return PriorDataset(
-        "era5-global", HealpixSphere(nside), source, regrid(fields[18:]), "K",
-        f"ERA5 t2m global 1° regridded to HEALPix nside {nside}; train steps 0-15 (rolled in longitude), val 16-17, test 18-23",
-    )
-
-
 def _wmap(root: Path, nside: int = 16, pool: int = 2048) -> PriorDataset:
     import healpy as hp
     from scipy.spatial.transform import Rotation
 
-    path = _require(root / "sphere" / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits")
+    path = require_file(root / "sphere" / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits")
     m32 = hp.read_map(path, field=0, dtype=np.float64)
     m = hp.ud_grade(m32, nside)
     lmax = 3 * nside - 1
@@ -267,9 +224,9 @@ def wmap_masked_problem(
 
     root = Path(root) if root else data_dir()
     folder = root / "sphere"
-    masked = hp.read_map(_require(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"), field=0, dtype=np.float64)
-    q32, u32 = hp.read_map(_require(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"), field=(1, 2), dtype=np.float64)
-    mask32 = hp.read_map(_require(folder / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"), field=0, dtype=np.float64)
+    masked = hp.read_map(require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"), field=0, dtype=np.float64)
+    q32, u32 = hp.read_map(require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"), field=(1, 2), dtype=np.float64)
+    mask32 = hp.read_map(require_file(folder / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"), field=0, dtype=np.float64)
     masked = np.where(mask32 > 0.5, masked, hp.UNSEEN)  # the mask file is the one source of truth
     m = hp.ud_grade(masked, nside, pess=False)
     observed = (hp.ud_grade(mask32, nside) > 0.5) & (m != hp.UNSEEN)
@@ -389,24 +346,44 @@ def _gaussian(domain: Domain, length_scale: float, name: str) -> PriorDataset:
 
 
 DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
-    "era5-uk": _era5_uk,
-    "era5-global": _era5_global,
     "wmap": _wmap,
     "wmap-masked": _wmap_masked,
-    "mesh-bunny": lambda root: _mesh_signals(TriangleMesh.from_file(_require(root / "meshes" / "bunny.off")), "mesh-bunny"),
+    "mesh-bunny": lambda root: _mesh_signals(TriangleMesh.from_file(require_file(root / "meshes" / "bunny.off")), "mesh-bunny"),
     "mesh-spot": lambda root: _mesh_signals(
-        TriangleMesh.from_file(_require(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"
+        TriangleMesh.from_file(require_file(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"
     ),
     "digits": _digits,
     "gaussian-healpix8": lambda root: _gaussian(HealpixSphere(8), 0.25, "gaussian-healpix8"),
     "gaussian-bumpy": lambda root: _gaussian(
-        TriangleMesh.from_file(_require(root / "meshes" / "bumpy.off")), 1.5, "gaussian-bumpy"
+        TriangleMesh.from_file(require_file(root / "meshes" / "bumpy.off")), 1.5, "gaussian-bumpy"
     ),
 }
 
 
+DATASET_ENTRY_POINTS = "manifold_aps.datasets"  # entry-point group of datasets other packages provide
+
+
+def _plugin_datasets() -> dict[str, object]:
+    """Datasets registered by installed packages under the `DATASET_ENTRY_POINTS` group
+    (`climate` registers ``era5-uk`` and ``era5-global``), as entry points, loaded on use: the
+    core package never imports the packages built on it."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=DATASET_ENTRY_POINTS) if ep.name not in DATASETS}
+
+
+def dataset_names() -> list[str]:
+    """Every dataset `build_prior_dataset` knows: this module's `DATASETS` and the registered ones."""
+    return sorted({*DATASETS, *_plugin_datasets()})
+
+
 def build_prior_dataset(name: str, root: str | os.PathLike | None = None) -> PriorDataset:
-    """Build a dataset of `DATASETS` from the shared data folder (`data_dir()` by default)."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
-    return DATASETS[name](Path(root) if root else data_dir())
+    """Build a named dataset (`dataset_names()`) from the shared data folder (`data_dir()` by default)."""
+    plugins = _plugin_datasets()
+    if name in DATASETS:
+        builder = DATASETS[name]
+    elif name in plugins:
+        builder = plugins[name].load()
+    else:
+        raise ValueError(f"dataset must be one of {dataset_names()}, got {name!r}")
+    return builder(Path(root) if root else data_dir())

@@ -11,6 +11,12 @@ from manifold_aps.nn.layers import ResBlock
 __all__ = ["GraphConditioner"]
 
 
+
+def add_per_condition(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`h` `(R * B0, ...)` plus a per-condition `t` `(B0, ...)`, broadcast without copying `t`."""
+    b0 = t.shape[0]
+    return (h.reshape(-1, b0, *h.shape[1:]) + t[None]).reshape(h.shape)
+
 class GraphConditioner(nn.Module):
     """A small geometry-aware network `(B, N, F_in)` -> `(B, N, F_out)` for flow layers.
 
@@ -41,8 +47,6 @@ class GraphConditioner(nn.Module):
         added after the first layer (`B` a multiple of `B0`, sample-major)."""
         h = self.lift(h)
         if static is not None:
-            from manifold_aps.flows.layers import add_per_condition
-
             h = add_per_condition(h, static)
         for block in self.blocks:
             h = block(h, context, graph)

@@ -14,7 +14,7 @@ import geoopt
 import torch
 from torch import nn
 
-from manifold_aps.flows.conditioner import GraphConditioner
+from manifold_aps.flows.conditioner import GraphConditioner, add_per_condition
 from manifold_aps.nn import DomainTensors
 
 __all__ = [
@@ -79,12 +79,6 @@ class FlowCondition:
         samples of one observation cost one conditioner pass, not `n`.
         """
         return self.tile(fn(self.features, self.context))
-
-
-def add_per_condition(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`h` `(R * B0, ...)` plus a per-condition `t` `(B0, ...)`, broadcast without copying `t`."""
-    b0 = t.shape[0]
-    return (h.reshape(-1, b0, *h.shape[1:]) + t[None]).reshape(h.shape)
 
 
 class AnchorAffine(nn.Module):
