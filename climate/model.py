@@ -40,6 +40,8 @@ from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
 from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
+from manifold_aps.posterior.engines import ENGINES as REGISTRY
+from manifold_aps.posterior.engines import engine_for_checkpoint, engine_names
 from manifold_aps.priors import MaternGMRF
 from manifold_aps.priors.gmrf import ALPHAS
 from manifold_aps.training import read_weights_file
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 KIND = "climate-gaussian"
-ENGINES = ("gaussian", "dps", "aps", "implicit", "avi")
+ENGINES = tuple(engine_names())  # the registry of manifold_aps.posterior.engines
 
 
 @dataclass
@@ -81,6 +83,18 @@ def _hours(times) -> np.ndarray:
 
 
 MIN_DIURNAL_HOURS = 4  # distinct UTC hours needed to fit the diurnal harmonic (3 coefficients)
+MAX_DIURNAL_GAP_H = 8  # ... and no gap between them longer than this around the clock
+
+
+def _covers_the_day(hours: set[int]) -> bool:
+    """Whether steps at these UTC hours determine a diurnal harmonic: at least `MIN_DIURNAL_HOURS`
+    distinct hours, none more than `MAX_DIURNAL_GAP_H` from the next around the clock (8
+    consecutive hours do not: the fit would extrapolate over the other 16)."""
+    ordered = sorted(hours)
+    if len(ordered) < MIN_DIURNAL_HOURS:
+        return False
+    gaps = np.diff(ordered + [ordered[0] + 24])
+    return int(gaps.max()) <= MAX_DIURNAL_GAP_H
 
 
 def _diurnal_basis(hours: np.ndarray) -> np.ndarray:
@@ -93,8 +107,9 @@ class FieldStandardizer:
     r"""Per-cell standardisation :math:`z = (x - \mu_{h(t)}) / s`, fitted on training fields.
 
     :math:`\mu_h` is the diurnal cycle of each cell at UTC hour `h`: the training mean at each
-    hour when all 24 are present (hourly data); else, when the training steps fall on at least
-    `MIN_DIURNAL_HOURS` distinct hours (6-hourly, 7-hourly data), the least-squares fit of the
+    hour when all 24 are present (hourly data); else, when the training steps' hours cover the
+    day (`MIN_DIURNAL_HOURS` distinct hours, no gap over `MAX_DIURNAL_GAP_H`: 6-hourly, 7-hourly
+    data), the least-squares fit of the
     first diurnal harmonic :math:`a + b\cos(2\pi h/24) + c\sin(2\pi h/24)` per cell; else (daily
     data, or `by_hour` False) one overall mean. :math:`s` is the per-cell standard deviation of
     the anomalies (with 3 degrees of freedom removed for the harmonic fit). On 18 7-hourly ERA5
@@ -128,7 +143,7 @@ class FieldStandardizer:
         dof = 0
         if by_hour and set(range(24)) <= distinct:
             mean = np.stack([x[hours == h].mean(0) for h in range(24)])
-        elif by_hour and len(distinct) >= MIN_DIURNAL_HOURS and x.shape[0] > 3:
+        elif by_hour and _covers_the_day(distinct) and x.shape[0] > 3:
             coef, *_ = np.linalg.lstsq(_diurnal_basis(hours), x, rcond=None)  # (3, N)
             mean, dof = _diurnal_basis(np.arange(24)) @ coef, 3
         else:
@@ -551,8 +566,9 @@ class ScoreImputer(ImputationModel):
 
     def __init__(self, variable, units, domain, noise_std, sampler, engine: str, description: str):
         super().__init__(variable, units, domain, noise_std)
-        if engine not in ("dps", "aps", "implicit", "avi"):
-            raise ValueError(f"engine must be 'dps', 'aps', 'implicit' or 'avi', got {engine!r}")
+        sampling = [name for name, spec in REGISTRY.items() if not spec.exact_std]
+        if engine not in sampling:
+            raise ValueError(f"engine must be one of {sampling}, got {engine!r}")
         self.sampler, self.engine, self._description = sampler, engine, description
 
     def describe(self) -> str:
@@ -621,8 +637,8 @@ def load_model(
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     state = read_weights_file(path)
     kind = state.get("kind") if isinstance(state, dict) else None
-    found = {KIND: "gaussian", "score-prior": "dps", "aps-flow": "aps", "implicit-generator": "implicit",
-             "amortized-vi": "avi"}.get(kind)
+    spec = engine_for_checkpoint(kind) if isinstance(kind, str) else None
+    found = "gaussian" if kind == KIND else (spec.name if spec is not None else None)
     if found is None:
         raise ValueError(f"{path} is not a manifold-aps model checkpoint (kind {kind!r})")
     if engine is not None and engine != found:
@@ -640,6 +656,6 @@ def load_model(
     from manifold_aps.posterior.engines import load_trained_engine
 
     _, sampler, _, _ = load_trained_engine(path, dataset)
-    what = {"aps": "APS conditional flow", "implicit": "implicit generator", "avi": "amortized-VI sampler"}[found]
+    what = REGISTRY[found].title
     desc = f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
     return ScoreImputer(variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc)

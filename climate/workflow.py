@@ -23,6 +23,7 @@ from climate.model import GaussianImputer, ImputationModel, load_model
 from climate.plot import plot_imputation
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
+from manifold_aps.posterior.engines import ENGINES
 from manifold_aps.training import read_weights_file
 
 __all__ = [
@@ -105,8 +106,8 @@ class ImputeRequest:
     scheduler: str | None = None
 
     def __post_init__(self):
-        if self.engine not in ("gaussian", "dps", "aps", "implicit", "avi"):
-            raise ValueError(f"engine must be gaussian, dps, aps, implicit or avi, got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "gaussian" and not self.checkpoint:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
         if self.coarsen < 1:
@@ -124,7 +125,7 @@ class ImputeRequest:
             raise ValueError("--save-model saves a gaussian model fitted here (no --checkpoint)")
         if self.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
-        if self.samples < 2 and self.engine != "gaussian":  # climate.model._summary: std of the samples
+        if self.samples < 2 and not ENGINES[self.engine].exact_std:  # climate.model._summary: std of the samples
             raise ValueError(
                 f"--samples {self.samples}: the {self.engine} engine's std is that of its samples and needs "
                 "--samples 2 or more (only the gaussian engine has an exact std)"

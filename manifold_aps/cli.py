@@ -379,6 +379,8 @@ def _add_training_options(p: argparse.ArgumentParser, steps: int, lr: float, ema
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `manifold-aps` (one sub-command per task)."""
+    from manifold_aps.posterior.engines import distilled_engines, engine_names
+
     parser = _Parser(
         prog="manifold-aps",
         description="Posterior sampling for inverse problems on spheres, meshes and climate grids.",
@@ -416,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read a GRIB file with truncated/corrupted messages without them (default: refuse it)")
     im.add_argument("--mask", action="append", metavar="SPEC",
                     help="cells to hide, see above; repeat to combine (default: nan)")
-    im.add_argument("--engine", default="gaussian", choices=["gaussian", "dps", "aps", "implicit", "avi"],
+    im.add_argument("--engine", default="gaussian", choices=engine_names(),
                     help="posterior engine (default: gaussian)")
     im.add_argument("--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint")
     im.add_argument("--fit-period", metavar="START:END[,...]",
@@ -486,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="distil an amortized posterior sampler (conditional flow) from a prior",
         description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ds.add_argument("--engine", default="aps", choices=["aps", "implicit", "avi"],
+    ds.add_argument("--engine", default="aps", choices=distilled_engines(),
                     help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL; "
                          "avi: amortized inner VI for a guided few-step sampler (default: aps)")
     ds.add_argument("--dataset", required=True, help="dataset name (as for train-prior)")

@@ -110,3 +110,21 @@ def test_era5_datasets_are_reached_through_entry_points():
     from manifold_aps.datasets import DATASETS, dataset_names
 
     assert "era5-uk" not in DATASETS and {"era5-uk", "era5-global"} <= set(dataset_names())
+
+
+def test_one_engine_registry_feeds_the_command_line_and_the_climate_models():
+    import climate.model
+    from manifold_aps.cli import build_parser
+    from manifold_aps.posterior.engines import ENGINES, distilled_engines, engine_for_checkpoint
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "impute" in a.choices)
+    choices = {name: next(a.choices for a in p._actions if a.dest == "engine") for name, p in sub.choices.items()
+               if any(a.dest == "engine" for a in p._actions)}
+    assert list(choices["impute"]) == list(ENGINES)
+    assert list(choices["distill"]) == distilled_engines() == ["aps", "implicit", "avi"]
+    assert climate.model.ENGINES == tuple(ENGINES)
+    for spec in ENGINES.values():
+        if spec.checkpoint_kind:
+            assert engine_for_checkpoint(spec.checkpoint_kind) is spec
+    assert engine_for_checkpoint("not-a-kind") is None

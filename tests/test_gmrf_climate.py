@@ -182,3 +182,11 @@ def test_ensemble_coverage_is_unbiased_for_a_calibrated_gaussian_ensemble():
     scores = climate.imputation_scores(result, xr.DataArray(truth, dims=dims, coords=coords), "t2m")
     assert scores["coverage_90"] == pytest.approx(0.90, abs=0.01)
     assert scores["coverage_90_quantiles"] == pytest.approx(0.9 * (s - 1) / (s + 1), abs=0.015)
+
+
+def test_the_diurnal_harmonic_needs_hours_around_the_clock():
+    from climate.model import _covers_the_day
+
+    assert _covers_the_day({0, 6, 12, 18}) and _covers_the_day({0, 7, 14, 21, 4, 11, 18})
+    assert not _covers_the_day(set(range(8)))  # 8 consecutive hours: 16 h unseen
+    assert not _covers_the_day({0, 12})
