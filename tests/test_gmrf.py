@@ -216,3 +216,15 @@ def test_coarser_problem_subsamples_grids_and_pools_meshes():
     dom, pooled, _, factor = coarser_problem(mesh, np.ones((1, mesh.num_nodes)))
     assert dom.num_nodes < mesh.num_nodes and factor == mesh.num_nodes / dom.num_nodes
     np.testing.assert_allclose(pooled, 1.0)  # pooling averages
+
+
+def test_fit_is_the_same_on_one_thread_or_several():
+    """The gradient's likelihood evaluations run in threads; the fit does not depend on it."""
+    from manifold_aps.posterior.gmrf_fit import fit_gmrf
+
+    d = HealpixSphere(4)
+    rng = np.random.default_rng(5)
+    prior = MaternGMRF.from_range(d, range_=0.6, std=1.0, alpha=2)
+    fields = prior.sample(3, rng=rng) + rng.standard_normal((3, d.num_nodes)) * 0.1
+    one, three = fit_gmrf(d, fields, threads=1), fit_gmrf(d, fields, threads=3)
+    assert one.params == three.params and one.evaluations == three.evaluations
