@@ -246,13 +246,21 @@ class GMRFObservation:
     ) -> tuple[np.ndarray, np.ndarray]:
         r"""`(log p(y), y^T Cov(y)^{-1} y)` with :math:`y` the residuals from the prior mean; each a number or `(B,)`.
 
-        The quadratic form :math:`r^TV^{-1}r - b^TQ_y^{-1}b` is what a common scale of the covariance
-        multiplies (`fit_gmrf` profiles that scale out).
+        The quadratic form :math:`y^T\mathrm{Cov}(y)^{-1}y` is what a common scale of the covariance
+        multiplies (`fit_gmrf` profiles that scale out). It is computed as the minimum it is,
+        :math:`(r - H\hat u)^TV^{-1}(r - H\hat u) + \hat u^TQ\hat u` at the posterior mean
+        :math:`\hat u = Q_y^{-1}H^TV^{-1}r`: a sum of two positive terms, in which an error of
+        :math:`\hat u` enters only at second order, where the textbook
+        :math:`r^TV^{-1}r - b^TQ_y^{-1}b` cancels two numbers about :math:`1/\eta^2` times larger
+        than their difference (they differ by 3e-3 of 4.1e6 on a 1.04 M-cell grid with a nugget of
+        0.01, 1e-5 at 260k cells).
         """
         values = np.asarray(values, dtype=np.float64)
         resid, b = self._rhs(values)
-        sol = self.factor.solve(b)
-        quad = (resid**2 / self.total_var).sum(-1) - np.einsum("n...,n...->...", b, sol)
+        sol = self.factor.solve(b)  # (N, *B): the posterior mean minus the prior mean
+        fitted = np.moveaxis(sol[self.observed], 0, -1)  # (*B, n_obs)
+        prior_part = np.einsum("n...,n...->...", sol, self.prior.precision() @ sol)
+        quad = ((resid - fitted) ** 2 / self.total_var).sum(-1) + prior_part
         log_q = self.prior.log_det_precision() if log_det_prior is None else log_det_prior
         n_obs = self.observed.size
         loglik = (
