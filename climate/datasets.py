@@ -29,6 +29,7 @@ __all__ = ["era5_global", "era5_uk"]
 
 
 def era5_uk(root: Path) -> PriorDataset:
+    """``era5-uk``: the shipped UK sample (33 x 49 cells, K); `root` is not used (the file ships)."""
     da = open_era5(default_sample_path(), "t2m")["t2m"].load()
     day = da["time"].dt.day
     train, _ = to_signal(da.where(day <= 18, drop=True), dtype=torch.float32)
@@ -42,6 +43,7 @@ def era5_uk(root: Path) -> PriorDataset:
 
 
 def era5_global(root: Path, nside: int = 16) -> PriorDataset:
+    """``era5-global``: the global 1° file of `root`/era5 on HEALPix `nside` (K), rolled in longitude."""
     da = open_era5(require_file(root / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc"), "t2m")["t2m"].load()
     grid = grid_domain(da)
     matrix = sparse_to_torch(latlon_to_healpix_matrix(grid, nside), torch.float32)

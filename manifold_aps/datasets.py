@@ -64,6 +64,7 @@ def data_dir() -> Path:
 
 
 def require_file(path: Path) -> Path:
+    """`path` if it exists, else a `FileNotFoundError` that names `MANIFOLD_APS_DATA`."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; set MANIFOLD_APS_DATA to the folder of the shared data")
     return path
