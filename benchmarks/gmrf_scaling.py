@@ -218,7 +218,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ref = n / n[0]
     ax.loglog(n, rows[0]["total_s"] * ref**1.5, "k:", label="N^1.5")
     ax.set_xlabel("nodes N")
-    ax.set_ylabel("seconds (one CPU thread)")
+    ax.set_ylabel("seconds (fit: the CPU's threads; the rest: one)")
     ax.set_title("Sparse Matérn GMRF engine: cost against size")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
