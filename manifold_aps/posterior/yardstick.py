@@ -98,7 +98,7 @@ def gaussian_w2(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) ->
 
 @dataclass
 class SampleYardstick:
-    """Scores of a sampler without a density on held-out observations of a Gaussian problem.
+    r"""Scores of a sampler without a density on held-out observations of a Gaussian problem.
 
     Attributes:
         w2_per_dim: :math:`W_2/\sqrt{D}` between the Gaussian fit of its samples and the exact
