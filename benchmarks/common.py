@@ -29,6 +29,22 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def table_cell(value, width: int, digits: int = 3) -> str:
+    """`value` right-aligned in `width` characters with `digits` decimals, or "-" if not a number."""
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{value:>{width}.{digits}f}"
+    return f"{'-':>{width}}"
+
+
+def target_verdict(label: str, rmse_ratio: float, rmse_target: float, coverage: float,
+                   coverage_range: tuple[float, float]) -> str:
+    """One line: an RMSE ratio against its bound and a 90 % coverage against its range, met or missed."""
+    ok_rmse = rmse_ratio <= rmse_target
+    ok_cov = coverage_range[0] <= coverage <= coverage_range[1]
+    return (f"  {label}: RMSE ratio {rmse_ratio:.3f} ({'met' if ok_rmse else 'missed'}), "
+            f"coverage {coverage:.3f} ({'met' if ok_cov else 'missed'})")
+
+
 def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, steps: int, methods, *,
                             progress: bool = False) -> tuple[dict, dict]:
     """Train (or resume) the amortized engines among `methods` on random masks (50-95 % missing).

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import write_csv
+from common import table_cell, target_verdict, write_csv
 from scipy.interpolate import RBFInterpolator
 from scipy.special import ndtr
 
@@ -368,7 +368,7 @@ def main() -> None:
     for r in rows:
         if r["step"] != "all":
             continue
-        fmt = lambda v, w=6: f"{v:>{w}.3f}" if isinstance(v, float) and not math.isnan(v) else f"{'-':>{w}}"
+        fmt = lambda v, w=6: table_cell(v, w)  # noqa: E731
         print(f"{r['method']:<27} {r['mask']:<17} {fmt(r['hidden_fraction'])} {fmt(r['rmse'])} "
               f"{fmt(r['rmse_vs_rbf'] or float('nan'))} {fmt(r['crps'])} {fmt(r['coverage_90'])} "
               f"{fmt(r['spread_skill'])} {fmt(r['mean_z2'])} {fmt(r.get('coverage_90_samples') or float('nan'))} "
@@ -376,10 +376,8 @@ def main() -> None:
     print("\nTargets (RMSE <= 0.8 x RBF; 90 % coverage 0.88-0.92):")
     for r in rows:
         if r["step"] == "all" and r["method"].startswith("GMRF") and r["rmse_vs_rbf"] != "":
-            ok_rmse = r["rmse_vs_rbf"] <= RMSE_TARGET
-            ok_cov = COVERAGE_TARGET[0] <= r["coverage_90"] <= COVERAGE_TARGET[1]
-            print(f"  {r['method']}, {r['mask']}: RMSE ratio {r['rmse_vs_rbf']:.3f} ({'met' if ok_rmse else 'missed'}), "
-                  f"coverage {r['coverage_90']:.3f} ({'met' if ok_cov else 'missed'})")
+            print(target_verdict(f"{r['method']}, {r['mask']}", r["rmse_vs_rbf"], RMSE_TARGET, r["coverage_90"],
+                                 COVERAGE_TARGET))
     print(f"\nwrote {args.out}; total {time.perf_counter() - start_all:.0f} s")
 
 

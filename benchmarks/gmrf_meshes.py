@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import write_csv
+from common import table_cell, target_verdict, write_csv
 from scipy.special import ndtr
 
 from manifold_aps import HarmonicInterpolation, TriangleMesh
@@ -202,7 +202,7 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        num = lambda v, w, p=3: f"{v:>{w}.{p}f}" if isinstance(v, float) and not math.isnan(v) else f"{'-':>{w}}"
+        num = table_cell
         print(f"{r['mesh']:<22} {r['method']:<24} {num(r['rmse'], 7, 4)} {num(r['rmse_vs_true'], 6)} "
               f"{num(r['rmse_vs_true_field_max'], 8)} {num(r['crps'], 7, 4)} {num(r['coverage_90'], 6)} "
               f"{num(r['coverage_90_se'], 6)} {num(r['spread_skill'], 6)} {num(r['range_over_true_median'], 10)} "
@@ -210,10 +210,8 @@ def main() -> None:
     print(f"\nTargets (fitted RMSE <= {RMSE_TARGET} x true prior's; 90 % coverage {COVERAGE_TARGET[0]}-{COVERAGE_TARGET[1]}):")
     for r in rows:
         if r["method"].startswith("GMRF fitted"):
-            ok_rmse = r["rmse_vs_true"] <= RMSE_TARGET
-            ok_cov = COVERAGE_TARGET[0] <= r["coverage_90"] <= COVERAGE_TARGET[1]
-            print(f"  {r['mesh']}, {r['method']}: RMSE ratio {r['rmse_vs_true']:.3f} ({'met' if ok_rmse else 'missed'}), "
-                  f"coverage {r['coverage_90']:.3f} ({'met' if ok_cov else 'missed'})")
+            print(target_verdict(f"{r['mesh']}, {r['method']}", r["rmse_vs_true"], RMSE_TARGET, r["coverage_90"],
+                                 COVERAGE_TARGET))
     print(f"\nwrote {args.out}; total {time.perf_counter() - start:.0f} s")
 
 
