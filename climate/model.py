@@ -58,6 +58,7 @@ __all__ = [
 
 KIND = "climate-gaussian"
 ENGINES = tuple(engine_names())  # the registry of manifold_aps.posterior.engines
+VARIANCE_SCALES = ("observed", "fitted")  # GaussianImputer's per-field variance: re-estimated, or the training's
 
 
 @dataclass
@@ -371,8 +372,8 @@ class GaussianImputer(ImputationModel):
         super().__init__(variable, units, domain, noise_std)
         if not isinstance(prior, MaternGMRF):
             raise TypeError(f"prior must be a MaternGMRF, got {type(prior).__name__}")
-        if variance_scale not in ("observed", "fitted"):
-            raise ValueError(f"variance_scale must be 'observed' or 'fitted', got {variance_scale!r}")
+        if variance_scale not in VARIANCE_SCALES:
+            raise ValueError(f"variance_scale must be one of {list(VARIANCE_SCALES)}, got {variance_scale!r}")
         self.standardizer, self.prior, self.nugget, self.fitted_to = standardizer, prior, float(nugget), fitted_to
         self.variance_scale = variance_scale
         self.last_scales = np.ones(0)  # the variance scale c of each field of the last imputation

@@ -19,7 +19,7 @@ from climate.era5 import _expand as input_files
 from climate.era5 import open_era5
 from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
-from climate.model import GaussianImputer, ImputationModel, load_model
+from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
 from climate.plot import plot_imputation
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
@@ -112,8 +112,8 @@ class ImputeRequest:
             raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
-        if self.variance_scale not in (None, "observed", "fitted"):
-            raise ValueError(f"--variance-scale must be observed or fitted, got {self.variance_scale!r}")
+        if self.variance_scale not in (None, *VARIANCE_SCALES):
+            raise ValueError(f"--variance-scale must be one of {', '.join(VARIANCE_SCALES)}, got {self.variance_scale!r}")
         if self.variance_scale is not None and self.engine != "gaussian":
             raise ValueError(f"--variance-scale is a setting of the gaussian engine, not of {self.engine}")
         if self.output_grid not in OUTPUT_GRIDS:

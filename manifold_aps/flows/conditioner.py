@@ -11,11 +11,11 @@ from manifold_aps.nn.layers import ResBlock
 __all__ = ["GraphConditioner"]
 
 
-
 def add_per_condition(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """`h` `(R * B0, ...)` plus a per-condition `t` `(B0, ...)`, broadcast without copying `t`."""
     b0 = t.shape[0]
     return (h.reshape(-1, b0, *h.shape[1:]) + t[None]).reshape(h.shape)
+
 
 class GraphConditioner(nn.Module):
     """A small geometry-aware network `(B, N, F_in)` -> `(B, N, F_out)` for flow layers.
