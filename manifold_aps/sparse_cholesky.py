@@ -26,6 +26,7 @@ The Takahashi recursions run compiled by numba over the columns of `L` (cost
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numba  # compiles the selected inversion (pure Python would be 100-1000x slower)
@@ -38,6 +39,7 @@ __all__ = ["NotPositiveDefiniteError", "SparseCholesky"]
 MMD_ORDERING = "MMD_AT_PLUS_A"  # minimum degree on A^T + A: the best of SuperLU's own orderings for SPD
 _ORDERINGS: OrderedDict = OrderedDict()  # sparsity pattern digest -> nested-dissection permutation
 _ORDERINGS_KEPT = 16
+_ORDERINGS_LOCK = threading.Lock()
 
 
 def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
@@ -47,7 +49,7 @@ def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
     many factorisations of a likelihood search order once; METIS is deterministic, so the cache
     changes only the time. None when `pymetis` is not installed or the matrix is tiny.
     """
-    a = sp.csr_matrix(matrix)
+    a = sp.csr_matrix(matrix, copy=True)  # sort_indices below must not touch the caller's matrix
     n = a.shape[0]
     if n < 64:
         return None
@@ -59,9 +61,10 @@ def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
     digest = hashlib.blake2b(a.indptr.tobytes(), digest_size=16)
     digest.update(a.indices.tobytes())
     key = (n, a.nnz, digest.hexdigest())
-    if key in _ORDERINGS:
-        _ORDERINGS.move_to_end(key)
-        return _ORDERINGS[key]
+    with _ORDERINGS_LOCK:  # fits factor in threads
+        if key in _ORDERINGS:
+            _ORDERINGS.move_to_end(key)
+            return _ORDERINGS[key]
     graph = a.copy()
     graph.data = np.ones_like(graph.data)
     graph.setdiag(0)
@@ -70,9 +73,10 @@ def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
     perm, _ = pymetis.nested_dissection(adjacency)
     perm = np.asarray(perm, dtype=np.int64)
     perm.flags.writeable = False
-    _ORDERINGS[key] = perm
-    if len(_ORDERINGS) > _ORDERINGS_KEPT:
-        _ORDERINGS.popitem(last=False)
+    with _ORDERINGS_LOCK:
+        _ORDERINGS[key] = perm
+        if len(_ORDERINGS) > _ORDERINGS_KEPT:
+            _ORDERINGS.popitem(last=False)
     return perm
 
 

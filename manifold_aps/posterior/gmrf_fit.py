@@ -293,18 +293,16 @@ def _lbfgsb(objective, x0: np.ndarray, options: dict, threads: int | None):
     workers = min(x0.size + 1, os.cpu_count() or 1) if threads is None else max(1, int(threads))
     eps = options["eps"]
 
-    def value_and_gradient(x):
-        points = [x] + [x + eps * np.eye(x.size)[i] for i in range(x.size)]
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                values = list(pool.map(objective, points))
-        else:
-            values = [objective(p) for p in points]
-        steps = np.array([points[i + 1][i] - x[i] for i in range(x.size)])
-        return values[0], (np.array(values[1:]) - values[0]) / steps
-
     opts = {k: v for k, v in options.items() if k != "eps"}
-    return scipy.optimize.minimize(value_and_gradient, x0, jac=True, method="L-BFGS-B", options=opts)
+    with ThreadPoolExecutor(workers) as pool:  # one pool for the whole search
+
+        def value_and_gradient(x):
+            points = [x] + [x + eps * np.eye(x.size)[i] for i in range(x.size)]
+            values = list(pool.map(objective, points)) if workers > 1 else [objective(p) for p in points]
+            steps = np.array([points[i + 1][i] - x[i] for i in range(x.size)])
+            return values[0], (np.array(values[1:]) - values[0]) / steps
+
+        return scipy.optimize.minimize(value_and_gradient, x0, jac=True, method="L-BFGS-B", options=opts)
 
 
 def coarser_problem(domain: Domain, fields: np.ndarray, mean=0.0):
