@@ -63,9 +63,10 @@ class ImputeRequest:
             own (a `--save-model` file, a distilled engine), else `DEFAULT_NOISE_STD`. Given with a
             gaussian `checkpoint` it replaces the saved value (the prior is unchanged); a distilled
             engine (aps, implicit, avi) refuses a value other than its own.
-        variance_scale: the gaussian engine's variance per field: "observed" (re-estimated from
-            each field's observed values; `GaussianImputer`), "fitted" (the training fields'), or
-            None (a loaded model's own setting; "observed" for a model fitted here).
+        variance_scale: the gaussian engine's covariance per field: "observed" (its scale
+            re-estimated from each field's observed values; `GaussianImputer`), "fitted" (the
+            training fields'), "refit" (range, std and nugget re-fitted to each field's observed
+            values), or None (a loaded model's own setting; "observed" for a model fitted here).
         quantiles, seed, chunk_size, dps_steps, guidance: as in `impute`, `load_model`.
         output: output netCDF path.
         plot: output PNG path, or None.

@@ -29,6 +29,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ensemble_size(text: str) -> int:
+    """argparse type: an integer >= 2 (a sample std needs two samples)."""
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (the std is that of the samples), got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (as given, before any scaling)."""
     try:
@@ -379,6 +387,7 @@ def _add_training_options(p: argparse.ArgumentParser, steps: int, lr: float, ema
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `manifold-aps` (one sub-command per task)."""
+    from climate.model import VARIANCE_SCALES
     from manifold_aps.posterior.engines import distilled_engines, engine_names
 
     parser = _Parser(
@@ -440,10 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--truth", metavar="FILE",
                     help="score the imputation against FILE's values at the hidden cells (same variable and "
                          "grid after --select/--region/--coarsen, every imputed time)")
-    im.add_argument("--variance-scale", choices=["observed", "fitted"], default=None,
+    im.add_argument("--variance-scale", choices=list(VARIANCE_SCALES), default=None,
                     help="gaussian engine: re-estimate how variable each field's anomalies are from its observed "
-                         "values (observed), or keep the training fields' variance (fitted) (default: observed "
-                         "for a model fitted here, a saved model's own setting)")
+                         "values (observed), keep the training fields' covariance (fitted), or re-fit range, "
+                         "std and nugget to each field's observed values (refit: one fit per field, ~20-30 s "
+                         "at 1 degree; for large contiguous gaps such as swaths, where one scale leaves the "
+                         "intervals too narrow far from the data) (default: observed for a model fitted "
+                         "here, a saved model's own setting)")
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
     im.add_argument("--samples", type=_positive_int, default=16,
                     help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "
@@ -513,11 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--checkpoint", required=True, help="a distill checkpoint (any --engine)")
     sp.add_argument("--out", required=True, help="output .npz file")
-    sp.add_argument("--n", type=int, default=100, help="samples per observation (default: 100)")
-    sp.add_argument("--observations", type=int, default=4, help="held-out observations (default: 4)")
+    sp.add_argument("--n", type=_ensemble_size, default=100,
+                    help="samples per observation, at least 2: the file's std is theirs (default: 100)")
+    sp.add_argument("--observations", type=_positive_int, default=4, help="held-out observations (default: 4)")
     sp.add_argument("--masks", default=None, help="mask family of the observations (default: random)")
     sp.add_argument("--seed", type=int, default=0, help="seed of observations and samples (default: 0)")
-    sp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    sp.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
     sp.set_defaults(func=_sample)
     return parser
 

@@ -160,6 +160,55 @@ def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
         np.testing.assert_allclose(out.t2m_mean.values.ravel()[hid], k @ y, rtol=1e-7, atol=1e-9)
 
 
+def test_refit_fits_each_field_and_its_posterior_is_that_of_the_refit_prior():
+    """`variance_scale="refit"`: range, std and nugget of each field by ML on its observed values.
+
+    The field is drawn with twice the range and twice the std of the model's prior: the refit moves
+    towards them, its likelihood beats the training fit's, and the imputation equals the dense
+    posterior of the refit prior (with the known noise added to what the nugget leaves)."""
+    from climate.model import FieldStandardizer
+    from manifold_aps import MaternGMRF
+    from manifold_aps.geometry import SphereGrid
+
+    lat, lon = np.linspace(87, -87, 30), np.arange(0, 360, 6.0)
+    domain = SphereGrid(lat, lon)
+    n = domain.num_nodes
+    prior = MaternGMRF.from_range(domain, range_=0.3, std=1.0, alpha=2)
+    truth_prior = MaternGMRF.from_range(domain, range_=0.6, std=2.0, alpha=2)
+    rng = np.random.default_rng(3)
+    truth = truth_prior.sample(1, rng=rng)[0]
+    times = np.array(["2020-01-01T00"], dtype="datetime64[ns]")
+    field = _grid_field(truth, lat, lon, times)
+    observed = climate.random_mask(field, 0.5, seed=0, per_time=True)
+    standardizer = FieldStandardizer(np.zeros((1, n)), np.ones(n))
+    noise_std = 0.05
+    model = GaussianImputer("t2m", "K", domain, noise_std, standardizer, prior, 0.01, variance_scale="refit")
+    out = climate.impute(field, observed, model, n_samples=2, seed=0, progress=False)
+    fit = model.last_fits[0]
+    assert fit is not None and fit.prior.alpha == 2
+    assert 0.4 < fit.prior.range < 0.9 and 1.4 < fit.prior.std < 2.8
+    obs = observed.values.ravel()
+    idx, hid = np.flatnonzero(obs), np.flatnonzero(~obs)
+    y = truth[idx]
+
+    def dense_log_likelihood(cov_yy):
+        sign, logdet = np.linalg.slogdet(cov_yy)
+        return -0.5 * (y @ np.linalg.solve(cov_yy, y) + logdet + idx.size * np.log(2 * np.pi))
+
+    def covariance(p, nugget):
+        return np.linalg.inv(p.precision().toarray()) + nugget * np.eye(n)
+
+    train_cov = covariance(prior, 0.01)[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size)
+    refit_cov = covariance(fit.prior, fit.nugget)[np.ix_(idx, idx)]  # the refit nugget holds the noise
+    assert dense_log_likelihood(refit_cov) > dense_log_likelihood(train_cov) + 10
+    assert fit.log_likelihood == pytest.approx(dense_log_likelihood(refit_cov), rel=1e-8)
+    cov = covariance(fit.prior, max(fit.nugget - noise_std**2, 0.0))
+    k = cov[np.ix_(hid, idx)] @ np.linalg.inv(cov[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size))
+    np.testing.assert_allclose(out.t2m_mean.values.ravel()[hid], k @ y, rtol=1e-7, atol=1e-9)
+    post_var = np.diag(cov[np.ix_(hid, hid)] - k @ cov[np.ix_(idx, hid)])
+    np.testing.assert_allclose(out.t2m_std.values.ravel()[hid], np.sqrt(post_var), rtol=1e-8)
+
+
 def test_ensemble_coverage_is_unbiased_for_a_calibrated_gaussian_ensemble():
     """16 exact draws: the prediction-interval coverage is 90 %, the sample-quantile one ~79 %."""
     rng = np.random.default_rng(0)

@@ -205,6 +205,13 @@ def test_bad_numbers_are_named_as_given(tmp_path, flag, value, said):
     refused(res, f"argument {flag}", said)
 
 
+def test_sample_refuses_one_sample_before_opening_anything(tmp_path):
+    """`sample --n 1` wrote a NaN std; now it is refused (exit 2) before the checkpoint is read."""
+    res = run_cli("sample", "--checkpoint", "missing.pt", "--out", "out.npz", "--n", "1", cwd=tmp_path)
+    refused(res, "argument --n", "must be at least 2 (the std is that of the samples), got '1'")
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_repeated_input_times_are_said_to_be_the_inputs(sample, tmp_path, gaussian_model):
     repeated = tmp_path / "repeated.nc"
     with xr.open_dataset(sample) as ds:
