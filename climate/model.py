@@ -629,13 +629,14 @@ class ScoreImputer(ImputationModel):
         return _summary(samples)
 
 
-def _dataset_variable(name: str):
-    from manifold_aps.datasets import build_prior_dataset
+def _trained_field(state: dict, path: Path):
+    """The dataset a prior or engine checkpoint describes, and its variable (a climate field's)."""
+    from manifold_aps.posterior.distill import checkpoint_dataset
 
-    ds = build_prior_dataset(name)
+    ds = checkpoint_dataset(state, path, None)
     variable = ds.extra.get("variable")
     if not variable:
-        raise ValueError(f"dataset {name!r} is not a climate field (no variable name); impute needs one")
+        raise ValueError(f"{path} was trained on {ds.name!r}, not a climate field (no variable name); impute needs one")
     return ds, variable
 
 
@@ -675,7 +676,7 @@ def load_model(
         raise ValueError(f"{path} holds a {found!r} model ({kind}), not a {engine!r} one")
     if found == "gaussian":
         return GaussianImputer.from_state(state)
-    dataset, variable = _dataset_variable(state["model_config"]["dataset"])
+    dataset, variable = _trained_field(state, path)
     if found == "dps":
         from manifold_aps.priors.train import load_prior
 

@@ -339,11 +339,21 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from manifold_aps.datasets import SignalsNotStored, build_prior_dataset, dataset_names
     from manifold_aps.posterior.distill import held_out_observations
     from manifold_aps.posterior.engines import load_trained_engine
+    from manifold_aps.training import checkpoint_domain, load_checkpoint
 
     torch.set_num_threads(max(1, args.threads))
     _, engine, ds, _ = load_trained_engine(args.checkpoint)
+    if isinstance(ds.source, SignalsNotStored):  # held-out signals come from the dataset itself
+        if ds.name not in dataset_names():
+            raise ValueError(
+                f"{args.checkpoint} was trained on {ds.name!r}, not a registered dataset: `sample` draws held-out "
+                "signals from a registered one; give your own observations to `impute` instead"
+            )
+        ds = build_prior_dataset(ds.name)
+        checkpoint_domain(load_checkpoint(args.checkpoint), args.checkpoint, ds.domain)
     batch = held_out_observations(ds, engine.noise, args.observations, masks=args.masks or "random", seed=args.seed)
     op = batch.operator(ds.domain)
     start = time.perf_counter()

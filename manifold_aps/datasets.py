@@ -44,6 +44,7 @@ __all__ = [
     "DATASETS",
     "GaussianSource",
     "PriorDataset",
+    "SignalsNotStored",
     "TensorSource",
     "build_prior_dataset",
     "data_dir",
@@ -131,7 +132,44 @@ class PriorDataset:
     @property
     def channels(self) -> int:
         """`C`."""
+        if isinstance(self.source, SignalsNotStored):
+            return self.source.channels
         return self.source.validation().shape[-1]
+
+    def description_dict(self) -> dict:
+        """What a checkpoint records about these training signals (plain types): `name`, `units`,
+        `description`, `channels`, `variable` (a climate field's name, else "")."""
+        return {"name": self.name, "units": self.units, "description": self.description,
+                "channels": self.channels, "variable": str(self.extra.get("variable", ""))}
+
+    @classmethod
+    def described(cls, domain: Domain, data: dict) -> PriorDataset:
+        """The dataset a checkpoint describes (`description_dict`): its domain, units and
+        variable, and no signals (`source` is a `SignalsNotStored`, `test` empty)."""
+        channels = int(data.get("channels", 1))
+        extra = {"variable": data["variable"]} if data.get("variable") else {}
+        return cls(str(data.get("name", "")), domain, SignalsNotStored(str(data.get("name", "")), channels),
+                   torch.zeros(0, domain.num_nodes, channels), str(data.get("units", "")),
+                   str(data.get("description", "")), extra=extra)
+
+
+class SignalsNotStored:
+    """The source of a dataset known only from a checkpoint: it has a channel count, no signals."""
+
+    def __init__(self, name: str, channels: int):
+        self.name, self.channels = name, channels
+
+    def _refuse(self):
+        raise ValueError(
+            f"the signals of {self.name!r} are not stored in the checkpoint; build the dataset itself "
+            "(a registered name: build_prior_dataset) or pass your own signals"
+        )
+
+    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        self._refuse()
+
+    def validation(self) -> torch.Tensor:
+        self._refuse()
 
 
 def _wmap(root: Path, nside: int = 16, pool: int = 2048) -> PriorDataset:

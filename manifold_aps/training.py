@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from manifold_aps.checkpoint import atomic_path
+from manifold_aps.geometry.spec import domain_spec
 
 __all__ = [
     "EMA",
@@ -38,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "checkpoint_domain",
     "existing_run_files",
     "load_checkpoint",
     "read_weights_file",
@@ -181,6 +183,34 @@ def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, 
     return ckpt
 
 
+def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
+    """The domain of a loaded checkpoint: `domain` checked against its fingerprint, or (None) the
+    one its `domain_spec` rebuilds.
+
+    Raises:
+        CheckpointError: `domain` is another geometry (both named), or the checkpoint predates
+            domain specs and no `domain` was given.
+    """
+    if domain is not None:
+        if ckpt["fingerprint"] != domain.fingerprint:
+            raise CheckpointError(
+                f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), not on "
+                f"{domain!r} (fingerprint {domain.fingerprint}); a model cannot run on another mesh or grid"
+            )
+        return domain
+    if "domain_spec" not in ckpt:
+        raise CheckpointError(
+            f"{path} was written before checkpoints described their domain ({ckpt['domain']}); pass the domain "
+            "it was trained on (its dataset's) or train it again"
+        )
+    from manifold_aps.geometry.spec import DomainSpecError, domain_from_spec
+
+    try:
+        return domain_from_spec(ckpt["domain_spec"])
+    except DomainSpecError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
 def _differences(saved: dict, current: dict, keys) -> str:
     """`"key: A in the checkpoint, B now; ..."` for the `keys` whose values differ."""
     return "; ".join(
@@ -266,7 +296,11 @@ class Trainer:
         out_dir: folder of `checkpoint.pt`, `log.csv` and `train.json`.
         kind: what the model is (stored and checked on load), e.g. "score-prior".
         domain: the domain (its fingerprint and repr go into the checkpoint).
-        model_config: plain-type description of the model, stored with the weights.
+        model_config: plain-type description of the model, stored with the weights (a resumed
+            run must have the same).
+        described: more plain-type entries of the checkpoint that loading needs but resuming does
+            not compare (e.g. `data`: what the training signals were; `prior`: the weights an
+            engine was distilled from). The domain's `domain_spec` is always stored.
         optimizer: optional factory `params -> torch.optim.Optimizer` (default
             `geoopt.optim.RiemannianAdam`: Adam for ordinary parameters, and it keeps
             `geoopt.ManifoldParameter`s on their manifold).
@@ -282,9 +316,15 @@ class Trainer:
         kind: str,
         domain,
         model_config: dict,
+        described: dict | None = None,
         optimizer: Callable | None = None,
         progress: bool = True,
     ):
+        reserved = {"format", "kind", "step", "fingerprint", "domain", "domain_spec", "model_config", "train_config",
+                    "model", "ema", "ema_state", "optimizer"} & set(described or {})
+        if reserved:
+            raise ValueError(f"described may not set the checkpoint's own entries {sorted(reserved)}")
+        self.described = dict(described or {})
         self.config = config
         self.out_dir = Path(out_dir)
         self.kind = kind
@@ -337,6 +377,8 @@ class Trainer:
             "step": self.step,
             "fingerprint": self.domain.fingerprint,
             "domain": repr(self.domain),
+            "domain_spec": domain_spec(self.domain),
+            **self.described,
             "model_config": self.model_config,
             "train_config": asdict(self.config),
             "model": self.model.state_dict(),

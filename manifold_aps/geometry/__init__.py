@@ -4,14 +4,18 @@ from manifold_aps.geometry.domain import Coarsening, Domain
 from manifold_aps.geometry.grids import PlanarGrid, SphereGrid
 from manifold_aps.geometry.mesh import TriangleMesh
 from manifold_aps.geometry.sphere import HealpixSphere, IcosphereMesh, SphericalDomain
+from manifold_aps.geometry.spec import DomainSpecError, domain_from_spec, domain_spec
 
 __all__ = [
     "Coarsening",
     "Domain",
+    "DomainSpecError",
     "HealpixSphere",
     "IcosphereMesh",
     "PlanarGrid",
     "SphereGrid",
     "SphericalDomain",
     "TriangleMesh",
+    "domain_from_spec",
+    "domain_spec",
 ]

@@ -7,6 +7,7 @@ trained `ScorePrior` checkpoint), a mask family and a noise level.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_aps.datasets import PriorDataset, TensorSource, build_prior_dataset
+from manifold_aps.datasets import PriorDataset, SignalsNotStored, TensorSource, build_prior_dataset
 from manifold_aps.operators import (
     CapMaskGenerator,
     GaussianNoise,
@@ -28,13 +29,16 @@ from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, Revers
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.priors.gaussian import GaussianPrior
 from manifold_aps.priors.sampling import reverse_sde_sample
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint
+from manifold_aps.priors.train import embedded_prior, load_prior
+from manifold_aps.training import TrainConfig, Trainer, TrainResult, checkpoint_domain, load_checkpoint
 
 __all__ = [
     "APS_RECIPE",
     "KIND",
     "MASK_FAMILIES",
     "EngineRecipe",
+    "checkpoint_dataset",
+    "checkpoint_prior",
     "distill",
     "held_out_observations",
     "load_engine",
@@ -70,8 +74,6 @@ def resolve_prior(dataset: PriorDataset, prior: str | os.PathLike):
         if dataset.reference is None:
             raise ValueError(f"dataset {dataset.name!r} has no exact prior; pass a trained prior checkpoint")
         return dataset.reference
-    from manifold_aps.priors.train import load_prior
-
     return load_prior(prior, dataset.domain)
 
 
@@ -147,31 +149,76 @@ def train_engine(
         engine.estimate.fit_to_spectrum(lam, var)
     observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
     objective = recipe.objective(engine, p, observations, config)
+    exact = isinstance(p, GaussianPrior)
+    described = {"data": ds.description_dict()}
+    if not exact:  # the engine's file carries its prior: it loads without the prior's file
+        described["prior"] = embedded_prior(p)
     model_config = {
         "dataset": ds.name,
-        "prior": "exact" if isinstance(p, GaussianPrior) else str(Path(prior).resolve()),
+        "prior": "exact" if exact else f"score-prior {_weights_digest(p)}",
         "masks": masks,
         "noise_std": noise_std,
         "channels": ds.channels,
         "dtype": str(dtype).removeprefix("torch."),
         recipe.config_key: settings.to_dict(),
     }
-    trainer = Trainer(objective, config, out_dir, kind=recipe.kind, domain=ds.domain, model_config=model_config, progress=progress)
+    trainer = Trainer(objective, config, out_dir, kind=recipe.kind, domain=ds.domain, model_config=model_config,
+                      described=described, progress=progress)
     return engine, trainer.fit(resume=resume, stop_after=stop_after)
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """A short digest of a module's weights: which prior an engine was distilled from (a resumed
+    run must distil the same one)."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_dataset(ckpt: dict, path, dataset: PriorDataset | str | None) -> PriorDataset:
+    """The dataset an engine or prior checkpoint was trained on: `dataset` (checked against the
+    checkpoint's domain), or the one the checkpoint describes (its domain, units, variable; no
+    signals), or, for a file written before checkpoints described themselves, its named dataset."""
+    if isinstance(dataset, str):
+        dataset = build_prior_dataset(dataset)
+    if dataset is not None:
+        checkpoint_domain(ckpt, path, dataset.domain)
+        return dataset
+    if "domain_spec" in ckpt and "data" in ckpt:
+        return PriorDataset.described(checkpoint_domain(ckpt, path), ckpt["data"])
+    return build_prior_dataset(ckpt["model_config"]["dataset"])  # an older file: its named dataset
+
+
+def checkpoint_prior(ckpt: dict, ds: PriorDataset):
+    """The prior an engine checkpoint was distilled from: the weights it carries, the exact
+    Gaussian of its (named) dataset, or, for an older file, the prior file it names."""
+    embedded = ckpt.get("prior")
+    if isinstance(embedded, dict):
+        from manifold_aps.priors.train import prior_from_state
+
+        return prior_from_state(embedded, ds.domain).eval()
+    recorded = ckpt["model_config"]["prior"]
+    if recorded == "exact" and ds.reference is None and isinstance(ds.source, SignalsNotStored):
+        ds = build_prior_dataset(ds.name)  # the exact prior is the named Gaussian dataset's
+    return resolve_prior(ds, recorded)
 
 
 def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
     """Load an engine trained by `train_engine` with its dataset and prior: `(engine, dataset, prior)`.
 
-    `prior`: the prior already loaded (the one the engine was distilled from), to share one copy
-    between several engines; default: load the one recorded in the checkpoint.
+    Arguments:
+        dataset: the dataset it was trained on (a `PriorDataset` or a registered name), checked
+            against the checkpoint's domain; None: the one the checkpoint describes (its domain,
+            units and variable, no signals: `PriorDataset.described`).
+        prior: the prior already loaded (the one the engine was distilled from), to share one copy
+            between several engines; default: the one the checkpoint carries.
     """
     ckpt = load_checkpoint(path, kind=recipe.kind)
     cfg = ckpt["model_config"]
-    ds = build_prior_dataset(cfg["dataset"]) if dataset is None or isinstance(dataset, str) else dataset
-    if ckpt["fingerprint"] != ds.domain.fingerprint:
-        load_checkpoint(path, fingerprint=ds.domain.fingerprint)  # raises the clear message
-    p = resolve_prior(ds, cfg["prior"]) if prior is None else prior
+    ds = checkpoint_dataset(ckpt, path, dataset)
+    p = checkpoint_prior(ckpt, ds) if prior is None else prior
     settings = recipe.config_cls.from_dict(cfg[recipe.config_key])
     engine = recipe.build(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), settings, 0)
     dtype = getattr(torch, cfg.get("dtype", "float32"))

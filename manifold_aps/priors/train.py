@@ -12,9 +12,9 @@ from manifold_aps.nn import ScoreNetConfig
 from manifold_aps.priors.objective import DenoisingObjective
 from manifold_aps.priors.score import ChannelNormalizer, ScorePrior
 from manifold_aps.priors.sde import VPSDE
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, load_checkpoint
+from manifold_aps.training import TrainConfig, Trainer, TrainResult, checkpoint_domain, load_checkpoint
 
-__all__ = ["KIND", "load_prior", "make_prior", "train_prior"]
+__all__ = ["KIND", "embedded_prior", "load_prior", "make_prior", "prior_from_state", "train_prior"]
 
 KIND = "score-prior"
 
@@ -47,7 +47,8 @@ def train_prior(
     objective = DenoisingObjective(prior, ds.source, config.batch_size, seed=config.seed)
     model_config = {"dataset": ds.name, **prior.config()}
     trainer = Trainer(
-        objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config, progress=progress
+        objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config,
+        described={"data": ds.description_dict()}, progress=progress,
     )
     result = trainer.fit(resume=resume, stop_after=stop_after)
     if trainer.ema is not None:
@@ -55,10 +56,21 @@ def train_prior(
     return prior, result
 
 
-def load_prior(path: str | os.PathLike, domain, *, ema: bool = True, device: str = "cpu") -> ScorePrior:
-    """Load a trained prior for `domain` (refused if the checkpoint was made on another domain)."""
-    ckpt = load_checkpoint(Path(path), fingerprint=domain.fingerprint, kind=KIND)
+def load_prior(path: str | os.PathLike, domain=None, *, ema: bool = True, device: str = "cpu") -> ScorePrior:
+    """Load a trained prior; `domain`: checked against the checkpoint's (refused if another), or
+    None: the domain the checkpoint describes (`checkpoint_domain`)."""
+    ckpt = load_checkpoint(Path(path), kind=KIND)
+    return prior_from_state(ckpt, checkpoint_domain(ckpt, path, domain), ema=ema).to(device).eval()
+
+
+def prior_from_state(ckpt: dict, domain, *, ema: bool = True) -> ScorePrior:
+    """The `ScorePrior` of a checkpoint dictionary (`model_config`, `model`, `ema`) on `domain`."""
     prior = ScorePrior.from_config(domain, ckpt["model_config"])
-    state = ckpt["ema"] if ema and ckpt["ema"] is not None else ckpt["model"]
-    prior.load_state_dict(state)
-    return prior.to(device).eval()
+    prior.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"])
+    return prior
+
+
+def embedded_prior(prior: ScorePrior) -> dict:
+    """What an engine's checkpoint stores of the prior it was distilled from: its config and
+    weights (loads with `prior_from_state`; no path to the prior's own file)."""
+    return {"kind": KIND, "model_config": prior.config(), "model": prior.state_dict(), "ema": None}
