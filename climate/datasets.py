@@ -25,7 +25,106 @@ from manifold_aps.datasets import PriorDataset, TensorSource, require_file
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.geometry.domain import sparse_to_torch
 
-__all__ = ["era5_global", "era5_uk"]
+__all__ = ["AUGMENTATIONS", "era5_global", "era5_uk", "grid_file_dataset", "longitude_rolls"]
+
+AUGMENTATIONS = ("auto", "longitude", "none")  # grid_file_dataset's `augment`
+
+
+def longitude_rolls(nlat: int, nlon: int):
+    """An augmentation `(x (n, N, C), generator) -> (n, N, C)` rotating each field of a global,
+    evenly spaced lat-lon grid about the polar axis by a random whole number of cells (an exact
+    rotation of the sphere: `torch.roll` along longitude)."""
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shifts = torch.randint(0, nlon, (x.shape[0],), generator=generator)
+        grid = x.reshape(x.shape[0], nlat, nlon, x.shape[-1])
+        return torch.stack([torch.roll(g, int(k), dims=1) for g, k in zip(grid, shifts)]).reshape(x.shape)
+
+    return augment
+
+
+def _rolls_exactly(domain) -> bool:
+    """A global lat-lon grid of even longitude spacing: a roll is a rotation of the sphere."""
+    step = np.diff(domain.lon_deg) % 360.0
+    return domain.periodic and (step.size == 0 or bool(np.allclose(step, step[0])))
+
+
+def grid_file_dataset(
+    path: str | Path, var: str, *, select: tuple[str, ...] = (), fit_period: str | None = None, coarsen: int = 1,
+    val_fraction: float = 0.1, augment: str = "auto", digest: str | None = None,
+) -> PriorDataset:
+    """A user's gridded field as a prior's training data: ``manifold-aps train-prior --input FILE --var VAR``.
+
+    Arguments:
+        path: a netCDF, GRIB or zarr file (`open_era5`: any variable, CF times, cftime calendars).
+        var: the variable.
+        select: `DIM=VALUE` items fixing other dimensions (e.g. `level=500`), as `impute --select`.
+        fit_period: time ranges trained on (`parse_period`), default all.
+        coarsen: average blocks of `coarsen x coarsen` cells first (`coarsen_grid`).
+        val_fraction: share of the time steps held out for validation (the last ones).
+        augment: "longitude" (random rotations about the polar axis: global, evenly spaced grids
+            only), "none", or "auto" (longitude where it is exact, else none: regional grids).
+        digest: the SHA-256 the file must have (a rebuilt dataset: the same file).
+
+    Time steps with any missing cell are left out (the prior learns complete fields); the log of
+    the dataset's `description` says how many.
+
+    Raises:
+        ValueError: dimensions left besides time/latitude/longitude (say `select`), no complete
+            time step, a file of another digest, `augment="longitude"` on a grid it would distort.
+    """
+    from climate.impute import select_variable
+    from climate.schema import LATITUDE, LONGITUDE, TIME
+    from climate.workflow import coarsen_grid, parse_period, select_values
+    from manifold_aps.datasets import file_digest, split_train_validation
+
+    path = Path(path)
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {list(AUGMENTATIONS)}, got {augment!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    found = file_digest(path) if path.is_file() else None
+    if digest is not None and found != digest:
+        raise ValueError(f"{path} is not the file the prior was trained on (SHA-256 {str(found)[:12]}..., not {digest[:12]}...)")
+    da = select_variable(open_era5(path), var)
+    da = select_values(da, tuple(select))
+    if TIME not in da.dims:
+        da = da.expand_dims(TIME)
+    extra_dims = [d for d in da.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+    if extra_dims:
+        raise ValueError(f"{var!r} has dimensions {extra_dims} besides time/latitude/longitude; fix them with --select DIM=VALUE")
+    if fit_period:
+        da = parse_period(fit_period, "--fit-period").select(da)
+    if coarsen > 1:
+        da = coarsen_grid(da, coarsen)
+    da = da.load()
+    complete = ~da.isnull().any((LATITUDE, LONGITUDE)).values
+    if not complete.any():
+        raise ValueError(f"no time step of {var!r} in {path.name} is complete; a prior trains on complete fields")
+    left_out = int((~complete).sum())
+    da = da.isel({TIME: np.flatnonzero(complete)})
+    domain = grid_domain(da)
+    x, _ = to_signal(da, dtype=torch.float32)
+    train, val = split_train_validation(x, val_fraction)
+    rolls = _rolls_exactly(domain)
+    if augment == "longitude" and not rolls:
+        raise ValueError("augment='longitude' needs a global grid of even longitude spacing (a roll is then a rotation)")
+    use_rolls = augment == "longitude" or (augment == "auto" and rolls)
+    nlat, nlon = domain.shape
+    source = {"builder": "grid-file", "args": {
+        "path": str(path), "var": var, "select": list(select), "fit_period": fit_period, "coarsen": coarsen,
+        "val_fraction": val_fraction, "augment": augment, "digest": found}}
+    times = da[TIME].values
+    span = f"{str(times[0])[:16]} .. {str(times[-1])[:16]}"
+    return PriorDataset(
+        f"{var} of {path.name}", domain, TensorSource(train, val, longitude_rolls(nlat, nlon) if use_rolls else None),
+        torch.zeros(0, domain.num_nodes, 1), str(da.attrs.get("units", "")),
+        f"{var} of {path.name} on its {nlat} x {nlon} grid{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
+        f"{train.shape[0]} training + {val.shape[0]} validation steps ({span}"
+        f"{f'; {left_out} incomplete steps left out' if left_out else ''}); augmentation: "
+        f"{'random longitude rotations' if use_rolls else 'none'}",
+        extra={"variable": var, "source": source},
+    )
 
 
 def era5_uk(root: Path) -> PriorDataset:

@@ -281,7 +281,8 @@ def upsample_blocks(coarse: xr.Dataset | xr.DataArray, like: xr.DataArray, facto
     return coarse.isel(index).assign_coords({dim: like[dim] for dim in (LATITUDE, LONGITUDE)})
 
 
-def _select(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
+def select_values(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
+    """`da` at the `DIM=VALUE` items of `select` (`--select level=500`), each checked and named in errors."""
     for item in select:
         if "=" not in item:
             raise ValueError(f"--select takes DIM=VALUE, got {item!r}")
@@ -331,7 +332,7 @@ def _check_paths(req: ImputeRequest) -> None:
 
 def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
     """`da` after `--select` and `--region` (on its own grid, before any `--coarsen`)."""
-    da = _select(da, req.select)
+    da = select_values(da, req.select)
     if req.region:
         try:
             south, north, west, east = (float(v) for v in req.region.split(":"))

@@ -171,7 +171,22 @@ def _impute(args: argparse.Namespace) -> int:
 
 
 TRAIN_PRIOR_HELP = """\
-Train a diffusion prior (score network + VP-SDE) on a named dataset, with checkpoints.
+Train a diffusion prior (score network + VP-SDE) on a named dataset or on your own data, with
+checkpoints. Exactly one of:
+  --dataset NAME                    a named dataset (below)
+  --input FILE --var VAR            a gridded field (netCDF, GRIB, zarr) on its own lat-lon grid:
+                                    [--select DIM=VALUE ...] [--fit-period RANGES] [--coarsen K];
+                                    steps with missing cells are left out; the last --val-fraction
+                                    of the steps validate; --augment auto rotates global evenly
+                                    spaced grids about the polar axis, leaves regional ones as is
+  --mesh M.obj --signals S.npz      signals (S, V) on your mesh (OFF/OBJ/PLY/STL, vertex order as
+                                    written); optional `positions` (V, 3) in the npz match rows to
+                                    vertices, optional `units`; no augmentation
+
+The checkpoint describes itself: its domain (grid coordinates, mesh vertices and faces), the
+variable, units and where the data came from (the file as given and its SHA-256), so `distill
+--prior OUT/checkpoint.pt` needs no --dataset and `impute --engine dps --checkpoint` runs it on
+a field of the same grid.
 
 datasets (real data from $MANIFOLD_APS_DATA, default ../shared/data; era5-uk is shipped):
   era5-uk            ERA5 t2m, UK 0.25 deg, train 1-18 Mar 2019 (1617 cells)
@@ -192,9 +207,54 @@ checkpoint's seed, batch size, learning rate, warm-up and EMA; only --steps, --c
 unless --resume or --overwrite is given. Ctrl-C saves a checkpoint first. Several processes:
 torchrun --nproc_per_node 2 -m manifold_aps.cli train-prior ...
 
-example:
+examples:
   manifold-aps train-prior --dataset era5-uk --steps 2000 --out runs/era5-uk
+  manifold-aps train-prior --input z500.nc --var z --select level=500 --out runs/z500
+  manifold-aps train-prior --mesh spot.obj --signals spot_signals.npz --out runs/spot
 """
+
+
+def _training_data(args: argparse.Namespace):
+    """The prior's training data of `train-prior`: a dataset name, or the dataset of a user's files."""
+    given = [opt for opt, dest in (("--dataset", "dataset"), ("--input", "input"), ("--mesh", "mesh"))
+             if getattr(args, dest)]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --dataset NAME, --input FILE --var VAR, --mesh FILE --signals FILE"
+                         + (f" (got {' and '.join(given)})" if given else ""))
+    if args.dataset:
+        return args.dataset
+    if args.input:
+        if not args.var:
+            raise ValueError("--input needs --var VAR (the variable to train on)")
+        from climate.datasets import grid_file_dataset
+
+        return grid_file_dataset(args.input, args.var, select=tuple(args.select or ()), fit_period=args.fit_period,
+                                 coarsen=args.coarsen, val_fraction=args.val_fraction, augment=args.augment)
+    if not args.signals:
+        raise ValueError("--mesh needs --signals FILE (an .npz with `signals` of shape (S, V))")
+    from manifold_aps.datasets import mesh_signals_dataset
+
+    return mesh_signals_dataset(args.mesh, args.signals, val_fraction=args.val_fraction)
+
+
+def _distill_data(args: argparse.Namespace):
+    """The dataset `distill` simulates observations from: --dataset, else the prior's own data."""
+    if args.dataset:
+        return args.dataset
+    if args.prior == "exact":
+        raise ValueError("--prior exact is the exact prior of a gaussian-* dataset: give --dataset NAME")
+    from manifold_aps.datasets import dataset_from_source, dataset_names
+    from manifold_aps.training import load_checkpoint
+
+    data = load_checkpoint(args.prior).get("data")
+    if data is None:
+        raise ValueError(f"{args.prior} was written before priors described their data: give --dataset NAME")
+    if "source" in data:
+        return dataset_from_source(data["source"])
+    if data["name"] in dataset_names():
+        return data["name"]
+    raise ValueError(f"{args.prior} was trained on {data['name']!r}, which is neither a registered dataset nor a "
+                     "file it recorded: give --dataset NAME")
 
 
 def _train_prior(args: argparse.Namespace) -> int:
@@ -207,7 +267,10 @@ def _train_prior(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     config = _train_config(args)
     net = ScoreNetConfig(channels=tuple(args.channels), num_modes=args.modes)
-    _, result = train_prior(args.dataset, args.out, config, net=net, resume=args.resume, progress=not args.quiet)
+    dataset = _training_data(args)
+    if not isinstance(dataset, str) and not args.quiet:
+        print(f"training data: {dataset.description}")
+    _, result = train_prior(dataset, args.out, config, net=net, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(
@@ -224,8 +287,11 @@ KL; --engine implicit trains a one-pass generator by an integral KL with an auxi
 (DAVI-style; no density); --engine avi trains the amortizer of a few-step MGDM sampler that keeps
 the explicit likelihood at test time (LAVPS-style).
 
-The prior is "exact" for the gaussian-* datasets (closed-form Matern prior) or the checkpoint of a
-prior trained with `manifold-aps train-prior` on the same dataset. Masks: random (50-95 %
+The prior is "exact" for the gaussian-* datasets (closed-form Matern prior, with --dataset) or
+the checkpoint of a prior trained with `manifold-aps train-prior`; without --dataset the
+observations are simulated from the prior's own training data (its named dataset, or the file
+it recorded, refused if its SHA-256 changed), and the engine's checkpoint carries the prior's
+weights (it loads without the prior's file). Masks: random (50-95 %
 missing), caps, stations, swaths, or mixture (all four). Writes OUT/checkpoint.pt (kind
 aps-flow, implicit-generator or amortized-vi), OUT/log.csv (loss per dimension), OUT/train.json; --resume
 continues (as for train-prior), and an OUT that already holds a run needs --resume or --overwrite.
@@ -233,6 +299,7 @@ continues (as for train-prior), and an OUT that already holds a run needs --resu
 examples:
   manifold-aps distill --dataset gaussian-healpix8 --prior exact --steps 2000 --out runs/aps-h8
   manifold-aps distill --dataset era5-uk --prior runs/era5-uk/checkpoint.pt --masks mixture --out runs/aps-uk
+  manifold-aps distill --prior runs/z500/checkpoint.pt --out runs/aps-z500
   manifold-aps distill --engine implicit --dataset gaussian-healpix8 --prior exact --out runs/implicit-h8
 """
 
@@ -300,7 +367,7 @@ def _distill(args: argparse.Namespace) -> int:
         from manifold_aps.posterior.amortized_vi import AmortizedVIConfig, train_amortized_vi
 
         _, result = train_amortized_vi(
-            args.dataset, args.prior, args.out, _train_config(args),
+            _distill_data(args), args.prior, args.out, _train_config(args),
             vi=AmortizedVIConfig(width=args.width, num_modes=min(args.modes, 64)), masks=args.masks,
             noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
         )
@@ -313,7 +380,7 @@ def _distill(args: argparse.Namespace) -> int:
         implicit = ImplicitConfig(width=args.width, num_modes=min(args.modes, 64), cg_iterations=args.cg_iterations,
                                   warmup_fraction=args.data_warmup or 0.0)
         _, result = train_implicit(
-            args.dataset, args.prior, args.out, _train_config(args), implicit=implicit, masks=args.masks,
+            _distill_data(args), args.prior, args.out, _train_config(args), implicit=implicit, masks=args.masks,
             noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
         )
         if int(os.environ.get("RANK", "0")) == 0:
@@ -325,7 +392,7 @@ def _distill(args: argparse.Namespace) -> int:
         warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup,
     )
     _, result = distill(
-        args.dataset, args.prior, args.out, _train_config(args), aps=aps, masks=args.masks,
+        _distill_data(args), args.prior, args.out, _train_config(args), aps=aps, masks=args.masks,
         noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -497,7 +564,19 @@ def build_parser() -> argparse.ArgumentParser:
         "train-prior", help="train a diffusion prior on a dataset",
         description=TRAIN_PRIOR_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tp.add_argument("--dataset", required=True, help="dataset name (see above)")
+    tp.add_argument("--dataset", help="dataset name (see above)")
+    tp.add_argument("--input", metavar="FILE", help="your gridded field: netCDF, GRIB or zarr (with --var)")
+    tp.add_argument("--var", help="--input: the variable to train on")
+    tp.add_argument("--select", nargs="+", metavar="DIM=VALUE", help="--input: fix other dimensions, e.g. level=500")
+    tp.add_argument("--fit-period", metavar="START:END[,...]", help="--input: the times trained on (default all)")
+    tp.add_argument("--coarsen", type=_positive_int, default=1, help="--input: average KxK blocks first (default 1)")
+    tp.add_argument("--augment", choices=["auto", "longitude", "none"], default="auto",
+                    help="--input: random rotations about the polar axis (longitude; global evenly spaced grids), "
+                         "none, or auto: longitude where exact, else none (default: auto)")
+    tp.add_argument("--mesh", metavar="FILE", help="your mesh: OFF, OBJ, PLY or STL (with --signals)")
+    tp.add_argument("--signals", metavar="FILE", help="--mesh: an .npz with signals (S, V) [, positions (V, 3), units]")
+    tp.add_argument("--val-fraction", type=float, default=0.1,
+                    help="--input/--mesh: the last share of steps/signals held out for validation (default 0.1)")
     tp.add_argument("--out", required=True, help="output folder (checkpoint.pt, log.csv, train.json)")
     _add_training_options(tp, steps=2000, lr=2e-3, ema=0.999, validate_every=250)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64],
@@ -513,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--engine", default="aps", choices=distilled_engines(),
                     help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL; "
                          "avi: amortized inner VI for a guided few-step sampler (default: aps)")
-    ds.add_argument("--dataset", required=True, help="dataset name (as for train-prior)")
-    ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets) or a prior checkpoint')
+    ds.add_argument("--dataset", help="dataset name (as for train-prior); default: the prior's own data (the "
+                                      "named dataset or the files it was trained on, checked by SHA-256)")
+    ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets, with --dataset) or a prior checkpoint')
     ds.add_argument("--out", required=True, help="output folder")
     ds.add_argument("--masks", default="random", help="random | caps | stations | swaths | mixture (default: random)")
     ds.add_argument("--noise-std", type=_positive_float, default=0.1,

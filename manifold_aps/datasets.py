@@ -47,6 +47,11 @@ __all__ = [
     "SignalsNotStored",
     "TensorSource",
     "build_prior_dataset",
+    "dataset_from_source",
+    "file_digest",
+    "mesh_signals_dataset",
+    "split_train_validation",
+    "vertex_order",
     "data_dir",
     "require_file",
     "dataset_names",
@@ -139,8 +144,11 @@ class PriorDataset:
     def description_dict(self) -> dict:
         """What a checkpoint records about these training signals (plain types): `name`, `units`,
         `description`, `channels`, `variable` (a climate field's name, else "")."""
-        return {"name": self.name, "units": self.units, "description": self.description,
+        data = {"name": self.name, "units": self.units, "description": self.description,
                 "channels": self.channels, "variable": str(self.extra.get("variable", ""))}
+        if "source" in self.extra:  # a user's files: how to read them again (`dataset_from_source`)
+            data["source"] = self.extra["source"]
+        return data
 
     @classmethod
     def described(cls, domain: Domain, data: dict) -> PriorDataset:
@@ -148,6 +156,8 @@ class PriorDataset:
         variable, and no signals (`source` is a `SignalsNotStored`, `test` empty)."""
         channels = int(data.get("channels", 1))
         extra = {"variable": data["variable"]} if data.get("variable") else {}
+        if "source" in data:
+            extra["source"] = data["source"]
         return cls(str(data.get("name", "")), domain, SignalsNotStored(str(data.get("name", "")), channels),
                    torch.zeros(0, domain.num_nodes, channels), str(data.get("units", "")),
                    str(data.get("description", "")), extra=extra)
@@ -400,6 +410,123 @@ DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
 
 
 DATASET_ENTRY_POINTS = "manifold_aps.datasets"  # entry-point group of datasets other packages provide
+SOURCE_ENTRY_POINTS = "manifold_aps.sources"  # entry-point group of builders of a user's own files
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB blocks: which file a prior was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_train_validation(signals: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `1 - val_fraction` of `signals` `(S, N, C)` for training, the rest (at least one)
+    for validation: contiguous, so that a time series' validation steps follow its training ones."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    count = signals.shape[0]
+    if count < 2:
+        raise ValueError(f"a prior needs at least 2 training signals (1 for validation), got {count}")
+    num_val = min(count - 1, max(1, int(round(val_fraction * count))))
+    return signals[: count - num_val], signals[count - num_val :]
+
+
+def mesh_signals_dataset(
+    mesh: str | os.PathLike, signals: str | os.PathLike, *, val_fraction: float = 0.1, digest: str | None = None,
+) -> PriorDataset:
+    """A user's signals on their own mesh: ``manifold-aps train-prior --mesh M --signals S``.
+
+    Arguments:
+        mesh: an OFF, OBJ, PLY or STL file (`TriangleMesh.from_file`: vertex order as written).
+        signals: an .npz with `signals` `(S, V)` or `(S, V, C)`, optionally `positions` `(V, 3)`
+            (the signals' vertex coordinates: rows are matched to the mesh's vertices, so the
+            file may list them in another order) and `units` (a string).
+        val_fraction: share of the signals held out for validation (the last ones).
+        digest: the SHA-256 the signals file must have (a rebuilt dataset: the same file).
+
+    Raises:
+        ValueError: a signals array of another vertex count, positions that do not match the mesh's
+            vertices, NaN in the signals, a file of another digest.
+    """
+    mesh, signals = Path(mesh), Path(signals)
+    domain = TriangleMesh.from_file(mesh)
+    if not signals.is_file():
+        raise FileNotFoundError(f"signals file not found: {signals}")
+    found = file_digest(signals)
+    if digest is not None and found != digest:
+        raise ValueError(f"{signals} is not the file the prior was trained on (SHA-256 {found[:12]}..., not {digest[:12]}...)")
+    with np.load(signals, allow_pickle=False) as z:
+        if "signals" not in z:
+            raise ValueError(f"{signals} has no 'signals' array (it has {sorted(z.files)})")
+        x = np.asarray(z["signals"], dtype=np.float64)
+        positions = np.asarray(z["positions"], dtype=np.float64) if "positions" in z else None
+        units = str(z["units"]) if "units" in z else ""
+    given = x.shape
+    x = x[:, :, None] if x.ndim == 2 else x
+    v = domain.num_nodes
+    if x.ndim != 3 or x.shape[1] != v:
+        raise ValueError(f"{signals}: signals must have shape (S, V={v}) or (S, V, C) for {mesh.name}, got {given}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{signals}: the training signals hold NaN or infinity; train on complete signals")
+    if positions is not None:
+        x = x[:, vertex_order(domain, positions, f"{signals} positions"), :]
+    train, val = split_train_validation(torch.from_numpy(x).float(), val_fraction)
+    source = {"builder": "mesh-signals",
+              "args": {"mesh": str(mesh), "signals": str(signals), "val_fraction": val_fraction, "digest": found}}
+    return PriorDataset(
+        f"{signals.stem} on {mesh.name}", domain, TensorSource(train, val), torch.zeros(0, v, x.shape[2]), units,
+        f"{x.shape[0]} signals of {signals.name} on {mesh.name} ({v} vertices); last {val.shape[0]} for validation",
+        extra={"source": source},
+    )
+
+
+def vertex_order(domain: Domain, positions: np.ndarray, what: str) -> np.ndarray:
+    """`order` with `positions[order[i]]` the mesh's vertex `i`: rows given in another order are
+    matched to the vertices (each exactly once, within 1e-6 of the mesh's size).
+
+    Raises:
+        ValueError: another count of positions, or positions that are not the mesh's vertices."""
+    from scipy.spatial import cKDTree
+
+    vertices = domain.positions.numpy()
+    if positions.shape != vertices.shape:
+        raise ValueError(f"{what} must have shape {vertices.shape} (the mesh's vertices), got {positions.shape}")
+    distance, order = cKDTree(positions).query(vertices)
+    tolerance = 1e-6 * float(np.ptp(vertices, axis=0).max())
+    if distance.max() > tolerance or np.unique(order).size != order.size:
+        worst = int(np.argmax(distance))
+        raise ValueError(
+            f"{what} are not the mesh's vertices: vertex {worst} at {vertices[worst].round(6).tolist()} is "
+            f"{distance[worst]:.3g} from the nearest position (tolerance {tolerance:.3g})"
+        )
+    return order
+
+
+SOURCES = {"mesh-signals": mesh_signals_dataset}  # builders of a user's files; `climate` adds "grid-file"
+
+
+def dataset_from_source(source: dict, **overrides) -> PriorDataset:
+    """Rebuild the dataset a checkpoint's `data["source"]` describes (`{"builder", "args"}`), with
+    `overrides` of its arguments (e.g. another path to the same file).
+
+    Raises:
+        ValueError: an unknown builder (its package not installed).
+    """
+    from importlib.metadata import entry_points
+
+    name = source["builder"]
+    builder = SOURCES.get(name)
+    if builder is None:
+        found = {ep.name: ep for ep in entry_points(group=SOURCE_ENTRY_POINTS)}
+        if name not in found:
+            raise ValueError(f"no data source builder {name!r} is installed (known: {sorted({*SOURCES, *found})})")
+        builder = found[name].load()
+    return builder(**{**source["args"], **overrides})
 
 
 def _plugin_datasets() -> dict[str, object]:
