@@ -11,11 +11,20 @@ __all__ = ["plot_signals"]
 
 
 def _ax_mesh(fig, pos, spec, domain, values, vmin, vmax, cmap, title, view):
+    import warnings
+
+    import matplotlib
+
     ax = fig.add_subplot(*spec, projection="3d")
     tri = domain.faces
-    face_vals = values[tri].mean(axis=1)
-    coll = ax.plot_trisurf(pos[:, 0], pos[:, 1], pos[:, 2], triangles=tri, cmap=cmap, linewidth=0, antialiased=False)
-    coll.set_array(face_vals)
+    with warnings.catch_warnings():  # "Mean of empty slice": a face of unknown vertices only, drawn grey
+        warnings.simplefilter("ignore", RuntimeWarning)
+        face_vals = np.nanmean(values[tri], axis=1)  # a face takes the mean of its known vertices
+    colours = matplotlib.colormaps[cmap].copy()
+    colours.set_bad("0.85")
+    coll = ax.plot_trisurf(pos[:, 0], pos[:, 1], pos[:, 2], triangles=tri, cmap=colours, linewidth=0,
+                           antialiased=False)
+    coll.set_array(np.ma.masked_invalid(face_vals))
     coll.set_clim(vmin, vmax)
     ax.view_init(*view)
     ax.set_axis_off()
@@ -38,7 +47,8 @@ def plot_signals(
 
     `TriangleMesh`/`IcosphereMesh`: 3-D surface coloured by value; `HealpixSphere`: healpy
     Mollweide projection; `PlanarGrid`/`SphereGrid`: an image. Panels with `shared_scale` True
-    share one colour range. NaN values are drawn grey (healpy) or blank.
+    share one colour range. NaN values are drawn grey (on meshes: a face takes the mean of its
+    vertices that are not NaN, grey when none is).
     """
     import matplotlib
 

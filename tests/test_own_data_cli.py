@@ -92,23 +92,81 @@ def _mesh_files(root, *, permute: bool):
     return mesh, signals
 
 
-def test_a_mesh_with_signals_in_another_vertex_order_trains_and_distils(tmp_path):
-    mesh, signals = _mesh_files(tmp_path, permute=True)
+@pytest.fixture(scope="module")
+def mesh_runs(tmp_path_factory):
+    """A prior and an APS engine trained on signals whose rows are in another order than the vertices."""
+    root = tmp_path_factory.mktemp("mesh")
+    mesh, signals = _mesh_files(root, permute=True)
     res = run_cli("train-prior", "--mesh", "blob.obj", "--signals", "signals.npz", "--out", "prior", *TINY_PRIOR,
-                  cwd=tmp_path)
+                  cwd=root)
     assert res.returncode == 0, res.stderr
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=tmp_path)
+    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
     assert res.returncode == 0, res.stderr
+    return root, mesh, signals
+
+
+def test_a_mesh_with_signals_in_another_vertex_order_trains_and_distils(mesh_runs):
+    root, mesh, signals = mesh_runs
     from manifold_aps.datasets import dataset_from_source
     from manifold_aps.posterior.distill import load_engine
 
-    engine, ds, _ = load_engine(tmp_path / "aps" / "checkpoint.pt")
+    engine, ds, _ = load_engine(root / "aps" / "checkpoint.pt")
     assert ds.units == "mV" and ds.domain.num_nodes == len(mesh.vertices)
-    rebuilt = dataset_from_source({**ds.extra["source"], "args": {**ds.extra["source"]["args"],
-                                                                 "mesh": str(tmp_path / "blob.obj"),
-                                                                 "signals": str(tmp_path / "signals.npz")}})
+    source = ds.extra["source"]
+    rebuilt = dataset_from_source({**source, "args": {**source["args"], "mesh": str(root / "blob.obj"),
+                                                      "signals": str(root / "signals.npz")}})
     train = torch.cat([rebuilt.source.train, rebuilt.source.val])
     np.testing.assert_allclose(train[..., 0].numpy(), signals, rtol=1e-6)  # rows matched back to the vertices
+
+
+def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path):
+    root, mesh, signals = mesh_runs
+    from manifold_aps.geometry import TriangleMesh
+    from manifold_aps.reconstruct import reconstruct
+
+    rng = np.random.default_rng(4)
+    order = rng.permutation(len(mesh.vertices))  # the test file lists vertices in another order
+    test = signals[:2].copy()
+    test[rng.random(test.shape) < 0.7] = np.nan
+    np.savez(tmp_path / "test.npz", signals=test[:, order], positions=np.asarray(mesh.vertices)[order])
+    res = run_cli("reconstruct", "--mesh", root / "blob.obj", "--signals", "test.npz", "--output", "g.npz",
+                  "--ply", "g.ply", "--plot", "g.png", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = np.load(tmp_path / "g.npz")
+    direct = reconstruct(TriangleMesh.from_file(root / "blob.obj"), test, engine="gaussian", samples=16, seed=0)
+    np.testing.assert_allclose(out["mean"], direct.mean[:, order], rtol=1e-10)
+    np.testing.assert_allclose(out["std"], direct.std[:, order], rtol=1e-10)
+    seen = np.isfinite(test[:, order])
+    np.testing.assert_array_equal(out["mean"][seen], test[:, order][seen])
+    assert out["samples"].shape == (16, 2, len(mesh.vertices)) and (out["std"][~seen] > 0).all()
+    assert "property double mean" in (tmp_path / "g.ply").read_text()[:1000]
+    assert (tmp_path / "g.png").stat().st_size > 10_000
+    for engine, ckpt, extra in (("aps", root / "aps" / "checkpoint.pt", []),
+                                ("dps", root / "prior" / "checkpoint.pt", ["--dps-steps", "3"]),
+                                ("harmonic", None, [])):
+        args = ["--checkpoint", ckpt] if ckpt else []
+        res = run_cli("reconstruct", "--mesh", root / "blob.obj", "--signals", "test.npz", "--engine", engine,
+                      *args, *extra, "--samples", "3", "--output", f"{engine}.npz", "--quiet", cwd=tmp_path)
+        assert res.returncode == 0, (engine, res.stderr)
+        out = np.load(tmp_path / f"{engine}.npz")
+        np.testing.assert_array_equal(out["mean"][seen], test[:, order][seen])
+        assert np.isfinite(out["mean"]).all()
+
+
+def test_reconstruct_refuses_another_mesh_and_its_own_input(mesh_runs, tmp_path):
+    root, mesh, signals = mesh_runs
+    other = trimesh.creation.icosphere(subdivisions=2)
+    other.export(tmp_path / "sphere.obj")
+    np.savez(tmp_path / "t.npz", signals=np.where(np.arange(len(other.vertices)) % 3 == 0, 1.0, np.nan)[None])
+    line = refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--engine", "aps",
+                           "--checkpoint", root / "aps" / "checkpoint.pt", "--output", "o.npz", cwd=tmp_path),
+                   "name='blob.obj'", "name='sphere.obj'", "another mesh or grid")
+    before = (tmp_path / "t.npz").read_bytes()
+    refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--output", "t.npz", cwd=tmp_path),
+            "t.npz is an input")
+    assert (tmp_path / "t.npz").read_bytes() == before and not (tmp_path / "o.npz").exists(), line
+    refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--mask", "random:2",
+                    "--output", "o.npz", cwd=tmp_path), "random:F")
 
 
 def test_signals_that_do_not_fit_the_mesh_are_one_line(tmp_path):

@@ -1,0 +1,257 @@
+"""Reconstruct signals on any domain from their observed values, with any engine.
+
+What `manifold-aps reconstruct` runs on a user's mesh (or any `Domain`): signals `(S, N)` with
+NaN where unobserved go in; the posterior mean, std and samples come out, the observed values
+kept exactly (std 0 there).
+
+Engines (`ENGINES` of `manifold_aps.posterior.engines`, plus two point estimates):
+
+* ``gaussian`` (default): a Whittle-Matérn GMRF whose range, std and nugget maximise the exact
+  marginal likelihood of the observed values themselves (no training signals; the values are
+  standardised by the mean and std of all observed values), then its exact posterior per signal
+  (`GMRFObservation`: sparse Cholesky, exact or RBMC marginal variances, perturb-and-solve
+  samples).
+* ``harmonic`` / ``nearest``: `HarmonicInterpolation` / `NearestNeighbour` (geodesic along edges)
+  point estimates: no std (NaN) and no samples.
+* ``dps``: diffusion posterior sampling with a `train-prior` checkpoint; ``aps``, ``implicit``,
+  ``avi``: a `distill` checkpoint. The checkpoint must have been trained on this very domain
+  (fingerprints compared, both named otherwise); the std is that of the samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from manifold_aps.geometry import Domain
+from manifold_aps.operators import GaussianNoise, Mask
+
+__all__ = ["POINT_ESTIMATES", "Reconstruction", "reconstruct", "reconstruction_engines"]
+
+POINT_ESTIMATES = ("harmonic", "nearest")
+
+
+def reconstruction_engines() -> list[str]:
+    """Every engine `reconstruct` takes: the registry's, then the point estimates."""
+    from manifold_aps.posterior.engines import engine_names
+
+    return [*engine_names(), *POINT_ESTIMATES]
+
+
+@dataclass
+class Reconstruction:
+    """A reconstruction of `S` signals on `N` nodes.
+
+    Attributes:
+        mean: posterior mean (or point estimate) `(S, N)`, the observed values exact.
+        std: posterior std `(S, N)`, 0 where observed; NaN for point estimates.
+        samples: `(n, S, N)` posterior samples (observed values exact); `(0, S, N)` for point estimates.
+        observed: `(S, N)` boolean, True = observed.
+        engine: the engine's name.
+        details: one line on what ran (fitted hyper-parameters, checkpoint).
+        fit: the gaussian engine's `GMRFFit` (of the standardised values `(x - centre) / scale`)
+            and its `(centre, scale)`; None for the others.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray
+    observed: np.ndarray
+    engine: str
+    details: str
+    fit: tuple | None = None
+
+
+def _gaussian(domain: Domain, values: np.ndarray, observed: np.ndarray, n: int, rng: np.random.Generator,
+              alpha: int, progress: bool):
+    from manifold_aps.posterior.gmrf import GMRFObservation
+    from manifold_aps.posterior.gmrf_fit import fit_gmrf
+
+    seen = values[observed]
+    centre, scale = float(seen.mean()), float(seen.std()) or 1.0
+    z = np.where(observed, (values - centre) / scale, 0.0)
+    fit = fit_gmrf(domain, z, observed, alpha=alpha, progress=progress)
+    means, stds = np.empty_like(z), np.empty_like(z)
+    samples = np.empty((n, *z.shape))
+    factored: dict[bytes, GMRFObservation] = {}
+    for s in range(z.shape[0]):
+        idx = np.flatnonzero(observed[s])
+        key = idx.tobytes()
+        if key not in factored:
+            factored[key] = GMRFObservation(fit.prior, idx, 0.0, fit.nugget)
+        obs = factored[key]
+        means[s] = obs.mean(z[s, idx])
+        stds[s] = np.sqrt(obs.variance())
+        samples[:, s] = obs.sample(z[s, idx], n, rng=rng)
+    details = (f"GMRF alpha {alpha} fitted to the {int(observed.sum())} observed values ({fit.evaluations} "
+               f"likelihood evaluations): range {fit.prior.range:.4g} (domain units), std {scale * fit.prior.std:.4g}, "
+               f"nugget std {scale * math.sqrt(fit.nugget):.3g}")
+    return centre + scale * means, scale * stds, centre + scale * samples, details, (fit, centre, scale)
+
+
+def _learned(domain: Domain, engine: str, checkpoint, values, observed, n, seed, noise_std, dps_steps, guidance):
+    from manifold_aps.posterior.engines import ENGINES, engine_for_checkpoint, load_trained_engine
+    from manifold_aps.training import checkpoint_domain, load_checkpoint
+
+    if checkpoint is None:
+        raise ValueError(f"--engine {engine} needs --checkpoint (a {ENGINES[engine].checkpoint_kind!r} file)")
+    ckpt = load_checkpoint(checkpoint)
+    found = engine_for_checkpoint(ckpt["kind"])
+    if found is None or found.name != engine:
+        raise ValueError(f"{checkpoint} holds a {ckpt['kind']!r}, not a {ENGINES[engine].checkpoint_kind!r} for --engine {engine}")
+    checkpoint_domain(ckpt, checkpoint, domain)  # another mesh or grid: refused, both named
+    if engine == "dps":
+        from manifold_aps.posterior import DPS
+        from manifold_aps.priors.train import load_prior
+
+        sampler = DPS(load_prior(checkpoint, domain), GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
+        details = f"DPS ({dps_steps} steps, guidance {guidance:g}, noise std {noise_std:g}) with {checkpoint}"
+    else:
+        _, sampler, _, _ = load_trained_engine(checkpoint)
+        details = f"{ENGINES[engine].title} {checkpoint} (noise std {sampler.noise.sigma:g})"
+    mask = torch.from_numpy(observed)[..., None]
+    y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
+    drawn = sampler.sample(y, Mask(domain, mask), n, rng=torch.Generator().manual_seed(seed))
+    samples = drawn.detach().double()[..., 0].numpy()
+    return samples.mean(0), samples.std(0, ddof=1), samples, details
+
+
+def reconstruct(
+    domain: Domain,
+    values,
+    observed=None,
+    *,
+    engine: str = "gaussian",
+    checkpoint: str | os.PathLike | None = None,
+    samples: int = 16,
+    seed: int = 0,
+    alpha: int = 2,
+    noise_std: float = 0.1,
+    dps_steps: int = 1000,
+    guidance: float = 1.0,
+    progress: bool = False,
+) -> Reconstruction:
+    """Posterior mean, std and samples of signals on `domain` from their observed values.
+
+    Arguments:
+        domain: the domain, `N` nodes.
+        values: `(S, N)` or `(N,)`; NaN marks an unobserved value (unless `observed` is given).
+        observed: optional boolean of the same shape, True = observed (values elsewhere ignored).
+        engine: see the module docstring (`reconstruction_engines()`).
+        checkpoint: the `train-prior` (dps) or `distill` (aps, implicit, avi) checkpoint.
+        samples: posterior samples per signal (>= 2 for the sampling engines: their std is the
+            samples'; ignored by the point estimates).
+        seed: seed of the samples.
+        alpha: the gaussian engine's smoothness order (1, 2, 3; nu = alpha - 1).
+        noise_std: DPS's observation noise std, signal units (the distilled engines keep theirs).
+        dps_steps, guidance: DPS settings.
+        progress: a bar over the gaussian engine's likelihood evaluations.
+
+    Raises:
+        ValueError: shapes that do not match the domain, a signal with no observed value,
+            non-finite observed values, an unknown engine, a checkpoint of another kind or domain.
+    """
+    engines = reconstruction_engines()
+    if engine not in engines:
+        raise ValueError(f"engine must be one of {engines}, got {engine!r}")
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n_nodes = domain.num_nodes
+    if values.ndim != 2 or values.shape[1] != n_nodes:
+        raise ValueError(f"values must have shape (S, N={n_nodes}) for {domain!r}, got {values.shape}")
+    observed = np.isfinite(values) if observed is None else np.atleast_2d(np.asarray(observed, dtype=bool))
+    if observed.shape != values.shape:
+        raise ValueError(f"observed must have the shape of values {values.shape}, got {observed.shape}")
+    if not observed.any(axis=1).all():
+        raise ValueError(f"signal {int(np.flatnonzero(~observed.any(axis=1))[0])} has no observed value")
+    if not np.all(np.isfinite(values[observed])):
+        raise ValueError("observed values hold NaN or infinity; mark them unobserved")
+    sampling = engine not in POINT_ESTIMATES
+    if sampling and engine != "gaussian" and samples < 2:
+        raise ValueError(f"--samples must be at least 2 for {engine} (its std is that of its samples), got {samples}")
+    fit = None
+    if engine == "gaussian":
+        mean, std, draws, details, fit = _gaussian(domain, values, observed, samples, np.random.default_rng(seed),
+                                                   alpha, progress)
+    elif sampling:
+        mean, std, draws, details = _learned(domain, engine, checkpoint, values, observed, samples, seed, noise_std,
+                                             dps_steps, guidance)
+    else:
+        from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour
+
+        filler = (HarmonicInterpolation if engine == "harmonic" else NearestNeighbour)(domain)
+        y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
+        mean = filler.estimate(y, Mask(domain, torch.from_numpy(observed)[..., None]))[..., 0].numpy()
+        std, draws = np.full_like(mean, np.nan), np.empty((0, *mean.shape))
+        details = f"{type(filler).__name__} (a point estimate: no std, no samples)"
+    mean, draws = np.where(observed, values, mean), np.where(observed, values, draws)
+    std = np.where(observed, 0.0, std)
+    return Reconstruction(mean, std, draws, observed, engine, details, fit)
+
+
+def parse_hiding(text: str | None) -> float | None:
+    """`--mask random:F` -> F, the share of the observed values hidden to score the reconstruction."""
+    if text is None:
+        return None
+    kind, _, share = text.partition(":")
+    try:
+        fraction = float(share)
+    except ValueError:
+        fraction = -1.0
+    if kind != "random" or not 0 < fraction < 1:
+        raise ValueError(f"--mask takes random:F with F in (0, 1) (the share of observed values hidden), got {text!r}")
+    return fraction
+
+
+def read_mesh_signals(mesh, signals, observed=None):
+    """The mesh and the signals to reconstruct, in the mesh's vertex order.
+
+    Arguments:
+        mesh: OFF, OBJ, PLY or STL file.
+        signals: .npz with `signals` `(S, V)` (NaN = unobserved) and optionally `positions`
+            `(V, 3)` (rows matched to the mesh's vertices).
+        observed: optional .npz with `observed` `(S, V)` (True = observed), rows as in `signals`.
+
+    Returns:
+        `(domain, values (S, V), observed (S, V), order)`: `order[i]` is the file's row of vertex
+        `i` (identity without `positions`).
+    """
+    from pathlib import Path
+
+    from manifold_aps.datasets import vertex_order
+    from manifold_aps.geometry import TriangleMesh
+
+    domain = TriangleMesh.from_file(mesh)
+    signals = Path(signals)
+    if not signals.is_file():
+        raise FileNotFoundError(f"signals file not found: {signals}")
+    with np.load(signals, allow_pickle=False) as z:
+        if "signals" not in z:
+            raise ValueError(f"{signals} has no 'signals' array (it has {sorted(z.files)})")
+        values = np.atleast_2d(np.asarray(z["signals"], dtype=np.float64))
+        positions = np.asarray(z["positions"], dtype=np.float64) if "positions" in z else None
+    v = domain.num_nodes
+    if values.ndim != 2 or values.shape[1] != v:
+        raise ValueError(f"{signals}: signals must have shape (S, V={v}) for {Path(mesh).name}, got {values.shape}")
+    seen = np.isfinite(values)
+    if observed is not None:
+        with np.load(observed, allow_pickle=False) as z:
+            if "observed" not in z:
+                raise ValueError(f"{observed} has no 'observed' array (it has {sorted(z.files)})")
+            seen = np.atleast_2d(np.asarray(z["observed"]))
+        if seen.shape != values.shape or seen.dtype != bool:
+            raise ValueError(f"{observed}: observed must be boolean of shape {values.shape}, got {seen.dtype} {seen.shape}")
+    order = np.arange(v) if positions is None else vertex_order(domain, positions, f"{signals} positions")
+    return domain, values[:, order], seen[:, order], order
+
+
+def scores(rec: Reconstruction, truth: np.ndarray, hidden: np.ndarray) -> dict:
+    """RMSE over `hidden` `(S, N)`, and for engines with a std the 90 % coverage of N(mean, std^2)."""
+    err = (rec.mean - truth)[hidden]
+    out = {"rmse": float(np.sqrt(np.mean(err**2))), "hidden": int(hidden.sum())}
+    if np.isfinite(rec.std[hidden]).all():
+        out["coverage_90"] = float(np.mean(np.abs(err) <= 1.6448536 * rec.std[hidden]))
+    return out
