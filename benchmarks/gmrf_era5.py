@@ -40,7 +40,7 @@ coverage (`--samples` samples); `mean_z2` is the mean squared standardised error
 the test steps; `rmse_vs_rbf` is the RMSE over the RBF's on the same cells. Targets: RMSE <= 0.8 x
 the RBF's, 90 % coverage in [0.88, 0.92].
 
-Run time: about 15 minutes on one thread of a shared 2-core machine (the fit on the training
+Run time: about 13 minutes (748 s measured; the refit rows ~2.3 min per mask) on a shared 2-core machine (the fit on the training
 steps ~2.5 min, the fit to observed values ~3 min per mask kind, 16 imputations ~4 min, the GP
 ~3 min); `--observed-fit-steps 4` (the observed values of all 4 test steps) adds ~18 minutes.
 
