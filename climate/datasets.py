@@ -51,7 +51,7 @@ def _rolls_exactly(domain) -> bool:
 
 def grid_file_dataset(
     path: str | Path, var: str, *, select: tuple[str, ...] = (), fit_period: str | None = None, coarsen: int = 1,
-    val_fraction: float = 0.1, augment: str = "auto", digest: str | None = None,
+    val_fraction: float = 0.1, augment: str = "auto", sample_dim: str = "time", digest: str | None = None,
 ) -> PriorDataset:
     """A user's gridded field as a prior's training data: ``manifold-aps train-prior --input FILE --var VAR``.
 
@@ -64,6 +64,9 @@ def grid_file_dataset(
         val_fraction: share of the time steps held out for validation (the last ones).
         augment: "longitude" (random rotations about the polar axis: global, evenly spaced grids
             only), "none", or "auto" (longitude where it is exact, else none: regional grids).
+        sample_dim: the dimension whose entries are the training fields (default time; e.g.
+            `month` for a file of monthly means indexed by month number, `number` for ensemble
+            members). `fit_period` applies to time only.
         digest: the SHA-256 the file must have (a rebuilt dataset: the same file).
 
     Time steps with any missing cell are left out (the prior learns complete fields); the log of
@@ -88,21 +91,26 @@ def grid_file_dataset(
         raise ValueError(f"{path} is not the file the prior was trained on (SHA-256 {str(found)[:12]}..., not {digest[:12]}...)")
     da = select_variable(open_era5(path), var)
     da = select_values(da, tuple(select))
-    if TIME not in da.dims:
+    if sample_dim not in da.dims:
+        if sample_dim != TIME:
+            raise ValueError(f"--sample-dim {sample_dim}: {var!r} has no such dimension; it has {list(da.dims)}")
         da = da.expand_dims(TIME)
-    extra_dims = [d for d in da.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+    extra_dims = [d for d in da.dims if d not in (sample_dim, LATITUDE, LONGITUDE)]
     if extra_dims:
-        raise ValueError(f"{var!r} has dimensions {extra_dims} besides time/latitude/longitude; fix them with --select DIM=VALUE")
+        raise ValueError(f"{var!r} has dimensions {extra_dims} besides {sample_dim}/latitude/longitude; fix them with "
+                         "--select DIM=VALUE (or name the fields' dimension with --sample-dim)")
     if fit_period:
+        if sample_dim != TIME:
+            raise ValueError(f"--fit-period selects times; the fields here are along {sample_dim!r}")
         da = parse_period(fit_period, "--fit-period").select(da)
     if coarsen > 1:
         da = coarsen_grid(da, coarsen)
     da = da.load()
     complete = ~da.isnull().any((LATITUDE, LONGITUDE)).values
     if not complete.any():
-        raise ValueError(f"no time step of {var!r} in {path.name} is complete; a prior trains on complete fields")
+        raise ValueError(f"no field of {var!r} in {path.name} is complete; a prior trains on complete fields")
     left_out = int((~complete).sum())
-    da = da.isel({TIME: np.flatnonzero(complete)})
+    da = da.isel({sample_dim: np.flatnonzero(complete)})
     domain = grid_domain(da)
     x, _ = to_signal(da, dtype=torch.float32)
     train, val = split_train_validation(x, val_fraction)
@@ -113,15 +121,15 @@ def grid_file_dataset(
     nlat, nlon = domain.shape
     source = {"builder": "grid-file", "args": {
         "path": str(path), "var": var, "select": list(select), "fit_period": fit_period, "coarsen": coarsen,
-        "val_fraction": val_fraction, "augment": augment, "digest": found}}
-    times = da[TIME].values
-    span = f"{str(times[0])[:16]} .. {str(times[-1])[:16]}"
+        "val_fraction": val_fraction, "augment": augment, "sample_dim": sample_dim, "digest": found}}
+    labels = da[sample_dim].values
+    span = f"{sample_dim} {str(labels[0])[:16]} .. {str(labels[-1])[:16]}"
     return PriorDataset(
         f"{var} of {path.name}", domain, TensorSource(train, val, longitude_rolls(nlat, nlon) if use_rolls else None),
         torch.zeros(0, domain.num_nodes, 1), str(da.attrs.get("units", "")),
         f"{var} of {path.name} on its {nlat} x {nlon} grid{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
-        f"{train.shape[0]} training + {val.shape[0]} validation steps ({span}"
-        f"{f'; {left_out} incomplete steps left out' if left_out else ''}); augmentation: "
+        f"{train.shape[0]} training + {val.shape[0]} validation fields ({span}"
+        f"{f'; {left_out} incomplete fields left out' if left_out else ''}); augmentation: "
         f"{'random longitude rotations' if use_rolls else 'none'}",
         extra={"variable": var, "source": source},
     )

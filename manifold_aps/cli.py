@@ -229,7 +229,8 @@ def _training_data(args: argparse.Namespace):
         from climate.datasets import grid_file_dataset
 
         return grid_file_dataset(args.input, args.var, select=tuple(args.select or ()), fit_period=args.fit_period,
-                                 coarsen=args.coarsen, val_fraction=args.val_fraction, augment=args.augment)
+                                 coarsen=args.coarsen, val_fraction=args.val_fraction, augment=args.augment,
+                                 sample_dim=args.sample_dim)
     if not args.signals:
         raise ValueError("--mesh needs --signals FILE (an .npz with `signals` of shape (S, V))")
     from manifold_aps.datasets import mesh_signals_dataset
@@ -661,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--augment", choices=["auto", "longitude", "none"], default="auto",
                     help="--input: random rotations about the polar axis (longitude; global evenly spaced grids), "
                          "none, or auto: longitude where exact, else none (default: auto)")
+    tp.add_argument("--sample-dim", default="time", metavar="DIM",
+                    help="--input: the dimension whose entries are the training fields, e.g. month or number "
+                         "(default: time)")
     tp.add_argument("--mesh", metavar="FILE", help="your mesh: OFF, OBJ, PLY or STL (with --signals)")
     tp.add_argument("--signals", metavar="FILE", help="--mesh: an .npz with signals (S, V) [, positions (V, 3), units]")
     tp.add_argument("--val-fraction", type=float, default=0.1,
