@@ -315,7 +315,7 @@ example:
 
 
 RECONSTRUCT_HELP = """\
-Reconstruct signals on your mesh from their observed values, with uncertainty.
+Reconstruct signals on your mesh, or a HEALPix map, from their observed values, with uncertainty.
 
 --signals T.npz holds `signals` (S, V): NaN marks an unobserved value (or give --observed O.npz
 with a boolean `observed` (S, V)); optional `positions` (V, 3) match its rows to the mesh's
@@ -330,11 +330,16 @@ engines:
   dps       diffusion posterior sampling with a `train-prior --mesh` checkpoint (--checkpoint)
   aps, implicit, avi  an engine from `distill` (--checkpoint); the checkpoint must be of this mesh
 
-Writes --output .npz: mean, std (S, V), samples (N, S, V), observed (S, V) [, hidden, truth];
---ply a PLY of the mesh with the first signal's mean and std as vertex attributes; --plot a PNG.
+--healpix MAP.fits [--mask MASK.fits] reads a map instead (healpy; the header's ordering; UNSEEN
+pixels and the mask's zeros are unobserved; a mask of another nside is refused).
+
+Writes --output .npz: mean, std (S, V), samples (N, S, V), observed (S, V) [, hidden, truth], or
+for a map .fits (MEAN, STD, OBSERVED in the map's ordering); --ply a PLY of the mesh with the
+first signal's mean and std as vertex attributes; --plot a PNG (a map: Mollweide).
 
 example:
   manifold-aps reconstruct --mesh spot.obj --signals spot_test.npz --mask random:0.9 --output rec.npz --plot rec.png
+  manifold-aps reconstruct --healpix wmap.fits --mask wmap_mask.fits --output wmap_rec.fits --plot wmap.png
 """
 
 
@@ -342,20 +347,42 @@ def _reconstruct(args: argparse.Namespace) -> int:
     import numpy as np
 
     from manifold_aps.checkpoint import atomic_path
-    from manifold_aps.reconstruct import parse_hiding, read_mesh_signals, reconstruct, scores
+    from manifold_aps.reconstruct import (
+        parse_hiding,
+        read_healpix_map,
+        read_mesh_signals,
+        reconstruct,
+        scores,
+        write_healpix_fits,
+    )
 
     out = Path(args.output)
-    if out.suffix != ".npz":
-        raise ValueError(f"--output must be an .npz file, got {out}")
+    if bool(args.mesh) == bool(args.healpix):
+        raise ValueError("give --mesh FILE --signals FILE, or --healpix MAP.fits")
+    if args.mesh and not args.signals:
+        raise ValueError("--mesh needs --signals FILE (an .npz with signals (S, V), NaN = unobserved)")
+    allowed = (".npz", ".fits") if args.healpix else (".npz",)
+    if out.suffix.lower() not in allowed:
+        raise ValueError(f"--output must end in {' or '.join(allowed)}, got {out}")
+    if args.ply and not args.mesh:
+        raise ValueError("--ply writes a mesh: it needs --mesh")
+    mask_file = args.mask if args.mask and not args.mask.startswith("random:") else None
+    if mask_file and not args.healpix:
+        raise ValueError(f"--mask {args.mask}: a mask file is for --healpix maps; a mesh takes --observed O.npz or random:F")
     writes = [Path(p) for p in (args.output, args.ply, args.plot) if p]
-    for given in (args.mesh, args.signals, args.observed, args.checkpoint):
+    for given in (args.mesh, args.signals, args.observed, args.checkpoint, args.healpix, mask_file):
         if given and any(w.resolve() == Path(given).resolve() for w in writes):
             raise ValueError(f"{given} is an input: an output may not replace it")
     for w in writes:
         if w.is_dir():
             raise ValueError(f"{w} is a folder, not a file to write")
-    fraction = parse_hiding(args.mask)
-    domain, values, observed, order = read_mesh_signals(args.mesh, args.signals, args.observed)
+    fraction = parse_hiding(None if mask_file else args.mask)
+    units = ""
+    if args.healpix:
+        domain, values, observed, units = read_healpix_map(args.healpix, mask_file)
+        order = np.arange(domain.num_nodes)
+    else:
+        domain, values, observed, order = read_mesh_signals(args.mesh, args.signals, args.observed)
     hidden = None
     if fraction is not None:
         hidden = observed & (np.random.default_rng(args.seed).random(observed.shape) < fraction)
@@ -377,10 +404,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
         arrays.update(hidden=as_file(hidden), truth=as_file(np.where(hidden, values, np.nan)))
         line += f"; on the {s['hidden']} hidden values: RMSE {s['rmse']:.4g}" + (
             f", 90 % coverage {s['coverage_90']:.3f}" if "coverage_90" in s else "")
-    with atomic_path(out) as tmp:
-        np.savez_compressed(tmp, **arrays)
+    if out.suffix.lower() == ".fits":
+        write_healpix_fits(out, rec, domain, units)
+        written = "MEAN, STD, OBSERVED"
+    else:
+        with atomic_path(out) as tmp:
+            np.savez_compressed(tmp, **arrays)
+        written = f"mean, std {rec.mean.shape}, samples {rec.samples.shape}"
     print(line)
-    print(f"wrote {out}: mean, std {rec.mean.shape}, samples {rec.samples.shape}")
+    print(f"wrote {out}: {written}")
     if args.ply:
         import trimesh
 
@@ -396,8 +428,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         if np.isfinite(rec.std[0]).all():
             panels.append(("std", rec.std[0]))
         with atomic_path(args.plot) as tmp:
+            what = Path(args.healpix).name if args.healpix else f"{Path(args.signals).name} on {Path(args.mesh).name}"
             plot_signals(domain, panels, tmp, shared_scale=[True, True, False][: len(panels)],
-                         suptitle=f"{Path(args.signals).name} on {Path(args.mesh).name}: {rec.engine}, first signal")
+                         suptitle=f"{what}: {rec.engine}, first signal")
         print(f"wrote {args.plot}")
     return 0
 
@@ -702,15 +735,19 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=_distill)
 
     rc = sub.add_parser(
-        "reconstruct", help="reconstruct signals on your mesh from their observed values",
+        "reconstruct", help="reconstruct signals on your mesh or HEALPix map from their observed values",
         description=RECONSTRUCT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from manifold_aps.reconstruct import reconstruction_engines
 
-    rc.add_argument("--mesh", required=True, metavar="FILE", help="the mesh: OFF, OBJ, PLY or STL")
-    rc.add_argument("--signals", required=True, metavar="FILE", help="an .npz with signals (S, V), NaN = unobserved")
+    rc.add_argument("--mesh", metavar="FILE", help="the mesh: OFF, OBJ, PLY or STL (with --signals)")
+    rc.add_argument("--signals", metavar="FILE", help="an .npz with signals (S, V), NaN = unobserved")
     rc.add_argument("--observed", metavar="FILE", help="an .npz with a boolean observed (S, V) (default: not NaN)")
-    rc.add_argument("--mask", metavar="random:F", help="also hide a share F of the observed values and score on them")
+    rc.add_argument("--healpix", metavar="MAP.fits",
+                    help="a HEALPix map instead of a mesh (RING/NESTED from its header; UNSEEN = unobserved)")
+    rc.add_argument("--mask", metavar="random:F|MASK.fits",
+                    help="random:F also hides a share F of the observed values and scores on them; with "
+                         "--healpix, a mask map of the same nside (1 = observed)")
     rc.add_argument("--engine", default="gaussian", choices=reconstruction_engines(), help="see above (default: gaussian)")
     rc.add_argument("--checkpoint", help="dps: a train-prior checkpoint; aps/implicit/avi: a distill checkpoint")
     rc.add_argument("--samples", type=_positive_int, default=16, help="posterior samples per signal (default: 16)")
@@ -720,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--noise-std", type=_positive_float, default=0.1, help="dps: observation noise std (default: 0.1)")
     rc.add_argument("--dps-steps", type=_positive_int, default=1000, help="dps: reverse-diffusion steps (default: 1000)")
     rc.add_argument("--guidance", type=float, default=1.0, help="dps: guidance step size (default: 1)")
-    rc.add_argument("--output", required=True, help="output .npz")
+    rc.add_argument("--output", required=True, help="output .npz (a --healpix map: .fits too, columns MEAN, STD, OBSERVED)")
     rc.add_argument("--ply", metavar="FILE", help="also write a PLY with the mean and std as vertex attributes")
     rc.add_argument("--plot", metavar="FILE", help="also write a PNG of the first signal")
     rc.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -255,3 +255,57 @@ def scores(rec: Reconstruction, truth: np.ndarray, hidden: np.ndarray) -> dict:
     if np.isfinite(rec.std[hidden]).all():
         out["coverage_90"] = float(np.mean(np.abs(err) <= 1.6448536 * rec.std[hidden]))
     return out
+
+
+def read_healpix_map(path, mask=None, *, field: int = 0):
+    """A HEALPix map to reconstruct: `(domain, values (1, N), observed (1, N), units)`.
+
+    The ordering (RING/NESTED) is the file's header's; UNSEEN and NaN pixels are unobserved, and
+    with `mask` (a FITS map of the same nside, 1 = observed, in either ordering) so are the
+    pixels it sets to 0.
+
+    Raises:
+        ValueError: not a HEALPix map, a mask of another nside.
+    """
+    import healpy as hp
+
+    from manifold_aps.geometry import HealpixSphere
+
+    def read(p, what):
+        from pathlib import Path
+
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{what} not found: {p}")
+        try:
+            m, header = hp.read_map(p, field=field if what == "map" else 0, nest=None, h=True, dtype=np.float64)
+        except Exception as err:  # astropy/healpy raise many kinds for a file that is not a map
+            raise ValueError(f"{p} is not a HEALPix FITS map ({type(err).__name__}: {err})") from err
+        header = dict(header)
+        return np.asarray(m, dtype=np.float64), str(header.get("ORDERING", "RING")).upper().startswith("NEST"), header
+
+    values, nest, header = read(path, "map")
+    nside = hp.npix2nside(values.size)
+    observed = np.isfinite(values) & ~np.isclose(values, hp.UNSEEN)
+    if mask is not None:
+        m, mask_nest, _ = read(mask, "mask")
+        if m.size != values.size:
+            raise ValueError(f"{mask} is a mask of nside {hp.npix2nside(m.size)}, the map {path} has nside {nside}")
+        if mask_nest != nest:
+            m = hp.reorder(m, n2r=mask_nest, r2n=not mask_nest)
+        observed &= m > 0.5
+    values = np.where(observed, values, np.nan)
+    units = str(header.get("TUNIT1", header.get("TUNIT", "")) or "")
+    return HealpixSphere(nside, nest=nest), values[None], observed[None], units
+
+
+def write_healpix_fits(path, rec: Reconstruction, domain, units: str = "") -> None:
+    """Write MEAN, STD and OBSERVED (1/0) of the first signal as a HEALPix FITS map (the domain's
+    ordering), atomically."""
+    import healpy as hp
+
+    from manifold_aps.checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        hp.write_map(str(tmp), [rec.mean[0], rec.std[0], rec.observed[0].astype(np.float64)], nest=domain.nest,
+                     column_names=["MEAN", "STD", "OBSERVED"], column_units=[units, units, ""], dtype=np.float64,
+                     overwrite=True)

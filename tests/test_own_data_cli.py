@@ -180,3 +180,34 @@ def test_signals_that_do_not_fit_the_mesh_are_one_line(tmp_path):
                     cwd=tmp_path), "are not the mesh's vertices")
     refused(run_cli("train-prior", "--mesh", "blob.obj", "--out", "p", *TINY_PRIOR, cwd=tmp_path), "--signals")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_healpix_map_with_a_mask_in_another_ordering_is_reconstructed(tmp_path):
+    import healpy as hp
+
+    from manifold_aps.geometry import HealpixSphere
+    from manifold_aps.reconstruct import reconstruct
+
+    nside = 8
+    rng = np.random.default_rng(0)
+    ring = hp.alm2map(hp.synalm(1.0 / (1 + np.arange(24.0)) ** 2, lmax=23, new=True), nside)  # RING order
+    nested = hp.reorder(ring, r2n=True)
+    nested[rng.random(nested.size) < 0.05] = hp.UNSEEN  # unobserved pixels in the map itself
+    keep = (np.abs(hp.pix2ang(nside, np.arange(ring.size))[0] - np.pi / 2) > 0.3).astype(float)  # a "galaxy" cut, RING
+    hp.write_map(str(tmp_path / "map.fits"), nested, nest=True, column_units="mK", dtype=np.float64)
+    hp.write_map(str(tmp_path / "mask.fits"), keep, nest=False, dtype=np.float64)
+    res = run_cli("reconstruct", "--healpix", "map.fits", "--mask", "mask.fits", "--output", "rec.fits",
+                  "--plot", "rec.png", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    mean, std, seen = hp.read_map(str(tmp_path / "rec.fits"), field=(0, 1, 2), nest=True)
+    observed = (nested != hp.UNSEEN) & (hp.reorder(keep, r2n=True) > 0.5)
+    np.testing.assert_array_equal(seen > 0.5, observed)
+    np.testing.assert_allclose(mean[observed], nested[observed])
+    direct = reconstruct(HealpixSphere(nside, nest=True), np.where(observed, nested, np.nan)[None])
+    np.testing.assert_allclose(mean, direct.mean[0], rtol=1e-6, atol=1e-9)  # FITS stores float64
+    np.testing.assert_allclose(std, direct.std[0], rtol=1e-6, atol=1e-9)
+    assert (std[~observed] > 0).all() and (tmp_path / "rec.png").stat().st_size > 10_000
+    hp.write_map(str(tmp_path / "mask4.fits"), np.ones(hp.nside2npix(4)), dtype=np.float64)
+    refused(run_cli("reconstruct", "--healpix", "map.fits", "--mask", "mask4.fits", "--output", "x.fits",
+                    cwd=tmp_path), "mask of nside 4", "has nside 8")
+    assert not (tmp_path / "x.fits").exists()
