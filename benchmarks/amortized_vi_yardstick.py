@@ -2,7 +2,7 @@
 
 Problem: the "gaussian-healpix8" dataset (a known Matérn prior on HEALPix nside 8, 768 nodes),
 random masks with 50-95 % missing, noise 0.1. The amortizer is trained with the exact prior on
-simulated observations (`train_amortized_vi`), then every sampler is evaluated on 16 held-out
+simulated observations (`train_engine("avi", ...)`), then every sampler is evaluated on 16 held-out
 observations of the dataset's test signals (`distill.held_out_observations`), `--samples` draws
 each, against the exact posterior (`ExactGaussianPosterior`):
 
@@ -46,10 +46,9 @@ from manifold_aps.posterior.amortized_vi import (
     AmortizedVI,
     AmortizedVIConfig,
     AmortizedVIObjective,
-    load_amortized_vi,
-    train_amortized_vi,
 )
 from manifold_aps.posterior.distill import held_out_observations, mask_family
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.gaussian import ExactGaussianPosterior
 from manifold_aps.posterior.mgdm import MGDM
 from manifold_aps.posterior.observations import SimulatedObservations
@@ -129,9 +128,9 @@ def main() -> None:
         validate_every=250,
         log_every=50,
     )
-    _, result = train_amortized_vi(ds, "exact", run, cfg, vi=vi, resume=True, progress=False)
+    _, result = train_engine("avi", ds, "exact", run, cfg, settings=vi, resume=True, progress=False)
     train_s = training_seconds(run)  # cumulative: also when a finished run is reused
-    engine, _, _ = load_amortized_vi(run / "checkpoint.pt", ds)
+    engine, _, _ = load_engine(run / "checkpoint.pt", ds)
     # loss ratio network / zero-shot on fresh simulated observations (not the training draws)
     stream = SimulatedObservations(ds.source, mask_family("random", ds.domain), noise)
     ratio = AmortizedVIObjective(engine, prior, stream, batch_size=1).loss_ratio(

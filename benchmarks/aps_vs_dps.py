@@ -27,7 +27,8 @@ from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
 from manifold_aps.posterior import DPS
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, held_out_observations, load_engine
+from manifold_aps.posterior.distill import held_out_observations
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.training import TrainConfig
 
 
@@ -70,8 +71,8 @@ def main() -> None:
         cfg = TrainConfig(steps=args.aps_steps, batch_size=args.batch_size, lr=2e-3, warmup=50, ema_decay=0.0,
                           checkpoint_every=100, validate_every=0, log_every=25)
         t0 = time.perf_counter()
-        distill(ds, prior_ckpt, run, cfg, aps=APSConfig(dense_limit=args.dense_limit), masks="random", noise_std=noise_std,
-                resume=True, progress=False)
+        train_engine("aps", ds, prior_ckpt, run, cfg, settings=APSConfig(dense_limit=args.dense_limit), masks="random",
+                     noise_std=noise_std, resume=True, progress=False)
         distill_s = time.perf_counter() - t0
         engine, ds, prior = load_engine(run / "checkpoint.pt", ds)
         batch = held_out_observations(ds, engine.noise, args.observations, seed=31337)

@@ -23,7 +23,8 @@ from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.flows import FlowConfig
 from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, load_engine, mask_family
+from manifold_aps.posterior.distill import mask_family
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import gaussian_yardstick
 from manifold_aps.training import TrainConfig, load_checkpoint
@@ -49,7 +50,8 @@ def main() -> None:
                               checkpoint_every=250, validate_every=0, log_every=50)
             aps = APSConfig(flow=FlowConfig(couplings=args.couplings), warmup_fraction=0.0)
             t0 = time.perf_counter()
-            distill(ds, "exact", run, cfg, aps=aps, masks="random", noise_std=0.1, resume=True, progress=False)
+            train_engine("aps", ds, "exact", run, cfg, settings=aps, masks="random", noise_std=0.1, resume=True,
+                         progress=False)
             train_s = time.perf_counter() - t0
         else:
             train_s = float("nan")

@@ -54,10 +54,10 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     "APS-spectral" is the APS flow with `SpectralCoupling`s (`FlowConfig(coupling="spectral")`).
     """
     from manifold_aps.flows import FlowConfig
-    from manifold_aps.posterior.amortized_vi import load_amortized_vi, train_amortized_vi
     from manifold_aps.posterior.aps import APSConfig
-    from manifold_aps.posterior.distill import distill, load_engine, resolve_prior
-    from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
+    from manifold_aps.posterior.distill import resolve_prior
+    from manifold_aps.posterior.engines import load_engine, train_engine
+    from manifold_aps.posterior.implicit import ImplicitConfig
     from manifold_aps.training import TrainConfig
 
     aps_cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=min(50, steps // 4), ema_decay=0.0,
@@ -65,24 +65,21 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=min(20, steps // 4), ema_decay=0.0,
                       checkpoint_every=100, validate_every=0, log_every=25)
     common = {"masks": "random", "noise_std": noise_std, "resume": True, "progress": progress}
-    recipes = {
-        "APS": (lambda run: distill(ds, prior_arg, run, aps_cfg, aps=APSConfig(dense_limit=1000), **common), load_engine),
-        "APS-spectral": (lambda run: distill(ds, prior_arg, run, aps_cfg, **common,
-                                             aps=APSConfig(dense_limit=1000, flow=FlowConfig(coupling="spectral"))),
-                         load_engine),
-        "implicit": (lambda run: train_implicit(ds, prior_arg, run, cfg, implicit=ImplicitConfig(dense_limit=1000), **common),
-                     load_implicit),
-        "AVI": (lambda run: train_amortized_vi(ds, prior_arg, run, cfg, **common), load_amortized_vi),
+    recipes = {  # method -> (registered engine, its training settings, settings)
+        "APS": ("aps", aps_cfg, APSConfig(dense_limit=1000)),
+        "APS-spectral": ("aps", aps_cfg, APSConfig(dense_limit=1000, flow=FlowConfig(coupling="spectral"))),
+        "implicit": ("implicit", cfg, ImplicitConfig(dense_limit=1000)),
+        "AVI": ("avi", cfg, None),
     }
     engines, seconds, prior = {}, {}, None
-    for method, (train, load) in recipes.items():
+    for method, (name, train_config, settings) in recipes.items():
         if method not in methods:
             continue
         run = Path(run_dir) / method.lower()
-        train(run)
+        train_engine(name, ds, prior_arg, run, train_config, settings=settings, **common)
         seconds[method] = training_seconds(run)
         prior = prior if prior is not None else resolve_prior(ds, prior_arg)  # one copy for all engines
-        engines[method] = load(run / "checkpoint.pt", ds, prior=prior)[0]
+        engines[method] = load_engine(run / "checkpoint.pt", ds, prior=prior)[0]
     return engines, seconds
 
 

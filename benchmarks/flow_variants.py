@@ -24,7 +24,8 @@ from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.flows import FlowConfig
 from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, held_out_observations
+from manifold_aps.posterior.distill import held_out_observations
+from manifold_aps.posterior.engines import train_engine
 from manifold_aps.posterior.yardstick import gaussian_yardstick
 from manifold_aps.training import TrainConfig
 
@@ -53,7 +54,7 @@ def main() -> None:
     rows = []
     for i, (name, flow) in enumerate(VARIANTS.items()):
         run = args.runs / f"variant-{i}"
-        engine, _ = distill(ds, "exact", run, cfg, aps=APSConfig(flow=flow), resume=True, progress=False)
+        engine, _ = train_engine("aps", ds, "exact", run, cfg, settings=APSConfig(flow=flow), resume=True, progress=False)
         t0 = time.perf_counter()
         with torch.no_grad():
             r = gaussian_yardstick(engine.eval(), ds.reference, noise, held, num_samples=args.samples,

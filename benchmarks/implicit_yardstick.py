@@ -26,7 +26,8 @@ from common import write_csv
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.distill import mask_family
-from manifold_aps.posterior.implicit import ImplicitConfig, load_implicit, train_implicit
+from manifold_aps.posterior.engines import load_engine, train_engine
+from manifold_aps.posterior.implicit import ImplicitConfig
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import sample_yardstick
 from manifold_aps.training import TrainConfig
@@ -58,13 +59,13 @@ def main() -> None:
             if steps == 0:  # the fresh generator: its Gaussian anchor (step 0 is in the auxiliary warm-up: only the auxiliary score moves)
                 cfg = TrainConfig(steps=1, batch_size=1, lr=1e-3, warmup=0, ema_decay=0.0, checkpoint_every=1,
                                   validate_every=0, log_every=1)
-                train_implicit(ds, "exact", run / "init", cfg, implicit=ImplicitConfig(), progress=False,
-                               dtype=torch.float64)
-                engine, _, prior = load_implicit(run / "init" / "checkpoint.pt", ds)
+                train_engine("implicit", ds, "exact", run / "init", cfg, settings=ImplicitConfig(), progress=False,
+                             dtype=torch.float64)
+                engine, _, prior = load_engine(run / "init" / "checkpoint.pt", ds)
             else:
-                train_implicit(ds, "exact", run, cfg, implicit=ImplicitConfig(), resume=True, progress=False,
-                               dtype=torch.float64)
-                engine, _, prior = load_implicit(run / "checkpoint.pt", ds)
+                train_engine("implicit", ds, "exact", run, cfg, settings=ImplicitConfig(), resume=True,
+                             progress=False, dtype=torch.float64)
+                engine, _, prior = load_engine(run / "checkpoint.pt", ds)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             res = sample_yardstick(engine, prior, noise, held_out, num_samples=args.samples,

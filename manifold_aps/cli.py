@@ -476,49 +476,39 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(**values)
 
 
+def _distill_settings(args: argparse.Namespace):
+    """The engine settings of `distill`'s options, and the unit of its loss for the summary line."""
+    if args.engine == "avi":
+        from manifold_aps.posterior.amortized_vi import AmortizedVIConfig
+
+        return AmortizedVIConfig(width=args.width, num_modes=min(args.modes, 64)), ""
+    if args.engine == "implicit":
+        from manifold_aps.posterior.implicit import ImplicitConfig
+
+        return ImplicitConfig(width=args.width, num_modes=min(args.modes, 64), cg_iterations=args.cg_iterations,
+                              warmup_fraction=args.data_warmup or 0.0), " per dim"
+    from manifold_aps.flows import FlowConfig
+    from manifold_aps.posterior.aps import APSConfig
+
+    return APSConfig(flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes),
+                     cg_iterations=args.cg_iterations,
+                     warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup), " nats/dim"
+
+
 def _distill(args: argparse.Namespace) -> int:
     _refuse_to_replace_run(args)
     import torch
 
-    from manifold_aps.flows import FlowConfig
-    from manifold_aps.posterior.aps import APSConfig
-    from manifold_aps.posterior.distill import distill
+    from manifold_aps.posterior.engines import train_engine
 
     torch.set_num_threads(max(1, args.threads))
-    if args.engine == "avi":
-        from manifold_aps.posterior.amortized_vi import AmortizedVIConfig, train_amortized_vi
-
-        _, result = train_amortized_vi(
-            _distill_data(args), args.prior, args.out, _train_config(args),
-            vi=AmortizedVIConfig(width=args.width, num_modes=min(args.modes, 64)), masks=args.masks,
-            noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
-        )
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"step {result.step}: loss {result.loss:.4f}, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
-        return 0
-    if args.engine == "implicit":
-        from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
-
-        implicit = ImplicitConfig(width=args.width, num_modes=min(args.modes, 64), cg_iterations=args.cg_iterations,
-                                  warmup_fraction=args.data_warmup or 0.0)
-        _, result = train_implicit(
-            _distill_data(args), args.prior, args.out, _train_config(args), implicit=implicit, masks=args.masks,
-            noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
-        )
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"step {result.step}: loss {result.loss:.4f} per dim, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
-        return 0
-    aps = APSConfig(
-        flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes),
-        cg_iterations=args.cg_iterations,
-        warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup,
-    )
-    _, result = distill(
-        _distill_data(args), args.prior, args.out, _train_config(args), aps=aps, masks=args.masks,
-        noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
+    settings, unit = _distill_settings(args)
+    _, result = train_engine(
+        args.engine, _distill_data(args), args.prior, args.out, _train_config(args), settings=settings,
+        masks=args.masks, noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"step {result.step}: loss {result.loss:.4f} nats/dim, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
+        print(f"step {result.step}: loss {result.loss:.4f}{unit}, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
     return 0
 
 

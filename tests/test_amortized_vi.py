@@ -21,9 +21,8 @@ from manifold_aps.posterior.amortized_vi import (
     AmortizedVI,
     AmortizedVIConfig,
     AmortizedVIObjective,
-    load_amortized_vi,
-    train_amortized_vi,
 )
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.mgdm import (
     MGDM,
     MGDMProblem,
@@ -289,7 +288,7 @@ def test_fresh_amortizer_is_the_zero_shot_sampler():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small amortizer trained through `train_amortized_vi` and loaded back."""
+    """A small amortizer trained through `train_engine("avi", ...)` and loaded back."""
     ds = PriorDataset(
         "test-gaussian",
         DOMAIN,
@@ -311,11 +310,11 @@ def trained(tmp_path_factory):
         log_every=50,
     )
     vi = AmortizedVIConfig(steps=8, window=(0, 4), width=16, depth=1, num_modes=16)
-    engine, result = train_amortized_vi(ds, "exact", out, cfg, vi=vi, progress=False)
-    loaded, _, _ = load_amortized_vi(out / "checkpoint.pt", ds)
+    engine, result = train_engine("avi", ds, "exact", out, cfg, settings=vi, progress=False)
+    loaded, _, _ = load_engine(out / "checkpoint.pt", ds)
     # a prior passed in is shared, not reloaded; the weights are the same either way
     other = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.5, smoothness=1.5)
-    shared, _, prior = load_amortized_vi(out / "checkpoint.pt", ds, prior=other)
+    shared, _, prior = load_engine(out / "checkpoint.pt", ds, prior=other)
     assert prior is other and shared.prior is other and loaded.prior is PRIOR
     for a, b in zip(shared.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)

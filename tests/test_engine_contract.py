@@ -18,11 +18,10 @@ from manifold_aps.flows import FlowConfig
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.nn import ScoreNetConfig
 from manifold_aps.operators import Mask
-from manifold_aps.posterior.amortized_vi import AmortizedVIConfig, train_amortized_vi
+from manifold_aps.posterior.amortized_vi import AmortizedVIConfig
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill
-from manifold_aps.posterior.engines import ENGINES, load_trained_engine
-from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
+from manifold_aps.posterior.engines import ENGINES, load_trained_engine, train_engine
+from manifold_aps.posterior.implicit import ImplicitConfig
 from manifold_aps.priors import GaussianPrior
 from manifold_aps.priors.train import train_prior
 from manifold_aps.reconstruct import POINT_ESTIMATES, reconstruct, reconstruction_engines
@@ -44,12 +43,12 @@ def checkpoints(tmp_path_factory):
                 progress=False)
     prior = root / "dps" / "checkpoint.pt"
     trained = {"dps": None}
-    trained["aps"], _ = distill(ds, prior, root / "aps", CFG, progress=False, aps=APSConfig(
+    trained["aps"], _ = train_engine("aps", ds, prior, root / "aps", CFG, progress=False, settings=APSConfig(
         flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2))
-    trained["implicit"], _ = train_implicit(ds, prior, root / "implicit", CFG, progress=False,
-                                            implicit=ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2))
-    trained["avi"], _ = train_amortized_vi(ds, prior, root / "avi", CFG, progress=False,
-                                           vi=AmortizedVIConfig(steps=4, window=(0, 2), width=8, depth=1, num_modes=8))
+    trained["implicit"], _ = train_engine("implicit", ds, prior, root / "implicit", CFG, progress=False,
+                                          settings=ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2))
+    trained["avi"], _ = train_engine("avi", ds, prior, root / "avi", CFG, progress=False,
+                                     settings=AmortizedVIConfig(steps=4, window=(0, 2), width=8, depth=1, num_modes=8))
     missing = {name for name, spec in ENGINES.items() if spec.checkpoint_kind} - set(trained)
     assert not missing, f"registered engines without a contract checkpoint: {missing}"
     return {name: root / name / "checkpoint.pt" for name in trained}, trained

@@ -10,12 +10,11 @@ from manifold_aps.geometry import HealpixSphere
 from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator
 from manifold_aps.posterior import ExactGaussianPosterior
 from manifold_aps.posterior.distill import mask_family, prior_mode_variances
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.implicit import (
     ImplicitConfig,
     ImplicitGenerator,
     IntegralKLObjective,
-    load_implicit,
-    train_implicit,
 )
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.priors import GaussianPrior
@@ -87,9 +86,9 @@ def _pair():
 def test_train_load_and_unseen_operators(tmp_path):
     ds = PriorDataset("tiny-h4", DOMAIN, GaussianSource(PRIOR, num_val=4), torch.zeros(0, DOMAIN.num_nodes, 1), "1", "test", PRIOR)
     cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup=1, ema_decay=0.0, checkpoint_every=3, validate_every=0, log_every=1)
-    eng, result = train_implicit(ds, "exact", tmp_path, cfg, implicit=SMALL, progress=False, dtype=torch.float64)
+    eng, result = train_engine("implicit", ds, "exact", tmp_path, cfg, settings=SMALL, progress=False, dtype=torch.float64)
     assert result.step == 3 and torch.isfinite(torch.tensor(result.loss))
-    again, _, _ = load_implicit(tmp_path / "checkpoint.pt", ds)
+    again, _, _ = load_engine(tmp_path / "checkpoint.pt", ds)
     y, op = _pair()
     a = eng.sample(y, op, 4, rng=torch.Generator().manual_seed(3))
     b = again.sample(y, op, 4, rng=torch.Generator().manual_seed(3))
@@ -141,7 +140,7 @@ def test_trainer_applies_the_generators_learning_rate_scale(tmp_path):
     ds = PriorDataset("tiny-h4", DOMAIN, GaussianSource(PRIOR, num_val=4), torch.zeros(0, DOMAIN.num_nodes, 1), "1", "test", PRIOR)
     cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, ema_decay=0.0, checkpoint_every=4, validate_every=0, log_every=1)
     frozen = ImplicitConfig(width=8, depth=1, num_modes=8, aux_warmup_fraction=0.0, generator_lr_scale=0.0)
-    eng, _ = train_implicit(ds, "exact", tmp_path, cfg, implicit=frozen, progress=False, dtype=torch.float64)
+    eng, _ = train_engine("implicit", ds, "exact", tmp_path, cfg, settings=frozen, progress=False, dtype=torch.float64)
     fresh = ImplicitGenerator(DOMAIN, 1, PRIOR, NOISE, frozen).double()
     torch.manual_seed(0)
     for (name, p), (_, q) in zip(eng.generator.named_parameters(), fresh.generator.named_parameters()):

@@ -185,7 +185,7 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     """A (barely trained) score prior and flow on the UK grid go through `load_model` and `impute`."""
     from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.aps import APSConfig
-    from manifold_aps.posterior.distill import distill
+    from manifold_aps.posterior.engines import train_engine
     from manifold_aps.priors.train import train_prior
 
     cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, checkpoint_every=2, validate_every=0, log_every=1)
@@ -199,16 +199,16 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
     assert np.isfinite(out.t2m_samples.values).all() and "DPS (3 steps" in out.attrs["history"]
     aps_cfg = APSConfig(flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2, dense_limit=0)
-    distill("era5-uk", ckpt, tmp_path / "aps", cfg, aps=aps_cfg, progress=False)
+    train_engine("aps", "era5-uk", ckpt, tmp_path / "aps", cfg, settings=aps_cfg, progress=False)
     aps = load_model(tmp_path / "aps" / "checkpoint.pt")
     assert aps.engine == "aps"
     out = impute(hours, mask, aps, n_samples=3, progress=False)
     assert np.array_equal(out.t2m_samples.values[1][mask.values], hours.values[mask.values])
     assert (out.t2m_std.values[~mask.values] > 0).all()
-    from manifold_aps.posterior.implicit import ImplicitConfig, train_implicit
+    from manifold_aps.posterior.implicit import ImplicitConfig
 
     small = ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2, dense_limit=0)
-    train_implicit("era5-uk", ckpt, tmp_path / "implicit", cfg, implicit=small, progress=False)
+    train_engine("implicit", "era5-uk", ckpt, tmp_path / "implicit", cfg, settings=small, progress=False)
     gen = load_model(tmp_path / "implicit" / "checkpoint.pt", engine="implicit")
     out = impute(hours, mask, gen, n_samples=3, progress=False)
     assert np.array_equal(out.t2m_samples.values[2][mask.values], hours.values[mask.values])

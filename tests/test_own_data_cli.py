@@ -108,7 +108,7 @@ def mesh_runs(tmp_path_factory):
 def test_a_mesh_with_signals_in_another_vertex_order_trains_and_distils(mesh_runs):
     root, mesh, signals = mesh_runs
     from manifold_aps.datasets import dataset_from_source
-    from manifold_aps.posterior.distill import load_engine
+    from manifold_aps.posterior.engines import load_engine
 
     engine, ds, _ = load_engine(root / "aps" / "checkpoint.pt")
     assert ds.units == "mV" and ds.domain.num_nodes == len(mesh.vertices)

@@ -20,7 +20,7 @@ from manifold_aps.flows import FlowConfig
 from manifold_aps.geometry import SphereGrid
 from manifold_aps.nn import ScoreNetConfig
 from manifold_aps.posterior.aps import APSConfig
-from manifold_aps.posterior.distill import distill, load_engine
+from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.priors import GaussianPrior
 from manifold_aps.priors.train import load_prior, train_prior
 from manifold_aps.training import CheckpointError, TrainConfig
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("own")
     ds = _my_field()
     train_prior(ds, root / "prior", CFG, net=TINY_NET, progress=False)
-    distill(ds, root / "prior" / "checkpoint.pt", root / "aps", CFG, aps=APS, progress=False)
+    train_engine("aps", ds, root / "prior" / "checkpoint.pt", root / "aps", CFG, settings=APS, progress=False)
     shutil.move(root / "prior", root / "moved")
     return root, ds
 
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 SAMPLE = textwrap.dedent(
     """
     import sys, torch
-    from manifold_aps.posterior.distill import load_engine
+    from manifold_aps.posterior.engines import load_engine
     engine, ds, prior = load_engine(sys.argv[1])
     y = torch.load(sys.argv[2])
     from manifold_aps.operators import Mask

@@ -3,8 +3,8 @@
 from manifold_aps.geometry.domain import Coarsening, Domain
 from manifold_aps.geometry.grids import PlanarGrid, SphereGrid
 from manifold_aps.geometry.mesh import TriangleMesh
-from manifold_aps.geometry.sphere import HealpixSphere, IcosphereMesh, SphericalDomain
 from manifold_aps.geometry.spec import DomainSpecError, domain_from_spec, domain_spec
+from manifold_aps.geometry.sphere import HealpixSphere, IcosphereMesh, SphericalDomain
 
 __all__ = [
     "Coarsening",

@@ -34,7 +34,7 @@ class DomainSpecError(ValueError):
 
 
 def _tensor(x, dtype=torch.float64) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=dtype).clone()
+    return torch.as_tensor(np.array(x, copy=True), dtype=dtype)
 
 
 def domain_spec(domain: Domain) -> dict:

@@ -34,7 +34,6 @@ operator); log noise levels in the context; best-of-two per sample, not per batc
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,15 +56,14 @@ from manifold_aps.posterior.mgdm import (
 )
 from manifold_aps.posterior.observations import ObservationBatch, SimulatedObservations
 from manifold_aps.priors.sampling import time_grid
-from manifold_aps.training import TrainConfig, TrainResult, step_generator
+from manifold_aps.training import step_generator
 
 __all__ = [
     "KIND",
     "AmortizedVI",
     "AmortizedVIConfig",
     "AmortizedVIObjective",
-    "load_amortized_vi",
-    "train_amortized_vi",
+    "amortized_vi_recipe",
 ]
 
 KIND = "amortized-vi"
@@ -455,47 +453,8 @@ class AmortizedVIObjective(nn.Module):
         return self.losses(batch, g, rows=slice(start, stop)).mean()
 
 
-def train_amortized_vi(
-    dataset,
-    prior: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: TrainConfig,
-    *,
-    vi: AmortizedVIConfig | None = None,
-    masks: str = "random",
-    noise_std: float = 0.1,
-    resume: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[AmortizedVI, TrainResult]:
-    """Train an amortizer with the shared `Trainer` (checkpoint kind "amortized-vi").
-
-    Arguments:
-        dataset: a `PriorDataset` or its name (its signals only simulate observations).
-        prior: "exact" (the dataset's Gaussian reference) or a `ScorePrior` checkpoint path.
-        out_dir: folder of `checkpoint.pt`, `log.csv`, `train.json`.
-        config: optimisation settings.
-        vi: the `AmortizedVIConfig` (grid, window, network).
-        masks: mask family of the training observations (`distill.mask_family`).
-        noise_std: observation noise (physical units).
-        resume: continue from `out_dir/checkpoint.pt` when it exists.
-        progress: show a progress bar.
-        stop_after: stop after this many steps in total (for tests).
-        dtype: dtype of the network.
-
-    Returns:
-        `(engine, TrainResult)`.
-    """
-    from manifold_aps.posterior.distill import train_engine
-
-    return train_engine(
-        _recipe(), dataset, prior, out_dir, config, settings=vi, masks=masks, noise_std=noise_std,
-        resume=resume, progress=progress, stop_after=stop_after, dtype=dtype,
-    )
-
-
-def _recipe():
+def amortized_vi_recipe():
+    """How `train_engine("avi", ...)` builds, trains and reloads an `AmortizedVI`."""
     from manifold_aps.posterior.distill import EngineRecipe
 
     return EngineRecipe(
@@ -508,10 +467,3 @@ def _recipe():
         ),
         fit_anchor=False,
     )
-
-
-def load_amortized_vi(path: str | os.PathLike, dataset=None, *, prior=None):
-    """Load a trained amortizer with its dataset and prior; returns `(engine, dataset, prior)`."""
-    from manifold_aps.posterior.distill import load_trained
-
-    return load_trained(_recipe(), path, dataset, prior=prior)

@@ -30,23 +30,26 @@ from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.priors.gaussian import GaussianPrior
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import embedded_prior, load_prior
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, checkpoint_domain, load_checkpoint
+from manifold_aps.training import (
+    TrainConfig,
+    Trainer,
+    checkpoint_domain,
+    load_checkpoint,
+)
 
 __all__ = [
-    "APS_RECIPE",
     "KIND",
     "MASK_FAMILIES",
     "EngineRecipe",
+    "aps_recipe",
     "checkpoint_dataset",
     "checkpoint_prior",
-    "distill",
     "held_out_observations",
-    "load_engine",
-    "load_trained",
+    "load_with_recipe",
     "mask_family",
     "prior_mode_variances",
     "resolve_prior",
-    "train_engine",
+    "train_with_recipe",
 ]
 
 KIND = "aps-flow"
@@ -114,7 +117,7 @@ class EngineRecipe:
     fit_anchor: bool = True
 
 
-def train_engine(
+def train_with_recipe(
     recipe: EngineRecipe,
     dataset: PriorDataset | str,
     prior: str | os.PathLike,
@@ -205,8 +208,8 @@ def checkpoint_prior(ckpt: dict, ds: PriorDataset):
     return resolve_prior(ds, recorded)
 
 
-def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
-    """Load an engine trained by `train_engine` with its dataset and prior: `(engine, dataset, prior)`.
+def load_with_recipe(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
+    """Load an engine trained by `train_with_recipe` with its dataset and prior: `(engine, dataset, prior)`.
 
     Arguments:
         dataset: the dataset it was trained on (a `PriorDataset` or a registered name), checked
@@ -228,43 +231,19 @@ def load_trained(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDa
     return engine.eval(), ds, p
 
 
-APS_RECIPE = EngineRecipe(
-    kind=KIND,
-    config_key="aps",
-    config_cls=APSConfig,
-    build=lambda domain, channels, prior, noise, settings, seed: AmortizedFlowPosterior(
-        domain, channels, prior, noise, settings, seed=seed
-    ),
-    objective=lambda engine, prior, observations, config: ReverseKLObjective(
-        engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
-    ),
-)
-
-
-def distill(
-    dataset: PriorDataset | str,
-    prior: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: TrainConfig,
-    *,
-    aps: APSConfig | None = None,
-    masks: str = "random",
-    noise_std: float = 0.1,
-    resume: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> tuple[AmortizedFlowPosterior, TrainResult]:
-    """Train an APS engine; the checkpoint is `out_dir/checkpoint.pt` (kind "aps-flow")."""
-    return train_engine(
-        APS_RECIPE, dataset, prior, out_dir, config, settings=aps, masks=masks, noise_std=noise_std,
-        resume=resume, progress=progress, stop_after=stop_after,
+def aps_recipe() -> EngineRecipe:
+    """How `train_engine("aps", ...)` builds, trains and reloads an `AmortizedFlowPosterior`."""
+    return EngineRecipe(
+        kind=KIND,
+        config_key="aps",
+        config_cls=APSConfig,
+        build=lambda domain, channels, prior, noise, settings, seed: AmortizedFlowPosterior(
+            domain, channels, prior, noise, settings, seed=seed
+        ),
+        objective=lambda engine, prior, observations, config: ReverseKLObjective(
+            engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
+        ),
     )
-
-
-def load_engine(path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
-    """Load a distilled APS engine with its dataset and prior; returns `(engine, dataset, prior)`
-    (`prior`: see `load_trained`)."""
-    return load_trained(APS_RECIPE, path, dataset, prior=prior)
 
 
 def held_out_observations(dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0):

@@ -1,8 +1,10 @@
-"""The one registry of posterior engines: names, what they are, their checkpoints and loaders.
+"""The one registry of posterior engines: names, what they are, how they train and load.
 
-Every place that lists engines reads `ENGINES` — the `impute` and `distill` command lines, the
-climate models (`climate.load_model`, `climate.ImputeRequest`) and `load_trained_engine` — so an
-engine added here is known everywhere.
+Every place that lists engines reads `ENGINES` — the `impute`, `distill` and `reconstruct`
+command lines, the climate models (`climate.load_model`, `climate.ImputeRequest`), the
+benchmarks and the tests — so an engine added here is known everywhere. The distilled engines
+train with `train_engine(name, ...)` and load with `load_engine(path)` (any kind: the checkpoint
+says which), both through the engine's `EngineRecipe`.
 
 =========  =========================================  ==================  ===========  ==========
 name       what                                       checkpoint kind     distilled    exact std
@@ -29,7 +31,9 @@ __all__ = [
     "distilled_engines",
     "engine_for_checkpoint",
     "engine_names",
+    "load_engine",
     "load_trained_engine",
+    "train_engine",
 ]
 
 
@@ -44,8 +48,8 @@ class EngineSpec:
             or None (the gaussian engine is fitted where it is used; `climate` saves its own).
         distilled: trained by `manifold-aps distill --engine NAME` (needs a prior).
         exact_std: its std is exact, not that of its samples (a single sample is enough).
-        loader: ``"module:function"`` with signature `(path, dataset) -> (engine, dataset, prior)`
-            for distilled engines, imported on use.
+        recipe: ``"module:function"`` returning the distilled engine's `EngineRecipe` (how it is
+            built, trained and reloaded), imported on use.
     """
 
     name: str
@@ -53,7 +57,14 @@ class EngineSpec:
     checkpoint_kind: str | None
     distilled: bool
     exact_std: bool
-    loader: str | None = None
+    recipe: str | None = None
+
+    def engine_recipe(self):
+        """The `EngineRecipe` of a distilled engine."""
+        if self.recipe is None:
+            raise ValueError(f"{self.name} is not a distilled engine")
+        module, _, function = self.recipe.partition(":")
+        return getattr(import_module(module), function)()
 
 
 ENGINES: dict[str, EngineSpec] = {
@@ -62,11 +73,11 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("gaussian", "exact Gaussian posterior (sparse Matérn GMRF)", None, False, True),
         EngineSpec("dps", "diffusion posterior sampling", "score-prior", False, False),
         EngineSpec("aps", "APS conditional flow", "aps-flow", True, False,
-                   "manifold_aps.posterior.distill:load_engine"),
+                   "manifold_aps.posterior.distill:aps_recipe"),
         EngineSpec("implicit", "implicit generator", "implicit-generator", True, False,
-                   "manifold_aps.posterior.implicit:load_implicit"),
+                   "manifold_aps.posterior.implicit:implicit_recipe"),
         EngineSpec("avi", "amortized-VI sampler", "amortized-vi", True, False,
-                   "manifold_aps.posterior.amortized_vi:load_amortized_vi"),
+                   "manifold_aps.posterior.amortized_vi:amortized_vi_recipe"),
     )
 }
 
@@ -86,17 +97,59 @@ def engine_for_checkpoint(kind: str) -> EngineSpec | None:
     return next((spec for spec in ENGINES.values() if spec.checkpoint_kind == kind), None)
 
 
-def load_trained_engine(path: str | os.PathLike, dataset=None):
-    """Load a distilled engine of any kind; returns `(name, engine, dataset, prior)`.
+def train_engine(name: str, dataset, prior, out_dir: str | os.PathLike, config, *, settings=None, **kwargs):
+    """Train (or resume) the distilled engine `name` ("aps", "implicit", "avi") from `prior`.
 
-    Raises:
-        ValueError: the checkpoint is of another kind (e.g. a score prior).
+    Arguments:
+        name: a distilled engine of `ENGINES`.
+        dataset: a `PriorDataset` or a registered name (its signals only simulate observations).
+        prior: "exact" (a Gaussian dataset's reference) or a `train-prior` checkpoint path.
+        out_dir: folder of `checkpoint.pt`, `log.csv`, `train.json`.
+        config: the `TrainConfig`.
+        settings: the engine's settings (`APSConfig`, `ImplicitConfig`, `AmortizedVIConfig`);
+            default theirs.
+        kwargs: `masks`, `noise_std`, `resume`, `progress`, `stop_after`, `dtype` of
+            `manifold_aps.posterior.distill.train_with_recipe`.
+
+    Returns:
+        `(engine, TrainResult)`.
     """
+    from manifold_aps.posterior.distill import train_with_recipe
+
+    spec = ENGINES.get(name)
+    if spec is None or not spec.distilled:
+        raise ValueError(f"engine must be one of {distilled_engines()}, got {name!r}")
+    return train_with_recipe(spec.engine_recipe(), dataset, prior, out_dir, config, settings=settings, **kwargs)
+
+
+def _distilled_spec(path) -> EngineSpec:
     kind = load_checkpoint(path)["kind"]
     spec = engine_for_checkpoint(kind)
     if spec is None or not spec.distilled:
         kinds = sorted(s.checkpoint_kind for s in ENGINES.values() if s.distilled)
         raise ValueError(f"{path} holds a {kind!r}, not a trained posterior engine ({kinds})")
-    module, _, function = spec.loader.partition(":")
-    engine, ds, prior = getattr(import_module(module), function)(path, dataset)
-    return spec.name, engine, ds, prior
+    return spec
+
+
+def load_engine(path: str | os.PathLike, dataset=None, *, prior=None):
+    """Load a distilled engine of any kind; returns `(engine, dataset, prior)`.
+
+    Arguments:
+        path: a `distill` checkpoint.
+        dataset: None (the checkpoint describes its data: `PriorDataset.described`), or the
+            dataset it was trained on (a `PriorDataset` or name), checked against its domain.
+        prior: the prior already loaded, to share one copy between engines; default the one the
+            checkpoint carries.
+
+    Raises:
+        ValueError: the checkpoint is of another kind (e.g. a score prior).
+    """
+    from manifold_aps.posterior.distill import load_with_recipe
+
+    return load_with_recipe(_distilled_spec(path).engine_recipe(), path, dataset, prior=prior)
+
+
+def load_trained_engine(path: str | os.PathLike, dataset=None):
+    """`load_engine` with the engine's name first: `(name, engine, dataset, prior)`."""
+    spec = _distilled_spec(path)
+    return (spec.name, *load_engine(path, dataset))

@@ -41,7 +41,6 @@ which does not pin each conditional's entropy); the likelihood with its true wei
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -56,9 +55,9 @@ from manifold_aps.posterior.aps import (
     ObservationEncoding,
     data_weight,
 )
-from manifold_aps.training import TrainConfig, TrainResult, step_generator
+from manifold_aps.training import step_generator
 
-__all__ = ["KIND", "ImplicitConfig", "ImplicitGenerator", "IntegralKLObjective", "load_implicit", "train_implicit"]
+__all__ = ["KIND", "ImplicitConfig", "ImplicitGenerator", "IntegralKLObjective", "implicit_recipe"]
 
 KIND = "implicit-generator"
 
@@ -270,7 +269,8 @@ class IntegralKLObjective(DistillationObjective):
         return generator_loss + self.model.config.aux_weight * parts["dsm"].mean() / dims
 
 
-def _recipe():
+def implicit_recipe():
+    """How `train_engine("implicit", ...)` builds, trains and reloads an `ImplicitGenerator`."""
     from manifold_aps.posterior.distill import EngineRecipe
 
     return EngineRecipe(
@@ -282,36 +282,3 @@ def _recipe():
             engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
         ),
     )
-
-
-def train_implicit(
-    dataset,
-    prior: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: TrainConfig,
-    *,
-    implicit: ImplicitConfig | None = None,
-    masks: str = "random",
-    noise_std: float = 0.1,
-    resume: bool = False,
-    progress: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[ImplicitGenerator, TrainResult]:
-    """Train an implicit generator with the shared `Trainer` (checkpoint kind "implicit-generator").
-
-    Arguments as `manifold_aps.posterior.distill.distill`; `dtype` of the networks (float64 for
-    closed-form checks against a Gaussian prior).
-    """
-    from manifold_aps.posterior.distill import train_engine
-
-    return train_engine(
-        _recipe(), dataset, prior, out_dir, config, settings=implicit, masks=masks, noise_std=noise_std,
-        resume=resume, progress=progress, dtype=dtype,
-    )
-
-
-def load_implicit(path: str | os.PathLike, dataset=None, *, prior=None):
-    """Load a trained implicit generator; returns `(engine, dataset, prior)`."""
-    from manifold_aps.posterior.distill import load_trained
-
-    return load_trained(_recipe(), path, dataset, prior=prior)

@@ -12,7 +12,13 @@ from manifold_aps.nn import ScoreNetConfig
 from manifold_aps.priors.objective import DenoisingObjective
 from manifold_aps.priors.score import ChannelNormalizer, ScorePrior
 from manifold_aps.priors.sde import VPSDE
-from manifold_aps.training import TrainConfig, Trainer, TrainResult, checkpoint_domain, load_checkpoint
+from manifold_aps.training import (
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    checkpoint_domain,
+    load_checkpoint,
+)
 
 __all__ = ["KIND", "embedded_prior", "load_prior", "make_prior", "prior_from_state", "train_prior"]
 
