@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from climate.era5 import grid_domain
 from climate.schema import LATITUDE, LONGITUDE, TIME
-from manifold_aps.geometry import Domain
+from manifold_aps.geometry import Domain, SphereGrid
 from manifold_aps.geometry.grids import cell_bounds
 from manifold_aps.operators import Mask
 
@@ -115,11 +115,6 @@ def _unit_vectors(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
     )
 
 
-def _grid_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Unit vectors `(nlat * nlon, 3)` of the cell centres, node `i * nlon + j`."""
-    return _unit_vectors(lat[:, None], lon[None, :]).reshape(-1, 3)
-
-
 def _lon_unwrapped(lon: np.ndarray) -> np.ndarray:
     """Longitudes made increasing across 360/180 (as `SphereGrid` reads them)."""
     step = np.diff(lon) % 360.0
@@ -139,14 +134,6 @@ def _half_sizes(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarra
     h_lat = np.maximum(np.abs(lat - lat_b[:-1]), np.abs(lat_b[1:] - lat))
     h_lon = np.maximum(np.abs(lon_u - lon_b[:-1]), np.abs(lon_b[1:] - lon_u))
     return h_lat, h_lon
-
-
-def _cell_areas(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Cell areas `(nlat * nlon,)` on the unit sphere (steradians), node `i * nlon + j`."""
-    lat_b = np.deg2rad(cell_bounds(lat, -90.0, 90.0))
-    lon_b = np.deg2rad(cell_bounds(_lon_unwrapped(lon)))
-    lon_b = np.clip(lon_b, lon_b[0], lon_b[0] + 2 * np.pi)
-    return np.outer(np.abs(np.diff(np.sin(lat_b))), np.diff(lon_b)).ravel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +255,7 @@ def station_mask(like, stations) -> xr.DataArray:
     """
     lat, lon = _grid(like)
     points, source = _read_stations(stations)
-    tree = cKDTree(_grid_vectors(lat, lon))
+    tree = cKDTree(SphereGrid(lat, lon).positions.numpy())  # the grid's own cell centres
     station_vecs = _unit_vectors(points[:, 0], points[:, 1])
     _, node = tree.query(station_vecs)
     i, j = np.divmod(node, lon.size)
@@ -335,8 +322,8 @@ def swath_mask(
             f"width_km must lie in (0, {np.pi * EARTH_RADIUS_KM:.0f}] km, got {width_km!r}"
         )
     half = 0.5 * float(width_km) / EARTH_RADIUS_KM  # radians
-    vecs = _grid_vectors(lat, lon)
-    area = _cell_areas(lat, lon)
+    grid = SphereGrid(lat, lon)  # the cell centres and areas of the grid the engines use
+    vecs, area = grid.positions.numpy(), grid.mass.numpy()
     prob = area / area.sum()
     rng = np.random.default_rng(seed)
     t = _num_times(like, per_time)
