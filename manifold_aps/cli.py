@@ -490,7 +490,8 @@ def _distill_settings(args: argparse.Namespace):
     from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.aps import APSConfig
 
-    return APSConfig(flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes),
+    return APSConfig(flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes,
+                                     coupling=args.coupling),
                      cg_iterations=args.cg_iterations,
                      warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup), " nats/dim"
 
@@ -715,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--noise-std", type=_positive_float, default=0.1,
                     help="observation noise std, signal units (default: 0.1)")
     ds.add_argument("--couplings", type=int, default=4, help="affine coupling layers (default: 4)")
+    ds.add_argument("--coupling", choices=["graph", "spectral"], default="graph",
+                    help="aps: graph-network conditioners per coupling (graph), or conditioners on the untouched "
+                         "nodes' lowest Laplace-Beltrami coefficients, the graph network run once per observation "
+                         "(spectral: several times cheaper per sample) (default: graph)")
     ds.add_argument("--width", type=int, default=32, help="conditioner channels (default: 32)")
     ds.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of spectral layers (default: 64)")
     ds.add_argument("--cg-iterations", type=int, default=30, help="iterations of the first estimate (default: 30)")
