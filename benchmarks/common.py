@@ -19,12 +19,13 @@ ENGINE_METHODS = ("APS", "APS-spectral", "implicit", "AVI")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write `rows` (dicts with the same keys) to `path`, creating the folder; nothing if empty."""
+    """Write `rows` to `path`, creating the folder; nothing if empty. The columns are every key
+    of any row, in the order they first appear; a row without one leaves it empty."""
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
 

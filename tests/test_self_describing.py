@@ -110,3 +110,27 @@ def test_impute_runs_a_user_trained_engine_from_the_command_line(trained, tmp_pa
             seen = np.isfinite(field)
             np.testing.assert_array_equal(result.t2m_mean.values[0][seen], field[seen])
             assert np.isfinite(result.t2m_mean.values).all()
+
+
+def test_an_engine_checkpoint_of_the_older_format_loads_and_resumes(tmp_path):
+    """A checkpoint written before checkpoints described themselves (its prior an absolute path,
+    no domain spec, data or embedded prior) still loads with its dataset and resumes."""
+    from manifold_aps.posterior.engines import load_engine, train_engine
+
+    ds = _my_field()
+    train_prior(ds, tmp_path / "prior", CFG, net=TINY_NET, progress=False)
+    prior = tmp_path / "prior" / "checkpoint.pt"
+    train_engine("aps", ds, prior, tmp_path / "aps", CFG, settings=APS, progress=False)
+    path = tmp_path / "aps" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("domain_spec", "data", "prior"):
+        del ckpt[key]
+    ckpt["model_config"]["prior"] = str(prior.resolve())
+    torch.save(ckpt, path)
+    engine, loaded_ds, _ = load_engine(path, ds)  # the older way: with its dataset, the prior from its path
+    assert loaded_ds is ds
+    more = TrainConfig(**{**CFG.__dict__, "steps": 3})
+    _, result = train_engine("aps", ds, prior, tmp_path / "aps", more, settings=APS, progress=False, resume=True)
+    assert result.step == 3
+    resumed = torch.load(path, weights_only=True)
+    assert resumed["model_config"]["prior"] == str(prior.resolve()) and "domain_spec" in resumed

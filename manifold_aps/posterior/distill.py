@@ -158,7 +158,7 @@ def train_with_recipe(
         described["prior"] = embedded_prior(p)
     model_config = {
         "dataset": ds.name,
-        "prior": "exact" if exact else f"score-prior {_weights_digest(p)}",
+        "prior": _prior_record(p, prior, None if fresh else Path(out_dir) / "checkpoint.pt"),
         "masks": masks,
         "noise_std": noise_std,
         "channels": ds.channels,
@@ -168,6 +168,19 @@ def train_with_recipe(
     trainer = Trainer(objective, config, out_dir, kind=recipe.kind, domain=ds.domain, model_config=model_config,
                       described=described, progress=progress)
     return engine, trainer.fit(resume=resume, stop_after=stop_after)
+
+
+def _prior_record(p, prior, resumed: Path | None) -> str:
+    """What an engine's `model_config` says of its prior: "exact", or the digest of the score
+    prior's weights. A run resumed from a checkpoint written before engines carried their prior
+    keeps that checkpoint's record (the prior's absolute path) when it names the same file."""
+    if isinstance(p, GaussianPrior):
+        return "exact"
+    if resumed is not None:
+        old = load_checkpoint(resumed)["model_config"].get("prior", "")
+        if old not in ("exact", "") and not old.startswith("score-prior ") and Path(old) == Path(prior).resolve():
+            return old
+    return f"score-prior {_weights_digest(p)}"
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
