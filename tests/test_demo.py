@@ -44,7 +44,9 @@ def test_demo_cli_end_to_end(tmp_path):
     assert "manifold-aps demo" in ds.attrs["history"]
 
 
-@pytest.mark.parametrize("mask", ["stations", "swath", "box"])
+# one mask kind in the default suite (~1 min each on 2 cores); the others with -m slow
+@pytest.mark.parametrize("mask", [pytest.param("stations", marks=pytest.mark.slow), "swath",
+                                  pytest.param("box", marks=pytest.mark.slow)])
 def test_demo_other_masks(tmp_path, mask):
     res = _cli("demo", "--mask", mask, "--times", "1", "--samples", "4", "--no-plot", "--output-dir", str(tmp_path), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
