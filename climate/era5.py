@@ -6,6 +6,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,46 @@ def _check_grib(files: list[str], allow_corrupt: bool) -> list[str]:
     return damaged
 
 
+def _open(files: list[str], chunks, kwargs: dict) -> xr.Dataset:
+    if len(files) == 1:
+        return xr.open_dataset(files[0], chunks=chunks, **kwargs)
+    return xr.open_mfdataset(files, chunks=chunks or {}, combine="by_coords", **kwargs)
+
+
+def decode_calendar_months(ds: xr.Dataset, error: Exception) -> xr.Dataset:
+    """Decode times in whole `months since` / `years since` a date (classic reanalysis files), which
+    neither pandas nor cftime decode in the standard calendar (CF's month is udunits' 30.44 days;
+    cftime takes months only in the 360-day calendar), as calendar months after the reference, with
+    a `UserWarning` that says so; every other time coordinate is decoded by xarray as usual.
+
+    Raises:
+        ValueError: `error` (xarray's own) when a time is not a whole number of months or years, or
+            its units are of another kind.
+    """
+    import pandas as pd
+
+    decoded = {}
+    for name, var in ds.variables.items():
+        units = str(var.attrs.get("units", ""))
+        match = re.fullmatch(r"\s*(months|years)\s+since\s+(.+?)\s*", units)
+        if match is None:
+            continue
+        values = np.asarray(var.values, dtype=np.float64)
+        if not np.all(np.isfinite(values)) or not np.allclose(values, np.round(values)):
+            raise ValueError(f"{error} (and {name!r} holds fractional {match[1]}, which have no calendar meaning)") from error
+        step = 12 if match[1] == "years" else 1
+        start = pd.Timestamp(match[2])
+        decoded[name] = xr.Variable(var.dims, np.array([start + pd.DateOffset(months=int(k) * step) for k in
+                                                        np.round(values).astype(int).ravel()], dtype="datetime64[ns]")
+                                    .reshape(values.shape), {k: v for k, v in var.attrs.items() if k not in ("units", "calendar")})
+        warnings.warn(f"decoded {name!r} ({units!r}) as calendar {match[1]} after {match[2]}: pandas and cftime "
+                      "cannot decode it in the standard calendar", UserWarning, stacklevel=3)
+    if not decoded:
+        raise error
+    ds = ds.assign_coords({k: v for k, v in decoded.items() if k in ds.coords or k in ds.dims})
+    return xr.decode_cf(ds)  # the other variables' times, fill values and scales as usual
+
+
 def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False) -> xr.Dataset:
     """Open one or many ERA5 files (netCDF, GRIB via cfgrib, zarr) as one normalised Dataset.
 
@@ -191,10 +232,12 @@ def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False
         kwargs["backend_kwargs"] = {"indexpath": ""}  # no .idx files beside read-only data
         damaged = _check_grib(files, allow_corrupt)
     with _count_skipped_messages() as skipped:  # what cfgrib drops that the framing check missed
-        if len(files) == 1:
-            ds = xr.open_dataset(files[0], chunks=chunks, **kwargs)
-        else:
-            ds = xr.open_mfdataset(files, chunks=chunks or {}, combine="by_coords", **kwargs)
+        try:
+            ds = _open(files, chunks, kwargs)
+        except ValueError as err:
+            if "unable to decode time units" not in str(err):
+                raise
+            ds = decode_calendar_months(_open(files, chunks, {**kwargs, "decode_times": False}), err)
     if skipped.count and not damaged:  # (damaged files were refused or warned about above)
         where = files[0] if len(files) == 1 else f"one of {files}"
         if not allow_corrupt:

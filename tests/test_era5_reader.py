@@ -145,3 +145,33 @@ def test_units_and_long_names_are_kept(data, tmp_path):
     assert levels["t"].attrs["units"] == "K" and levels["t"].attrs["long_name"] == "Temperature"
     glob_ds = open_era5(require(data / "era5" / GLOBAL), "t2m")
     assert glob_ds["t2m"].attrs["units"] == "K"
+
+
+def test_months_since_is_decoded_as_calendar_months_and_said(tmp_path):
+    """Classic reanalysis files count time in `months since` a date, which neither pandas nor cftime
+    decode in the standard calendar: whole months are read as calendar months, with a warning."""
+    import netCDF4
+
+    def write(path, offsets):
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("time", len(offsets))
+            nc.createDimension("latitude", 2)
+            nc.createDimension("longitude", 3)
+            t = nc.createVariable("time", "f8", ("time",))
+            t.units, t.calendar = "months since 1958-01-01", "standard"
+            t[:] = offsets
+            nc.createVariable("latitude", "f8", ("latitude",))[:] = [10.0, -10.0]
+            nc.createVariable("longitude", "f8", ("longitude",))[:] = [0.0, 120.0, 240.0]
+            v = nc.createVariable("t2m", "f4", ("time", "latitude", "longitude"), fill_value=-999.0)
+            v.units = "K"
+            v[:] = 280.0
+            v[0, 0, 0] = -999.0
+
+    write(tmp_path / "monthly.nc", [0, 1, 13])
+    with pytest.warns(UserWarning, match="as calendar months after 1958-01-01"):
+        ds = open_era5(tmp_path / "monthly.nc")
+    assert [str(t)[:10] for t in ds.time.values] == ["1958-01-01", "1958-02-01", "1959-02-01"]
+    assert np.isnan(ds.t2m.values[0, 0, 0]) and ds.t2m.values[1, 0, 0] == 280.0  # fill values still masked
+    write(tmp_path / "fractional.nc", [0, 0.5, 1])
+    with pytest.raises(ValueError, match="fractional months"):
+        open_era5(tmp_path / "fractional.nc")
