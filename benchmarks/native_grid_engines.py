@@ -84,54 +84,35 @@ def parse_scores(log: str) -> dict:
             "spread_skill": float(ss) if ss != "nan" else float("nan")}
 
 
-def sampling_rate(engine, domain, n: int) -> float:
-    """Samples per second of an engine for one observation (70 % hidden), one thread."""
+def seconds_per_sample(sampler, domain, n: int, *, grad: bool = False) -> float:
+    """Wall seconds per sample of `sampler.sample` for one observation (70 % hidden) on one thread,
+    after a warm-up call (caches, first-call overheads); `grad`: the sampler needs autograd."""
     from manifold_aps.operators import Mask
 
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(1, domain.num_nodes, 1, generator=g) > 0.7
-    y = 280.0 * mask.float()
-    op = Mask(domain, mask)
-    with torch.enable_grad() if engine.__class__.__name__ == "AmortizedVI" else torch.no_grad():
-        engine.sample(y, op, 1, rng=g)  # warm-up (caches, first-call overheads)
+    y, op = 280.0 * mask.float(), Mask(domain, mask)
+    with torch.enable_grad() if grad else torch.no_grad():
+        sampler.sample(y, op, 1, rng=g)
         start = time.perf_counter()
-        engine.sample(y, op, n, rng=g)
-    return n / (time.perf_counter() - start)
+        sampler.sample(y, op, n, rng=g)
+    return (time.perf_counter() - start) / n
 
 
-def native_engines(prior_checkpoint: Path):
-    """Every distilled engine built (untrained) on the native prior: `{row name: engine}` and the domain."""
+def native_engines(prior) -> dict:
+    """Every distilled engine built (untrained) on the native `prior`: `{row name: engine}`."""
     from manifold_aps.flows import FlowConfig
     from manifold_aps.operators import GaussianNoise
     from manifold_aps.posterior.aps import APSConfig
     from manifold_aps.posterior.engines import ENGINES
-    from manifold_aps.priors.train import load_prior
 
-    prior = load_prior(prior_checkpoint)
     settings = {"aps": ("aps", None), "aps-spectral": ("aps", APSConfig(flow=FlowConfig(coupling="spectral"))),
                 "implicit": ("implicit", None), "avi": ("avi", None)}
     engines = {}
     for row, (name, config) in settings.items():
         recipe = ENGINES[name].engine_recipe()
         engines[row] = recipe.build(prior.domain, 1, prior, GaussianNoise(0.1), config or recipe.config_cls(), 0).eval()
-    return engines, prior.domain
-
-
-def dps_seconds_per_step(prior_checkpoint: Path, steps: int = 5) -> float:
-    """Seconds per reverse-diffusion step of DPS for one sample of one observation."""
-    from manifold_aps.operators import GaussianNoise, Mask
-    from manifold_aps.posterior import DPS
-    from manifold_aps.priors.train import load_prior
-
-    prior = load_prior(prior_checkpoint)
-    g = torch.Generator().manual_seed(0)
-    mask = torch.rand(1, prior.domain.num_nodes, 1, generator=g) > 0.7
-    sampler = DPS(prior, GaussianNoise(0.1), steps=steps)
-    op = Mask(prior.domain, mask)
-    sampler.sample(280.0 * mask.float(), op, 1, rng=g)  # warm-up
-    start = time.perf_counter()
-    sampler.sample(280.0 * mask.float(), op, 1, rng=g)
-    return (time.perf_counter() - start) / steps
+    return engines
 
 
 def main() -> None:
@@ -186,8 +167,13 @@ def main() -> None:
     cli("train-prior", "--input", path, "--var", "t2m", "--fit-period", FIT_PERIOD, "--out", "prior-native",
         "--overwrite", "--steps", args.native_steps, "--batch-size", args.batch_size, "--validate-every", "0",
         "--quiet", cwd=runs)
-    native_ckpt = runs / "prior-native" / "checkpoint.pt"
-    step_s = dps_seconds_per_step(native_ckpt)
+    from manifold_aps.operators import GaussianNoise
+    from manifold_aps.posterior import DPS
+    from manifold_aps.priors.train import load_prior
+
+    prior = load_prior(runs / "prior-native" / "checkpoint.pt")
+    dps_timed = 5  # reverse steps timed
+    step_s = seconds_per_sample(DPS(prior, GaussianNoise(0.1), steps=dps_timed), prior.domain, 1, grad=True) / dps_timed
     rows.append({"part": "B: native 181x360", "engine": "dps", "nodes": 65160, "train_steps": args.native_steps,
                  "seconds_per_train_step": round(seconds_per_step(runs / "prior-native"), 3),
                  "samples_per_second": round(1 / (step_s * args.dps_steps), 5), "seconds_per_dps_step": round(step_s, 4),
@@ -195,9 +181,8 @@ def main() -> None:
                          f"reverse steps ({1000 * step_s:.0f} s at 1000)"})
     write_csv(args.out, rows)
     print("  " + ", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-    engines, domain = native_engines(native_ckpt)
-    for name, engine in engines.items():
-        rate = sampling_rate(engine, domain, args.rate_samples)
+    for name, engine in native_engines(prior).items():
+        rate = 1 / seconds_per_sample(engine, prior.domain, args.rate_samples, grad=name == "avi")
         rows.append({"part": "B: native 181x360", "engine": name, "nodes": 65160,
                      "samples_per_second": round(rate, 3), "note": "untrained weights (the cost does not depend on them)"})
         write_csv(args.out, rows)

@@ -21,7 +21,14 @@ import torch
 from climate.demo import default_sample_path
 from climate.era5 import grid_domain, open_era5, to_signal
 from climate.regrid import latlon_to_healpix_matrix
-from manifold_aps.datasets import PriorDataset, TensorSource, require_file
+from climate.schema import LATITUDE, LONGITUDE, TIME
+from manifold_aps.datasets import (
+    PriorDataset,
+    TensorSource,
+    checked_digest,
+    require_file,
+    split_train_validation,
+)
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.geometry.domain import sparse_to_torch
 
@@ -77,18 +84,14 @@ def grid_file_dataset(
             time step, a file of another digest, `augment="longitude"` on a grid it would distort.
     """
     from climate.impute import select_variable
-    from climate.schema import LATITUDE, LONGITUDE, TIME
     from climate.workflow import coarsen_grid, parse_period, select_values
-    from manifold_aps.datasets import file_digest, split_train_validation
 
     path = Path(path)
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {list(AUGMENTATIONS)}, got {augment!r}")
     if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    found = file_digest(path) if path.is_file() else None
-    if digest is not None and found != digest:
-        raise ValueError(f"{path} is not the file the prior was trained on (SHA-256 {str(found)[:12]}..., not {digest[:12]}...)")
+    found = checked_digest(path, digest) if path.is_file() else None  # a zarr folder has no one digest
     da = select_variable(open_era5(path), var)
     da = select_values(da, tuple(select))
     if sample_dim not in da.dims:

@@ -47,9 +47,11 @@ __all__ = [
     "SignalsNotStored",
     "TensorSource",
     "build_prior_dataset",
+    "checked_digest",
     "dataset_from_source",
     "file_digest",
     "mesh_signals_dataset",
+    "read_signals",
     "split_train_validation",
     "vertex_order",
     "data_dir",
@@ -455,26 +457,11 @@ def mesh_signals_dataset(
     """
     mesh, signals = Path(mesh), Path(signals)
     domain = TriangleMesh.from_file(mesh)
-    if not signals.is_file():
-        raise FileNotFoundError(f"signals file not found: {signals}")
-    found = file_digest(signals)
-    if digest is not None and found != digest:
-        raise ValueError(f"{signals} is not the file the prior was trained on (SHA-256 {found[:12]}..., not {digest[:12]}...)")
-    with np.load(signals, allow_pickle=False) as z:
-        if "signals" not in z:
-            raise ValueError(f"{signals} has no 'signals' array (it has {sorted(z.files)})")
-        x = np.asarray(z["signals"], dtype=np.float64)
-        positions = np.asarray(z["positions"], dtype=np.float64) if "positions" in z else None
-        units = str(z["units"]) if "units" in z else ""
-    given = x.shape
-    x = x[:, :, None] if x.ndim == 2 else x
-    v = domain.num_nodes
-    if x.ndim != 3 or x.shape[1] != v:
-        raise ValueError(f"{signals}: signals must have shape (S, V={v}) or (S, V, C) for {mesh.name}, got {given}")
+    found = checked_digest(signals, digest)
+    x, _, units = read_signals(signals, domain, mesh.name, channels=True)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{signals}: the training signals hold NaN or infinity; train on complete signals")
-    if positions is not None:
-        x = x[:, vertex_order(domain, positions, f"{signals} positions"), :]
+    v = domain.num_nodes
     train, val = split_train_validation(torch.from_numpy(x).float(), val_fraction)
     source = {"builder": "mesh-signals",
               "args": {"mesh": str(mesh), "signals": str(signals), "val_fraction": val_fraction, "digest": found}}
@@ -483,6 +470,65 @@ def mesh_signals_dataset(
         f"{x.shape[0]} signals of {signals.name} on {mesh.name} ({v} vertices); last {val.shape[0]} for validation",
         extra={"source": source},
     )
+
+
+def checked_digest(path: Path, expected: str | None) -> str:
+    """`file_digest(path)`, refused when it is not `expected` (None: any): a dataset rebuilt from
+    a checkpoint's record must read the very file it was trained on.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another file's digest.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    found = file_digest(path)
+    if expected is not None and found != expected:
+        raise ValueError(f"{path} is not the file the prior was trained on (SHA-256 {found[:12]}..., not {expected[:12]}...)")
+    return found
+
+
+def read_signals(path: Path, domain: Domain, mesh_name: str, *, channels: bool):
+    """The `signals` of an .npz on `domain`'s vertices, in the domain's vertex order.
+
+    Arguments:
+        path: the .npz: `signals` `(S, V)` (or `(S, V, C)` with `channels`; one `(V,)` signal
+            without), optionally `positions` `(V, 3)` (rows matched to the vertices: `vertex_order`)
+            and `units` (a string).
+        domain: the mesh.
+        mesh_name: the mesh's name for messages.
+        channels: return `(S, V, C)` (a 2-D array gains a channel axis), else `(S, V)`.
+
+    Returns:
+        `(signals, order, units)`, `order[i]` the file's row of vertex `i` (the identity without
+        `positions`); NaN is kept.
+
+    Raises:
+        FileNotFoundError, ValueError: no file, no `signals` array, another vertex count,
+            positions that are not the vertices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"signals file not found: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        if "signals" not in z:
+            raise ValueError(f"{path} has no 'signals' array (it has {sorted(z.files)})")
+        x = np.asarray(z["signals"], dtype=np.float64)
+        positions = np.asarray(z["positions"], dtype=np.float64) if "positions" in z else None
+        units = str(z["units"]) if "units" in z else ""
+    v = domain.num_nodes
+    if channels:
+        given = x.shape
+        x = x[:, :, None] if x.ndim == 2 else x
+        if x.ndim != 3 or x.shape[1] != v:
+            raise ValueError(f"{path}: signals must have shape (S, V={v}) or (S, V, C) for {mesh_name}, got {given}")
+    else:
+        x = np.atleast_2d(x)
+        if x.ndim != 2 or x.shape[1] != v:
+            raise ValueError(f"{path}: signals must have shape (S, V={v}) for {mesh_name}, got {x.shape}")
+    order = np.arange(v) if positions is None else vertex_order(domain, positions, f"{path} positions")
+    return x[:, order], order, units
 
 
 def vertex_order(domain: Domain, positions: np.ndarray, what: str) -> np.ndarray:

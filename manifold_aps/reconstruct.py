@@ -221,21 +221,11 @@ def read_mesh_signals(mesh, signals, observed=None):
     """
     from pathlib import Path
 
-    from manifold_aps.datasets import vertex_order
+    from manifold_aps.datasets import read_signals
     from manifold_aps.geometry import TriangleMesh
 
     domain = TriangleMesh.from_file(mesh)
-    signals = Path(signals)
-    if not signals.is_file():
-        raise FileNotFoundError(f"signals file not found: {signals}")
-    with np.load(signals, allow_pickle=False) as z:
-        if "signals" not in z:
-            raise ValueError(f"{signals} has no 'signals' array (it has {sorted(z.files)})")
-        values = np.atleast_2d(np.asarray(z["signals"], dtype=np.float64))
-        positions = np.asarray(z["positions"], dtype=np.float64) if "positions" in z else None
-    v = domain.num_nodes
-    if values.ndim != 2 or values.shape[1] != v:
-        raise ValueError(f"{signals}: signals must have shape (S, V={v}) for {Path(mesh).name}, got {values.shape}")
+    values, order, _ = read_signals(signals, domain, Path(mesh).name, channels=False)
     seen = np.isfinite(values)
     if observed is not None:
         with np.load(observed, allow_pickle=False) as z:
@@ -244,8 +234,8 @@ def read_mesh_signals(mesh, signals, observed=None):
             seen = np.atleast_2d(np.asarray(z["observed"]))
         if seen.shape != values.shape or seen.dtype != bool:
             raise ValueError(f"{observed}: observed must be boolean of shape {values.shape}, got {seen.dtype} {seen.shape}")
-    order = np.arange(v) if positions is None else vertex_order(domain, positions, f"{signals} positions")
-    return domain, values[:, order], seen[:, order], order
+        seen = seen[:, order]  # the file's rows -> the mesh's vertices
+    return domain, values, seen, order
 
 
 def scores(rec: Reconstruction, truth: np.ndarray, hidden: np.ndarray) -> dict:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from manifold_aps.checkpoint import atomic_path
-from manifold_aps.geometry.spec import domain_spec
+from manifold_aps.geometry.spec import DomainSpecError, domain_from_spec, domain_spec
 
 __all__ = [
     "EMA",
@@ -175,12 +175,18 @@ def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, 
         raise CheckpointError(f"{path} is not a manifold-aps checkpoint (format {CHECKPOINT_FORMAT})")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path} holds a {ckpt['kind']!r}, expected a {kind!r}")
-    if fingerprint is not None and ckpt["fingerprint"] != fingerprint:
-        raise CheckpointError(
-            f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), "
-            f"not on this domain (fingerprint {fingerprint}); a model cannot run on another mesh or grid"
-        )
+    if fingerprint is not None:
+        _refuse_another_domain(ckpt, path, fingerprint, "this domain")
     return ckpt
+
+
+def _refuse_another_domain(ckpt: dict, path, fingerprint: str, other: str) -> None:
+    """A `CheckpointError` naming both domains when `ckpt` was trained on another than `other`."""
+    if ckpt["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), not on "
+            f"{other} (fingerprint {fingerprint}); a model cannot run on another mesh or grid"
+        )
 
 
 def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
@@ -192,19 +198,13 @@ def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
             domain specs and no `domain` was given.
     """
     if domain is not None:
-        if ckpt["fingerprint"] != domain.fingerprint:
-            raise CheckpointError(
-                f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), not on "
-                f"{domain!r} (fingerprint {domain.fingerprint}); a model cannot run on another mesh or grid"
-            )
+        _refuse_another_domain(ckpt, path, domain.fingerprint, repr(domain))
         return domain
     if "domain_spec" not in ckpt:
         raise CheckpointError(
             f"{path} was written before checkpoints described their domain ({ckpt['domain']}); pass the domain "
             "it was trained on (its dataset's) or train it again"
         )
-    from manifold_aps.geometry.spec import DomainSpecError, domain_from_spec
-
     try:
         return domain_from_spec(ckpt["domain_spec"])
     except DomainSpecError as err:
@@ -329,6 +329,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.kind = kind
         self.domain = domain
+        self.domain_spec = domain_spec(domain)  # computed once: every checkpoint stores it
         self.model_config = model_config
         self.progress = progress
         self.rank, self.world = _distributed()
@@ -377,7 +378,7 @@ class Trainer:
             "step": self.step,
             "fingerprint": self.domain.fingerprint,
             "domain": repr(self.domain),
-            "domain_spec": domain_spec(self.domain),
+            "domain_spec": self.domain_spec,
             **self.described,
             "model_config": self.model_config,
             "train_config": asdict(self.config),

@@ -151,5 +151,7 @@ def load_engine(path: str | os.PathLike, dataset=None, *, prior=None):
 
 def load_trained_engine(path: str | os.PathLike, dataset=None):
     """`load_engine` with the engine's name first: `(name, engine, dataset, prior)`."""
+    from manifold_aps.posterior.distill import load_with_recipe
+
     spec = _distilled_spec(path)
-    return (spec.name, *load_engine(path, dataset))
+    return (spec.name, *load_with_recipe(spec.engine_recipe(), path, dataset))
