@@ -57,8 +57,10 @@ from manifold_aps.training import TrainConfig
 
 
 def kl_diagonal_fit(x: torch.Tensor, mean: torch.Tensor, prec: torch.Tensor, logdet_cov) -> float:
-    r"""KL(N(m, diag v) || N(mu, Sigma)) of the diagonal Gaussian fit of samples `x` `(S, N)`,
-    with the exact mean `(N,)`, precision `(N, N)` and :math:`\log\det\Sigma`; nats, total."""
+    r"""KL(N(m, diag v) || N(mu, Sigma)) of the diagonal Gaussian fit of samples `x` `(S, N)`.
+
+    Against the exact mean `(N,)`, precision `(N, N)` and :math:`\log\det\Sigma`; nats, total.
+    """
     m, v = x.mean(0), x.var(0)
     d = m - mean
     n = x.shape[1]

@@ -31,7 +31,9 @@ from manifold_aps.training import TrainConfig, load_checkpoint
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--datasets", nargs="+", default=["gaussian-healpix8", "gaussian-bumpy"])
     parser.add_argument("--steps", type=int, default=2000)
@@ -46,12 +48,30 @@ def main() -> None:
         run = args.runs / f"aps-{name}"
         ds = build_prior_dataset(name)
         if not (run / "checkpoint.pt").exists() or args.steps > 0:
-            cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=2e-3, warmup=50, ema_decay=0.0,
-                              checkpoint_every=250, validate_every=0, log_every=50)
+            cfg = TrainConfig(
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=2e-3,
+                warmup=50,
+                ema_decay=0.0,
+                checkpoint_every=250,
+                validate_every=0,
+                log_every=50,
+            )
             aps = APSConfig(flow=FlowConfig(couplings=args.couplings), warmup_fraction=0.0)
             t0 = time.perf_counter()
-            train_engine("aps", ds, "exact", run, cfg, settings=aps, masks="random", noise_std=0.1, resume=True,
-                         progress=False)
+            train_engine(
+                "aps",
+                ds,
+                "exact",
+                run,
+                cfg,
+                settings=aps,
+                masks="random",
+                noise_std=0.1,
+                resume=True,
+                progress=False,
+            )
             train_s = time.perf_counter() - t0
         else:
             train_s = float("nan")

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: CSV output, training the amortized engines, tuning DPS."""
+"""Helpers shared by the benchmark scripts: CSV output, training amortized engines, tuning DPS."""
 
 from __future__ import annotations
 
@@ -13,41 +13,61 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ENGINE_METHODS", "PeakMemory", "train_amortized_engines", "training_seconds", "tune_dps", "write_csv"]
+__all__ = [
+    "ENGINE_METHODS",
+    "PeakMemory",
+    "train_amortized_engines",
+    "training_seconds",
+    "tune_dps",
+    "write_csv",
+]
 
 ENGINE_METHODS = ("APS", "APS-spectral", "implicit", "AVI")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write `rows` to `path`, creating the folder; nothing if empty. The columns are every key
-    of any row, in the order they first appear; a row without one leaves it empty."""
+    """Write `rows` to `path`, creating the folder; nothing if empty.
+
+    The columns are every key of any row, in the order they first appear; a row without one leaves
+    it empty.
+    """
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
+        writer = csv.DictWriter(
+            fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval=""
+        )
         writer.writeheader()
         writer.writerows(rows)
 
 
 def table_cell(value, width: int, digits: int = 3) -> str:
-    """`value` right-aligned in `width` characters with `digits` decimals, or "-" if not a number."""
+    """`value` right-aligned in `width` characters with `digits` decimals, "-" if not a number."""
     if isinstance(value, float) and not math.isnan(value):
         return f"{value:>{width}.{digits}f}"
     return f"{'-':>{width}}"
 
 
-def target_verdict(label: str, rmse_ratio: float, rmse_target: float, coverage: float,
-                   coverage_range: tuple[float, float]) -> str:
-    """One line: an RMSE ratio against its bound and a 90 % coverage against its range, met or missed."""
+def target_verdict(
+    label: str,
+    rmse_ratio: float,
+    rmse_target: float,
+    coverage: float,
+    coverage_range: tuple[float, float],
+) -> str:
+    """One line: RMSE ratio against its bound and 90 % coverage against its range, met or missed."""
     ok_rmse = rmse_ratio <= rmse_target
     ok_cov = coverage_range[0] <= coverage <= coverage_range[1]
-    return (f"  {label}: RMSE ratio {rmse_ratio:.3f} ({'met' if ok_rmse else 'missed'}), "
-            f"coverage {coverage:.3f} ({'met' if ok_cov else 'missed'})")
+    return (
+        f"  {label}: RMSE ratio {rmse_ratio:.3f} ({'met' if ok_rmse else 'missed'}), "
+        f"coverage {coverage:.3f} ({'met' if ok_cov else 'missed'})"
+    )
 
 
-def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, steps: int, methods, *,
-                            progress: bool = False) -> tuple[dict, dict]:
+def train_amortized_engines(
+    ds, prior_arg, run_dir: Path, noise_std: float, steps: int, methods, *, progress: bool = False
+) -> tuple[dict, dict]:
     """Train (or resume) the amortized engines among `methods` on random masks (50-95 % missing).
 
     Each engine goes to `run_dir/<method lower-case>/checkpoint.pt`. Returns `(engines, seconds)`:
@@ -61,14 +81,34 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
     from manifold_aps.posterior.implicit import ImplicitConfig
     from manifold_aps.training import TrainConfig
 
-    aps_cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=min(50, steps // 4), ema_decay=0.0,
-                          checkpoint_every=100, validate_every=0, log_every=25)
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=min(20, steps // 4), ema_decay=0.0,
-                      checkpoint_every=100, validate_every=0, log_every=25)
+    aps_cfg = TrainConfig(
+        steps=steps,
+        batch_size=8,
+        lr=2e-3,
+        warmup=min(50, steps // 4),
+        ema_decay=0.0,
+        checkpoint_every=100,
+        validate_every=0,
+        log_every=25,
+    )
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=8,
+        lr=1e-3,
+        warmup=min(20, steps // 4),
+        ema_decay=0.0,
+        checkpoint_every=100,
+        validate_every=0,
+        log_every=25,
+    )
     common = {"masks": "random", "noise_std": noise_std, "resume": True, "progress": progress}
     recipes = {  # method -> (registered engine, its training settings, settings)
         "APS": ("aps", aps_cfg, APSConfig(dense_limit=1000)),
-        "APS-spectral": ("aps", aps_cfg, APSConfig(dense_limit=1000, flow=FlowConfig(coupling="spectral"))),
+        "APS-spectral": (
+            "aps",
+            aps_cfg,
+            APSConfig(dense_limit=1000, flow=FlowConfig(coupling="spectral")),
+        ),
         "implicit": ("implicit", cfg, ImplicitConfig(dense_limit=1000)),
         "AVI": ("avi", cfg, None),
     }
@@ -79,15 +119,18 @@ def train_amortized_engines(ds, prior_arg, run_dir: Path, noise_std: float, step
         run = Path(run_dir) / method.lower()
         train_engine(name, ds, prior_arg, run, train_config, settings=settings, **common)
         seconds[method] = training_seconds(run)
-        prior = prior if prior is not None else resolve_prior(ds, prior_arg)  # one copy for all engines
+        # one copy for all engines
+        prior = prior if prior is not None else resolve_prior(ds, prior_arg)
         engines[method] = load_engine(run / "checkpoint.pt", ds, prior=prior)[0]
     return engines, seconds
 
 
 def training_seconds(run: Path) -> float:
-    """Training wall time of a `Trainer` run [s]: the cumulative time of the last row of its
-    `log.csv` (all invocations that trained it; a finished run reopened later adds nothing),
-    else `train.json`'s `seconds_this_run`."""
+    """Training wall time of a `Trainer` run [s].
+
+    That is the cumulative time of the last row of its `log.csv` (all invocations that trained it;
+    a finished run reopened later adds nothing), else `train.json`'s `seconds_this_run`.
+    """
     log = Path(run) / "log.csv"
     if log.exists():
         with open(log) as fh:
@@ -97,11 +140,16 @@ def training_seconds(run: Path) -> float:
     return float(json.loads((Path(run) / "train.json").read_text())["seconds_this_run"])
 
 
-def tune_dps(prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), samples: int = 2) -> float:
-    """The DPS guidance with the lowest RMSE of the `samples`-sample mean on two validation observations
-    (random masks, `steps` steps). The guidance is a step per reverse step, so the best value depends on
-    `steps`: it is required, and must be the step count the tuned sampler will run (tuned at 200 and run
-    at 1000, guidance 1.0 and 0.3 won and then diverged)."""
+def tune_dps(
+    prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), samples: int = 2
+) -> float:
+    """The DPS guidance of lowest validation RMSE of the `samples`-sample mean.
+
+    It is scored on two validation observations (random masks, `steps` steps). The guidance is a
+    step per reverse step, so the best value depends on `steps`: it is required, and must be the
+    step count the tuned sampler will run (tuned at 200 and run at 1000, guidance 1.0 and 0.3 won
+    and then diverged).
+    """
     from manifold_aps.metrics import weighted_rmse
     from manifold_aps.posterior import DPS
     from manifold_aps.posterior.distill import held_out_observations
@@ -109,9 +157,19 @@ def tune_dps(prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), s
     val = held_out_observations(ds, noise, 2, masks="random", seed=99)
     best, best_rmse = choices[-1], float("inf")
     for zeta in choices:
-        s = DPS(prior, noise, steps=steps, guidance=zeta).sample(val.y.float(), val.operator(ds.domain), samples,
-                                                                 rng=torch.Generator().manual_seed(5)).double()
-        rmse = float(weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth)))
+        s = (
+            DPS(prior, noise, steps=steps, guidance=zeta)
+            .sample(
+                val.y.float(),
+                val.operator(ds.domain),
+                samples,
+                rng=torch.Generator().manual_seed(5),
+            )
+            .double()
+        )
+        rmse = float(
+            weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth))
+        )
         rmse = rmse if math.isfinite(rmse) else float("inf")
         print(f"  DPS guidance {zeta}: validation RMSE {rmse:.4f}", flush=True)
         if rmse < best_rmse:
@@ -120,7 +178,10 @@ def tune_dps(prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), s
 
 
 def _release_free_memory() -> None:
-    """Return freed heap memory to the system (glibc `malloc_trim`), so that growth is measured from a low base."""
+    """Return freed heap memory to the system (glibc `malloc_trim`).
+
+    Growth is then measured from a low base.
+    """
     try:
         import ctypes
 

@@ -8,7 +8,8 @@ with the exact Matérn prior of "gaussian-healpix8" (random masks 50-95 % missin
 check that every variant trains and stays on the yardstick, not a ranking.
 
 Writes results/flow_variants.csv. Usage:
-  python benchmarks/flow_variants.py [--steps 150] [--held-out 8] [--samples 128] [--runs runs/flow-variants]
+  python benchmarks/flow_variants.py [--steps 150] [--held-out 8] [--samples 128]
+      [--runs runs/flow-variants]
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--samples", type=int, default=128)
@@ -49,21 +52,43 @@ def main() -> None:
     ds = build_prior_dataset("gaussian-healpix8")
     noise = GaussianNoise(0.1)
     held = held_out_observations(ds, noise, args.held_out, masks="random", seed=2024)
-    cfg = TrainConfig(steps=args.steps, batch_size=8, lr=2e-3, warmup=20, ema_decay=0.0, checkpoint_every=1000,
-                      validate_every=0, log_every=50)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=8,
+        lr=2e-3,
+        warmup=20,
+        ema_decay=0.0,
+        checkpoint_every=1000,
+        validate_every=0,
+        log_every=50,
+    )
     rows = []
     for i, (name, flow) in enumerate(VARIANTS.items()):
         run = args.runs / f"variant-{i}"
-        engine, _ = train_engine("aps", ds, "exact", run, cfg, settings=APSConfig(flow=flow), resume=True, progress=False)
+        engine, _ = train_engine(
+            "aps", ds, "exact", run, cfg, settings=APSConfig(flow=flow), resume=True, progress=False
+        )
         t0 = time.perf_counter()
         with torch.no_grad():
-            r = gaussian_yardstick(engine.eval(), ds.reference, noise, held, num_samples=args.samples,
-                                   generator=torch.Generator().manual_seed(1))
+            r = gaussian_yardstick(
+                engine.eval(),
+                ds.reference,
+                noise,
+                held,
+                num_samples=args.samples,
+                generator=torch.Generator().manual_seed(1),
+            )
         row = {
-            "variant": name, "flow": str(flow.to_dict()), "steps": args.steps, "held_out": args.held_out,
-            "samples": args.samples, "kl_per_dim": round(float(r.kl_per_dim.mean()), 5),
-            "kl_per_dim_max": round(float(r.kl_per_dim.max()), 5), "coverage_90": round(r.coverage_90, 4),
-            "exact_coverage_90": round(r.exact_coverage_90, 4), "train_seconds": round(training_seconds(run), 1),
+            "variant": name,
+            "flow": str(flow.to_dict()),
+            "steps": args.steps,
+            "held_out": args.held_out,
+            "samples": args.samples,
+            "kl_per_dim": round(float(r.kl_per_dim.mean()), 5),
+            "kl_per_dim_max": round(float(r.kl_per_dim.max()), 5),
+            "coverage_90": round(r.coverage_90, 4),
+            "exact_coverage_90": round(r.exact_coverage_90, 4),
+            "train_seconds": round(training_seconds(run), 1),
             "eval_seconds": round(time.perf_counter() - t0, 1),
             "parameters": sum(p.numel() for p in engine.parameters()),
         }

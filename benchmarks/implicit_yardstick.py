@@ -1,4 +1,4 @@
-"""The implicit generator against the exact Gaussian posterior: W2 of Gaussian fits, spread, coverage.
+"""The implicit generator vs the exact Gaussian posterior: W2 of Gaussian fits, spread, coverage.
 
 For each problem (a `gaussian-*` dataset: a known Matérn prior on HEALPix nside 8 or on the bumpy
 mesh), train the implicit generator (integral KL, `manifold_aps.posterior.implicit`) with the
@@ -34,13 +34,17 @@ from manifold_aps.training import TrainConfig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--datasets", nargs="+", default=["gaussian-healpix8", "gaussian-bumpy"])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--held-out", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=2048, help="samples per held-out observation")
+    parser.add_argument(
+        "--samples", type=int, default=2048, help="samples per held-out observation"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -53,34 +57,84 @@ def main() -> None:
         )
         run = args.runs / f"implicit-{name}"
         for steps in (0, args.steps):
-            cfg = TrainConfig(steps=max(steps, 1), batch_size=args.batch_size, lr=1e-3, warmup=20, ema_decay=0.0,
-                              checkpoint_every=100, validate_every=0, log_every=20)
+            cfg = TrainConfig(
+                steps=max(steps, 1),
+                batch_size=args.batch_size,
+                lr=1e-3,
+                warmup=20,
+                ema_decay=0.0,
+                checkpoint_every=100,
+                validate_every=0,
+                log_every=20,
+            )
             t0 = time.perf_counter()
-            if steps == 0:  # the fresh generator: its Gaussian anchor (step 0 is in the auxiliary warm-up: only the auxiliary score moves)
-                cfg = TrainConfig(steps=1, batch_size=1, lr=1e-3, warmup=0, ema_decay=0.0, checkpoint_every=1,
-                                  validate_every=0, log_every=1)
-                train_engine("implicit", ds, "exact", run / "init", cfg, settings=ImplicitConfig(), progress=False,
-                             dtype=torch.float64)
+            # the fresh generator: its Gaussian anchor (step 0 is in the auxiliary warm-up: only
+            # the auxiliary score moves)
+            if steps == 0:
+                cfg = TrainConfig(
+                    steps=1,
+                    batch_size=1,
+                    lr=1e-3,
+                    warmup=0,
+                    ema_decay=0.0,
+                    checkpoint_every=1,
+                    validate_every=0,
+                    log_every=1,
+                )
+                train_engine(
+                    "implicit",
+                    ds,
+                    "exact",
+                    run / "init",
+                    cfg,
+                    settings=ImplicitConfig(),
+                    progress=False,
+                    dtype=torch.float64,
+                )
                 engine, _, prior = load_engine(run / "init" / "checkpoint.pt", ds)
             else:
-                train_engine("implicit", ds, "exact", run, cfg, settings=ImplicitConfig(), resume=True,
-                             progress=False, dtype=torch.float64)
+                train_engine(
+                    "implicit",
+                    ds,
+                    "exact",
+                    run,
+                    cfg,
+                    settings=ImplicitConfig(),
+                    resume=True,
+                    progress=False,
+                    dtype=torch.float64,
+                )
                 engine, _, prior = load_engine(run / "checkpoint.pt", ds)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = sample_yardstick(engine, prior, noise, held_out, num_samples=args.samples,
-                                   generator=torch.Generator().manual_seed(7))
+            res = sample_yardstick(
+                engine,
+                prior,
+                noise,
+                held_out,
+                num_samples=args.samples,
+                generator=torch.Generator().manual_seed(7),
+            )
             eval_s = time.perf_counter() - t0
             y, op = held_out.y, held_out.operator(ds.domain)
             t0 = time.perf_counter()
-            engine.sample(y[:1], op.__class__(ds.domain, held_out.mask[:1]), 256, rng=torch.Generator().manual_seed(1))
+            engine.sample(
+                y[:1],
+                op.__class__(ds.domain, held_out.mask[:1]),
+                256,
+                rng=torch.Generator().manual_seed(1),
+            )
             per_sample = (time.perf_counter() - t0) / 256
             row = {
-                "dataset": name, "nodes": ds.domain.num_nodes, "steps": steps,
+                "dataset": name,
+                "nodes": ds.domain.num_nodes,
+                "steps": steps,
                 "train_seconds_this_run": round(train_s, 1),
                 "w2_per_dim": round(float(res.w2_per_dim.mean()), 5),
                 "exact_samples_w2_per_dim": round(float(res.exact_w2_per_dim.mean()), 5),
-                "w2_excess_over_floor": round(float((res.w2_per_dim / res.exact_w2_per_dim).mean() - 1), 4),
+                "w2_excess_over_floor": round(
+                    float((res.w2_per_dim / res.exact_w2_per_dim).mean() - 1), 4
+                ),
                 "std_ratio_mean": round(float(res.std_ratio.mean()), 4),
                 "std_ratio_min": round(float(res.std_ratio.min()), 4),
                 "coverage_90": round(res.coverage_90, 4),

@@ -40,12 +40,12 @@ from manifold_aps.priors.sampling import time_grid
 
 
 class GaussianGibbsConditional:
-    """Closed-form sampler of MGDM's Gibbs conditional for a `GaussianPrior` and a mask.
+    r"""Closed-form sampler of MGDM's Gibbs conditional for a `GaussianPrior` and a mask.
 
     The conditional of :math:`z_s` is :math:`N(m, sd^2 I)` tilted by
-    :math:`\\exp(-\\|y - A(W_s z_s + b_s)\\|^2/2\\sigma^2)`: Gaussian with precision
-    :math:`P = I/sd^2 + W_s^T A^T A W_s/\\sigma^2`. `mean_field=True` keeps its mean and replaces
-    the covariance by :math:`\\mathrm{diag}(1/P_{ii})`, the optimum of a diagonal reverse-KL fit.
+    :math:`\exp(-\|y - A(W_s z_s + b_s)\|^2/2\sigma^2)`: Gaussian with precision
+    :math:`P = I/sd^2 + W_s^T A^T A W_s/\sigma^2`. `mean_field=True` keeps its mean and replaces
+    the covariance by :math:`\mathrm{diag}(1/P_{ii})`, the optimum of a diagonal reverse-KL fit.
 
     Arguments:
         prior: the `GaussianPrior` (identity normalisation).
@@ -77,6 +77,7 @@ class GaussianGibbsConditional:
         return self._affine[key]
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
+        """A draw `(B', N, 1)` of `z_s` from the conditional (or its mean-field fit) at `ctx.s`."""
         w, b0 = self.affine(ctx.s)
         m = ctx.mean.double()[..., 0]  # (B', N), sample-major copies of the B observations
         sd2 = float(ctx.std) ** 2
@@ -149,16 +150,27 @@ def main() -> None:
             batch = args.samples * args.held_out
             # the problem only denoises here (the conditional replaces the inner VI)
             problem = MGDMProblem(
-                prior, noise, held.y.double().repeat(args.samples, 1, 1),
+                prior,
+                noise,
+                held.y.double().repeat(args.samples, 1, 1),
                 repeat_operator(op, args.samples),
             )
             res = mgdm_drive(
-                problem, time_grid(k - 1, 1e-3), (batch, n, 1), generator=g,
-                dtype=torch.float64, conditional=sampler,
+                problem,
+                time_grid(k - 1, 1e-3),
+                (batch, n, 1),
+                generator=g,
+                dtype=torch.float64,
+                conditional=sampler,
             )
             x = res.z0.reshape(args.samples, args.held_out, n, 1)
             row = {"case": case, "grid_K": k, "samples": args.samples, "held_out": args.held_out}
-            row.update({key: round(v, 4) for key, v in scores(x, exact, held.truth, ds.domain.mass).items()})
+            row.update(
+                {
+                    key: round(v, 4)
+                    for key, v in scores(x, exact, held.truth, ds.domain.mass).items()
+                }
+            )
             row.update({key: round(v, 4) for key, v in split_scores(x, exact, obs).items()})
             row["seconds"] = round(time.perf_counter() - t0, 1)
             print(row, flush=True)

@@ -31,7 +31,16 @@ from manifold_aps.priors.likelihood import elbo, ode_log_likelihood
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior
 
-ALL = ["gaussian-healpix8", "gaussian-bumpy", "era5-uk", "era5-global", "wmap", "mesh-bunny", "mesh-spot", "digits"]
+ALL = [
+    "gaussian-healpix8",
+    "gaussian-bumpy",
+    "era5-uk",
+    "era5-global",
+    "wmap",
+    "mesh-bunny",
+    "mesh-spot",
+    "digits",
+]
 
 
 def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
@@ -52,7 +61,9 @@ def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
     }
     scores, spectra = [], []
     t0 = time.perf_counter()
-    out = reverse_sde_sample(prior, (num_samples, ds.domain.num_nodes, ds.channels), steps=sde_steps, generator=g)
+    out = reverse_sde_sample(
+        prior, (num_samples, ds.domain.num_nodes, ds.channels), steps=sde_steps, generator=g
+    )
     samples = prior.denormalize(out.sample).double()
     summary["sample_seconds_per_sample"] = round((time.perf_counter() - t0) / num_samples, 3)
     num_modes = min(65, ds.domain.num_nodes)
@@ -60,7 +71,10 @@ def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
     if ds.reference is not None:
         times = torch.linspace(0.05, 1.0, 20)
         err = score_relative_error(prior, ds.reference, times, num_samples=64, generator=g)
-        scores = [{"dataset": name, "t": round(float(t), 4), "relative_error": float(e)} for t, e in zip(times, err)]
+        scores = [
+            {"dataset": name, "t": round(float(t), 4), "relative_error": float(e)}
+            for t, e in zip(times, err, strict=True)
+        ]
         summary["score_rel_error_mean"] = round(float(err.mean()), 4)
         summary["score_rel_error_max"] = round(float(err.max()), 4)
         s = ds.reference.spectrum[1:num_modes]
@@ -70,9 +84,14 @@ def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
         reps = 128  # ELBO draws per signal, in chunks of 16
         with torch.no_grad():
             b = torch.cat(
-                [elbo(prior, x.repeat(16, 1, 1).float(), generator=g).double().reshape(16, -1) for _ in range(reps // 16)]
+                [
+                    elbo(prior, x.repeat(16, 1, 1).float(), generator=g).double().reshape(16, -1)
+                    for _ in range(reps // 16)
+                ]
             )
-        ode = ode_log_likelihood(prior, x.float(), steps=40, exact_trace=False, probes=4, generator=g).double()
+        ode = ode_log_likelihood(
+            prior, x.float(), steps=40, exact_trace=False, probes=4, generator=g
+        ).double()
         exact = ds.reference.log_prob(x)
         summary["elbo_mean"] = round(float(b.mean()), 1)
         # standard error of the mean over the 8 signals' Monte Carlo averages
@@ -89,9 +108,16 @@ def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
     ratio = p_model / p_ref
     summary["band_power_max_abs_log2_ratio"] = round(float(ratio.log2().abs().max()), 3)
     spectra = [
-        {"dataset": name, "band": i, "mean_eigenvalue": float(l), "power_samples": float(pm), "power_reference": float(pr),
-         "ratio": float(r), "reference": reference_name}
-        for i, (l, pm, pr, r) in enumerate(zip(lam, p_model, p_ref, ratio))
+        {
+            "dataset": name,
+            "band": i,
+            "mean_eigenvalue": float(eigenvalue),
+            "power_samples": float(pm),
+            "power_reference": float(pr),
+            "ratio": float(r),
+            "reference": reference_name,
+        }
+        for i, (eigenvalue, pm, pr, r) in enumerate(zip(lam, p_model, p_ref, ratio, strict=True))
     ]
     if name == "wmap":
         import healpy as hp
@@ -100,16 +126,26 @@ def check(name: str, runs: Path, num_samples: int, sde_steps: int, seed: int):
         cl_s = torch.tensor([hp.anafast(m, lmax=40) for m in samples[..., 0].numpy()]).mean(0)
         bands = [(2, 5), (6, 10), (11, 20), (21, 40)]
         for lo, hi in bands:
-            summary[f"wmap_cl_ratio_l{lo}-{hi}"] = round(float(cl_s[lo : hi + 1].sum() / cl_map[lo : hi + 1].sum()), 3)
+            summary[f"wmap_cl_ratio_l{lo}-{hi}"] = round(
+                float(cl_s[lo : hi + 1].sum() / cl_map[lo : hi + 1].sum()), 3
+            )
     return summary, scores, spectra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", required=True, type=Path, help="folder with one training run per dataset")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", required=True, type=Path, help="folder with one training run per dataset"
+    )
     parser.add_argument("--datasets", nargs="+", default=ALL)
-    parser.add_argument("--samples", type=int, default=64, help="prior samples per dataset (default 64)")
-    parser.add_argument("--sde-steps", type=int, default=300, help="reverse-SDE steps (default 300)")
+    parser.add_argument(
+        "--samples", type=int, default=64, help="prior samples per dataset (default 64)"
+    )
+    parser.add_argument(
+        "--sde-steps", type=int, default=300, help="reverse-SDE steps (default 300)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

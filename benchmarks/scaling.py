@@ -61,31 +61,47 @@ def domains(nsides, subdivisions):
             mesh = base
             for _ in range(k):
                 mesh = mesh.subdivide_loop(iterations=1)
-            yield "bunny", f"bunny x{4 ** k}", TriangleMesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), name=f"bunny-sub{k}")
+            yield (
+                "bunny",
+                f"bunny x{4**k}",
+                TriangleMesh(
+                    np.asarray(mesh.vertices), np.asarray(mesh.faces), name=f"bunny-sub{k}"
+                ),
+            )
 
 
 def builders(domain, noise, dps_steps: int):
     """`{method: () -> sampler}` of the methods that fit this domain."""
     prior = ScorePrior(domain, 1)
     out = {
-        "APS": lambda: AmortizedFlowPosterior(domain, 1, prior, noise, APSConfig(dense_limit=1000)).eval(),
-        "implicit": lambda: ImplicitGenerator(domain, 1, prior, noise, ImplicitConfig(dense_limit=1000)).eval(),
+        "APS": lambda: AmortizedFlowPosterior(
+            domain, 1, prior, noise, APSConfig(dense_limit=1000)
+        ).eval(),
+        "implicit": lambda: ImplicitGenerator(
+            domain, 1, prior, noise, ImplicitConfig(dense_limit=1000)
+        ).eval(),
         "DPS": lambda: DPS(prior.eval(), noise, steps=dps_steps, guidance=0.3),
         "harmonic": lambda: HarmonicInterpolation(domain),
         "nearest": lambda: NearestNeighbour(domain),
     }
     if domain.num_nodes <= DENSE_MAX_NODES:
         scale = float(np.sqrt(domain.total_area)) * 0.1
-        out["exact Gaussian"] = lambda: ExactGaussianPosterior(GaussianPrior(domain, length_scale=scale), noise)
+        out["exact Gaussian"] = lambda: ExactGaussianPosterior(
+            GaussianPrior(domain, length_scale=scale), noise
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nsides", type=int, nargs="*", default=[8, 16, 32, 64])
     parser.add_argument("--subdivisions", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=64, help="samples per call")
-    parser.add_argument("--dps-steps", type=int, default=10, help="DPS steps actually timed (scaled to 1000)")
+    parser.add_argument(
+        "--dps-steps", type=int, default=10, help="DPS steps actually timed (scaled to 1000)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -100,21 +116,33 @@ def main() -> None:
             t0 = time.perf_counter()
             sampler = build()
             setup = time.perf_counter() - t0
-            n = 1 if method in ("DPS", "harmonic", "nearest") else args.samples  # a point estimate is one "sample"
+            # a point estimate is one "sample"
+            n = 1 if method in ("DPS", "harmonic", "nearest") else args.samples
             with PeakMemory() as mem, torch.set_grad_enabled(method == "DPS"):
                 t0 = time.perf_counter()
                 sampler.sample(y if method != "exact Gaussian" else y.double(), op, n, rng=g)
                 sec = (time.perf_counter() - t0) / n
             if method == "DPS":
                 sec *= 1000 / args.dps_steps
-            row = {"family": family, "domain": label, "nodes": domain.num_nodes, "method": method,
-                   "setup_seconds": round(setup, 3), "seconds_per_sample": round(sec, 6),
-                   "samples_per_second": round(1 / sec, 2), "peak_memory_mb": round(mem.peak_mb, 1),
-                   "samples_per_call": n, "note": f"extrapolated from {args.dps_steps} of 1000 steps" if method == "DPS" else ""}
+            row = {
+                "family": family,
+                "domain": label,
+                "nodes": domain.num_nodes,
+                "method": method,
+                "setup_seconds": round(setup, 3),
+                "seconds_per_sample": round(sec, 6),
+                "samples_per_second": round(1 / sec, 2),
+                "peak_memory_mb": round(mem.peak_mb, 1),
+                "samples_per_call": n,
+                "note": f"extrapolated from {args.dps_steps} of 1000 steps"
+                if method == "DPS"
+                else "",
+            }
             print(row, flush=True)
             rows.append(row)
             del sampler
-        write_csv(args.out / "scaling.csv", rows)  # after every domain: an interrupted run keeps what it measured
+        # after every domain: an interrupted run keeps what it measured
+        write_csv(args.out / "scaling.csv", rows)
     plot(rows, args.out / "scaling.png")
 
 
@@ -127,17 +155,32 @@ def plot(rows, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    # the colour cycle is longer than the list of methods: zip stops at the last method
+    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for family, style in (("HEALPix", "-o"), ("bunny", "--s")):
         for method in methods:
             sel = [r for r in rows if r["family"] == family and r["method"] == method]
             if not sel:
                 continue
             x = [r["nodes"] for r in sel]
-            axes[0].loglog(x, [r["seconds_per_sample"] for r in sel], style, color=colors[method], label=f"{method} ({family})")
-            axes[1].loglog(x, [max(r["peak_memory_mb"], 0.1) for r in sel], style, color=colors[method])
-    axes[0].set(xlabel="nodes", ylabel="seconds per sample (DPS: 1000 steps)", title="time per posterior sample, 1 CPU thread")
-    axes[1].set(xlabel="nodes", ylabel="peak resident memory growth [MB]", title="memory while sampling")
+            axes[0].loglog(
+                x,
+                [r["seconds_per_sample"] for r in sel],
+                style,
+                color=colors[method],
+                label=f"{method} ({family})",
+            )
+            axes[1].loglog(
+                x, [max(r["peak_memory_mb"], 0.1) for r in sel], style, color=colors[method]
+            )
+    axes[0].set(
+        xlabel="nodes",
+        ylabel="seconds per sample (DPS: 1000 steps)",
+        title="time per posterior sample, 1 CPU thread",
+    )
+    axes[1].set(
+        xlabel="nodes", ylabel="peak resident memory growth [MB]", title="memory while sampling"
+    )
     axes[0].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)

@@ -1,4 +1,4 @@
-"""The benchmark suite: every method on every real problem, one table per problem in the README.
+"""The benchmark suite: every method on every real problem, one table per problem in suite.md.
 
 Problems (real data of `$MANIFOLD_APS_DATA`; see `manifold_aps.datasets`):
 
@@ -10,25 +10,28 @@ Problems (real data of `$MANIFOLD_APS_DATA`; see `manifold_aps.datasets`):
                    mask and scored on 6 caps of observed sky held out from the prior's training.
 
 Each test field loses `--missing` (70 %) of its cells at random (WMAP: the analysis mask and the
-caps) and the rest is observed with Gaussian noise. Methods: the exact Gaussian posterior of a Matérn prior fitted by maximum
-likelihood to training fields ("kriging"), harmonic (Laplace) interpolation, nearest neighbour,
-the three amortized engines distilled from the problem's trained diffusion prior on random masks
-(APS flow, implicit generator, amortized VI) and DPS (`--dps-steps`, guidance chosen among
-`DPS_GUIDANCE` on two separate validation observations at the same step count). Scores over the hidden cells, area-weighted: RMSE of the ensemble mean,
+caps) and the rest is observed with Gaussian noise. Methods: the exact Gaussian posterior of a
+Matérn prior fitted by maximum likelihood to training fields ("kriging"), harmonic (Laplace)
+interpolation, nearest neighbour, the three amortized engines distilled from the problem's trained
+diffusion prior on random masks (APS flow, implicit generator, amortized VI) and DPS
+(`--dps-steps`, guidance chosen among `DPS_GUIDANCE` on two separate validation observations at
+the same step count). Scores over the hidden cells, area-weighted: RMSE of the ensemble mean,
 fair CRPS (the absolute error for point estimates), spread/skill, 90 % interval coverage; and
 training time, seconds per sample (the scoring call divided by the number of samples), samples
 per second (one call drawing `--throughput` samples for one observation; DPS draws sequentially,
-so its rate is the inverse of its time per sample; a point estimate counts as one sample), peak memory growth while sampling (resident
-set size polled every 2 ms), and each method's speed-up over DPS measured in the same run.
+so its rate is the inverse of its time per sample; a point estimate counts as one sample), peak
+memory growth while sampling (resident set size polled every 2 ms), and each method's speed-up
+over DPS measured in the same run.
 
 Layout: `--runs/<problem>/{prior,aps,implicit,avi}` (trained when missing, resumed when
-interrupted); `results/suite-<problem>.csv` per problem; `results/suite.md` (every problem's table)
-and the README section between the `benchmark-suite` markers, rebuilt from all per-problem CSVs.
+interrupted); `results/suite-<problem>.csv` per problem; `results/suite.md` (every problem's table,
+included by the docs' benchmarks page), rebuilt from all per-problem CSVs; with `--readme FILE`
+also the section of FILE between the `benchmark-suite` markers.
 
 Usage:
   python benchmarks/suite.py                              # all problems (hours on a laptop CPU)
-  python benchmarks/suite.py --problems era5-uk mesh-spot # some; the README table keeps the others
-  python benchmarks/suite.py --report-only                # rebuild suite.md and the README table
+  python benchmarks/suite.py --problems era5-uk mesh-spot # some; suite.md keeps the others
+  python benchmarks/suite.py --report-only                # rebuild suite.md from the CSVs
   python benchmarks/suite.py --quick --runs /tmp/r --out /tmp/o --no-readme   # smoke test, ~1 min
 """
 
@@ -76,7 +79,8 @@ HERE = Path(__file__).resolve().parent
 README_START, README_END = "<!-- benchmark-suite:start -->", "<!-- benchmark-suite:end -->"
 METHODS = ("kriging", "harmonic", "nearest", "APS", "APS-spectral", "implicit", "AVI", "DPS")
 POINT_ESTIMATES = ("harmonic", "nearest")
-DPS_GUIDANCE = (0.01, 0.03, 0.1, 0.3, 1.0)  # candidate step sizes, chosen per problem at the final step count
+# candidate step sizes, chosen per problem at the final step count
+DPS_GUIDANCE = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,12 @@ PROBLEMS = {
     "era5-global": Problem("era5-global", "ERA5 t2m global, HEALPix nside 16 (3072 px) [K]", 0.1),
     "mesh-bunny": Problem("mesh-bunny", "Stanford bunny (3485 vertices) [unit variance]", 0.1),
     "mesh-spot": Problem("mesh-spot", "Spot (2930 vertices) [unit variance]", 0.1),
-    "wmap-masked": Problem("wmap-masked", "WMAP W band, HEALPix nside 16 (3072 px): real analysis mask, scored on 6 held-out caps [mK]", 0.005),
+    "wmap-masked": Problem(
+        "wmap-masked",
+        "WMAP W band, HEALPix nside 16 (3072 px): real analysis mask, scored on 6 held-out caps "
+        "[mK]",
+        0.005,
+    ),
 }
 
 
@@ -117,8 +126,17 @@ def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: in
     if truth.shape[0] < n:  # fewer test fields than asked: reuse them
         truth = truth[torch.arange(n) % truth.shape[0]]
     if "holdout" in ds.extra:
-        mask = torch.as_tensor(ds.extra["visible"], dtype=torch.bool).reshape(1, -1, 1).expand(n, -1, 1).clone()
-        where = torch.as_tensor(ds.extra["holdout"], dtype=torch.bool).reshape(1, -1, 1).expand(n, -1, 1)
+        mask = (
+            torch.as_tensor(ds.extra["visible"], dtype=torch.bool)
+            .reshape(1, -1, 1)
+            .expand(n, -1, 1)
+            .clone()
+        )
+        where = (
+            torch.as_tensor(ds.extra["holdout"], dtype=torch.bool)
+            .reshape(1, -1, 1)
+            .expand(n, -1, 1)
+        )
     else:
         mask = RandomMaskGenerator(ds.domain, missing=missing).step(n, seed=seed)["mask"]
         where = ~mask
@@ -127,7 +145,7 @@ def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: in
 
 
 def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
-    """RMSE of the mean, one-sample RMSE, CRPS; spread/skill and coverage unless a point estimate."""
+    """RMSE of the mean, one-sample RMSE, CRPS; spread/skill, coverage unless a point estimate."""
     out = {
         "rmse_mean": float(weighted_rmse(samples.mean(0), truth, weight, where)),
         "rmse_single": float(weighted_rmse(samples[0], truth, weight, where)),
@@ -154,15 +172,27 @@ def timed_sample(method: str, sampler, y, operator, n: int, seed: int):
     return s.detach().double(), sec, mem.peak_mb
 
 
-def prior_checkpoint(problem: Problem, ds, runs: Path, steps: int, quick: bool) -> tuple[Path, float]:
+def prior_checkpoint(
+    problem: Problem, ds, runs: Path, steps: int, quick: bool
+) -> tuple[Path, float]:
     """The problem's trained score prior (trained now when missing) and its training seconds."""
     run = runs / problem.dataset / "prior"
     done = run / "train.json"
     info = json.loads(done.read_text()) if done.exists() else {"step": 0}
     if info["step"] < steps:
-        print(f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True)
-        cfg = TrainConfig(steps=steps, batch_size=4 if quick else 32, lr=2e-3, warmup=min(100, steps // 4),
-                          ema_decay=0.999, checkpoint_every=250, validate_every=0 if quick else 250, log_every=25)
+        print(
+            f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True
+        )
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=4 if quick else 32,
+            lr=2e-3,
+            warmup=min(100, steps // 4),
+            ema_decay=0.999,
+            checkpoint_every=250,
+            validate_every=0 if quick else 250,
+            log_every=25,
+        )
         train_prior(ds, run, cfg, resume=True, progress=not quick)
     return run / "checkpoint.pt", training_seconds(run)
 
@@ -175,7 +205,9 @@ def run_problem(name: str, args) -> list[dict]:
     ds = build_prior_dataset(problem.dataset)
     noise = GaussianNoise(problem.noise_std)
     weight = ds.domain.mass
-    y, operator, truth, where = test_observations(ds, noise, args.observations, args.missing, seed=2024)
+    y, operator, truth, where = test_observations(
+        ds, noise, args.observations, args.missing, seed=2024
+    )
     samplers, train_s = {}, {}
 
     if "kriging" in args.methods:
@@ -184,7 +216,9 @@ def run_problem(name: str, args) -> list[dict]:
         fit = fit_matern(ds.domain, fields, mean=fields.mean(0), fit_nugget=True)
         samplers["kriging"] = ExactGaussianPosterior(fit.prior, noise)
         train_s["kriging"] = time.perf_counter() - t0
-        print(f"[{name}] Matérn fit on {args.fit_fields} fields: {fit.prior.extra_repr()}", flush=True)
+        print(
+            f"[{name}] Matérn fit on {args.fit_fields} fields: {fit.prior.extra_repr()}", flush=True
+        )
     for method, cls in (("harmonic", HarmonicInterpolation), ("nearest", NearestNeighbour)):
         if method in args.methods:
             samplers[method], train_s[method] = cls(ds.domain), 0.0
@@ -192,37 +226,60 @@ def run_problem(name: str, args) -> list[dict]:
     prior_path, prior_s = (None, 0.0)
     if needs_prior:
         prior_path, prior_s = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
-        engines, seconds = train_amortized_engines(ds, prior_path, args.runs / problem.dataset, problem.noise_std,
-                                                   args.engine_steps, args.methods)
+        engines, seconds = train_amortized_engines(
+            ds,
+            prior_path,
+            args.runs / problem.dataset,
+            problem.noise_std,
+            args.engine_steps,
+            args.methods,
+        )
         samplers.update(engines)
         train_s.update({m: prior_s + s for m, s in seconds.items()})
     guidance = ""
     if "DPS" in args.methods:
         prior = load_prior(prior_path, ds.domain)
         # at the step count used (tuned at 1/5 of it, 1.0 won everywhere and diverged at 1000 steps)
-        guidance = tune_dps(prior, noise, ds, weight, choices=DPS_GUIDANCE, steps=args.dps_steps, samples=1)
-        samplers["DPS"], train_s["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=guidance), prior_s
+        guidance = tune_dps(
+            prior, noise, ds, weight, choices=DPS_GUIDANCE, steps=args.dps_steps, samples=1
+        )
+        samplers["DPS"], train_s["DPS"] = (
+            DPS(prior, noise, steps=args.dps_steps, guidance=guidance),
+            prior_s,
+        )
 
     rows = []
     for method in [m for m in METHODS if m in samplers]:
         sampler = samplers[method]
         point = method in POINT_ESTIMATES
-        s, sec, mem = timed_sample(method, sampler, y, operator, 1 if point else args.samples, seed=7)
+        s, sec, mem = timed_sample(
+            method, sampler, y, operator, 1 if point else args.samples, seed=7
+        )
         per_sample = sec / ((1 if point else args.samples) * args.observations)
         if method == "DPS" or point:  # DPS draws one by one; a point estimate is one "sample"
             rate = 1.0 / per_sample
         else:
-            _, sec_many, _ = timed_sample(method, sampler, y[:1], Mask(ds.domain, operator.mask[:1]), args.throughput, seed=8)
+            _, sec_many, _ = timed_sample(
+                method, sampler, y[:1], Mask(ds.domain, operator.mask[:1]), args.throughput, seed=8
+            )
             rate = args.throughput / sec_many
         row = {
-            "problem": name, "nodes": ds.domain.num_nodes, "method": method,
-            **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in scores(s, truth, where, weight, point).items()},
+            "problem": name,
+            "nodes": ds.domain.num_nodes,
+            "method": method,
+            **{
+                k: (round(v, 5) if isinstance(v, float) else v)
+                for k, v in scores(s, truth, where, weight, point).items()
+            },
             "train_seconds": round(train_s.get(method, 0.0), 1),
             "seconds_per_sample": round(per_sample, 6),
             "samples_per_second": round(rate, 2),
             "peak_memory_mb": round(mem, 1),
-            "observations": args.observations, "samples": args.samples, "missing": args.missing,
-            "noise_std": problem.noise_std, "dps_steps": args.dps_steps if method == "DPS" else "",
+            "observations": args.observations,
+            "samples": args.samples,
+            "missing": args.missing,
+            "noise_std": problem.noise_std,
+            "dps_steps": args.dps_steps if method == "DPS" else "",
             "dps_guidance": guidance if method == "DPS" else "",
             "engine_steps": args.engine_steps if method in ENGINE_METHODS else "",
             "prior_steps": args.prior_steps if method in ENGINE_METHODS + ("DPS",) else "",
@@ -231,7 +288,9 @@ def run_problem(name: str, args) -> list[dict]:
         rows.append(row)
     dps = next((r for r in rows if r["method"] == "DPS"), None)
     for r in rows:
-        r["speedup_vs_dps"] = round(dps["seconds_per_sample"] / max(r["seconds_per_sample"], 1e-9), 1) if dps else ""
+        r["speedup_vs_dps"] = (
+            round(dps["seconds_per_sample"] / max(r["seconds_per_sample"], 1e-9), 1) if dps else ""
+        )
     return rows
 
 
@@ -240,7 +299,9 @@ def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on 1 thread, no GPU"
@@ -260,29 +321,44 @@ def _seconds(v) -> str:
 
 def report(out: Path, rows: list[dict], machine_line: str) -> str:
     """Markdown tables (one per problem, in `PROBLEMS` order) of the suite's rows."""
-    lines = [f"Measured on {machine_line}. Each problem: {rows[0]['observations']} held-out test fields, "
-             f"{float(rows[0]['missing']):.0%} of cells hidden at random (WMAP: its analysis mask and held-out caps), "
-             f"{rows[0]['samples']} samples per field; "
-             "scores over the hidden cells, area-weighted (best RMSE and CRPS in bold). Training time includes the "
-             "diffusion prior's for the engines distilled from it. `results/suite-*.csv` has every number.", ""]
+    lines = [
+        f"Measured on {machine_line}. Each problem: {rows[0]['observations']} held-out test "
+        f"fields, {float(rows[0]['missing']):.0%} of cells hidden at random (WMAP: its analysis "
+        f"mask and held-out caps), {rows[0]['samples']} samples per field; "
+        "scores over the hidden cells, area-weighted (best RMSE and CRPS in bold). Training time "
+        "includes the diffusion prior's for the engines distilled from it. "
+        "`results/suite-*.csv` has every number.",
+        "",
+    ]
     for name, problem in PROBLEMS.items():
         prows = [r for r in rows if r["problem"] == name]
         if not prows:
             continue
         best = {k: min(float(r[k]) for r in prows) for k in ("rmse_mean", "crps")}
-        lines += [f"**{problem.label}**", "",
-                  "| method | RMSE of mean | CRPS | spread/skill | 90 % coverage | training | s per sample | samples/s | peak memory | speed-up vs DPS |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{problem.label}**",
+            "",
+            "| method | RMSE of mean | CRPS | spread/skill | 90 % coverage | training "
+            "| s per sample | samples/s | peak memory | speed-up vs DPS |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in prows:
             rmse = _fmt(r["rmse_mean"])
             crps = _fmt(r["crps"])
             rmse = f"**{rmse}**" if float(r["rmse_mean"]) == best["rmse_mean"] else rmse
             crps = f"**{crps}**" if float(r["crps"]) == best["crps"] else crps
             cov = "–" if r["coverage_90"] in ("", None) else f"{float(r['coverage_90']):.0%}"
-            extra = f" ({r['dps_steps']} steps, guidance {r['dps_guidance']})" if r["method"] == "DPS" else ""
-            lines.append(f"| {r['method']}{extra} | {rmse} | {crps} | {_fmt(r['spread_skill'], 2)} | {cov} | "
-                         f"{_seconds(r['train_seconds'])} | {_fmt(r['seconds_per_sample'])} | {_fmt(r['samples_per_second'])} | "
-                         f"{_fmt(r['peak_memory_mb'])} MB | {_fmt(r['speedup_vs_dps'])}× |")
+            extra = (
+                f" ({r['dps_steps']} steps, guidance {r['dps_guidance']})"
+                if r["method"] == "DPS"
+                else ""
+            )
+            lines.append(
+                f"| {r['method']}{extra} | {rmse} | {crps} | {_fmt(r['spread_skill'], 2)} | "
+                f"{cov} | {_seconds(r['train_seconds'])} | {_fmt(r['seconds_per_sample'])} | "
+                f"{_fmt(r['samples_per_second'])} | "
+                f"{_fmt(r['peak_memory_mb'])} MB | {_fmt(r['speedup_vs_dps'])}× |"
+            )
         lines.append("")
     text = "\n".join(lines)
     (out / "suite.md").write_text(text + "\n")
@@ -293,7 +369,10 @@ def insert_into_readme(readme: Path, table: str) -> None:
     """Replace the text between the `benchmark-suite` markers of the README with `table`."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers; add them where the table goes")
+        raise SystemExit(
+            f"{readme} has no {README_START} ... {README_END} markers; add them where the table "
+            "goes"
+        )
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
@@ -310,24 +389,52 @@ def load_rows(out: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "suite",
-                        help="folder of the trained priors and engines (default: runs/suite)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the CSV and Markdown files")
-    parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=HERE.parent / "runs" / "suite",
+        help="folder of the trained priors and engines (default: runs/suite)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results", help="folder of the CSV and Markdown files"
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also write the tables between the benchmark-suite markers of this Markdown file "
+        "(default: none; the docs include results/suite.md)",
+    )
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild suite.md and the README table")
-    parser.add_argument("--prior-steps", type=int, default=1000, help="score-prior training steps (default 1000)")
-    parser.add_argument("--engine-steps", type=int, default=300, help="training steps of each amortized engine")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild suite.md (and --readme's table)"
+    )
+    parser.add_argument(
+        "--prior-steps", type=int, default=1000, help="score-prior training steps (default 1000)"
+    )
+    parser.add_argument(
+        "--engine-steps", type=int, default=300, help="training steps of each amortized engine"
+    )
     parser.add_argument("--dps-steps", type=int, default=1000)
     parser.add_argument("--observations", type=int, default=3, help="test fields per problem")
-    parser.add_argument("--samples", type=int, default=8, help="samples per test field, every method")
-    parser.add_argument("--throughput", type=int, default=256, help="samples drawn in one call to measure samples/s")
+    parser.add_argument(
+        "--samples", type=int, default=8, help="samples per test field, every method"
+    )
+    parser.add_argument(
+        "--throughput", type=int, default=256, help="samples drawn in one call to measure samples/s"
+    )
     parser.add_argument("--missing", type=float, default=0.7, help="fraction of cells hidden")
-    parser.add_argument("--fit-fields", type=int, default=256, help="training fields for the Matérn fit")
-    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (numbers meaningless)")
+    parser.add_argument(
+        "--fit-fields", type=int, default=256, help="training fields for the Matérn fit"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings for a smoke test (numbers meaningless)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.prior_steps, args.engine_steps, args.dps_steps = 4, 2, 4
@@ -342,7 +449,7 @@ def main() -> None:
         raise SystemExit(f"no results in {args.out}; run the suite first")
     table = report(args.out, rows, machine())
     print(table)
-    if not args.no_readme:
+    if args.readme is not None and not args.no_readme:
         insert_into_readme(args.readme, table)
 
 

@@ -1,8 +1,10 @@
 """Engines trained on random masks, tested on operators they never saw: caps, swaths, a heat blur.
 
 For each problem (ERA5 t2m UK with its trained score prior; the bumpy mesh with a known Matérn
-prior; Spot with the benchmark suite's trained score prior and engines, `--problems mesh-spot`) every amortized engine (APS flow, implicit generator, amortized VI) is trained on observations with *random* masks (50-95 % missing)
-only, then all engines sample posteriors for held-out test signals observed through
+prior; Spot with the benchmark suite's trained score prior and engines, `--problems mesh-spot`)
+every amortized engine (APS flow, implicit generator, amortized VI) is trained on observations
+with *random* masks (50-95 % missing) only, then all engines sample posteriors for held-out test
+signals observed through
 
 * random masks (the training family), geodesic caps hidden, satellite swaths observed, and
 * a heat blur of the whole field, `A = exp(-t L)` with `t = 1 / lambda_30` (no mask at all),
@@ -15,7 +17,8 @@ observations. Where the prior is Gaussian the exact posterior is scored too.
 
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
 redo; the speed-ups use the DPS rows of the file). Usage:
-  python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy] [--methods AVI]
+  python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
+      [--methods AVI]
 """
 
 from __future__ import annotations
@@ -37,8 +40,13 @@ from manifold_aps.posterior.distill import (
 )
 from manifold_aps.priors.gaussian import GaussianPrior
 
-# score priors are checkpoints below --runs (mesh-spot: the benchmark suite's, engines shared with it)
-PRIORS = {"era5-uk": "era5-uk/checkpoint.pt", "gaussian-bumpy": "exact", "mesh-spot": "suite/mesh-spot/prior/checkpoint.pt"}
+# score priors are checkpoints below --runs
+# (mesh-spot: the benchmark suite's, engines shared with it)
+PRIORS = {
+    "era5-uk": "era5-uk/checkpoint.pt",
+    "gaussian-bumpy": "exact",
+    "mesh-spot": "suite/mesh-spot/prior/checkpoint.pt",
+}
 OPERATORS = ("random", "caps", "swaths", "blur")
 METHODS = ("APS", "implicit", "AVI", "DPS", "exact")
 
@@ -51,7 +59,9 @@ def observations(ds, noise, kind: str, n: int, seed: int):
     lam, _ = ds.domain.eigenbasis(31)
     blur = HeatBlur(ds.domain, 1.0 / float(lam[30]))
     test = ds.test if ds.test.numel() else ds.source.validation()
-    truth = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(seed))[:n]].double()
+    truth = test[
+        torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    ].double()
     y = noise(blur(truth), None, rng=torch.Generator().manual_seed(seed + 1))
     return y, blur, truth, torch.ones_like(truth, dtype=torch.bool)
 
@@ -67,29 +77,51 @@ def scores(samples, truth, where, weight):
 
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
-    """Rows of an earlier run at `path` not replaced by `rows` (same problem, operator, method), then `rows`."""
+    """Rows of an earlier run at `path` not replaced by `rows` (same problem, operator, method).
+
+    Returns:
+        Those earlier rows, then `rows`.
+    """
     import csv
 
     if not path.exists():
         return rows
     new = {(r["problem"], r["operator"], r["method"]) for r in rows}
     with open(path, newline="") as fh:
-        old = [r for r in csv.DictReader(fh) if (r["problem"], r["operator"], r["method"]) not in new]
+        old = [
+            r for r in csv.DictReader(fh) if (r["problem"], r["operator"], r["method"]) not in new
+        ]
     return old + rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=Path, required=True)
-    parser.add_argument("--problems", nargs="+", default=["era5-uk", "gaussian-bumpy"], choices=list(PRIORS))
-    parser.add_argument("--steps", type=int, default=400, help="training steps of each amortized engine")
+    parser.add_argument(
+        "--problems", nargs="+", default=["era5-uk", "gaussian-bumpy"], choices=list(PRIORS)
+    )
+    parser.add_argument(
+        "--steps", type=int, default=400, help="training steps of each amortized engine"
+    )
     parser.add_argument("--observations", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=4, help="samples per observation, every engine")
+    parser.add_argument(
+        "--samples", type=int, default=4, help="samples per observation, every engine"
+    )
     parser.add_argument("--dps-steps", type=int, default=1000)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                        help="engines to run (default: all)")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the rows of an earlier results file that this run does not redo")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(METHODS),
+        help="engines to run (default: all)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of an earlier results file that this run does not redo",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -100,7 +132,9 @@ def main() -> None:
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
-        engines, train_s = train_amortized_engines(ds, prior_arg, args.runs / "unseen" / name, 0.1, args.steps, args.methods)
+        engines, train_s = train_amortized_engines(
+            ds, prior_arg, args.runs / "unseen" / name, 0.1, args.steps, args.methods
+        )
         samplers = dict(engines)
         zeta = ""
         if "DPS" in args.methods:
@@ -117,20 +151,32 @@ def main() -> None:
                 with torch.no_grad() if method not in ("DPS", "AVI") else torch.enable_grad():
                     s = sampler.sample(yin, op, args.samples, rng=g).double()
                 sec = (time.perf_counter() - t0) / (args.samples * args.observations)
-                row = {"problem": name, "nodes": ds.domain.num_nodes, "operator": kind,
-                       "seen_in_training": kind == "random", "method": method,
-                       **{k: round(v, 5) for k, v in scores(s, truth.double(), where, weight).items()},
-                       "seconds_per_sample": round(sec, 5), "samples": args.samples,
-                       "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
-                       "dps_guidance": zeta if method == "DPS" else ""}
+                row = {
+                    "problem": name,
+                    "nodes": ds.domain.num_nodes,
+                    "operator": kind,
+                    "seen_in_training": kind == "random",
+                    "method": method,
+                    **{k: round(v, 5) for k, v in scores(s, truth.double(), where, weight).items()},
+                    "seconds_per_sample": round(sec, 5),
+                    "samples": args.samples,
+                    "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
+                    "dps_guidance": zeta if method == "DPS" else "",
+                }
                 print(row, flush=True)
                 rows.append(row)
     out = args.out / "unseen_operators.csv"
     rows = merge_rows(out, rows) if args.merge else rows
-    dps = {(r["problem"], r["operator"]): float(r["seconds_per_sample"]) for r in rows if r["method"] == "DPS"}
+    dps = {
+        (r["problem"], r["operator"]): float(r["seconds_per_sample"])
+        for r in rows
+        if r["method"] == "DPS"
+    }
     for r in rows:
         key = (r["problem"], r["operator"])
-        r["speedup_vs_dps"] = round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
+        r["speedup_vs_dps"] = (
+            round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
+        )
     write_csv(out, rows)
 
 

@@ -38,14 +38,17 @@ AUGMENTATIONS = ("auto", "longitude", "none")  # grid_file_dataset's `augment`
 
 
 def longitude_rolls(nlat: int, nlon: int):
-    """An augmentation `(x (n, N, C), generator) -> (n, N, C)` rotating each field of a global,
-    evenly spaced lat-lon grid about the polar axis by a random whole number of cells (an exact
-    rotation of the sphere: `torch.roll` along longitude)."""
+    """An augmentation `(x (n, N, C), generator) -> (n, N, C)` of random longitude rotations.
+
+    It rotates each field of a global, evenly spaced lat-lon grid about the polar axis by a random
+    whole number of cells (an exact rotation of the sphere: `torch.roll` along longitude).
+    """
 
     def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shifts = torch.randint(0, nlon, (x.shape[0],), generator=generator)
         grid = x.reshape(x.shape[0], nlat, nlon, x.shape[-1])
-        return torch.stack([torch.roll(g, int(k), dims=1) for g, k in zip(grid, shifts)]).reshape(x.shape)
+        rolled = [torch.roll(g, int(k), dims=1) for g, k in zip(grid, shifts, strict=True)]
+        return torch.stack(rolled).reshape(x.shape)
 
     return augment
 
@@ -57,10 +60,18 @@ def _rolls_exactly(domain) -> bool:
 
 
 def grid_file_dataset(
-    path: str | Path, var: str, *, select: tuple[str, ...] = (), fit_period: str | None = None, coarsen: int = 1,
-    val_fraction: float = 0.1, augment: str = "auto", sample_dim: str = "time", digest: str | None = None,
+    path: str | Path,
+    var: str,
+    *,
+    select: tuple[str, ...] = (),
+    fit_period: str | None = None,
+    coarsen: int = 1,
+    val_fraction: float = 0.1,
+    augment: str = "auto",
+    sample_dim: str = "time",
+    digest: str | None = None,
 ) -> PriorDataset:
-    """A user's gridded field as a prior's training data: ``manifold-aps train-prior --input FILE --var VAR``.
+    """A user's gridded field as a prior's training data (``train-prior --input FILE --var VAR``).
 
     Arguments:
         path: a netCDF, GRIB or zarr file (`open_era5`: any variable, CF times, cftime calendars).
@@ -91,27 +102,36 @@ def grid_file_dataset(
         raise ValueError(f"augment must be one of {list(AUGMENTATIONS)}, got {augment!r}")
     if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    found = checked_digest(path, digest) if path.is_file() else None  # a zarr folder has no one digest
+    # a zarr folder has no one digest
+    found = checked_digest(path, digest) if path.is_file() else None
     da = select_variable(open_era5(path), var)
     da = select_values(da, tuple(select))
     if sample_dim not in da.dims:
         if sample_dim != TIME:
-            raise ValueError(f"--sample-dim {sample_dim}: {var!r} has no such dimension; it has {list(da.dims)}")
+            raise ValueError(
+                f"--sample-dim {sample_dim}: {var!r} has no such dimension; it has {list(da.dims)}"
+            )
         da = da.expand_dims(TIME)
     extra_dims = [d for d in da.dims if d not in (sample_dim, LATITUDE, LONGITUDE)]
     if extra_dims:
-        raise ValueError(f"{var!r} has dimensions {extra_dims} besides {sample_dim}/latitude/longitude; fix them with "
-                         "--select DIM=VALUE (or name the fields' dimension with --sample-dim)")
+        raise ValueError(
+            f"{var!r} has dimensions {extra_dims} besides {sample_dim}/latitude/longitude; "
+            "fix them with --select DIM=VALUE (or name the fields' dimension with --sample-dim)"
+        )
     if fit_period:
         if sample_dim != TIME:
-            raise ValueError(f"--fit-period selects times; the fields here are along {sample_dim!r}")
+            raise ValueError(
+                f"--fit-period selects times; the fields here are along {sample_dim!r}"
+            )
         da = parse_period(fit_period, "--fit-period").select(da)
     if coarsen > 1:
         da = coarsen_grid(da, coarsen)
     da = da.load()
     complete = ~da.isnull().any((LATITUDE, LONGITUDE)).values
     if not complete.any():
-        raise ValueError(f"no field of {var!r} in {path.name} is complete; a prior trains on complete fields")
+        raise ValueError(
+            f"no field of {var!r} in {path.name} is complete; a prior trains on complete fields"
+        )
     left_out = int((~complete).sum())
     da = da.isel({sample_dim: np.flatnonzero(complete)})
     domain = grid_domain(da)
@@ -119,18 +139,36 @@ def grid_file_dataset(
     train, val = split_train_validation(x, val_fraction)
     rolls = _rolls_exactly(domain)
     if augment == "longitude" and not rolls:
-        raise ValueError("augment='longitude' needs a global grid of even longitude spacing (a roll is then a rotation)")
+        raise ValueError(
+            "augment='longitude' needs a global grid of even longitude spacing (a roll is then a "
+            "rotation)"
+        )
     use_rolls = augment == "longitude" or (augment == "auto" and rolls)
     nlat, nlon = domain.shape
-    source = {"builder": "grid-file", "args": {
-        "path": str(path), "var": var, "select": list(select), "fit_period": fit_period, "coarsen": coarsen,
-        "val_fraction": val_fraction, "augment": augment, "sample_dim": sample_dim, "digest": found}}
+    source = {
+        "builder": "grid-file",
+        "args": {
+            "path": str(path),
+            "var": var,
+            "select": list(select),
+            "fit_period": fit_period,
+            "coarsen": coarsen,
+            "val_fraction": val_fraction,
+            "augment": augment,
+            "sample_dim": sample_dim,
+            "digest": found,
+        },
+    }
     labels = da[sample_dim].values
     span = f"{sample_dim} {str(labels[0])[:16]} .. {str(labels[-1])[:16]}"
     return PriorDataset(
-        f"{var} of {path.name}", domain, TensorSource(train, val, longitude_rolls(nlat, nlon) if use_rolls else None),
-        torch.zeros(0, domain.num_nodes, 1), str(da.attrs.get("units", "")),
-        f"{var} of {path.name} on its {nlat} x {nlon} grid{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
+        f"{var} of {path.name}",
+        domain,
+        TensorSource(train, val, longitude_rolls(nlat, nlon) if use_rolls else None),
+        torch.zeros(0, domain.num_nodes, 1),
+        str(da.attrs.get("units", "")),
+        f"{var} of {path.name} on its {nlat} x {nlon} grid"
+        f"{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
         f"{train.shape[0]} training + {val.shape[0]} validation fields ({span}"
         f"{f'; {left_out} incomplete fields left out' if left_out else ''}); augmentation: "
         f"{'random longitude rotations' if use_rolls else 'none'}",
@@ -139,22 +177,28 @@ def grid_file_dataset(
 
 
 def era5_uk(root: Path) -> PriorDataset:
-    """``era5-uk``: the shipped UK sample (33 x 49 cells, K); `root` is not used (the file ships)."""
+    """``era5-uk``: the shipped UK sample (33 x 49 cells, K); `root` is not used (it ships)."""
     da = open_era5(default_sample_path(), "t2m")["t2m"].load()
     day = da["time"].dt.day
     train, _ = to_signal(da.where(day <= 18, drop=True), dtype=torch.float32)
     val, _ = to_signal(da.where((day >= 19) & (day <= 21), drop=True), dtype=torch.float32)
     test, _ = to_signal(da.where(day >= 25, drop=True), dtype=torch.float32)
     return PriorDataset(
-        "era5-uk", grid_domain(da), TensorSource(train, val), test, "K",
+        "era5-uk",
+        grid_domain(da),
+        TensorSource(train, val),
+        test,
+        "K",
         "ERA5 t2m UK 0.25°, hourly; train 1-18 Mar 2019, val 19-21, test 25-31",
         extra={"variable": "t2m"},
     )
 
 
 def era5_global(root: Path, nside: int = 16) -> PriorDataset:
-    """``era5-global``: the global 1° file of `root`/era5 on HEALPix `nside` (K), rolled in longitude."""
-    da = open_era5(require_file(root / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc"), "t2m")["t2m"].load()
+    """``era5-global``: `root`/era5's global 1° file on HEALPix `nside` (K), rolled in longitude."""
+    da = open_era5(
+        require_file(root / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc"), "t2m"
+    )["t2m"].load()
     grid = grid_domain(da)
     matrix = sparse_to_torch(latlon_to_healpix_matrix(grid, nside), torch.float32)
     fields = torch.from_numpy(da.values.astype(np.float32))  # (T, nlat, nlon)
@@ -170,11 +214,18 @@ def era5_global(root: Path, nside: int = 16) -> PriorDataset:
         def batch(self, generator, n):
             idx = torch.randint(0, train_ll.shape[0], (n,), generator=generator)
             shifts = torch.randint(0, nlon, (n,), generator=generator)
-            x = torch.stack([torch.roll(train_ll[i], int(s), dims=-1) for i, s in zip(idx, shifts)])
+            x = torch.stack(
+                [torch.roll(train_ll[i], int(s), dims=-1) for i, s in zip(idx, shifts, strict=True)]
+            )
             return regrid(x)
 
     source = _Rolled(regrid(train_ll), regrid(fields[16:18]))
     return PriorDataset(
-        "era5-global", HealpixSphere(nside), source, regrid(fields[18:]), "K",
-        f"ERA5 t2m global 1° regridded to HEALPix nside {nside}; train steps 0-15 (rolled in longitude), val 16-17, test 18-23",
+        "era5-global",
+        HealpixSphere(nside),
+        source,
+        regrid(fields[18:]),
+        "K",
+        f"ERA5 t2m global 1° regridded to HEALPix nside {nside}; train steps 0-15 (rolled in "
+        "longitude), val 16-17, test 18-23",
     )

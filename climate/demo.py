@@ -84,7 +84,7 @@ def run_demo(
     plot: bool = True,
     log=print,
 ) -> DemoScores:
-    """Run the demo end to end; returns the scores and writes `imputed.nc`, `map.png`, `scores.json`.
+    """Run the demo end to end: write `imputed.nc`, `map.png` and `scores.json`, return the scores.
 
     Arguments:
         input_path: an ERA5 file (netCDF/GRIB/zarr); default the shipped UK sample.
@@ -97,6 +97,8 @@ def run_demo(
         train_fraction: leading fraction of time steps used to fit the prior.
         seed: seed of the masks and the samples.
         output_dir: where the outputs go.
+        plot: write `map.png` (a cartopy map); False skips it.
+        log: callable for one progress line (e.g. `print`).
     """
     start = time.perf_counter()
     if mask_kind not in MASK_KINDS:
@@ -110,9 +112,13 @@ def run_demo(
         raise ValueError(f"{path}: {variable!r} needs a time dimension with at least 2 steps")
     extra = [d for d in da.dims if d not in (TIME, "latitude", "longitude")]
     if extra:
-        raise ValueError(f"{variable!r} has extra dimensions {extra}; select one level/member first")
+        raise ValueError(
+            f"{variable!r} has extra dimensions {extra}; select one level/member first"
+        )
     if bool(da.isnull().any()):
-        raise ValueError(f"{path}: {variable!r} contains NaN; the demo needs complete fields as truth")
+        raise ValueError(
+            f"{path}: {variable!r} contains NaN; the demo needs complete fields as truth"
+        )
     n_train = int(round(train_fraction * da.sizes[TIME]))
     if not 1 <= n_train < da.sizes[TIME]:
         raise ValueError(f"train_fraction={train_fraction} leaves no training or no test steps")
@@ -122,7 +128,8 @@ def run_demo(
     domain = grid_domain(da)
     log(f"domain: {domain}; train {train.sizes[TIME]} fields, test {test.sizes[TIME]} fields")
 
-    # Prior: hour-of-day climatology + per-cell scale * (Matérn GMRF + nugget), all fitted on training hours.
+    # Prior: hour-of-day climatology + per-cell scale * (Matérn GMRF + nugget), all fitted on
+    # training hours.
     model = GaussianImputer.fit(train, noise_std=noise_std, log=log)
     truth, layout = to_signal(test)
     clim = model.standardizer.climatology(test[TIME].values)
@@ -130,7 +137,9 @@ def run_demo(
     observed = from_signal(mask, layout, name="observed").astype(bool)
     observed.attrs["description"] = f"{mask_kind} mask, {missing} missing, seed {seed}"
     ds = impute(test, observed, model, n_samples=num_samples, seed=seed, progress=False)
-    samples = torch.from_numpy(np.stack([to_signal(s)[0].numpy() for s in ds[f"{variable}_samples"]])).double()
+    samples = torch.from_numpy(
+        np.stack([to_signal(s)[0].numpy() for s in ds[f"{variable}_samples"]])
+    ).double()
     mean = to_signal(ds[f"{variable}_mean"])[0]
     std = to_signal(ds[f"{variable}_std"])[0]
 
@@ -167,8 +176,8 @@ def run_demo(
     ds[variable].attrs = {k: v for k, v in test.attrs.items() if k in ("units", "long_name")}
     ds[variable].attrs["long_name"] = f"{test.attrs.get('long_name', variable)} (ERA5, the truth)"
     ds.attrs.update(
-        history=f"manifold-aps demo: train_fraction={train_fraction} mask={mask_kind} missing={missing} "
-        f"seed={seed} test fields={truth.shape[0]}\n" + ds.attrs["history"],
+        history=f"manifold-aps demo: train_fraction={train_fraction} mask={mask_kind} "
+        f"missing={missing} seed={seed} test fields={truth.shape[0]}\n" + ds.attrs["history"],
         source=str(path.name),
         license="CC-BY-4.0 (ERA5): contains modified Copernicus Climate Change Service information",
     )

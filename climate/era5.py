@@ -1,4 +1,4 @@
-"""Open ERA5 files with xarray and convert fields to and from `(B, N, C)` signals on a `SphereGrid`."""
+"""Open ERA5 files with xarray; convert fields to and from `(B, N, C)` signals on a `SphereGrid`."""
 
 from __future__ import annotations
 
@@ -100,9 +100,14 @@ def _grib_damage(path: str) -> str | None:
 
         while True:
             try:
-                handle = eccodes.codes_new_from_file(fh, eccodes.CODES_PRODUCT_GRIB, headers_only=True)
+                handle = eccodes.codes_new_from_file(
+                    fh, eccodes.CODES_PRODUCT_GRIB, headers_only=True
+                )
             except eccodes.GribInternalError as err:
-                return f"message {count + 1} (from byte {end} of {size}) is cut short or unreadable ({err})"
+                return (
+                    f"message {count + 1} (from byte {end} of {size}) is cut short or unreadable "
+                    f"({err})"
+                )
             if handle is None:
                 break
             try:
@@ -111,12 +116,18 @@ def _grib_damage(path: str) -> str | None:
             finally:
                 eccodes.codes_release(handle)
             if not padding(end, offset):
-                return f"{offset - end} bytes that are no GRIB message lie before message {count + 1} (byte {end})"
+                return (
+                    f"{offset - end} bytes that are no GRIB message lie before message {count + 1} "
+                    f"(byte {end})"
+                )
             end, count = offset + length, count + 1
         if count == 0:
             return _NO_MESSAGE
         if not padding(end, size):
-            return f"{size - end} bytes that are no GRIB message follow the last complete message ({count})"
+            return (
+                f"{size - end} bytes that are no GRIB message follow the last complete message "
+                f"({count})"
+            )
     return None
 
 
@@ -169,10 +180,12 @@ def _open(files: list[str], chunks, kwargs: dict) -> xr.Dataset:
 
 
 def decode_calendar_months(ds: xr.Dataset, error: Exception) -> xr.Dataset:
-    """Decode times in whole `months since` / `years since` a date (classic reanalysis files), which
-    neither pandas nor cftime decode in the standard calendar (CF's month is udunits' 30.44 days;
-    cftime takes months only in the 360-day calendar), as calendar months after the reference, with
-    a `UserWarning` that says so; every other time coordinate is decoded by xarray as usual.
+    """Decode times in whole `months since` / `years since` a date as calendar months.
+
+    Classic reanalysis files have such times, which neither pandas nor cftime decode in the
+    standard calendar (CF's month is udunits' 30.44 days; cftime takes months only in the 360-day
+    calendar). They become calendar months after the reference, with a `UserWarning` that says so;
+    every other time coordinate is decoded by xarray as usual.
 
     Raises:
         ValueError: `error` (xarray's own) when a time is not a whole number of months or years, or
@@ -188,14 +201,29 @@ def decode_calendar_months(ds: xr.Dataset, error: Exception) -> xr.Dataset:
             continue
         values = np.asarray(var.values, dtype=np.float64)
         if not np.all(np.isfinite(values)) or not np.allclose(values, np.round(values)):
-            raise ValueError(f"{error} (and {name!r} holds fractional {match[1]}, which have no calendar meaning)") from error
+            raise ValueError(
+                f"{error} (and {name!r} holds fractional {match[1]}, which have no calendar "
+                "meaning)"
+            ) from error
         step = 12 if match[1] == "years" else 1
         start = pd.Timestamp(match[2])
-        decoded[name] = xr.Variable(var.dims, np.array([start + pd.DateOffset(months=int(k) * step) for k in
-                                                        np.round(values).astype(int).ravel()], dtype="datetime64[ns]")
-                                    .reshape(values.shape), {k: v for k, v in var.attrs.items() if k not in ("units", "calendar")})
-        warnings.warn(f"decoded {name!r} ({units!r}) as calendar {match[1]} after {match[2]}: pandas and cftime "
-                      "cannot decode it in the standard calendar", UserWarning, stacklevel=3)
+        decoded[name] = xr.Variable(
+            var.dims,
+            np.array(
+                [
+                    start + pd.DateOffset(months=int(k) * step)
+                    for k in np.round(values).astype(int).ravel()
+                ],
+                dtype="datetime64[ns]",
+            ).reshape(values.shape),
+            {k: v for k, v in var.attrs.items() if k not in ("units", "calendar")},
+        )
+        warnings.warn(
+            f"decoded {name!r} ({units!r}) as calendar {match[1]} after {match[2]}: pandas and "
+            "cftime cannot decode it in the standard calendar",
+            UserWarning,
+            stacklevel=3,
+        )
     if not decoded:
         raise error
     ds = ds.assign_coords({k: v for k, v in decoded.items() if k in ds.coords or k in ds.dims})
@@ -237,17 +265,23 @@ def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False
         except ValueError as err:
             if "unable to decode time units" not in str(err):
                 raise
-            ds = decode_calendar_months(_open(files, chunks, {**kwargs, "decode_times": False}), err)
+            ds = decode_calendar_months(
+                _open(files, chunks, {**kwargs, "decode_times": False}), err
+            )
     if skipped.count and not damaged:  # (damaged files were refused or warned about above)
         where = files[0] if len(files) == 1 else f"one of {files}"
         if not allow_corrupt:
             ds.close()
             raise ValueError(
-                f"{where}: corrupted GRIB file: cfgrib skipped {skipped.count} unreadable message(s); "
-                "re-download it, or pass allow_corrupt=True (manifold-aps impute --skip-corrupt-grib)"
+                f"{where}: corrupted GRIB file: cfgrib skipped {skipped.count} unreadable "
+                "message(s); re-download it, or pass allow_corrupt=True "
+                "(manifold-aps impute --skip-corrupt-grib)"
             )
-        warnings.warn(f"skipped corrupted GRIB data in {where}: {skipped.count} unreadable message(s)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"skipped corrupted GRIB data in {where}: {skipped.count} unreadable message(s)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     ds = normalise(ds)
     if variables is not None:
         variables = [variables] if isinstance(variables, str) else list(variables)
@@ -262,7 +296,9 @@ def grid_domain(obj: xr.Dataset | xr.DataArray) -> SphereGrid:
     """The `SphereGrid` of a field's `latitude`/`longitude` coordinates (degrees)."""
     for name in (LATITUDE, LONGITUDE):
         if name not in obj.coords:
-            raise ValueError(f"the field has no {name!r} coordinate; coordinates: {list(obj.coords)}")
+            raise ValueError(
+                f"the field has no {name!r} coordinate; coordinates: {list(obj.coords)}"
+            )
     return SphereGrid(obj[LATITUDE].values, obj[LONGITUDE].values)
 
 
@@ -311,7 +347,9 @@ def to_signal(
     if LATITUDE not in da.dims or LONGITUDE not in da.dims:
         raise ValueError(f"{da.name!r} needs latitude and longitude dimensions, got {da.dims}")
     if channel_dim is not None and channel_dim not in da.dims:
-        raise ValueError(f"channel_dim {channel_dim!r} is not a dimension of {da.name!r}: {da.dims}")
+        raise ValueError(
+            f"channel_dim {channel_dim!r} is not a dimension of {da.name!r}: {da.dims}"
+        )
     batch_dims = tuple(d for d in da.dims if d not in (LATITUDE, LONGITUDE, channel_dim))
     order = batch_dims + ((channel_dim,) if channel_dim else ()) + (LATITUDE, LONGITUDE)
     layout = FieldLayout(

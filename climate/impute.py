@@ -45,8 +45,24 @@ _BLOCK_BYTES = 2**28  # working memory aimed at per block (256 MiB) when chunk_s
 _REVERSED = {LATITUDE: slice(None, None, -1)}
 _FAR_Z = 10.0  # model standard deviations beyond which an observation is implausible
 # Units a field is often given in by mistake: tried to explain observations far from the model's.
-_COMMON_UNITS = ("K", "degC", "degF", "Pa", "hPa", "kPa", "m", "cm", "mm", "km", "m s-1", "km h-1", "knot",
-                 "kg m-2", "percent", "1")
+_COMMON_UNITS = (
+    "K",
+    "degC",
+    "degF",
+    "Pa",
+    "hPa",
+    "kPa",
+    "m",
+    "cm",
+    "mm",
+    "km",
+    "m s-1",
+    "km h-1",
+    "knot",
+    "kg m-2",
+    "percent",
+    "1",
+)
 
 
 def select_variable(data: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray:
@@ -59,10 +75,14 @@ def select_variable(data: xr.Dataset | xr.DataArray, variable: str | None) -> xr
     if isinstance(data, xr.Dataset):
         if variable is None:
             if len(data.data_vars) != 1:
-                raise ValueError(f"the Dataset holds {list(data.data_vars)}: say which variable to impute")
+                raise ValueError(
+                    f"the Dataset holds {list(data.data_vars)}: say which variable to impute"
+                )
             variable = next(iter(data.data_vars))
         if variable not in data.data_vars:
-            raise KeyError(f"variable {variable!r} not in the Dataset; it holds {list(data.data_vars)}")
+            raise KeyError(
+                f"variable {variable!r} not in the Dataset; it holds {list(data.data_vars)}"
+            )
         return data[variable]
     if isinstance(data, xr.DataArray):
         if variable is not None and data.name is not None and data.name != variable:
@@ -74,20 +94,29 @@ def select_variable(data: xr.Dataset | xr.DataArray, variable: str | None) -> xr
 def _check_field(da: xr.DataArray, model: ImputationModel) -> None:
     for name in (LATITUDE, LONGITUDE):
         if name not in da.dims:
-            raise ValueError(f"{da.name!r} has no {name!r} dimension; its dimensions are {list(da.dims)}")
+            raise ValueError(
+                f"{da.name!r} has no {name!r} dimension; its dimensions are {list(da.dims)}"
+            )
     extra = [d for d in da.dims if d not in (TIME, LATITUDE, LONGITUDE)]
     if extra:
         raise ValueError(
-            f"{da.name!r} has extra dimensions {extra}; select one level/member first, e.g. da.sel(level=500)"
+            f"{da.name!r} has extra dimensions {extra}; select one level/member first, "
+            "e.g. da.sel(level=500)"
         )
     if da.name != model.variable:
-        warnings.warn(f"imputing {da.name!r} with a model made for {model.variable!r}", stacklevel=3)
+        warnings.warn(
+            f"imputing {da.name!r} with a model made for {model.variable!r}", stacklevel=3
+        )
     units = da.attrs.get("units")
     if units is None:
-        warnings.warn(f"{da.name!r} has no units attribute; assuming the model's {model.units!r}", stacklevel=3)
+        warnings.warn(
+            f"{da.name!r} has no units attribute; assuming the model's {model.units!r}",
+            stacklevel=3,
+        )
     elif model.units and not _same_units(units, model.units):
         raise ValueError(
-            f"{da.name!r} is in {units!r} but the model expects {model.units!r}; {_conversion(units, model.units)}"
+            f"{da.name!r} is in {units!r} but the model expects {model.units!r}; "
+            f"{_conversion(units, model.units)}"
         )
     model.check_grid(da.isel(_REVERSED) if model.latitudes_reversed(da) else da)
 
@@ -101,7 +130,7 @@ def _unit(text: str) -> cf_units.Unit | None:
 
 
 def _same_units(units: str, expected: str) -> bool:
-    """Whether two units strings name the same unit ("K", "kelvin", "degK"; by string if unparsable)."""
+    """Whether two units strings name one unit ("K", "kelvin", "degK"; by string if unparsable)."""
     have, want = _unit(units), _unit(expected)
     return units == expected or (have is not None and want is not None and have == want)
 
@@ -130,7 +159,11 @@ def _departure_sums(da: xr.DataArray, observed: xr.DataArray, model: ImputationM
     if model.reference(None) is None:
         return None
     dims = ((TIME,) if TIME in da.dims else ()) + (LATITUDE, LONGITUDE)
-    times = da[TIME].values if TIME in da.dims and np.issubdtype(da[TIME].dtype, np.datetime64) else None
+    times = (
+        da[TIME].values
+        if TIME in da.dims and np.issubdtype(da[TIME].dtype, np.datetime64)
+        else None
+    )
     values, obs = (a.transpose(*dims).data for a in (da, observed))
     lazy = isinstance(values, dsa.Array)
     values = values if lazy else dsa.from_array(np.asarray(values), chunks=-1)
@@ -152,7 +185,9 @@ def _departure_sums(da: xr.DataArray, observed: xr.DataArray, model: ImputationM
     shipped = _shipped(model, times)
     parts = [
         dask.delayed(sums)(x, m, int(start), shipped)
-        for x, m, start in zip(values.to_delayed().ravel(), obs.to_delayed().ravel(), starts)
+        for x, m, start in zip(
+            values.to_delayed().ravel(), obs.to_delayed().ravel(), starts, strict=True
+        )
     ]
     return dask.delayed(np.sum)(dask.delayed(np.stack)(parts), axis=0)
 
@@ -166,8 +201,9 @@ def _implausible(name: str, model: ImputationModel, sums: np.ndarray) -> str | N
     offset = mean - reference
     units = f" {model.units}" if model.units else ""
     text = (
-        f"observed {name} values are {abs(offset):.4g}{units} {'below' if offset < 0 else 'above'} the model's "
-        f"climatology on average ({100 * far / n:.0f} % of them more than {_FAR_Z:g} standard deviations away)"
+        f"observed {name} values are {abs(offset):.4g}{units} "
+        f"{'below' if offset < 0 else 'above'} the model's climatology on average "
+        f"({100 * far / n:.0f} % of them more than {_FAR_Z:g} standard deviations away)"
     )
     want = _unit(model.units) if model.units else None
     for candidate in _COMMON_UNITS:
@@ -177,8 +213,8 @@ def _implausible(name: str, model: ImputationModel, sums: np.ndarray) -> str | N
         if abs(float(have.convert(mean, want)) - reference) < 3 * scale:
             return f"{text}: are they in {candidate}? {_conversion(candidate, model.units)}"
     return (
-        f"{text}: are they in the model's units ({model.units or 'unknown'}), of the variable it was made "
-        f"for ({model.variable!r}) and of the season it was fitted on?"
+        f"{text}: are they in the model's units ({model.units or 'unknown'}), of the variable it "
+        f"was made for ({model.variable!r}) and of the season it was fitted on?"
     )
 
 
@@ -190,27 +226,34 @@ def _align_mask(mask: xr.DataArray | None, da: xr.DataArray) -> xr.DataArray:
 
 
 def _validate(da: xr.DataArray, observed: xr.DataArray, model: ImputationModel) -> None:
-    """Clear errors for time steps with nothing observed, NaN or ±inf in observed cells, and
-    observations far from the model's statistics (other units?); one pass over the data."""
+    """Clear errors for bad observations, found in one pass over the data.
+
+    That is time steps with nothing observed, NaN or ±inf in observed cells, and observations far
+    from the model's statistics (other units?).
+    """
     spatial = (LATITUDE, LONGITUDE)
     counts, nan, inf, departure = dask.compute(
-        observed.sum(spatial), (observed & da.isnull()).sum(spatial), (observed & np.isinf(da)).sum(spatial),
+        observed.sum(spatial),
+        (observed & da.isnull()).sum(spatial),
+        (observed & np.isinf(da)).sum(spatial),
         _departure_sums(da, observed, model),
     )
     counts, nan, inf = (np.atleast_1d(np.asarray(c)) for c in (counts, nan, inf))
 
     def first(steps: np.ndarray) -> str:
-        return str(da[TIME].values[np.flatnonzero(steps)[0]])[:19] if TIME in da.dims else "the field"
+        return (
+            str(da[TIME].values[np.flatnonzero(steps)[0]])[:19] if TIME in da.dims else "the field"
+        )
 
     if (counts == 0).any():
         raise ValueError(
-            f"nothing is observed at {int((counts == 0).sum())} time step(s) of {da.name!r}, first at "
-            f"{first(counts == 0)}; drop them or observe something"
+            f"nothing is observed at {int((counts == 0).sum())} time step(s) of {da.name!r}, "
+            f"first at {first(counts == 0)}; drop them or observe something"
         )
     if nan.sum():
         raise ValueError(
-            f"{int(nan.sum())} observed cells of {da.name!r} are NaN (first at {first(nan)}); the mask must "
-            "mark them as missing (combine it with climate.masks.missing_mask)"
+            f"{int(nan.sum())} observed cells of {da.name!r} are NaN (first at {first(nan)}); "
+            "the mask must mark them as missing (combine it with climate.masks.missing_mask)"
         )
     if inf.sum():
         raise ValueError(
@@ -223,8 +266,10 @@ def _validate(da: xr.DataArray, observed: xr.DataArray, model: ImputationModel) 
 
 
 class _Progress:
-    """A tqdm bar over fields that opens when the first block starts (compute may come later) and
-    advances as each field is finished (`update` is thread-safe: blocks run on dask's threads)."""
+    """A tqdm bar over fields, opened when the first block starts (compute may come later).
+
+    It advances as each field is finished (`update` is thread-safe: blocks run on dask's threads).
+    """
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self.total, self.enabled, self.desc = total, enabled, desc
@@ -260,7 +305,7 @@ class _Progress:
 
 
 def _shipped(*objects):
-    """`objects` as one literal of the dask graph (a Delayed tuple), for blocks to take as an argument.
+    """`objects` as one literal of the dask graph (a Delayed tuple), for blocks to take as argument.
 
     A distributed scheduler then sends them to each worker once instead of inside every block's
     task (a model closed over by the block function would travel with each block: megabytes for
@@ -270,8 +315,11 @@ def _shipped(*objects):
 
 
 def _one_torch_thread_on_dask_worker() -> None:
-    """On a dask.distributed worker, torch runs each block on one thread (the worker's threads and
-    processes already run blocks in parallel; more would oversubscribe the cores)."""
+    """On a dask.distributed worker, make torch run each block on one thread.
+
+    The worker's threads and processes already run blocks in parallel; more would oversubscribe
+    the cores.
+    """
     if "distributed" not in sys.modules:  # never imported: not a worker
         return
     from distributed import get_worker
@@ -330,7 +378,10 @@ def impute(
     """
     da = select_variable(data, variable)
     if TIME in da.dims and da.sizes[TIME] == 0:
-        raise ValueError(f"no time steps selected: {da.name!r} has an empty {TIME!r} dimension; select at least one")
+        raise ValueError(
+            f"no time steps selected: {da.name!r} has an empty {TIME!r} dimension; "
+            "select at least one"
+        )
     _check_field(da, model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -340,7 +391,8 @@ def impute(
     if quantiles and n_samples < 2:
         raise ValueError("quantiles need at least 2 samples")
     observed = _align_mask(mask, da)
-    reverse = model.latitudes_reversed(da)  # work in the model's latitude order, give back the input's
+    # work in the model's latitude order, give back the input's
+    reverse = model.latitudes_reversed(da)
     if reverse:
         da, observed = da.isel(_REVERSED), observed.isel(_REVERSED)
     _validate(da, observed, model)
@@ -362,7 +414,11 @@ def impute(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     values = da.data if lazy else dsa.from_array(np.asarray(da.values), chunks=-1)
     values = values.rechunk((chunk_size, -1, -1))
-    obs = observed.data if isinstance(observed.data, dsa.Array) else dsa.from_array(np.asarray(observed.values), chunks=-1)
+    obs = (
+        observed.data
+        if isinstance(observed.data, dsa.Array)
+        else dsa.from_array(np.asarray(observed.values), chunks=-1)
+    )
     obs = obs.rechunk((chunk_size, -1, -1))
     times = None if no_time or not np.issubdtype(da[TIME].dtype, np.datetime64) else da[TIME].values
     bar = _Progress(n_time, progress, f"imputing {da.name} ({model.engine})")
@@ -377,8 +433,14 @@ def impute(
         xt = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(b, nlat * nlon, 1))
         mt = torch.from_numpy(np.asarray(m, dtype=bool).reshape(b, nlat * nlon, 1))
         rng = torch.Generator().manual_seed(seed_to_int(f"impute:{seed}:{start}"))
-        post = model.posterior(xt, mt, n_samples, times=None if times is None else times[start:stop], rng=rng,
-                               on_field=bar.update)  # the bar advances per field (thread-safe)
+        post = model.posterior(
+            xt,
+            mt,
+            n_samples,
+            times=None if times is None else times[start:stop],
+            rng=rng,
+            on_field=bar.update,  # the bar advances per field (thread-safe)
+        )
         parts = [post.samples, post.mean[None], post.std[None]]
         if n_q:
             parts.append(torch.quantile(post.samples, q_levels, dim=0))
@@ -390,8 +452,15 @@ def impute(
         return out
 
     stacked = dsa.map_blocks(
-        block, values, obs, _shipped(model, times), new_axis=0, chunks=((depth,),) + values.chunks, dtype=dtype,
-        name=f"impute-{da.name}-{model.engine}-{dask.base.tokenize(values, obs, seed, n_samples, quantiles, id(model))}",
+        block,
+        values,
+        obs,
+        _shipped(model, times),
+        new_axis=0,
+        chunks=((depth,),) + values.chunks,
+        dtype=dtype,
+        name=f"impute-{da.name}-{model.engine}-"
+        f"{dask.base.tokenize(values, obs, seed, n_samples, quantiles, id(model))}",
     )
     dims = (TIME, LATITUDE, LONGITUDE)
     coords = {k: v for k, v in da.coords.items()}
@@ -404,43 +473,60 @@ def impute(
     out[f"{name}_samples"] = xr.DataArray(stacked[:n_samples], dims=(SAMPLE,) + dims, coords=coords)
     if n_q:
         out[f"{name}_quantiles"] = xr.DataArray(
-            stacked[n_samples + 2 :], dims=(QUANTILE,) + dims, coords={**coords, QUANTILE: list(quantiles)}
+            stacked[n_samples + 2 :],
+            dims=(QUANTILE,) + dims,
+            coords={**coords, QUANTILE: list(quantiles)},
         )
     out[OBSERVED] = xr.DataArray(obs.astype(np.int8), dims=dims, coords=coords)
 
-    ancillary = " ".join([f"{name}_std", f"{name}_samples", OBSERVED] + ([f"{name}_quantiles"] if n_q else []))
+    ancillary = " ".join(
+        [f"{name}_std", f"{name}_samples", OBSERVED] + ([f"{name}_quantiles"] if n_q else [])
+    )
     keep_attrs = {
-        k: da.attrs[k] for k in ("standard_name", "GRIB_shortName") if da.attrs.get(k, "unknown") != "unknown"
+        k: da.attrs[k]
+        for k in ("standard_name", "GRIB_shortName")
+        if da.attrs.get(k, "unknown") != "unknown"
     }
     out[f"{name}_mean"].attrs.update(
-        units=units, long_name=f"{long_name}, posterior mean", cell_methods=f"{ALL_SAMPLES}: mean",
-        ancillary_variables=ancillary, **keep_attrs,
+        units=units,
+        long_name=f"{long_name}, posterior mean",
+        cell_methods=f"{ALL_SAMPLES}: mean",
+        ancillary_variables=ancillary,
+        **keep_attrs,
     )
     out[f"{name}_std"].attrs.update(
-        units=units, long_name=f"{long_name}, posterior standard deviation (0 where observed)",
+        units=units,
+        long_name=f"{long_name}, posterior standard deviation (0 where observed)",
         cell_methods=f"{ALL_SAMPLES}: standard_deviation",
     )
-    out[f"{name}_samples"].attrs.update(units=units, long_name=f"{long_name}, posterior samples", **keep_attrs)
+    out[f"{name}_samples"].attrs.update(
+        units=units, long_name=f"{long_name}, posterior samples", **keep_attrs
+    )
     if n_q:
-        out[f"{name}_quantiles"].attrs.update(units=units, long_name=f"{long_name}, posterior quantiles")
+        out[f"{name}_quantiles"].attrs.update(
+            units=units, long_name=f"{long_name}, posterior quantiles"
+        )
         out[QUANTILE].attrs.update(long_name="quantile level", units="1")
     out[SAMPLE] = np.arange(n_samples, dtype=np.int32)
     out[SAMPLE].attrs.update(long_name="posterior sample number")
     out.coords[ALL_SAMPLES] = np.int32(n_samples)
     out[ALL_SAMPLES].attrs.update(
-        long_name=f"all posterior samples (their number), over which {name}_mean and {name}_std are taken",
+        long_name=f"all posterior samples (their number), over which {name}_mean and {name}_std "
+        "are taken",
         units="1",
     )
     out[OBSERVED].attrs.update(
         long_name=f"1 where {name} was observed (kept as given), 0 where imputed",
-        flag_values=np.array([0, 1], dtype=np.int8), flag_meanings="imputed observed",
+        flag_values=np.array([0, 1], dtype=np.int8),
+        flag_meanings="imputed observed",
     )
     source_attrs = dict(data.attrs) if isinstance(data, xr.Dataset) else {}
     previous = source_attrs.pop("history", "")
     mask_desc = "NaN cells" if mask is None else mask.attrs.get("description", "user mask")
     line = (
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} manifold-aps impute: {name} hidden where "
-        f"missing ({mask_desc}); {n_samples} samples, seed {seed}, chunk_size {chunk_size}; {model.describe()}"
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} manifold-aps impute: {name} "
+        f"hidden where missing ({mask_desc}); {n_samples} samples, seed {seed}, "
+        f"chunk_size {chunk_size}; {model.describe()}"
     )
     out.attrs.update(source_attrs)
     out.attrs.update(
@@ -481,7 +567,8 @@ def _label_time_axis(out: xr.Dataset) -> xr.Dataset:
     return out.assign_coords({TIME: out[TIME].assign_attrs(standard_name="time", long_name="time")})
 
 
-_CF_INTEGERS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))  # CF-1.8 2.2: no int64, no unsigned
+# CF-1.8 2.2: no int64, no unsigned
+_CF_INTEGERS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 
 
 def _cf_dtype_encoding(var: xr.Variable) -> dict:
@@ -500,7 +587,11 @@ def _cf_dtype_encoding(var: xr.Variable) -> dict:
         disk = xr.conventions.encode_cf_variable(trial)
         if disk.dtype.kind not in "iu" or disk.dtype in _CF_INTEGERS:
             return {}
-        units = {k: disk.attrs[k] for k in ("units", "calendar") if k in disk.attrs and var.dtype.kind in "mM"}
+        units = {
+            k: disk.attrs[k]
+            for k in ("units", "calendar")
+            if k in disk.attrs and var.dtype.kind in "mM"
+        }
         limits = np.iinfo(np.int32)
         if disk.size == 0 or limits.min <= disk.values.min() and disk.values.max() <= limits.max:
             return {"dtype": "int32", **units}
@@ -508,7 +599,7 @@ def _cf_dtype_encoding(var: xr.Variable) -> dict:
 
 
 def _cf_encoding(ds: xr.Dataset, complevel: int) -> dict[str, dict]:
-    """netCDF encoding of an imputation that CF-1.8 accepts.
+    """NetCDF encoding of an imputation that CF-1.8 accepts.
 
     Data variables are compressed (in chunks of the dask blocks); coordinate variables (those
     named after their dimension) get no `_FillValue` (CF 2.5.1); every variable is stored as a
@@ -529,7 +620,7 @@ def _cf_encoding(ds: xr.Dataset, complevel: int) -> dict[str, dict]:
 
 
 def _list_all_samples_where_used(ds: xr.Dataset) -> xr.Dataset:
-    """A shallow copy whose scalar `all_samples` is in the `coordinates` of only `<var>_mean`/`_std`.
+    """A shallow copy: the scalar `all_samples` in the `coordinates` of `<var>_mean`/`_std` only.
 
     xarray lists a scalar coordinate in the `coordinates` of every variable; `all_samples`
     describes only the variables whose `cell_methods` name it.
@@ -540,7 +631,8 @@ def _list_all_samples_where_used(ds: xr.Dataset) -> xr.Dataset:
     for name, var in ds.data_vars.items():
         if ALL_SAMPLES not in var.attrs.get("cell_methods", ""):
             others = sorted(
-                str(c) for c in ds.coords
+                str(c)
+                for c in ds.coords
                 if c not in ds.dims and c != ALL_SAMPLES and set(ds[c].dims) <= set(var.dims)
             )
             ds[name].encoding["coordinates"] = " ".join(others) or None

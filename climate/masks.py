@@ -331,7 +331,7 @@ def swath_mask(
     for row in values:
         through = rng.choice(vecs.shape[0], size=int(num_swaths), p=prob)
         heading = rng.uniform(0.0, 2 * np.pi, size=int(num_swaths))
-        for node, theta in zip(through, heading):
+        for node, theta in zip(through, heading, strict=True):
             p = vecs[node]
             lam = np.arctan2(p[1], p[0])
             east = np.array([-np.sin(lam), np.cos(lam), 0.0])
@@ -357,8 +357,10 @@ def _pair(value, name: str) -> tuple[float, float]:
 
 
 def _box(grid_lat, grid_lon, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows and columns inside a `(south, north)`, `(west, east)` box, and each column's distance
-    eastwards from the west edge in degrees `[0, 360)`."""
+    """Rows and columns inside a `(south, north)`, `(west, east)` box, and column offsets.
+
+    The offsets are each column's distance eastwards from the west edge in degrees `[0, 360)`.
+    """
     south, north = _pair(lat, "lat")
     if not -90 <= south <= north <= 90:
         raise ValueError(
@@ -380,7 +382,7 @@ def _box(grid_lat, grid_lon, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def crop_region(da: xr.DataArray, *, lat, lon) -> xr.DataArray:
-    """The part of a field inside a latitude-longitude box, longitudes running eastwards from `west`.
+    """The part of a field inside a latitude-longitude box, longitudes eastwards from `west`.
 
     Same box conventions as `box_mask` (`lon=(-10, 2)` and `(350, 2)` are the same region; a box
     across 0/360 or the dateline keeps its cells in eastward order, which `SphereGrid` accepts).
@@ -580,7 +582,9 @@ def align_mask(observed: xr.DataArray, like, *, name: str = "observed") -> xr.Da
         else:
             out = observed.isel({TIME: int(where[0])})
     dims = (TIME, LATITUDE, LONGITUDE) if TIME in out.dims else (LATITUDE, LONGITUDE)
-    return out.transpose(*dims).assign_coords({LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]})
+    return out.transpose(*dims).assign_coords(
+        {LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]}
+    )
 
 
 def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None) -> Mask:
@@ -637,7 +641,9 @@ def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None)
     return Mask(domain, mask)
 
 
-MASK_SPECS = "nan | random:FRACTION | stations:FILE | swath:COUNT:WIDTH_KM | box:S:N:W:E | land | sea"
+MASK_SPECS = (
+    "nan | random:FRACTION | stations:FILE | swath:COUNT:WIDTH_KM | box:S:N:W:E | land | sea"
+)
 
 
 def parse_mask_spec(spec: str, like: xr.DataArray, *, seed: int = 0) -> xr.DataArray:
@@ -657,11 +663,15 @@ def parse_mask_spec(spec: str, like: xr.DataArray, *, seed: int = 0) -> xr.DataA
 
     def numbers(count: int) -> list[float]:
         if len(args) != count:
-            raise ValueError(f"mask spec {spec!r}: {kind} takes {count} number(s); accepted: {MASK_SPECS}")
+            raise ValueError(
+                f"mask spec {spec!r}: {kind} takes {count} number(s); accepted: {MASK_SPECS}"
+            )
         try:
             return [float(a) for a in args]
         except ValueError as err:
-            raise ValueError(f"mask spec {spec!r}: {args} are not numbers; accepted: {MASK_SPECS}") from err
+            raise ValueError(
+                f"mask spec {spec!r}: {args} are not numbers; accepted: {MASK_SPECS}"
+            ) from err
 
     if kind == "nan" and not args:
         return missing_mask(like)

@@ -1,4 +1,4 @@
-"""Imputation models: a posterior engine on a field's grid, in physical units, saved with its statistics.
+"""Imputation models: a posterior engine on a field's grid, in physical units, with its statistics.
 
 An `ImputationModel` is what `climate.impute` needs: the variable it was made for (name and
 units), the latitude-longitude grid, the normalisation statistics fitted on training data, and
@@ -39,9 +39,11 @@ from manifold_aps.checkpoint import atomic_path
 from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
-from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
+from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, sampler_scale, warn_if_diverged
+from manifold_aps.posterior.dps import DPS_CLIP
 from manifold_aps.posterior.engines import ENGINES as REGISTRY
 from manifold_aps.posterior.engines import engine_for_checkpoint, engine_names
+from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
 from manifold_aps.priors import MaternGMRF
 from manifold_aps.priors.gmrf import ALPHAS
 from manifold_aps.training import read_weights_file
@@ -58,8 +60,8 @@ __all__ = [
 
 KIND = "climate-gaussian"
 ENGINES = tuple(engine_names())  # the registry of manifold_aps.posterior.engines
-# GaussianImputer's per-field covariance: the scale re-estimated from the observed values, the training's
-# as is, or range, std and nugget re-fitted to the observed values
+# GaussianImputer's per-field covariance: the scale re-estimated from the observed values, the
+# training's as is, or range, std and nugget re-fitted to the observed values
 VARIANCE_SCALES = ("observed", "fitted", "refit")
 
 
@@ -90,9 +92,12 @@ MAX_DIURNAL_GAP_H = 8  # ... and no gap between them longer than this around the
 
 
 def _covers_the_day(hours: set[int]) -> bool:
-    """Whether steps at these UTC hours determine a diurnal harmonic: at least `MIN_DIURNAL_HOURS`
-    distinct hours, none more than `MAX_DIURNAL_GAP_H` from the next around the clock (8
-    consecutive hours do not: the fit would extrapolate over the other 16)."""
+    """Whether steps at these UTC hours determine a diurnal harmonic.
+
+    They do with at least `MIN_DIURNAL_HOURS` distinct hours, none more than `MAX_DIURNAL_GAP_H`
+    from the next around the clock (8 consecutive hours do not: the fit would extrapolate over the
+    other 16).
+    """
     ordered = sorted(hours)
     if len(ordered) < MIN_DIURNAL_HOURS:
         return False
@@ -127,7 +132,9 @@ class FieldStandardizer:
     def __init__(self, mean: np.ndarray, scale: np.ndarray):
         mean, scale = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
         if mean.ndim != 2 or mean.shape[0] not in (1, 24) or scale.shape != mean.shape[1:]:
-            raise ValueError(f"mean must be (1 or 24, N) and scale (N,), got {mean.shape}, {scale.shape}")
+            raise ValueError(
+                f"mean must be (1 or 24, N) and scale (N,), got {mean.shape}, {scale.shape}"
+            )
         if not np.all(scale > 0) or not np.all(np.isfinite(mean)):
             raise ValueError("scale must be positive and mean finite everywhere")
         self.mean, self.scale = mean, scale
@@ -135,11 +142,13 @@ class FieldStandardizer:
     @classmethod
     def fit(cls, train: xr.DataArray, *, by_hour: bool = True) -> FieldStandardizer:
         """Fit on complete training fields `train(time, latitude, longitude)`."""
-        return cls.fit_signal(to_signal(train)[0], train[TIME].values if TIME in train.dims else None, by_hour=by_hour)
+        return cls.fit_signal(
+            to_signal(train)[0], train[TIME].values if TIME in train.dims else None, by_hour=by_hour
+        )
 
     @classmethod
     def fit_signal(cls, signal: torch.Tensor, times, *, by_hour: bool = True) -> FieldStandardizer:
-        """Fit on complete training signals `(B, N, 1)` at numpy datetime64 `times` `(B,)` (or None)."""
+        """Fit on complete training signals `(B, N, 1)` at datetime64 `times` `(B,)` (or None)."""
         x = signal[:, :, 0].numpy()
         hours = _hours(times)
         distinct = set(hours.tolist())
@@ -162,11 +171,15 @@ class FieldStandardizer:
 
     def normalize(self, x: torch.Tensor, times) -> torch.Tensor:
         """Physical `(B, N, 1)` -> standardised."""
-        return (x - self.climatology(times).to(x.dtype)) / torch.from_numpy(self.scale).to(x.dtype)[:, None]
+        return (x - self.climatology(times).to(x.dtype)) / torch.from_numpy(self.scale).to(x.dtype)[
+            :, None
+        ]
 
     def denormalize(self, z: torch.Tensor, times) -> torch.Tensor:
         """Standardised `(*, B, N, 1)` -> physical."""
-        return z * torch.from_numpy(self.scale).to(z.dtype)[:, None] + self.climatology(times).to(z.dtype)
+        return z * torch.from_numpy(self.scale).to(z.dtype)[:, None] + self.climatology(times).to(
+            z.dtype
+        )
 
     def state_dict(self) -> dict:
         """Arrays to save."""
@@ -201,9 +214,18 @@ class ImputationModel:
                 f"an imputation model needs a latitude-longitude grid, got {domain!r}; train the "
                 "prior on the field's own grid"
             )
-        if not float(noise_std) > 0 or not np.isfinite(noise_std):  # before any scaling to standardised units
-            raise ValueError(f"noise_std must be a positive number of {units or 'physical units'}, got {noise_std}")
-        self.variable, self.units, self.domain, self.noise_std = variable, units, domain, float(noise_std)
+        # before any scaling to standardised units
+        if not float(noise_std) > 0 or not np.isfinite(noise_std):
+            raise ValueError(
+                f"noise_std must be a positive number of {units or 'physical units'}, "
+                f"got {noise_std}"
+            )
+        self.variable, self.units, self.domain, self.noise_std = (
+            variable,
+            units,
+            domain,
+            float(noise_std),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -223,12 +245,13 @@ class ImputationModel:
                 f"the field's grid ({domain.shape[0]} x {domain.shape[1]}: latitude "
                 f"{domain.lat_deg[0]:g}..{domain.lat_deg[-1]:g}, longitude {domain.lon_deg[0]:g}.."
                 f"{domain.lon_deg[-1]:g}) is not the model's ({self.domain.shape[0]} x "
-                f"{self.domain.shape[1]}: latitude {self.domain.lat_deg[0]:g}..{self.domain.lat_deg[-1]:g}, "
+                f"{self.domain.shape[1]}: latitude {self.domain.lat_deg[0]:g}.."
+                f"{self.domain.lat_deg[-1]:g}, "
                 f"longitude {self.domain.lon_deg[0]:g}..{self.domain.lon_deg[-1]:g})"
             )
 
     def latitudes_reversed(self, field: xr.DataArray | xr.Dataset) -> bool:
-        """Whether `field`'s latitudes are this model's in the opposite order (e.g. 50..58 for 58..50).
+        """Whether `field`'s latitudes are this model's reversed (e.g. 50..58 for 58..50).
 
         `impute` then reverses the field on the way in and its result on the way out, so a model
         fitted on one latitude order imputes the other and the output keeps the input's order.
@@ -238,12 +261,14 @@ class ImputationModel:
         lat = np.asarray(field[LATITUDE].values, dtype=np.float64)
         mine = self.domain.lat_deg
         return (
-            lat.shape == mine.shape and lat.size > 1 and lat[0] != lat[-1]
+            lat.shape == mine.shape
+            and lat.size > 1
+            and lat[0] != lat[-1]
             and np.allclose(lat[::-1], mine, rtol=0, atol=1e-6)
         )
 
     def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
-        """Typical values of the variable: mean `(B, N)` at `times` and spread `(N,)`, physical units.
+        """Typical values of the variable: mean `(B, N)` at `times`, spread `(N,)`; physical units.
 
         The statistics the model normalises with (the climatology and per-cell scale of the
         Gaussian engine, the prior's channel mean and std otherwise); `impute` checks that the
@@ -255,10 +280,16 @@ class ImputationModel:
         return None
 
     def posterior(
-        self, y: torch.Tensor, mask: torch.Tensor, n: int, *, times=None, rng: torch.Generator | None = None,
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+        *,
+        times=None,
+        rng: torch.Generator | None = None,
         on_field=None,
     ) -> Posterior:
-        """Posterior samples, mean and std `(B, N, 1)` of fields observed at `mask` (physical units).
+        """Posterior samples, mean and std `(B, N, 1)` of fields observed at `mask`, physical units.
 
         Arguments:
             y: observations `(B, N, 1)`, physical units; values where `mask` is False are ignored.
@@ -271,7 +302,8 @@ class ImputationModel:
         """
         if y.shape != mask.shape or y.dim() != 3 or y.shape[1:] != (self.domain.num_nodes, 1):
             raise ValueError(
-                f"y and mask must both be (B, {self.domain.num_nodes}, 1), got {tuple(y.shape)} and {tuple(mask.shape)}"
+                f"y and mask must both be (B, {self.domain.num_nodes}, 1), got {tuple(y.shape)} "
+                f"and {tuple(mask.shape)}"
             )
         if n < 1:
             raise ValueError(f"n (samples per field) must be >= 1, got {n}")
@@ -302,8 +334,8 @@ def _summary(samples: torch.Tensor) -> Posterior:
     """
     if samples.shape[0] < 2:
         raise ValueError(
-            f"{samples.shape[0]} sample per field: the posterior std is that of the samples and needs at "
-            "least 2 (only the gaussian engine has an exact std)"
+            f"{samples.shape[0]} sample per field: the posterior std is that of the samples and "
+            "needs at least 2 (only the gaussian engine has an exact std)"
         )
     return Posterior(samples, samples.mean(0), samples.std(0))
 
@@ -318,9 +350,17 @@ def _fit_alpha(domain, values, observed, alpha, *, log=None, **kwargs):
         return fit_gmrf(domain, values, observed, alpha=int(alpha), **kwargs)
     start = time.perf_counter()
     choose_on, choose_values, where = domain, values, "the grid"
-    coarser = coarser_problem(domain, values) if observed is None and domain.num_nodes > COARSE_START_NODES else None
+    coarser = (
+        coarser_problem(domain, values)
+        if observed is None and domain.num_nodes > COARSE_START_NODES
+        else None
+    )
     if coarser is not None:
-        choose_on, choose_values, where = coarser[0], coarser[1], "the every-other-row-and-column subgrid"
+        choose_on, choose_values, where = (
+            coarser[0],
+            coarser[1],
+            "the every-other-row-and-column subgrid",
+        )
     fits = [fit_gmrf(choose_on, choose_values, observed, alpha=a, **kwargs) for a in ALPHAS]
     best = max(fits, key=lambda f: f.log_likelihood)
     if log is not None:
@@ -333,13 +373,14 @@ def _fit_alpha(domain, values, observed, alpha, *, log=None, **kwargs):
 
 
 class GaussianImputer(ImputationModel):
-    """Exact Gaussian posterior of a Whittle-Matérn GMRF of standardised anomalies; no size limit.
+    r"""Exact Gaussian posterior of a Whittle-Matérn GMRF of standardised anomalies; no size limit.
 
-    :math:`x = \\mu_{h(t)} + s \\odot (u + e)`: an hour-of-day climatology :math:`\\mu`, a per-cell
+    :math:`x = \mu_{h(t)} + s \odot (u + e)`: an hour-of-day climatology :math:`\mu`, a per-cell
     standard deviation `s` (the `FieldStandardizer`), a sparse SPDE Matérn field `u`
-    (`manifold_aps.priors.MaternGMRF`, its smoothness alpha chosen by likelihood) and a white nugget `e` of the
-    standardised anomalies. The likelihood assumes independent errors of `noise_std` (physical
-    units) on the observed cells, i.e. :math:`(\\text{noise\\_std}/s_i)^2` per cell in standardised
+    (`manifold_aps.priors.MaternGMRF`, its smoothness alpha chosen by likelihood) and a white
+    nugget `e` of the standardised anomalies. The likelihood assumes independent errors of
+    `noise_std` (physical units) on the observed cells, i.e. :math:`(\text{noise\_std}/s_i)^2`
+    per cell in standardised
     units. The posterior (`manifold_aps.posterior.GMRFPosterior`) costs one sparse factorisation
     per distinct mask: mean, exact marginal std (selected inversion; an unbiased Monte Carlo
     estimate above `EXACT_VARIANCE_WORK`) and samples.
@@ -377,26 +418,52 @@ class GaussianImputer(ImputationModel):
     """
 
     MIN_VALUES_FOR_SCALE = 50  # the scale's relative standard error is about sqrt(2 / n) or more
-    MIN_VALUES_FOR_REFIT = 500  # three parameters, a range among them: a few hundred values at least
+    MIN_VALUES_FOR_REFIT = (
+        500  # three parameters, a range among them: a few hundred values at least
+    )
 
     engine = "gaussian"
 
-    def __init__(self, variable, units, domain, noise_std, standardizer: FieldStandardizer, prior: MaternGMRF,
-                 nugget: float = 0.0, fitted_to: str = "complete fields", variance_scale: str = "observed"):
+    def __init__(
+        self,
+        variable,
+        units,
+        domain,
+        noise_std,
+        standardizer: FieldStandardizer,
+        prior: MaternGMRF,
+        nugget: float = 0.0,
+        fitted_to: str = "complete fields",
+        variance_scale: str = "observed",
+    ):
         super().__init__(variable, units, domain, noise_std)
         if not isinstance(prior, MaternGMRF):
             raise TypeError(f"prior must be a MaternGMRF, got {type(prior).__name__}")
         if variance_scale not in VARIANCE_SCALES:
-            raise ValueError(f"variance_scale must be one of {list(VARIANCE_SCALES)}, got {variance_scale!r}")
-        self.standardizer, self.prior, self.nugget, self.fitted_to = standardizer, prior, float(nugget), fitted_to
+            raise ValueError(
+                f"variance_scale must be one of {list(VARIANCE_SCALES)}, got {variance_scale!r}"
+            )
+        self.standardizer, self.prior, self.nugget, self.fitted_to = (
+            standardizer,
+            prior,
+            float(nugget),
+            fitted_to,
+        )
         self.variance_scale = variance_scale
         self.last_scales = np.ones(0)  # the variance scale c of each field of the last imputation
-        self.last_fits: list = []  # "refit": the GMRFFit of each field of the last imputation (None: not refitted)
+        # "refit": the GMRFFit of each field of the last imputation (None: not refitted)
+        self.last_fits: list = []
 
     @classmethod
     def fit(
-        cls, train: xr.DataArray, *, noise_std: float = 0.1, by_hour: bool = True, alpha: int | str = "auto",
-        log=None, progress: bool = False,
+        cls,
+        train: xr.DataArray,
+        *,
+        noise_std: float = 0.1,
+        by_hour: bool = True,
+        alpha: int | str = "auto",
+        log=None,
+        progress: bool = False,
     ) -> GaussianImputer:
         """Fit the standardizer and the GMRF on complete fields `train(time, latitude, longitude)`.
 
@@ -416,26 +483,49 @@ class GaussianImputer(ImputationModel):
             raise TypeError(f"train must be an xarray.DataArray, got {type(train).__name__}")
         extra = [d for d in train.dims if d not in (TIME, LATITUDE, LONGITUDE)]
         if extra:
-            raise ValueError(f"{train.name!r} has extra dimensions {extra}; select one level/member first")
+            raise ValueError(
+                f"{train.name!r} has extra dimensions {extra}; select one level/member first"
+            )
         if TIME not in train.dims or train.sizes[TIME] < 2:
-            raise ValueError(f"training data {train.name!r} needs a time dimension with at least 2 fields")
+            raise ValueError(
+                f"training data {train.name!r} needs a time dimension with at least 2 fields"
+            )
         train = train.load()
         if bool(train.isnull().any()):
-            raise ValueError(f"training data {train.name!r} contains NaN; fit on complete fields only")
+            raise ValueError(
+                f"training data {train.name!r} contains NaN; fit on complete fields only"
+            )
         domain = grid_domain(train)
         x, _ = to_signal(train)
         standardizer = FieldStandardizer.fit_signal(x, train[TIME].values, by_hour=by_hour)
         anomalies = standardizer.normalize(x, train[TIME].values)[:, :, 0].numpy()
         fit = _fit_alpha(domain, anomalies, None, alpha, progress=progress, log=log)
-        model = cls(str(train.name), train.attrs.get("units", ""), domain, noise_std, standardizer, fit.prior,
-                    fit.nugget, f"{train.sizes[TIME]} complete training fields")
+        model = cls(
+            str(train.name),
+            train.attrs.get("units", ""),
+            domain,
+            noise_std,
+            standardizer,
+            fit.prior,
+            fit.nugget,
+            f"{train.sizes[TIME]} complete training fields",
+        )
         if log is not None:
-            log(f"GMRF prior of the standardised anomalies fitted to {model.fitted_to} ({fit.seconds:.1f} s): {model.hyper_parameters()}")
+            log(
+                f"GMRF prior of the standardised anomalies fitted to {model.fitted_to} "
+                f"({fit.seconds:.1f} s): {model.hyper_parameters()}"
+            )
         return model
 
     @classmethod
     def fit_to_observations(
-        cls, field: xr.DataArray, observed: xr.DataArray, *, noise_std: float = 0.1, alpha: int | str = "auto", log=None,
+        cls,
+        field: xr.DataArray,
+        observed: xr.DataArray,
+        *,
+        noise_std: float = 0.1,
+        alpha: int | str = "auto",
+        log=None,
         progress: bool = False,
     ) -> GaussianImputer:
         """Fit to the observed values of gappy fields themselves (no complete training fields).
@@ -446,7 +536,13 @@ class GaussianImputer(ImputationModel):
 
         Arguments:
             field: `(time, latitude, longitude)` or `(latitude, longitude)`, with `units`.
-            observed: boolean of the same grid (True = observed), e.g. `climate.missing_mask(field)`.
+            observed: boolean of the same grid (True = observed), e.g.
+                `climate.missing_mask(field)`.
+            noise_std: observation error standard deviation, physical units.
+            alpha: GMRF smoothness order (1, 2 or 3; nu = alpha - 1), or "auto": each is fitted and
+                the one of largest likelihood kept (three fits).
+            log: callable for one progress line (e.g. `print`), or None.
+            progress: a progress bar over likelihood evaluations.
         """
         observed = align_mask(observed, field)
         field = field.load()
@@ -458,32 +554,54 @@ class GaussianImputer(ImputationModel):
         keep = m[:, :, 0].numpy() > 0.5
         values = x[:, :, 0].numpy()
         if not keep.any(axis=1).all():
-            raise ValueError("every time step needs at least one observed cell to fit to its observed values")
+            raise ValueError(
+                "every time step needs at least one observed cell to fit to its observed values"
+            )
         obs_values = values[keep]
         if not np.all(np.isfinite(obs_values)):
-            raise ValueError(f"observed cells of {field.name!r} hold NaN or infinity; hide them with the mask")
+            raise ValueError(
+                f"observed cells of {field.name!r} hold NaN or infinity; hide them with the mask"
+            )
         mean, scale = float(obs_values.mean()), float(obs_values.std()) or 1.0
         n = domain.num_nodes
         standardizer = FieldStandardizer(np.full((1, n), mean), np.full(n, scale))
         anomalies = np.where(keep, (values - mean) / scale, 0.0)
-        fit = _fit_alpha(domain, anomalies, keep, alpha, noise_std=noise_std / scale, progress=progress, log=log)
-        model = cls(str(field.name), field.attrs.get("units", ""), domain, noise_std, standardizer, fit.prior,
-                    fit.nugget, f"the {int(keep.sum())} observed values of {field.sizes[TIME]} fields")
+        fit = _fit_alpha(
+            domain, anomalies, keep, alpha, noise_std=noise_std / scale, progress=progress, log=log
+        )
+        model = cls(
+            str(field.name),
+            field.attrs.get("units", ""),
+            domain,
+            noise_std,
+            standardizer,
+            fit.prior,
+            fit.nugget,
+            f"the {int(keep.sum())} observed values of {field.sizes[TIME]} fields",
+        )
         if log is not None:
-            log(f"GMRF prior fitted to {model.fitted_to} ({fit.seconds:.1f} s): {model.hyper_parameters()}")
+            log(
+                f"GMRF prior fitted to {model.fitted_to} ({fit.seconds:.1f} s): "
+                f"{model.hyper_parameters()}"
+            )
         return model
 
     def hyper_parameters(self) -> str:
         """The prior's parameters in words (range in km on the Earth)."""
         p = self.prior
         std = "" if p.std is None else f", std {p.std:.3g}"
-        return f"alpha {p.alpha}, range {p.range * EARTH_RADIUS_KM:.0f} km{std}, nugget {self.nugget:.3g} (standardised units)"
+        return (
+            f"alpha {p.alpha}, range {p.range * EARTH_RADIUS_KM:.0f} km{std}, "
+            f"nugget {self.nugget:.3g} (standardised units)"
+        )
 
     def describe(self) -> str:
+        """One line for the `history` attribute: the engine, its fitted GMRF and noise."""
         p = self.prior
         return (
-            f"exact Gaussian posterior, SPDE Matern GMRF of standardised anomalies (alpha {p.alpha}, kappa {p.kappa:.6g}, "
-            f"tau {p.tau:.6g}, range_rad {p.range:.6g}, nugget {self.nugget:.6g}; fitted to {self.fitted_to}), "
+            "exact Gaussian posterior, SPDE Matern GMRF of standardised anomalies "
+            f"(alpha {p.alpha}, kappa {p.kappa:.6g}, tau {p.tau:.6g}, range_rad {p.range:.6g}, "
+            f"nugget {self.nugget:.6g}; fitted to {self.fitted_to}), "
             f"noise_std {self.noise_std:g} {self.units}; variance scale {self.variance_scale}"
         )
 
@@ -503,7 +621,9 @@ class GaussianImputer(ImputationModel):
         bsz, nodes = keep.shape
         samples = np.empty((n, bsz, nodes))
         means, stds = np.empty((bsz, nodes)), np.empty((bsz, nodes))
-        factored: dict[bytes, GMRFObservation] = {}  # fields observed at the same cells share one factorisation
+        factored: dict[
+            bytes, GMRFObservation
+        ] = {}  # fields observed at the same cells share one factorisation
         scales = np.ones(bsz)
         fits: list = [None] * bsz
         for b in range(bsz):
@@ -522,9 +642,15 @@ class GaussianImputer(ImputationModel):
                 if key not in factored:
                     factored[key] = GMRFObservation(self.prior, idx, noise_var[idx], self.nugget)
                 obs = factored[key]
-            if self.variance_scale != "fitted" and fits[b] is None and idx.size >= self.MIN_VALUES_FOR_SCALE:
+            if (
+                self.variance_scale != "fitted"
+                and fits[b] is None
+                and idx.size >= self.MIN_VALUES_FOR_SCALE
+            ):
                 scales[b] = float(obs.likelihood_terms(values)[1]) / idx.size
-                rescaled = self.prior.with_params(kappa=self.prior.kappa, tau=self.prior.tau / math.sqrt(scales[b]))
+                rescaled = self.prior.with_params(
+                    kappa=self.prior.kappa, tau=self.prior.tau / math.sqrt(scales[b])
+                )
                 obs = GMRFObservation(rescaled, idx, noise_var[idx], self.nugget * scales[b])
             means[b] = obs.mean(values)
             stds[b] = np.sqrt(obs.variance())
@@ -537,10 +663,15 @@ class GaussianImputer(ImputationModel):
         return Posterior(samples, mean, torch.from_numpy(stds)[..., None] * scale)
 
     def _refit(self, z: np.ndarray, observed: np.ndarray):
-        """The GMRF (range, std, nugget; the training's alpha) of largest likelihood of `z[observed]`
-        (`z`: one field's standardised anomalies `(N,)`), searched from the training fit."""
+        """The GMRF (range, std, nugget) of largest likelihood of `z[observed]`, alpha kept.
+
+        `z` is one field's standardised anomalies `(N,)`; the search starts at the training fit,
+        whose smoothness alpha it keeps.
+        """
         p = self.prior
-        init = {"kappa": p.kappa, "tau": p.tau} if p.alpha == 1 else {"range": p.range, "std": p.std}
+        init = (
+            {"kappa": p.kappa, "tau": p.tau} if p.alpha == 1 else {"range": p.range, "std": p.std}
+        )
         init["nugget"] = max(self.nugget, 1e-4)
         return fit_gmrf(self.domain, z[None], observed[None], alpha=p.alpha, init=init)
 
@@ -555,8 +686,12 @@ class GaussianImputer(ImputationModel):
             "lon_deg": torch.tensor(self.domain.lon_deg),
             "fingerprint": self.domain.fingerprint,
             "standardizer": self.standardizer.state_dict(),
-            "gmrf": {**self.prior.config(), "nugget": self.nugget, "fitted_to": self.fitted_to,
-                     "variance_scale": self.variance_scale},
+            "gmrf": {
+                **self.prior.config(),
+                "nugget": self.nugget,
+                "fitted_to": self.fitted_to,
+                "variance_scale": self.variance_scale,
+            },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with atomic_path(path) as tmp:
@@ -568,23 +703,36 @@ class GaussianImputer(ImputationModel):
         """Rebuild from the dictionary `save` wrote."""
         if "gmrf" not in state:
             raise ValueError(
-                "this Gaussian model was saved by an earlier version (dense Matern prior, at most 6000 cells); "
-                "fit it again (manifold-aps impute --engine gaussian --fit-period ... --save-model FILE)"
+                "this Gaussian model was saved by an earlier version (dense Matern prior, at most "
+                "6000 cells); fit it again (manifold-aps impute --engine gaussian --fit-period ... "
+                "--save-model FILE)"
             )
         domain = SphereGrid(state["lat_deg"].numpy(), state["lon_deg"].numpy())
         if domain.fingerprint != state["fingerprint"]:
-            raise ValueError("the saved grid does not rebuild to the same domain (fingerprint mismatch)")
+            raise ValueError(
+                "the saved grid does not rebuild to the same domain (fingerprint mismatch)"
+            )
         gmrf = dict(state["gmrf"])
         nugget, fitted_to = gmrf.pop("nugget"), gmrf.pop("fitted_to", "complete fields")
-        variance_scale = gmrf.pop("variance_scale", "fitted")  # saved before the per-field scale existed
+        # "fitted": the default of models saved before the per-field scale existed
+        variance_scale = gmrf.pop("variance_scale", "fitted")
         prior = MaternGMRF(domain, **gmrf)
         standardizer = FieldStandardizer.from_state_dict(state["standardizer"])
-        return cls(state["variable"], state["units"], domain, state["noise_std"], standardizer, prior, nugget, fitted_to,
-                   variance_scale)
+        return cls(
+            state["variable"],
+            state["units"],
+            domain,
+            state["noise_std"],
+            standardizer,
+            prior,
+            nugget,
+            fitted_to,
+            variance_scale,
+        )
 
 
 class ScoreImputer(ImputationModel):
-    """DPS, APS or the implicit generator, on the field's grid (`train-prior` / `distill` checkpoints).
+    """DPS, APS or the implicit generator on the field's grid (`train-prior`/`distill` checkpoints).
 
     Arguments:
         variable, units, domain, noise_std: as `ImputationModel`.
@@ -602,29 +750,36 @@ class ScoreImputer(ImputationModel):
         self.sampler, self.engine, self._description = sampler, engine, description
 
     def describe(self) -> str:
+        """One line for the `history` attribute: the engine and its checkpoint."""
         return self._description
 
     def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
         """The prior's channel mean `(B, N)` and std `(N,)` (None for an identity normaliser)."""
-        normalizer = getattr(getattr(self.sampler, "prior", None), "normalizer", None)
-        mean = getattr(self.sampler, "norm_mean", getattr(normalizer, "mean", None))
-        std = getattr(self.sampler, "norm_std", getattr(normalizer, "std", None))
-        if mean is None or std is None:
+        scale = sampler_scale(self.sampler)
+        if scale is None:  # no statistics, or the identity: nothing to compare with
             return None
-        mean, std = float(torch.as_tensor(mean).reshape(-1)[0]), float(torch.as_tensor(std).reshape(-1)[0])
-        if mean == 0.0 and std == 1.0:  # the identity: no statistics to compare with
-            return None
+        mean, std = float(scale[0][0]), float(scale[1][0])
         n_fields, nodes = len(_hours(times)), self.domain.num_nodes
         return np.full((n_fields, nodes), mean), np.full(nodes, std)
 
     def _posterior(self, y, mask, times, n, rng, done):
-        """The sampler's draws for the fields with hidden cells; a fully observed field passes
-        through (its samples are its values, std 0) without a network call."""
+        """The sampler's draws for the fields with hidden cells.
+
+        A fully observed field passes through (its samples are its values, std 0) without a
+        network call.
+        """
         hidden = ~mask.reshape(mask.shape[0], -1).all(1)  # (B,)
         samples = y.expand(n, *y.shape).clone()
         done(int((~hidden).sum()))
         if hidden.any():
-            drawn = self.sampler.sample(y[hidden], Mask(self.domain, mask[hidden]), n, rng=rng)  # DPS needs autograd
+            # DPS needs autograd
+            drawn = self.sampler.sample(y[hidden], Mask(self.domain, mask[hidden]), n, rng=rng)
+            warn_if_diverged(
+                drawn,
+                self.sampler,
+                REGISTRY[self.engine].title,
+                hint=DIVERGENCE_HINTS.get(self.engine, ""),
+            )
             samples[:, hidden] = drawn.detach().double()
         return _summary(samples)
 
@@ -636,7 +791,10 @@ def _trained_field(state: dict, path: Path):
     ds = checkpoint_dataset(state, path, None)
     variable = ds.extra.get("variable")
     if not variable:
-        raise ValueError(f"{path} was trained on {ds.name!r}, not a climate field (no variable name); impute needs one")
+        raise ValueError(
+            f"{path} was trained on {ds.name!r}, not a climate field (no variable name); "
+            "impute needs one"
+        )
     return ds, variable
 
 
@@ -655,7 +813,8 @@ def load_model(
             DPS) or a `manifold-aps distill` checkpoint (APS).
         engine: check that the file is of this engine ("gaussian", "dps", "aps"); None accepts any.
         noise_std: observation error of DPS's likelihood, physical units (the others store theirs).
-        dps_steps, guidance: DPS settings (reverse-diffusion steps; guidance step size).
+        dps_steps: DPS's number of reverse-diffusion steps.
+        guidance: DPS's guidance step size.
 
     Raises:
         FileNotFoundError: no such file.
@@ -682,11 +841,20 @@ def load_model(
 
         prior = load_prior(path, dataset.domain)
         sampler = DPS(prior, GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
-        desc = f"DPS ({dps_steps} steps, guidance {guidance:g}) with the score prior {path.name} of {dataset.name}"
-        return ScoreImputer(variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc)
+        desc = (
+            f"DPS ({dps_steps} steps, guidance {guidance:g}, clip {DPS_CLIP:g} std) with the score "
+            f"prior {path.name} of {dataset.name}"
+        )
+        return ScoreImputer(
+            variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc
+        )
     from manifold_aps.posterior.engines import load_trained_engine
 
     _, sampler, _, _ = load_trained_engine(path, dataset)
     what = REGISTRY[found].title
-    desc = f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
-    return ScoreImputer(variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc)
+    desc = (
+        f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
+    )
+    return ScoreImputer(
+        variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc
+    )

@@ -16,8 +16,9 @@ PIXEL = "pixel"  # the HEALPix pixel dimension of `latlon_to_healpix`'s output
 
 
 def latlon_to_healpix_matrix(grid: SphereGrid, nside: int, *, nest: bool = False) -> sp.csr_matrix:
-    r"""Sparse `(12 nside^2, nlat*nlon)` matrix: each pixel is the area-weighted mean of the cells
-    whose centres fall in it.
+    r"""Sparse `(12 nside^2, nlat*nlon)` matrix averaging the lat-lon cells into HEALPix pixels.
+
+    Each pixel is the area-weighted mean of the cells whose centres fall in it.
 
     Conservative in the sense that matters for fields: the area integral of the result differs
     from the source's only by how well pixel areas match the cells assigned to them (below 0.1 %

@@ -1,6 +1,15 @@
 """Names of dimensions and coordinates used across `climate/` (the only place they are spelled)."""
 
-__all__ = ["ALIASES", "ALL_SAMPLES", "LATITUDE", "LEVEL", "LONGITUDE", "REALIZATION", "SAMPLE", "TIME"]
+__all__ = [
+    "ALIASES",
+    "ALL_SAMPLES",
+    "LATITUDE",
+    "LEVEL",
+    "LONGITUDE",
+    "REALIZATION",
+    "SAMPLE",
+    "TIME",
+]
 
 LATITUDE = "latitude"
 LONGITUDE = "longitude"

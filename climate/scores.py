@@ -1,4 +1,4 @@
-"""Scores of an imputation against the input's values at the hidden cells (WeatherBench2 conventions)."""
+"""Scores of an imputation against the input's values at the hidden cells (WeatherBench2 style)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,12 @@ def imputation_scores(result: xr.Dataset, truth: xr.DataArray, variable: str) ->
         "bias": float(xr_bias(mean, truth, **kw)),
         "crps": float(xr_crps(samples, truth, sample_dim=SAMPLE, **kw)),
         "coverage_90": coverage,
-        "coverage_90_quantiles": float(xr_coverage(lo.drop_vars("quantile"), hi.drop_vars("quantile"), truth, **kw)),
-        "spread_skill": float(xr_spread_skill(samples, truth, sample_dim=SAMPLE, **kw)) if n > 1 else float("nan"),
+        "coverage_90_quantiles": float(
+            xr_coverage(lo.drop_vars("quantile"), hi.drop_vars("quantile"), truth, **kw)
+        ),
+        "spread_skill": float(xr_spread_skill(samples, truth, sample_dim=SAMPLE, **kw))
+        if n > 1
+        else float("nan"),
         "hidden_fraction": float((result[OBSERVED] == 0).mean()),
         "num_samples": n,
     }

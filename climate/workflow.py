@@ -1,4 +1,4 @@
-"""The `manifold-aps impute` workflow: read, select, mask, fit or load a model, impute, score, write, map."""
+"""`manifold-aps impute`: read, select, mask, fit or load a model, impute, score, write, map."""
 
 from __future__ import annotations
 
@@ -20,18 +20,26 @@ from climate.era5 import open_era5
 from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
-from climate.plot import plot_imputation
+from climate.plot import ATTRIBUTION_ATTRS, plot_imputation
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 from manifold_aps.posterior.engines import ENGINES
 from manifold_aps.training import read_weights_file
 
 __all__ = [
-    "DEFAULT_NOISE_STD", "OUTPUT_GRIDS", "ImputeRequest", "Period", "coarsen_grid", "parse_period", "run_impute",
+    "DEFAULT_NOISE_STD",
+    "OUTPUT_GRIDS",
+    "ImputeRequest",
+    "Period",
+    "coarsen_grid",
+    "parse_period",
+    "run_impute",
     "upsample_blocks",
 ]
 
-DEFAULT_NOISE_STD = 0.1  # observation error std (variable units) when neither --noise-std nor a model gives one
+DEFAULT_NOISE_STD = (
+    0.1  # observation error std (variable units) when neither --noise-std nor a model gives one
+)
 OUTPUT_GRIDS = ("coarse", "native")  # --output-grid: the --coarsen grid, or the input's
 
 
@@ -110,15 +118,24 @@ class ImputeRequest:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "gaussian" and not self.checkpoint:
-            raise ValueError(f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)")
+            raise ValueError(
+                f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)"
+            )
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
         if self.variance_scale not in (None, *VARIANCE_SCALES):
-            raise ValueError(f"--variance-scale must be one of {', '.join(VARIANCE_SCALES)}, got {self.variance_scale!r}")
+            raise ValueError(
+                f"--variance-scale must be one of {', '.join(VARIANCE_SCALES)}, "
+                f"got {self.variance_scale!r}"
+            )
         if self.variance_scale is not None and self.engine != "gaussian":
-            raise ValueError(f"--variance-scale is a setting of the gaussian engine, not of {self.engine}")
+            raise ValueError(
+                f"--variance-scale is a setting of the gaussian engine, not of {self.engine}"
+            )
         if self.output_grid not in OUTPUT_GRIDS:
-            raise ValueError(f"--output-grid must be one of {list(OUTPUT_GRIDS)}, got {self.output_grid!r}")
+            raise ValueError(
+                f"--output-grid must be one of {list(OUTPUT_GRIDS)}, got {self.output_grid!r}"
+            )
         for option, text in (("--period", self.period), ("--fit-period", self.fit_period)):
             if text:
                 parse_period(text, option)  # its syntax, before any work
@@ -126,13 +143,18 @@ class ImputeRequest:
             raise ValueError("--save-model saves a gaussian model fitted here (no --checkpoint)")
         if self.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
-        if self.samples < 2 and not ENGINES[self.engine].exact_std:  # climate.model._summary: std of the samples
+        # climate.model._summary: std of the samples
+        if self.samples < 2 and not ENGINES[self.engine].exact_std:
             raise ValueError(
-                f"--samples {self.samples}: the {self.engine} engine's std is that of its samples and needs "
-                "--samples 2 or more (only the gaussian engine has an exact std)"
+                f"--samples {self.samples}: the {self.engine} engine's std is that of its samples "
+                "and needs --samples 2 or more (only the gaussian engine has an exact std)"
             )
-        if self.noise_std is not None and not (math.isfinite(self.noise_std) and self.noise_std > 0):
-            raise ValueError(f"--noise-std must be a positive number (variable units), got {self.noise_std:g}")
+        if self.noise_std is not None and not (
+            math.isfinite(self.noise_std) and self.noise_std > 0
+        ):
+            raise ValueError(
+                f"--noise-std must be a positive number (variable units), got {self.noise_std:g}"
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"--chunk-size must be a positive integer, got {self.chunk_size}")
         if self.scheduler is not None:
@@ -155,24 +177,32 @@ class Period:
     items: tuple[tuple[str, slice], ...]
 
     def indices(self, times: xr.DataArray) -> np.ndarray:
-        """Positions `(T_selected,)`, in time order, of the steps of `times` `(T,)` that the items select.
+        """Positions `(T_selected,)`, in time order, of the steps of `times` `(T,)` selected.
 
         Raises:
-            ValueError: an item selects no time step, or two items select a common one (naming them).
+            ValueError: an item selects no time step, or two items select a common one (naming
+                them).
         """
         positions = xr.DataArray(np.arange(times.size), coords={TIME: times.values}, dims=TIME)
         chosen: dict[str, np.ndarray] = {}
         for item, label in self.items:
             picked = np.atleast_1d(positions.sel({TIME: label}).values)
             if picked.size == 0:
-                span = f"{_stamp(times.values[0])} .. {_stamp(times.values[-1])}" if times.size else "none"
-                raise ValueError(f"{self.option} item {item!r} selects no time step (the times are {span})")
+                span = (
+                    f"{_stamp(times.values[0])} .. {_stamp(times.values[-1])}"
+                    if times.size
+                    else "none"
+                )
+                raise ValueError(
+                    f"{self.option} item {item!r} selects no time step (the times are {span})"
+                )
             for other, before in chosen.items():
                 common = np.intersect1d(before, picked)
                 if common.size:
                     raise ValueError(
                         f"{self.option} items {other!r} and {item!r} overlap: both select "
-                        f"{_stamp(times.values[common[0]])} ({common.size} time step(s)); give each time once"
+                        f"{_stamp(times.values[common[0]])} ({common.size} time step(s)); "
+                        "give each time once"
                     )
             chosen[item] = picked
         return np.sort(np.concatenate(list(chosen.values())))
@@ -196,7 +226,10 @@ def parse_period(text: str, option: str = "--period") -> Period:
     for item in text.split(","):
         item = item.strip()
         if not item:
-            raise ValueError(f"{option} {text!r} has an empty item; separate stamps or START:END ranges by one comma")
+            raise ValueError(
+                f"{option} {text!r} has an empty item; separate stamps or START:END ranges by "
+                "one comma"
+            )
         items.append((item, _period_item(item, option)))
     return Period(text=text, option=option, items=tuple(items))
 
@@ -209,7 +242,8 @@ def _period_item(item: str, option: str) -> slice:
         return slice(item, item)
     parts = item.split(":") if item.count(":") == 1 else None
     if parts is None:
-        # times may contain colons: split on the one ':' that separates two ISO stamps ("..T12:00:...")
+        # times may contain colons: split on the one ':' that separates two ISO stamps
+        # ("..T12:00:...")
         for i in range(len(item)):
             if item[i] == ":" and _is_stamp(item[:i]) and _is_stamp(item[i + 1 :]):
                 parts = [item[:i], item[i + 1 :]]
@@ -232,7 +266,8 @@ def _is_stamp(text: str) -> bool:
     if text == "":
         return True
     try:
-        with warnings.catch_warnings():  # "no explicit representation of timezones": not a stamp either way
+        # "no explicit representation of timezones": not a stamp either way
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             np.datetime64(text)
     except ValueError:
@@ -262,10 +297,13 @@ def coarsen_grid(da: xr.DataArray, factor: int) -> xr.DataArray:
     return out.assign_attrs(da.attrs)
 
 
-def upsample_blocks(coarse: xr.Dataset | xr.DataArray, like: xr.DataArray, factor: int) -> xr.Dataset | xr.DataArray:
-    """Piecewise-constant inverse of `coarsen_grid`: each cell of `like`'s grid takes the value of
-    the `factor x factor` block it belongs to (the rows/columns `coarsen_grid` trimmed: of the
-    nearest block), on `like`'s latitude/longitude coordinates.
+def upsample_blocks(
+    coarse: xr.Dataset | xr.DataArray, like: xr.DataArray, factor: int
+) -> xr.Dataset | xr.DataArray:
+    """Piecewise-constant inverse of `coarsen_grid`, on `like`'s latitude/longitude coordinates.
+
+    Each cell of `like`'s grid takes the value of the `factor x factor` block it belongs to (the
+    rows/columns `coarsen_grid` trimmed: of the nearest block).
 
     Arguments:
         coarse: on the grid `coarsen_grid(like, factor)` gives, `(..., nlat_c, nlon_c)`.
@@ -276,39 +314,46 @@ def upsample_blocks(coarse: xr.Dataset | xr.DataArray, like: xr.DataArray, facto
         `coarse` on the fine grid `(..., nlat, nlon)`, lazily if dask-backed.
     """
     index = {
-        dim: np.minimum(np.arange(like.sizes[dim]) // factor, coarse.sizes[dim] - 1) for dim in (LATITUDE, LONGITUDE)
+        dim: np.minimum(np.arange(like.sizes[dim]) // factor, coarse.sizes[dim] - 1)
+        for dim in (LATITUDE, LONGITUDE)
     }
     return coarse.isel(index).assign_coords({dim: like[dim] for dim in (LATITUDE, LONGITUDE)})
 
 
 def select_values(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
-    """`da` at the `DIM=VALUE` items of `select` (`--select level=500`), each checked and named in errors."""
+    """`da` at the `DIM=VALUE` items of `select` (`--select level=500`), each checked and named."""
     for item in select:
         if "=" not in item:
             raise ValueError(f"--select takes DIM=VALUE, got {item!r}")
         dim, value = item.split("=", 1)
         if dim not in da.dims:
-            raise ValueError(f"--select {item}: {da.name!r} has no dimension {dim!r}; it has {list(da.dims)}")
+            raise ValueError(
+                f"--select {item}: {da.name!r} has no dimension {dim!r}; it has {list(da.dims)}"
+            )
         coord = da[dim].values
         try:
             typed = coord.dtype.type(value)
         except ValueError as err:
-            raise ValueError(f"--select {item}: {value!r} is not a {coord.dtype} value of {dim}") from err
+            raise ValueError(
+                f"--select {item}: {value!r} is not a {coord.dtype} value of {dim}"
+            ) from err
         if typed not in coord:
-            raise ValueError(f"--select {item}: {dim} has no value {value}; it has {coord.tolist()[:12]}")
+            raise ValueError(
+                f"--select {item}: {dim} has no value {value}; it has {coord.tolist()[:12]}"
+            )
         da = da.sel({dim: typed})
     return da
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (through symlinks and hard links; either may not exist yet)."""
+    """Whether two paths name one file (through symlinks and hard links; either may not exist)."""
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
 
 
 def _check_paths(req: ImputeRequest) -> None:
-    """Refuse, before any work, an output that would replace an input, another output, or is a folder."""
+    """Refuse, before any work, an output that would replace an input or output, or is a folder."""
     inputs = [(f"the input {f}", Path(f)) for f in input_files(req.input)]
     if req.checkpoint:
         inputs.append((f"the --checkpoint {req.checkpoint}", Path(req.checkpoint)))
@@ -317,17 +362,27 @@ def _check_paths(req: ImputeRequest) -> None:
             inputs += [(f"the --truth {f}", Path(f)) for f in input_files(req.truth)]
         except FileNotFoundError as err:
             raise ValueError(f"--truth {req.truth}: {err}") from err
-    outputs = [(flag, Path(path)) for flag, path in
-               (("--output", req.output), ("--plot", req.plot), ("--save-model", req.save_model)) if path]
+    outputs = [
+        (flag, Path(path))
+        for flag, path in (
+            ("--output", req.output),
+            ("--plot", req.plot),
+            ("--save-model", req.save_model),
+        )
+        if path
+    ]
     for i, (flag, path) in enumerate(outputs):
         if path.is_dir():
             raise ValueError(f"{flag} {path} is a folder; give a file name")
-        folder = next(f for f in path.absolute().parents if f.exists())  # the folders below it are made
+        # the folders below it are made
+        folder = next(f for f in path.absolute().parents if f.exists())
         if not folder.is_dir():
             raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
         for what, other in inputs + [(f"{f} {p}", p) for f, p in outputs[:i]]:
             if _same_file(path, other):
-                raise ValueError(f"{flag} {path} is {what}: writing it would replace that file; give another one")
+                raise ValueError(
+                    f"{flag} {path} is {what}: writing it would replace that file; give another one"
+                )
 
 
 def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
@@ -343,8 +398,10 @@ def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
 
 
 def _truth_field(req: ImputeRequest, like: xr.DataArray, *, like_units: str | None) -> xr.DataArray:
-    """`--truth`'s variable, through the same `--select`/`--region`/`--coarsen` as the input (no
-    `--coarsen` for `--output-grid native`), at the times of `like` (lazy, dask-backed).
+    """`--truth`'s variable at the times of `like` (lazy, dask-backed), selected like the input.
+
+    It goes through the same `--select`/`--region`/`--coarsen` as the input (no `--coarsen` for
+    `--output-grid native`).
 
     Raises:
         ValueError: the file cannot be read or lacks the variable, another grid than `like`'s,
@@ -358,7 +415,9 @@ def _truth_field(req: ImputeRequest, like: xr.DataArray, *, like_units: str | No
         if req.coarsen > 1 and req.output_grid == "coarse":
             truth = coarsen_grid(truth, req.coarsen)
     except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"--truth {req.truth}: {err.args[0] if isinstance(err, KeyError) else err}") from err
+        raise ValueError(
+            f"--truth {req.truth}: {err.args[0] if isinstance(err, KeyError) else err}"
+        ) from err
     same = all(
         truth.sizes.get(dim) == like.sizes[dim]
         and np.allclose(truth[dim].values, like[dim].values, rtol=0, atol=1e-6)
@@ -367,19 +426,26 @@ def _truth_field(req: ImputeRequest, like: xr.DataArray, *, like_units: str | No
     if not same:
         raise ValueError(
             f"--truth {req.truth} is on another grid than the input after "
-            f"--select/--region/--coarsen: {_describe_grid(truth[LATITUDE].values, truth[LONGITUDE].values)}, not "
+            "--select/--region/--coarsen: "
+            f"{_describe_grid(truth[LATITUDE].values, truth[LONGITUDE].values)}, not "
             f"{_describe_grid(like[LATITUDE].values, like[LONGITUDE].values)}"
         )
     units = truth.attrs.get("units")
     if units and like_units and not _same_units(units, like_units):
-        raise ValueError(f"--truth {req.truth}: {req.variable} is in {units!r}, the input in {like_units!r}")
+        raise ValueError(
+            f"--truth {req.truth}: {req.variable} is in {units!r}, the input in {like_units!r}"
+        )
     if TIME in like.dims:
         if TIME not in truth.dims:
-            raise ValueError(f"--truth {req.truth} has no time dimension; the imputed times are {like.sizes[TIME]}")
+            raise ValueError(
+                f"--truth {req.truth} has no time dimension; the imputed times are "
+                f"{like.sizes[TIME]}"
+            )
         lacking = ~np.isin(like[TIME].values, truth[TIME].values)
         if lacking.any():
             raise ValueError(
-                f"--truth {req.truth} lacks {int(lacking.sum())} of the {lacking.size} imputed time steps, first "
+                f"--truth {req.truth} lacks {int(lacking.sum())} of the {lacking.size} imputed "
+                "time steps, first "
                 f"{_stamp(like[TIME].values[lacking][0])}"
             )
         truth = truth.sel({TIME: like[TIME].values})
@@ -387,7 +453,11 @@ def _truth_field(req: ImputeRequest, like: xr.DataArray, *, like_units: str | No
 
 
 def _on_input_grid(
-    result: xr.Dataset, native: xr.DataArray, masked: xr.DataArray | None, factor: int, variable: str
+    result: xr.Dataset,
+    native: xr.DataArray,
+    masked: xr.DataArray | None,
+    factor: int,
+    variable: str,
 ) -> xr.Dataset:
     """`--output-grid native`: an imputation on the `--coarsen` grid brought back to the input's.
 
@@ -413,39 +483,62 @@ def _on_input_grid(
     for name in (f"{variable}_mean", f"{variable}_samples", f"{variable}_quantiles"):
         if name in out:
             var = out[name]
-            out[name] = var.where(~observed, native.astype(var.dtype)).transpose(*var.dims).assign_attrs(var.attrs)
+            out[name] = (
+                var.where(~observed, native.astype(var.dtype))
+                .transpose(*var.dims)
+                .assign_attrs(var.attrs)
+            )
     std = out[f"{variable}_std"]
-    out[f"{variable}_std"] = std.where(~observed, np.zeros((), std.dtype)).transpose(*std.dims).assign_attrs(std.attrs)
+    out[f"{variable}_std"] = (
+        std.where(~observed, np.zeros((), std.dtype)).transpose(*std.dims).assign_attrs(std.attrs)
+    )
     out[OBSERVED] = observed.astype(np.int8).assign_attrs(result[OBSERVED].attrs)
     first, _, rest = out.attrs.get("history", "").partition("\n")
     out.attrs["history"] = (
-        f"{first}; on the input grid (--output-grid native): each {factor}x{factor} block's values repeated over "
-        "its cells, the input's observed cells kept as given" + (f"\n{rest}" if rest else "")
+        f"{first}; on the input grid (--output-grid native): each {factor}x{factor} block's "
+        "values repeated over its cells, the input's observed cells kept as given"
+        + (f"\n{rest}" if rest else "")
     )
     return out
 
 
-def _log_cost_per_field(model: ImputationModel, target: xr.DataArray, observed: xr.DataArray, n_samples: int, log):
-    """Log what the gaussian engine spends on one field with hidden cells (its sparse Cholesky
-    factorisation, exact variances and samples), timed on the first imputed field if it has any."""
+def _log_cost_per_field(
+    model: ImputationModel, target: xr.DataArray, observed: xr.DataArray, n_samples: int, log
+):
+    """Log what the gaussian engine spends on one field with hidden cells.
+
+    That is its sparse Cholesky factorisation, exact variances and samples, timed on the first
+    imputed field if it has any.
+    """
     if not isinstance(model, GaussianImputer):
         return
     first = {TIME: 0} if TIME in target.dims else {}
     values = target.isel(first).transpose(LATITUDE, LONGITUDE)
     seen = observed.broadcast_like(target).isel(first).transpose(LATITUDE, LONGITUDE)
     if model.latitudes_reversed(values):
-        values, seen = values.isel({LATITUDE: slice(None, None, -1)}), seen.isel({LATITUDE: slice(None, None, -1)})
+        values, seen = (
+            values.isel({LATITUDE: slice(None, None, -1)}),
+            seen.isel({LATITUDE: slice(None, None, -1)}),
+        )
     mask = np.asarray(seen.values, dtype=bool).reshape(1, -1, 1)
     if mask.all():
         return
     y = np.nan_to_num(np.asarray(values.values, dtype=np.float64)).reshape(1, -1, 1)
     when = None if not first else target[TIME].values[:1]
     tic = time.perf_counter()
-    model.posterior(torch.from_numpy(y), torch.from_numpy(mask), n_samples, times=when,
-                    rng=torch.Generator().manual_seed(0))
-    log(f"gaussian posterior of one field ({mask.size} cells, {100 * (1 - mask.mean()):.0f} % hidden): "
-        f"{time.perf_counter() - tic:.2f} s (one sparse Cholesky factorisation per distinct mask, exact variances, "
-        f"{n_samples} samples), {target.sizes.get(TIME, 1)} field(s) to impute")
+    model.posterior(
+        torch.from_numpy(y),
+        torch.from_numpy(mask),
+        n_samples,
+        times=when,
+        rng=torch.Generator().manual_seed(0),
+    )
+    log(
+        f"gaussian posterior of one field ({mask.size} cells, "
+        f"{100 * (1 - mask.mean()):.0f} % hidden): {time.perf_counter() - tic:.2f} s "
+        "(one sparse Cholesky factorisation per distinct mask, exact variances, "
+        f"{n_samples} samples), {target.sizes.get(TIME, 1)} field(s) to impute"
+    )
 
 
 def _scores_line(scores: dict, where: str, units: str) -> str:
@@ -460,26 +553,44 @@ def _scores_line(scores: dict, where: str, units: str) -> str:
 
 def _with_noise_std(model: ImputationModel, req: ImputeRequest, log) -> ImputationModel:
     """A loaded model with the likelihood noise of `req.noise_std` (None: the model's own)."""
-    if req.noise_std is None or model.engine == "dps" or math.isclose(req.noise_std, model.noise_std):
+    if (
+        req.noise_std is None
+        or model.engine == "dps"
+        or math.isclose(req.noise_std, model.noise_std)
+    ):
         return model  # load_model gave DPS the value asked for
     if isinstance(model, GaussianImputer):
-        log(f"likelihood noise std {req.noise_std:g} {model.units} from --noise-std (the saved model has "
-            f"{model.noise_std:g}; its prior is unchanged)")
-        return GaussianImputer.from_state({**read_weights_file(req.checkpoint), "noise_std": req.noise_std})
+        log(
+            f"likelihood noise std {req.noise_std:g} {model.units} from --noise-std "
+            "(the saved model has "
+            f"{model.noise_std:g}; its prior is unchanged)"
+        )
+        return GaussianImputer.from_state(
+            {**read_weights_file(req.checkpoint), "noise_std": req.noise_std}
+        )
     raise ValueError(
-        f"--noise-std {req.noise_std:g}: the {model.engine} engine of {req.checkpoint} was distilled for a noise "
+        f"--noise-std {req.noise_std:g}: the {model.engine} engine of {req.checkpoint} was "
+        "distilled for a noise "
         f"std of {model.noise_std:g} {model.units} and cannot use another; leave --noise-std out"
     )
 
 
-def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=None) -> ImputationModel:
-    """The engine: loaded from `--checkpoint`, or the gaussian one fitted to complete training fields
-    (`--fit-period`, else the complete time steps outside `--period`), else to the observed values of
-    `target` where `observed` (what a geostatistician does with gappy fields only)."""
+def _model(
+    req: ImputeRequest, field: xr.DataArray, log, target=None, observed=None
+) -> ImputationModel:
+    """The engine: loaded from `--checkpoint`, or the gaussian one fitted here.
+
+    The gaussian engine is fitted to complete training fields (`--fit-period`, else the complete
+    time steps outside `--period`), else to the observed values of `target` where `observed`
+    (what a geostatistician does with gappy fields only).
+    """
     if req.checkpoint:
         model = load_model(
-            req.checkpoint, engine=req.engine, noise_std=DEFAULT_NOISE_STD if req.noise_std is None else req.noise_std,
-            dps_steps=req.dps_steps, guidance=req.guidance,
+            req.checkpoint,
+            engine=req.engine,
+            noise_std=DEFAULT_NOISE_STD if req.noise_std is None else req.noise_std,
+            dps_steps=req.dps_steps,
+            guidance=req.guidance,
         )
         model = _with_noise_std(model, req, log)
         if req.variance_scale is not None and isinstance(model, GaussianImputer):
@@ -487,7 +598,10 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
         log(f"model: {model.describe()}")
         return model
     if TIME not in field.dims:
-        raise ValueError("the gaussian engine fits on time steps; the field has no time dimension (give --checkpoint)")
+        raise ValueError(
+            "the gaussian engine fits on time steps; the field has no time dimension "
+            "(give --checkpoint)"
+        )
     if req.fit_period:
         train = parse_period(req.fit_period, "--fit-period").select(field)
     else:
@@ -499,20 +613,30 @@ def _model(req: ImputeRequest, field: xr.DataArray, log, target=None, observed=N
         complete = ~candidates.isnull().any((LATITUDE, LONGITUDE)).compute()
         train = candidates.isel({TIME: np.flatnonzero(complete.values)})
         if inside is None:
-            log("warning: fitting on complete time steps of the imputed period itself; give --fit-period "
-                "for a test on held-out times")
+            log(
+                "warning: fitting on complete time steps of the imputed period itself; "
+                "give --fit-period for a test on held-out times"
+            )
     noise_std = DEFAULT_NOISE_STD if req.noise_std is None else req.noise_std
     if train.sizes[TIME] < 2:
         if req.fit_period or target is None:
             raise ValueError(
-                f"only {train.sizes[TIME]} complete time step(s) to fit the gaussian engine; give --fit-period"
+                f"only {train.sizes[TIME]} complete time step(s) to fit the gaussian engine; "
+                "give --fit-period"
             )
-        log(f"no complete training fields ({train.sizes[TIME]} complete time steps outside --period): fitting the "
-            "gaussian engine to the observed values of the imputed fields themselves")
-        model = GaussianImputer.fit_to_observations(target, observed, noise_std=noise_std, log=log, progress=req.progress)
+        log(
+            f"no complete training fields ({train.sizes[TIME]} complete time steps outside "
+            "--period): fitting the gaussian engine to the observed values of the imputed fields "
+            "themselves"
+        )
+        model = GaussianImputer.fit_to_observations(
+            target, observed, noise_std=noise_std, log=log, progress=req.progress
+        )
     else:
-        log(f"fitting the gaussian engine on {train.sizes[TIME]} complete training fields "
-            f"({str(train[TIME].values[0])[:16]} .. {str(train[TIME].values[-1])[:16]})")
+        log(
+            f"fitting the gaussian engine on {train.sizes[TIME]} complete training fields "
+            f"({str(train[TIME].values[0])[:16]} .. {str(train[TIME].values[-1])[:16]})"
+        )
         model = GaussianImputer.fit(train, noise_std=noise_std, log=log, progress=req.progress)
     if req.variance_scale is not None:
         model.variance_scale = req.variance_scale
@@ -535,8 +659,8 @@ def _parse_scheduler(text: str) -> int | str:
         return int(count)
     if not _ADDRESS.fullmatch(text):
         raise ValueError(
-            f"--scheduler must be local:N (N worker processes here) or a dask scheduler address such as "
-            f"tcp://host:8786, got {text!r}"
+            "--scheduler must be local:N (N worker processes here) or a dask scheduler address "
+            f"such as tcp://host:8786, got {text!r}"
         )
     return text
 
@@ -557,22 +681,36 @@ def _dask_scheduler(spec: str | None, log):
     target = _parse_scheduler(spec)
     with contextlib.ExitStack() as opened:
         if isinstance(target, int):
-            target = opened.enter_context(LocalCluster(  # its HTTP server on a free port: runs side by side
-                n_workers=target, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
-            ))
+            target = opened.enter_context(
+                LocalCluster(  # its HTTP server on a free port: runs side by side
+                    n_workers=target,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                    scheduler_kwargs={"dashboard": False},
+                )
+            )
         try:
             client = opened.enter_context(Client(target, timeout=_SCHEDULER_CONNECT_S))
         except OSError as err:  # TimeoutError, refused connection
-            raise ValueError(f"--scheduler {spec}: no dask scheduler answered there ({err})") from err
+            raise ValueError(
+                f"--scheduler {spec}: no dask scheduler answered there ({err})"
+            ) from err
         threads = client.nthreads()  # {worker address: threads}
-        log(f"dask scheduler {client.scheduler.address}: {len(threads)} worker(s), {sum(threads.values())} thread(s)")
+        log(
+            f"dask scheduler {client.scheduler.address}: {len(threads)} worker(s), "
+            f"{sum(threads.values())} thread(s)"
+        )
         yield
 
 
 def run_impute(req: ImputeRequest, *, log=print) -> dict:
-    """Run one imputation end to end, on `req.scheduler`'s dask cluster when given; returns the
-    scores (empty when nothing hidden has a value), with `--truth`'s under the key "truth"."""
+    """Run one imputation end to end, on `req.scheduler`'s dask cluster when given.
+
+    Returns:
+        The scores (empty when nothing hidden has a value), with `--truth`'s under the key "truth".
+    """
     with _dask_scheduler(req.scheduler, log):
         return _run_impute_here(req, log=log)
 
@@ -584,7 +722,12 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
     with warnings.catch_warnings():  # "chunks separate the stored chunks": harmless for reading
         warnings.simplefilter("ignore", UserWarning)
         try:
-            ds = open_era5(req.input, req.variable, chunks={TIME: req.chunk_size or 24}, allow_corrupt=req.skip_corrupt_grib)
+            ds = open_era5(
+                req.input,
+                req.variable,
+                chunks={TIME: req.chunk_size or 24},
+                allow_corrupt=req.skip_corrupt_grib,
+            )
         except FileNotFoundError:
             raise
         except OSError as err:  # e.g. a truncated netCDF file (HDF5: "truncated file")
@@ -597,7 +740,9 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
     if TIME in target.dims and target.sizes[TIME] == 0:
         raise ValueError(f"--period {req.period} selects no time step of {req.input}")
     on_input_grid = req.output_grid == "native" and req.coarsen > 1
-    native_target = (native if period is None else period.select(native)) if on_input_grid else target
+    native_target = (
+        (native if period is None else period.select(native)) if on_input_grid else target
+    )
     observed = missing_mask(target)
     descriptions = [observed.attrs["description"]]
     masked = None  # True where every --mask spec observes (the NaN cells aside)
@@ -608,16 +753,28 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
             observed = observed & mask
             masked = mask if masked is None else masked & mask
     observed.attrs["description"] = " & ".join(descriptions)
-    align_mask(observed, target, name="mask")  # its checks (e.g. repeated input times) before any fit
-    truth = _truth_field(req, native_target, like_units=field.attrs.get("units")) if req.truth else None
+    # its checks (e.g. repeated input times) before any fit
+    align_mask(observed, target, name="mask")
+    truth = (
+        _truth_field(req, native_target, like_units=field.attrs.get("units")) if req.truth else None
+    )
     model = _model(req, field, log, target, observed)
     result = impute(
-        target, observed, model, n_samples=req.samples, seed=req.seed, quantiles=req.quantiles,
-        chunk_size=req.chunk_size, compute=False, progress=req.progress,
+        target,
+        observed,
+        model,
+        n_samples=req.samples,
+        seed=req.seed,
+        quantiles=req.quantiles,
+        chunk_size=req.chunk_size,
+        compute=False,
+        progress=req.progress,
     )
     _log_cost_per_field(model, target, observed, req.samples, log)
     if on_input_grid:
         result = _on_input_grid(result, native_target, masked, req.coarsen, req.variable)
+    # the input file's credit (licence, institution) travels to the output and its --plot
+    result.attrs.update({k: ds.attrs[k] for k in ATTRIBUTION_ATTRS if k in ds.attrs})
     result.attrs["source"] = Path(str(req.input)).name
     write_imputation(result, req.output)
     log(f"wrote {req.output}")
@@ -628,13 +785,22 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
             log(_scores_line(scores, "that have a value in the input", model.units))
         if truth is not None:
             against = imputation_scores(written, truth.load(), req.variable)
-            log(_scores_line(against, f"that have a value in --truth {req.truth}", model.units) if against else
-                f"no hidden cell has a value in --truth {req.truth}: nothing to score")
+            log(
+                _scores_line(against, f"that have a value in --truth {req.truth}", model.units)
+                if against
+                else f"no hidden cell has a value in --truth {req.truth}: nothing to score"
+            )
             scores = {**scores, "truth": against}
         if req.plot:
             when = req.plot_time
-            plot_imputation(written, native_target if truth is None else truth, req.variable, req.plot, time=when,
-                            engine=model.engine)
+            plot_imputation(
+                written,
+                native_target if truth is None else truth,
+                req.variable,
+                req.plot,
+                time=when,
+                engine=model.engine,
+            )
             log(f"wrote {req.plot}")
         hidden = float((written[OBSERVED] == 0).mean())
     finally:

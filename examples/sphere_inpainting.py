@@ -1,22 +1,23 @@
-r"""The WMAP W-band sky inpainted under its real analysis mask: Wiener filter against a diffusion prior.
+r"""The WMAP W-band sky inpainted under its real analysis mask: Wiener filter vs diffusion prior.
 
 What it shows. The WMAP 7-year W-band temperature map (HEALPix, degraded to nside 16: 3072
 pixels, `manifold_aps.HealpixSphere(16)`) is observed only outside its real analysis mask
 (the Galactic plane and point sources: 43 % of the sky hidden). Six geodesic caps of observed
 sky (216 pixels) are hidden as well, so that there is a truth to score against; they are used
-nowhere else (`manifold_aps.datasets.wmap_masked_problem`). Two posteriors fill the gaps:
+nowhere else (`manifold_aps.wmap_masked_problem`). Two posteriors fill the gaps:
 
 * the **Wiener filter**: the exact Gaussian posterior (`ExactGaussianPosterior`) of an isotropic
   Gaussian field whose angular power spectrum is the map's own, measured with `healpy.anafast`
   on the visible pixels (`GaussianPrior.from_angular_power`); the textbook answer for the CMB,
   which is very nearly Gaussian and isotropic;
-* **DPS** (`manifold_aps.posterior.DPS`, zero-shot) with a **diffusion prior** trained on random
+* **DPS** (`manifold_aps.DPS`, zero-shot) with a **diffusion prior** trained on random
   SO(3) rotations of the map (dataset ``wmap-masked``: the hidden pixels of the training maps are
   filled with constrained Gaussian realisations, so no hidden pixel reaches training).
 
 Scores on the held-out caps (area-weighted): RMSE of the posterior mean, fair CRPS, 90 % interval
-coverage, spread/skill; next to the RMSE of predicting the mean of the visible pixels. The angular
-power spectra of the inpainted full-sky samples are compared with the measured one. Figures
+coverage, spread/skill (`posterior_scores`); next to the RMSE of predicting the mean of the
+visible pixels. The angular power spectra of the inpainted full-sky samples are compared with the
+measured one (`band_power_ratios`). Figures
 (healpy Mollweide): `maps.png` (observed map, then mean, standard deviation and one sample of
 each posterior), `power_spectra.png`; numbers in `scores.json`.
 
@@ -70,21 +71,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifold_aps.datasets import build_prior_dataset, wmap_masked_problem
-from manifold_aps.metrics import (
-    central_interval,
-    crps_ensemble,
-    interval_coverage,
-    spread_skill_ratio,
+from manifold_aps import (
+    DPS,
+    ExactGaussianPosterior,
+    GaussianNoise,
+    Mask,
+    TrainConfig,
+    band_power_ratios,
+    build_prior_dataset,
+    load_prior,
+    posterior_scores,
+    reverse_sde_sample,
+    train_prior,
     weighted_rmse,
+    wmap_masked_problem,
 )
-from manifold_aps.operators import GaussianNoise, Mask
-from manifold_aps.posterior import DPS, ExactGaussianPosterior
-from manifold_aps.priors.sampling import reverse_sde_sample
-from manifold_aps.priors.train import load_prior, train_prior
-from manifold_aps.training import TrainConfig
-
-__all__ = ["main"]
 
 BANDS = ((2, 10), (11, 20), (21, 35), (36, 47))  # multipole bands of the spectrum comparison
 
@@ -92,32 +93,47 @@ BANDS = ((2, 10), (11, 20), (21, 35), (36, 47))  # multipole bands of the spectr
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (`--help`)."""
     p = argparse.ArgumentParser(
-        description="Inpaint the WMAP W-band map under its real analysis mask (HEALPix nside 16) with the "
-        "Wiener filter (exact Gaussian posterior, measured angular power spectrum) and with DPS under a "
-        "diffusion prior trained on rotated copies of the map outside the mask; score both on held-out caps.",
-        epilog="Writes OUT/maps.png, OUT/power_spectra.png, OUT/scores.json (and OUT/prior/ when it trains).",
+        description="Inpaint the WMAP W-band map under its real analysis mask (HEALPix nside 16) "
+        "with the Wiener filter (exact Gaussian posterior, measured angular power spectrum) and "
+        "with DPS under a diffusion prior trained on rotated copies of the map outside the mask; "
+        "score both on held-out caps.",
+        epilog="Writes OUT/maps.png, OUT/power_spectra.png, OUT/scores.json (and OUT/prior/ when "
+        "it trains).",
     )
-    p.add_argument("--out", default="example_output/sphere", help="output folder (default: example_output/sphere)")
-    p.add_argument("--prior", help="checkpoint of a prior trained on wmap-masked (default: train one into "
-                   "OUT/prior, or OUT/prior-quick with --quick, resuming if a checkpoint is there)")
-    p.add_argument("--prior-steps", type=int, help="training steps of the prior (default: 800; --quick: 5)")
-    p.add_argument("--dps-steps", type=int, help="DPS reverse-diffusion steps (default: 1000; --quick: 20)")
-    p.add_argument("--guidance", type=float, default=0.1,
-                   help="DPS step size zeta for the signal in the prior's normalised units (std 1, the paper's "
-                        "convention); DPS gets zeta / std[mK]. Default 0.1: chosen on six other caps of the visible "
-                        "sky, never on the scored ones (see the module docstring)")
-    p.add_argument("--samples", type=int, help="DPS samples, drawn as one batch (default: 4; --quick: 2)")
-    p.add_argument("--wiener-samples", type=int, default=64, help="exact posterior samples (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of training, DPS and Wiener samples (default: 0)")
+    p.add_argument("--out", default="example_output/sphere", help="output folder")
+    p.add_argument(
+        "--prior",
+        help="checkpoint of a prior trained on wmap-masked (default: train one into OUT/prior, "
+        "or OUT/prior-quick with --quick, resuming if a checkpoint is there)",
+    )
+    p.add_argument("--prior-steps", type=int, help="training steps (default: 800; --quick: 5)")
+    p.add_argument("--dps-steps", type=int, help="DPS steps (default: 1000; --quick: 20)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=0.1,
+        help="DPS step size zeta for the signal in the prior's normalised units (std 1, the "
+        "paper's convention); DPS gets zeta / std[mK]. Default 0.1: chosen on six other caps of "
+        "the visible sky, never on the scored ones (see the module docstring)",
+    )
+    p.add_argument("--samples", type=int, help="DPS samples, one batch (default: 4; --quick: 2)")
+    p.add_argument("--wiener-samples", type=int, default=64, help="exact posterior samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of training, DPS and Wiener samples")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--quick", action="store_true", help="smoke test: a 5-step prior, 20 DPS steps, 2 samples")
-    p.add_argument("--tuning", action="store_true",
-                   help="hide and score six other caps of the visible sky (seed 1; the prior was trained on them) "
-                        "instead of the held-out caps: the problem --guidance was chosen on")
+    p.add_argument("--quick", action="store_true", help="smoke test: 5-step prior, 20 DPS steps")
+    p.add_argument(
+        "--tuning",
+        action="store_true",
+        help="hide and score six other caps of the visible sky (seed 1; the prior was trained "
+        "on them) instead of the held-out caps: the problem --guidance was chosen on",
+    )
     args = p.parse_args(argv)
-    quick = {"prior_steps": 5, "dps_steps": 20, "samples": 2}
-    full = {"prior_steps": 800, "dps_steps": 1000, "samples": 4}
-    for key, value in (quick if args.quick else full).items():
+    defaults = (
+        {"prior_steps": 5, "dps_steps": 20, "samples": 2}
+        if args.quick
+        else {"prior_steps": 800, "dps_steps": 1000, "samples": 4}
+    )
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if min(args.prior_steps, args.dps_steps, args.samples, args.wiener_samples) < 1:
@@ -125,67 +141,63 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def probabilistic_scores(samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where: torch.Tensor) -> dict:
-    """RMSE of the mean, median RMSE of one sample, CRPS, 90 % coverage and spread/skill of `samples`
-    `(S, 1, N, 1)` over `where`."""
-    lo, hi = central_interval(samples, 0.9)
-    per_sample = [float(weighted_rmse(x, truth, weight, where)) for x in samples]
-    return {
-        "rmse_mean": float(weighted_rmse(samples.mean(0), truth, weight, where)),
-        "rmse_sample_median": float(np.median(per_sample)),
-        "crps": float(crps_ensemble(samples, truth, weight, where)),
-        "coverage90": float(interval_coverage(lo, hi, truth, weight, where)),
-        "spread_skill": float(spread_skill_ratio(samples, truth, weight, where)),
-    }
+def save_maps(path: Path, panels: list[tuple[str, np.ndarray, str]], ncols: int, ranges: dict):
+    """Save a grid of Mollweide panels `(title, map (N,) [mK] with NaN grey, "value" | "std")`.
 
-
-def band_ratios(maps: np.ndarray, cl_ref: np.ndarray, nside: int) -> list[float]:
-    """Mean over `maps` `(S, N)` of the band-averaged full-sky C_l divided by `cl_ref`'s, per `BANDS`."""
+    Each kind is drawn over `ranges[kind] = (min, max)`; values beyond saturate.
+    """
     import healpy as hp
-
-    cls = np.stack([hp.anafast(m, lmax=3 * nside - 1) for m in maps])
-    return [float(np.mean(cls[:, a : b + 1].sum(1) / cl_ref[a : b + 1].sum())) for a, b in BANDS]
-
-
-def save_maps(path: Path, panels: list[tuple[str, np.ndarray, str]], ncols: int, ranges: dict) -> None:
-    """A grid of healpy Mollweide panels `(title, map (N,) [mK] with NaN = grey, "value"|"std")`;
-    `ranges[kind] = (min, max)` (values beyond saturate)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import healpy as hp
     import matplotlib.pyplot as plt
 
     nrows = math.ceil(len(panels) / ncols)
     fig = plt.figure(figsize=(4.2 * ncols, 2.9 * nrows))
     for i, (title, values, kind) in enumerate(panels):
         lo, hi = ranges[kind]
-        hp.mollview(np.where(np.isfinite(values), values, hp.UNSEEN), fig=fig.number, sub=(nrows, ncols, i + 1),
-                    title=title, min=lo, max=hi, cmap="RdBu_r" if kind == "value" else "viridis", unit="mK",
-                    notext=True, hold=False, badcolor="0.7")
-    fig.suptitle("WMAP 7-yr W band (NASA), HEALPix nside 16, monopole and dipole removed; grey: not observed",
-                 fontsize=10, y=1.03)
+        cmap = "RdBu_r" if kind == "value" else "viridis"
+        hp.mollview(
+            np.where(np.isfinite(values), values, hp.UNSEEN),
+            fig=fig.number,
+            sub=(nrows, ncols, i + 1),
+            title=title,
+            min=lo,
+            max=hi,
+            cmap=cmap,
+            unit="mK",
+            notext=True,
+            hold=False,
+            badcolor="0.7",
+        )
+    fig.suptitle(
+        "WMAP 7-yr W band (NASA), HEALPix nside 16, monopole and dipole removed; grey: "
+        "not observed",
+        fontsize=10,
+        y=1.03,
+    )
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
 def save_spectra(path: Path, cl: np.ndarray, curves: dict[str, np.ndarray], nside: int) -> None:
     """l(l+1)C_l/2pi [uK^2] of the measured spectrum and of inpainted full-sky samples."""
+    import healpy as hp
     import matplotlib
 
     matplotlib.use("Agg")
-    import healpy as hp
     import matplotlib.pyplot as plt
 
     lmax = 3 * nside - 1
     ell = np.arange(2, lmax + 1)
     scale = ell * (ell + 1) / (2 * np.pi) * 1e6  # mK^2 -> uK^2
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(ell, scale * cl[2 : lmax + 1], "k", lw=2, label="measured (pseudo-C_l / f_sky, visible pixels)")
-    for (name, maps), colour in zip(curves.items(), ("tab:blue", "tab:red")):
+    ax.plot(ell, scale * cl[2 : lmax + 1], "k", lw=2, label="measured (pseudo-C_l / f_sky)")
+    for (name, maps), colour in zip(curves.items(), ("tab:blue", "tab:red"), strict=False):
         for j, m in enumerate(maps):
-            c = hp.anafast(m, lmax=lmax)
-            ax.plot(ell, scale * c[2:], color=colour, alpha=0.6, lw=1, label=f"{name} samples, full sky" if j == 0 else None)
+            label = f"{name} samples, full sky" if j == 0 else None
+            c_l = hp.anafast(m, lmax=lmax)[2:]
+            ax.plot(ell, scale * c_l, color=colour, alpha=0.6, lw=1, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("multipole l")
     ax.set_ylabel("l(l+1) C_l / 2π  [µK²]")
@@ -207,46 +219,55 @@ def main(argv=None) -> dict:
 
     ds = build_prior_dataset("wmap-masked")
     domain, extra = ds.domain, ds.extra
-    nside, n = domain.nside, domain.num_nodes
+    nside, n, weight = domain.nside, domain.num_nodes, domain.mass
     visible = torch.from_numpy(extra["visible"])
     holdout = torch.from_numpy(extra["holdout"])[None, :, None]
     if args.tuning:  # other caps, inside the visible sky: never the scored ones
         other = torch.from_numpy(wmap_masked_problem(seed=1)["holdout"]) & visible
         visible, holdout = visible & ~other, other[None, :, None]
-    truth = torch.from_numpy(extra["map"])[None, :, None]  # mK, monopole + dipole removed; 0 where unobserved
+    truth = torch.from_numpy(extra["map"])[None, :, None]  # mK, no monopole/dipole; 0 unobserved
     sigma = extra["noise_mk"]
-    weight = domain.mass
     operator = Mask(domain, visible)
     y = operator(truth)  # the visible pixels as they are (the map's own noise is its noise)
-    print(f"WMAP W band, nside {nside}: {int(extra['truth_region'].sum())} of {n} pixels outside the analysis mask, "
-          f"{int(holdout.sum())} of them held out in {extra['num_caps']} {'tuning ' if args.tuning else ''}caps, "
-          f"{int(visible.sum())} observed; "
-          f"white noise {1e3 * sigma:.1f} uK (from Q/U)")
+    print(
+        f"WMAP W band, nside {nside}: {int(extra['truth_region'].sum())} of {n} pixels outside "
+        f"the analysis mask, {int(holdout.sum())} of them held out in {extra['num_caps']} "
+        f"{'tuning ' if args.tuning else ''}caps, {int(visible.sum())} observed; white noise "
+        f"{1e3 * sigma:.1f} uK (from Q/U)"
+    )
     timing["data_s"] = time.perf_counter() - t0
 
     # The Wiener filter: the exact posterior of the isotropic Gaussian with the measured C_l.
     t = time.perf_counter()
-    wiener = ExactGaussianPosterior(extra["gaussian_prior"], GaussianNoise(sigma)).condition(y, operator)
-    g = torch.Generator().manual_seed(args.seed)
-    w_samples = wiener.sample(args.wiener_samples, rng=g)  # (S, 1, N, 1)
+    wiener = ExactGaussianPosterior(extra["gaussian_prior"], GaussianNoise(sigma))
+    wiener = wiener.condition(y, operator)
+    w_samples = wiener.sample(args.wiener_samples, rng=torch.Generator().manual_seed(args.seed))
     timing["wiener_s"] = time.perf_counter() - t
 
     # The diffusion prior: a checkpoint, or trained here (resumed when interrupted).
     t = time.perf_counter()
     if args.prior:
-        prior = load_prior(args.prior, domain)
-        prior_path = Path(args.prior)
+        prior, prior_path = load_prior(args.prior, domain), Path(args.prior)
     else:
         prior_dir = out / ("prior-quick" if args.quick else "prior")
-        config = TrainConfig(steps=args.prior_steps, batch_size=32, lr=2e-3, warmup=min(100, args.prior_steps),
-                             ema_decay=0.999, seed=args.seed, checkpoint_every=250, validate_every=250, log_every=25)
-        print(f"training the diffusion prior for {args.prior_steps} steps into {prior_dir} ...", flush=True)
+        config = TrainConfig(
+            steps=args.prior_steps,
+            batch_size=32,
+            lr=2e-3,
+            warmup=min(100, args.prior_steps),
+            ema_decay=0.999,
+            seed=args.seed,
+            checkpoint_every=250,
+            validate_every=250,
+            log_every=25,
+        )
+        print(f"training the diffusion prior for {args.prior_steps} steps into {prior_dir} ...")
         prior, result = train_prior(ds, prior_dir, config, resume=True, progress=False)
         prior_path = result.checkpoint
         if math.isnan(result.loss):  # nothing left to train: the checkpoint was already complete
             print(f"  loaded {result.checkpoint}, trained for {result.step} steps")
         else:
-            print(f"  step {result.step}: DSM loss {result.loss:.4f}, validation {result.val_loss:.4f}")
+            print(f"  step {result.step}: DSM loss {result.loss:.4f}, val {result.val_loss:.4f}")
     prior = prior.eval()
     timing["prior_s"] = time.perf_counter() - t
 
@@ -255,82 +276,112 @@ def main(argv=None) -> dict:
     std_mk = float(prior.normalizer.std[0])
     dps = DPS(prior, GaussianNoise(sigma), steps=args.dps_steps, guidance=args.guidance / std_mk)
     y_batch = y.float().expand(args.samples, n, 1).contiguous()
-    d_samples = dps.run(y_batch, operator, 1, generator=torch.Generator().manual_seed(args.seed)).sample
-    d_samples = d_samples[0, :, None].double()  # (S, 1, N, 1)
-    timing["dps_s"] = time.perf_counter() - t
+    rng = torch.Generator().manual_seed(args.seed)
+    d_samples = dps.run(y_batch, operator, 1, generator=rng).sample[0, :, None].double()
+    timing["dps_s"] = time.perf_counter() - t  # d_samples: (S, 1, N, 1)
     finite = bool(torch.isfinite(d_samples).all())
     # Unconditional samples of the diffusion prior (same time grid), to see what DPS starts from.
     with torch.no_grad():
-        p_samples = reverse_sde_sample(prior, (args.samples, n, 1), steps=args.dps_steps,
-                                       generator=torch.Generator().manual_seed(args.seed + 1)).sample
+        rng = torch.Generator().manual_seed(args.seed + 1)
+        p_samples = reverse_sde_sample(
+            prior, (args.samples, n, 1), steps=args.dps_steps, generator=rng
+        ).sample
         p_samples = prior.denormalize(p_samples).double()[:, :, 0].numpy()
 
     # Scores on the held-out caps, in uK.
     uk = 1e3
     mean_visible = float((truth[0, :, 0] * weight)[visible].sum() / weight[visible].sum())
-    wiener_name, wiener_few = f"Wiener filter ({args.wiener_samples} samples)", f"Wiener filter ({args.samples} samples)"
+    baseline = torch.full_like(truth, mean_visible * uk)
+    wiener_name = f"Wiener filter ({args.wiener_samples} samples)"
     results = {
         "mean of the visible pixels": {
-            "rmse_mean": float(weighted_rmse(torch.full_like(truth, mean_visible * uk), truth * uk, weight, holdout))},
-        wiener_name: probabilistic_scores(w_samples * uk, truth * uk, weight, holdout),
-        wiener_few: probabilistic_scores(w_samples[: args.samples] * uk, truth * uk, weight, holdout),
-        f"DPS, diffusion prior ({args.samples} samples)": probabilistic_scores(d_samples * uk, truth * uk, weight, holdout)
-        if finite else {"rmse_mean": float("nan")},
+            "rmse_mean": float(weighted_rmse(baseline, truth * uk, weight, holdout))
+        },
+        wiener_name: posterior_scores(w_samples * uk, truth * uk, weight, holdout),
+        f"Wiener filter ({args.samples} samples)": posterior_scores(
+            w_samples[: args.samples] * uk, truth * uk, weight, holdout
+        ),
+        f"DPS, diffusion prior ({args.samples} samples)": posterior_scores(
+            d_samples * uk, truth * uk, weight, holdout
+        )
+        if finite
+        else {"rmse_mean": float("nan")},
     }
-    results[wiener_name]["rmse_exact_mean"] = float(weighted_rmse(wiener.mean * uk, truth * uk, weight, holdout))
+    exact = weighted_rmse(wiener.mean * uk, truth * uk, weight, holdout)
+    results[wiener_name]["rmse_exact_mean"] = float(exact)
 
     # Angular power of the inpainted full-sky maps: data where visible, the sample elsewhere.
-    vis = visible.numpy()
+    vis, seen = visible.numpy(), y[0, :, 0].numpy()
     full = {
-        "Wiener": np.where(vis, y[0, :, 0].numpy(), w_samples[: args.samples, 0, :, 0].numpy()),
-        "DPS": np.where(vis, y[0, :, 0].numpy(), d_samples[:, 0, :, 0].numpy()) if finite else np.zeros((0, n)),
+        "Wiener": np.where(vis, seen, w_samples[: args.samples, 0, :, 0].numpy()),
+        "DPS": np.where(vis, seen, d_samples[:, 0, :, 0].numpy()) if finite else np.zeros((0, n)),
     }
     cl = extra["cl"]
-    spectra = {name: band_ratios(maps, cl, nside) if len(maps) else [float("nan")] * len(BANDS) for name, maps in full.items()}
-    spectra["prior"] = band_ratios(p_samples, cl, nside) if np.isfinite(p_samples).all() else [float("nan")] * len(BANDS)
+    spectra = {name: band_power_ratios(maps, cl, BANDS) for name, maps in full.items()}
+    spectra["prior"] = band_power_ratios(p_samples, cl, BANDS)
     timing["total_s"] = time.perf_counter() - t0
 
     print(f"\nscores on the {int(holdout.sum())} held-out pixels (area-weighted, uK):")
-    print(f"{'method':44s} {'RMSE mean':>10s} {'RMSE 1':>8s} {'CRPS':>8s} {'cover90':>8s} {'spr/skill':>9s}")
+    columns = {  # key: heading, format
+        "rmse_mean": ("RMSE mean", "{:10.1f}"),
+        "rmse_sample_median": ("RMSE 1", "{:10.1f}"),
+        "crps": ("CRPS", "{:10.1f}"),
+        "coverage_90": ("cover90", "{:10.1%}"),
+        "spread_skill": ("spr/skill", "{:10.2f}"),
+    }
+    print(f"{'method':44s}" + "".join(f"{head:>10s}" for head, _ in columns.values()))
     for name, s in results.items():
-        cells = [f"{s['rmse_mean']:10.1f}"] + [f"{s[k]:8.1f}" if k in s else f"{'-':>8s}"
-                                               for k in ("rmse_sample_median", "crps")]
-        cov = f"{100 * s['coverage90']:7.1f}%" if "coverage90" in s else f"{'-':>8s}"
-        ssk = f"{s['spread_skill']:9.2f}" if "spread_skill" in s else f"{'-':>9s}"
-        print(f"{name:44s} {' '.join(cells)} {cov} {ssk}")
-    print(f"(RMSE 1: median over samples of one sample's RMSE; the exact Wiener posterior mean: RMSE "
-          f"{results[wiener_name]['rmse_exact_mean']:.1f} uK; coverage from few samples is biased low)")
-    print("\nfull-sky C_l / measured C_l per band (Wiener, DPS: inpainted samples; prior: unconditional samples):")
+        cells = (form.format(s[k]) if k in s else f"{'-':>10s}" for k, (_, form) in columns.items())
+        print(f"{name:44s}{''.join(cells)}")
+    print(
+        f"(RMSE 1: median over samples of one sample's RMSE; the exact Wiener "
+        f"posterior mean: RMSE {results[wiener_name]['rmse_exact_mean']:.1f} uK; coverage from "
+        "few samples is biased low)"
+    )
+    print(
+        "\nfull-sky C_l / measured C_l per band (Wiener, DPS: inpainted samples; prior: "
+        "unconditional samples):"
+    )
     print(f"{'':10s}" + "".join(f"{f'l={a}-{b}':>10s}" for a, b in BANDS))
     for name, ratios in spectra.items():
         print(f"{name:10s}" + "".join(f"{r:10.2f}" for r in ratios))
-    print(f"\ntime: data {timing['data_s']:.1f} s, Wiener {timing['wiener_s']:.1f} s, prior {timing['prior_s']:.1f} s, "
-          f"DPS {timing['dps_s']:.1f} s ({args.dps_steps} steps x {args.samples} samples), total {timing['total_s']:.1f} s")
+    print(
+        f"\ntime: data {timing['data_s']:.1f} s, Wiener {timing['wiener_s']:.1f} s, prior "
+        f"{timing['prior_s']:.1f} s, DPS {timing['dps_s']:.1f} s ({args.dps_steps} steps x "
+        f"{args.samples} samples), total {timing['total_s']:.1f} s"
+    )
     if not finite:
         print("DPS produced non-finite samples: lower --guidance")
 
     # Figures.
-    nan_hidden = lambda v: np.where(vis, v, np.nan)
-    observed_all = np.where(extra["truth_region"], extra["map"], np.nan)
     d_mean = d_samples.mean(0)[0, :, 0].numpy()
     d_std = d_samples.std(0)[0, :, 0].numpy() if args.samples > 1 else np.zeros(n)
     panels = [
-        ("input: visible pixels", nan_hidden(extra["map"]), "value"),
+        ("input: visible pixels", np.where(vis, extra["map"], np.nan), "value"),
         ("Wiener filter mean", wiener.mean[0, :, 0].numpy(), "value"),
         ("Wiener filter std", wiener.std[0, :, 0].numpy(), "std"),
         ("Wiener filter sample", w_samples[0, 0, :, 0].numpy(), "value"),
-        ("outside the mask (held-out caps shown)", observed_all, "value"),
+        (
+            "outside the mask (held-out caps shown)",
+            np.where(extra["truth_region"], extra["map"], np.nan),
+            "value",
+        ),
         (f"DPS mean ({args.samples} samples)", d_mean, "value"),
         ("DPS std", d_std, "std"),
         ("DPS sample", d_samples[0, 0, :, 0].numpy(), "value"),
     ]
     vmax = float(np.percentile(np.abs(extra["map"][extra["truth_region"]]), 99.5))
-    ranges = {"value": (-vmax, vmax), "std": (0.0, float(wiener.std.max()))}  # the data's range, the Wiener std's
+    ranges = {"value": (-vmax, vmax), "std": (0.0, float(wiener.std.max()))}
     save_maps(out / "maps.png", panels, ncols=4, ranges=ranges)
     save_spectra(out / "power_spectra.png", cl, {k: v for k, v in full.items() if len(v)}, nside)
     record = {
-        "args": vars(args), "prior": str(prior_path), "noise_mk": sigma, "heldout_pixels": int(holdout.sum()),
-        "scores_uK": results, "cl_band_ratio": {"bands": BANDS, **spectra}, "timing_s": timing,
+        "args": vars(args),
+        "prior": str(prior_path),
+        "noise_mk": sigma,
+        "heldout_pixels": int(holdout.sum()),
+        "scores_uK": results,
+        "cl_band_ratio": {"bands": BANDS, **spectra},
+        "timing_s": timing,
     }
     (out / "scores.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'maps.png'}, {out / 'power_spectra.png'}, {out / 'scores.json'}")

@@ -20,7 +20,7 @@ _WRITER_ID_MAX_BYTES = 4 + 1 + 10 + 1 + 8  # "<host>.<pid>.<random>": 4 hex, a 3
 
 
 def _temp_name_parts(path: Path) -> tuple[str, str]:
-    """The fixed head and tail of the temporary names of `path`: `.<stem>.<hash>.tmp.` and the suffix.
+    """The fixed head and tail of the temporary names of `path`: `.<stem>.<hash>.tmp.`, the suffix.
 
     A temp name is `head + "<host>.<pid>.<random>" + tail`, at most 255 bytes whatever the length
     of `path.name`: the stem is cut to fit, and the 8-hex hash of the full name keeps two targets
@@ -62,7 +62,9 @@ def _remove_stale_temps(folder: Path, head: str, tail: str) -> None:
     Only names of the exact form `head + "<host>.<pid>.<random>" + tail` with this host's tag are
     considered, so a concurrent writer (its pid runs) and other files are never touched.
     """
-    pattern = re.compile(re.escape(head + _host_tag()) + r"\.(\d{1,10})\.[0-9a-f]{8}" + re.escape(tail) + r"\Z")
+    pattern = re.compile(
+        re.escape(head + _host_tag()) + r"\.(\d{1,10})\.[0-9a-f]{8}" + re.escape(tail) + r"\Z"
+    )
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             match = pattern.match(entry.name) if entry.name.startswith(head) else None
@@ -100,8 +102,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file is fsync'ed before `os.replace`, so a crash leaves either the old file or
     the complete new one, never a truncated file. On an exception the temporary file is removed.
     The temporary file lies in the same folder (so the rename is atomic) under a name of at most
-    255 bytes, `.<stem>.<hash>.tmp.<host>.<pid>.<random><suffix>`; temps of the same target left by a
-    killed writer (whose pid no longer runs on this host) are removed by the next write. The new
+    255 bytes, `.<stem>.<hash>.tmp.<host>.<pid>.<random><suffix>`; temps of the same target left by
+    a killed writer (whose pid no longer runs on this host) are removed by the next write. The new
     file gets the mode of any new file, 0o666 less the umask.
 
     Example:

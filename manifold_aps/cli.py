@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+    """Argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -30,15 +30,17 @@ def _positive_int(text: str) -> int:
 
 
 def _ensemble_size(text: str) -> int:
-    """argparse type: an integer >= 2 (a sample std needs two samples)."""
+    """Argparse type: an integer >= 2 (a sample std needs two samples)."""
     value = _positive_int(text)
     if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (the std is that of the samples), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be at least 2 (the std is that of the samples), got {text!r}"
+        )
     return value
 
 
 def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (as given, before any scaling)."""
+    """Argparse type: a finite number > 0 (as given, before any scaling)."""
     try:
         value = float(text)
     except ValueError:
@@ -83,7 +85,8 @@ def _demo(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
     )
     print(
-        f"\nscores over the hidden cells ({100 * s.missing_fraction:.0f} % of {s.num_test_fields} test fields), "
+        f"\nscores over the hidden cells ({100 * s.missing_fraction:.0f} % of "
+        f"{s.num_test_fields} test fields), "
         "area-weighted:\n"
         f"  RMSE posterior mean     {s.rmse_posterior_mean:.3f}\n"
         f"  RMSE nearest neighbour  {s.rmse_nearest_neighbour:.3f}\n"
@@ -140,8 +143,9 @@ variable, on the same grid after --select/--region/--coarsen, with every imputed
 over the cells hidden in the input that have a value in FILE.
 
 examples:
-  manifold-aps impute --input era5.nc --var t2m --mask random:0.7 --fit-period 2019-03-01:2019-03-24 \\
-      --period 2019-03-25:2019-03-31 --output out.nc --plot out.png
+  manifold-aps impute --input era5.nc --var t2m --mask random:0.7 \\
+      --fit-period 2019-03-01:2019-03-24 --period 2019-03-25:2019-03-31 \\
+      --output out.nc --plot out.png
   manifold-aps impute --input era5.grib --var t2m --mask stations:stations.csv --engine dps \\
       --checkpoint runs/era5-uk/checkpoint.pt --samples 8 --output out.nc
   manifold-aps impute --input gappy.nc --var sst --coarsen 10 --output-grid native \\
@@ -156,15 +160,33 @@ def _impute(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     request = ImputeRequest(
-        input=args.input, variable=args.var, masks=tuple(args.mask or ("nan",)), engine=args.engine,
-        checkpoint=args.checkpoint, fit_period=args.fit_period, period=args.period,
-        select=tuple(args.select or ()), region=args.region, coarsen=args.coarsen, output_grid=args.output_grid,
-        truth=args.truth, save_model=args.save_model, samples=args.samples,
-        quantiles=tuple(args.quantiles or ()), seed=args.seed, noise_std=args.noise_std,
+        input=args.input,
+        variable=args.var,
+        masks=tuple(args.mask or ("nan",)),
+        engine=args.engine,
+        checkpoint=args.checkpoint,
+        fit_period=args.fit_period,
+        period=args.period,
+        select=tuple(args.select or ()),
+        region=args.region,
+        coarsen=args.coarsen,
+        output_grid=args.output_grid,
+        truth=args.truth,
+        save_model=args.save_model,
+        samples=args.samples,
+        quantiles=tuple(args.quantiles or ()),
+        seed=args.seed,
+        noise_std=args.noise_std,
         variance_scale=args.variance_scale,
-        chunk_size=args.chunk_size, dps_steps=args.dps_steps, guidance=args.guidance,
-        output=args.output, plot=args.plot, plot_time=args.plot_time, progress=not args.quiet,
-        skip_corrupt_grib=args.skip_corrupt_grib, scheduler=args.scheduler,
+        chunk_size=args.chunk_size,
+        dps_steps=args.dps_steps,
+        guidance=args.guidance,
+        output=args.output,
+        plot=args.plot,
+        plot_time=args.plot_time,
+        progress=not args.quiet,
+        skip_corrupt_grib=args.skip_corrupt_grib,
+        scheduler=args.scheduler,
     )
     run_impute(request, log=print)
     return 0
@@ -215,12 +237,17 @@ examples:
 
 
 def _training_data(args: argparse.Namespace):
-    """The prior's training data of `train-prior`: a dataset name, or the dataset of a user's files."""
-    given = [opt for opt, dest in (("--dataset", "dataset"), ("--input", "input"), ("--mesh", "mesh"))
-             if getattr(args, dest)]
+    """The training data of `train-prior`: a dataset name, or the dataset of a user's files."""
+    given = [
+        opt
+        for opt, dest in (("--dataset", "dataset"), ("--input", "input"), ("--mesh", "mesh"))
+        if getattr(args, dest)
+    ]
     if len(given) != 1:
-        raise ValueError("give exactly one of --dataset NAME, --input FILE --var VAR, --mesh FILE --signals FILE"
-                         + (f" (got {' and '.join(given)})" if given else ""))
+        raise ValueError(
+            "give exactly one of --dataset NAME, --input FILE --var VAR, --mesh FILE --signals FILE"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
     if args.dataset:
         return args.dataset
     if args.input:
@@ -228,9 +255,16 @@ def _training_data(args: argparse.Namespace):
             raise ValueError("--input needs --var VAR (the variable to train on)")
         from climate.datasets import grid_file_dataset
 
-        return grid_file_dataset(args.input, args.var, select=tuple(args.select or ()), fit_period=args.fit_period,
-                                 coarsen=args.coarsen, val_fraction=args.val_fraction, augment=args.augment,
-                                 sample_dim=args.sample_dim)
+        return grid_file_dataset(
+            args.input,
+            args.var,
+            select=tuple(args.select or ()),
+            fit_period=args.fit_period,
+            coarsen=args.coarsen,
+            val_fraction=args.val_fraction,
+            augment=args.augment,
+            sample_dim=args.sample_dim,
+        )
     if not args.signals:
         raise ValueError("--mesh needs --signals FILE (an .npz with `signals` of shape (S, V))")
     from manifold_aps.datasets import mesh_signals_dataset
@@ -243,19 +277,25 @@ def _distill_data(args: argparse.Namespace):
     if args.dataset:
         return args.dataset
     if args.prior == "exact":
-        raise ValueError("--prior exact is the exact prior of a gaussian-* dataset: give --dataset NAME")
+        raise ValueError(
+            "--prior exact is the exact prior of a gaussian-* dataset: give --dataset NAME"
+        )
     from manifold_aps.datasets import dataset_from_source, dataset_names
     from manifold_aps.training import load_checkpoint
 
     data = load_checkpoint(args.prior).get("data")
     if data is None:
-        raise ValueError(f"{args.prior} was written before priors described their data: give --dataset NAME")
+        raise ValueError(
+            f"{args.prior} was written before priors described their data: give --dataset NAME"
+        )
     if "source" in data:
         return dataset_from_source(data["source"])
     if data["name"] in dataset_names():
         return data["name"]
-    raise ValueError(f"{args.prior} was trained on {data['name']!r}, which is neither a registered dataset nor a "
-                     "file it recorded: give --dataset NAME")
+    raise ValueError(
+        f"{args.prior} was trained on {data['name']!r}, "
+        "which is neither a registered dataset nor a file it recorded: give --dataset NAME"
+    )
 
 
 def _train_prior(args: argparse.Namespace) -> int:
@@ -271,11 +311,14 @@ def _train_prior(args: argparse.Namespace) -> int:
     dataset = _training_data(args)
     if not isinstance(dataset, str) and not args.quiet:
         print(f"training data: {dataset.description}")
-    _, result = train_prior(dataset, args.out, config, net=net, resume=args.resume, progress=not args.quiet)
+    _, result = train_prior(
+        dataset, args.out, config, net=net, resume=args.resume, progress=not args.quiet
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(
-        f"step {result.step}: training loss {result.loss:.4f}, validation loss {result.val_loss:.4f}, "
+        f"step {result.step}: training loss {result.loss:.4f}, "
+        f"validation loss {result.val_loss:.4f}, "
         f"{result.seconds:.0f} s; checkpoint {result.checkpoint}"
     )
     return 0
@@ -294,20 +337,24 @@ observations are simulated from the prior's own training data (its named dataset
 it recorded, refused if its SHA-256 changed), and the engine's checkpoint carries the prior's
 weights (it loads without the prior's file). Masks: random (50-95 %
 missing), caps, stations, swaths, or mixture (all four). Writes OUT/checkpoint.pt (kind
-aps-flow, implicit-generator or amortized-vi), OUT/log.csv (loss per dimension), OUT/train.json; --resume
-continues (as for train-prior), and an OUT that already holds a run needs --resume or --overwrite.
+aps-flow, implicit-generator or amortized-vi), OUT/log.csv (loss per dimension), OUT/train.json;
+--resume continues (as for train-prior), and an OUT that already holds a run needs --resume or
+--overwrite.
 
 examples:
   manifold-aps distill --dataset gaussian-healpix8 --prior exact --steps 2000 --out runs/aps-h8
-  manifold-aps distill --dataset era5-uk --prior runs/era5-uk/checkpoint.pt --masks mixture --out runs/aps-uk
+  manifold-aps distill --dataset era5-uk --prior runs/era5-uk/checkpoint.pt --masks mixture \\
+      --out runs/aps-uk
   manifold-aps distill --prior runs/z500/checkpoint.pt --out runs/aps-z500
-  manifold-aps distill --engine implicit --dataset gaussian-healpix8 --prior exact --out runs/implicit-h8
+  manifold-aps distill --engine implicit --dataset gaussian-healpix8 --prior exact \\
+      --out runs/implicit-h8
 """
 
 SAMPLE_HELP = """\
-Draw posterior samples with a distilled engine (APS flow, implicit generator, amortized VI) for held-out observations of its dataset
-(test split, masks from its family with --seed), and write them with the truths to an .npz file
-(keys: y, mask, truth, samples (n, B, N, C), mean, std, seconds_per_sample).
+Draw posterior samples with a distilled engine (APS flow, implicit generator, amortized VI) for
+held-out observations of its dataset (test split, masks from its family with --seed), and write
+them with the truths to an .npz file (keys: y, mask, truth, samples (n, B, N, C), mean, std,
+seconds_per_sample).
 
 example:
   manifold-aps sample --checkpoint runs/aps-h8/checkpoint.pt --observations 8 --n 100 --out s.npz
@@ -338,8 +385,10 @@ for a map .fits (MEAN, STD, OBSERVED in the map's ordering); --ply a PLY of the 
 first signal's mean and std as vertex attributes; --plot a PNG (a map: Mollweide).
 
 example:
-  manifold-aps reconstruct --mesh spot.obj --signals spot_test.npz --mask random:0.9 --output rec.npz --plot rec.png
-  manifold-aps reconstruct --healpix wmap.fits --mask wmap_mask.fits --output wmap_rec.fits --plot wmap.png
+  manifold-aps reconstruct --mesh spot.obj --signals spot_test.npz --mask random:0.9 \\
+      --output rec.npz --plot rec.png
+  manifold-aps reconstruct --healpix wmap.fits --mask wmap_mask.fits --output wmap_rec.fits \\
+      --plot wmap.png
 """
 
 
@@ -360,7 +409,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if bool(args.mesh) == bool(args.healpix):
         raise ValueError("give --mesh FILE --signals FILE, or --healpix MAP.fits")
     if args.mesh and not args.signals:
-        raise ValueError("--mesh needs --signals FILE (an .npz with signals (S, V), NaN = unobserved)")
+        raise ValueError(
+            "--mesh needs --signals FILE (an .npz with signals (S, V), NaN = unobserved)"
+        )
     allowed = (".npz", ".fits") if args.healpix else (".npz",)
     if out.suffix.lower() not in allowed:
         raise ValueError(f"--output must end in {' or '.join(allowed)}, got {out}")
@@ -368,7 +419,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
         raise ValueError("--ply writes a mesh: it needs --mesh")
     mask_file = args.mask if args.mask and not args.mask.startswith("random:") else None
     if mask_file and not args.healpix:
-        raise ValueError(f"--mask {args.mask}: a mask file is for --healpix maps; a mesh takes --observed O.npz or random:F")
+        raise ValueError(
+            f"--mask {args.mask}: a mask file is for --healpix maps; "
+            "a mesh takes --observed O.npz or random:F"
+        )
     writes = [Path(p) for p in (args.output, args.ply, args.plot) if p]
     for given in (args.mesh, args.signals, args.observed, args.checkpoint, args.healpix, mask_file):
         if given and any(w.resolve() == Path(given).resolve() for w in writes):
@@ -387,23 +441,41 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if fraction is not None:
         hidden = observed & (np.random.default_rng(args.seed).random(observed.shape) < fraction)
         observed = observed & ~hidden
-    rec = reconstruct(domain, values, observed, engine=args.engine, checkpoint=args.checkpoint, samples=args.samples,
-                      seed=args.seed, alpha=args.alpha, noise_std=args.noise_std, dps_steps=args.dps_steps,
-                      guidance=args.guidance, progress=not args.quiet)
+    rec = reconstruct(
+        domain,
+        values,
+        observed,
+        engine=args.engine,
+        checkpoint=args.checkpoint,
+        samples=args.samples,
+        seed=args.seed,
+        alpha=args.alpha,
+        noise_std=args.noise_std,
+        dps_steps=args.dps_steps,
+        guidance=args.guidance,
+        progress=not args.quiet,
+    )
 
     def as_file(a):  # mesh vertex order -> the signals file's row order
         back = np.empty_like(a)
         back[..., order] = a
         return back
 
-    arrays = {"mean": as_file(rec.mean), "std": as_file(rec.std), "samples": as_file(rec.samples),
-              "observed": as_file(rec.observed), "engine": np.array(rec.engine), "details": np.array(rec.details)}
+    arrays = {
+        "mean": as_file(rec.mean),
+        "std": as_file(rec.std),
+        "samples": as_file(rec.samples),
+        "observed": as_file(rec.observed),
+        "engine": np.array(rec.engine),
+        "details": np.array(rec.details),
+    }
     line = f"{rec.engine}: {rec.details}"
     if hidden is not None:
         s = scores(rec, values, hidden)
         arrays.update(hidden=as_file(hidden), truth=as_file(np.where(hidden, values, np.nan)))
         line += f"; on the {s['hidden']} hidden values: RMSE {s['rmse']:.4g}" + (
-            f", 90 % coverage {s['coverage_90']:.3f}" if "coverage_90" in s else "")
+            f", 90 % coverage {s['coverage_90']:.3f}" if "coverage_90" in s else ""
+        )
     if out.suffix.lower() == ".fits":
         write_healpix_fits(out, rec, domain, units)
         written = "MEAN, STD, OBSERVED"
@@ -424,27 +496,47 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if args.plot:
         from manifold_aps.plotting import plot_signals
 
-        panels = [("observed", np.where(rec.observed[0], rec.mean[0], np.nan)), ("mean", rec.mean[0])]
+        panels = [
+            ("observed", np.where(rec.observed[0], rec.mean[0], np.nan)),
+            ("mean", rec.mean[0]),
+        ]
         if np.isfinite(rec.std[0]).all():
             panels.append(("std", rec.std[0]))
         with atomic_path(args.plot) as tmp:
-            what = Path(args.healpix).name if args.healpix else f"{Path(args.signals).name} on {Path(args.mesh).name}"
-            plot_signals(domain, panels, tmp, shared_scale=[True, True, False][: len(panels)],
-                         suptitle=f"{what}: {rec.engine}, first signal")
+            what = (
+                Path(args.healpix).name
+                if args.healpix
+                else f"{Path(args.signals).name} on {Path(args.mesh).name}"
+            )
+            plot_signals(
+                domain,
+                panels,
+                tmp,
+                shared_scale=[True, True, False][: len(panels)],
+                suptitle=f"{what}: {rec.engine}, first signal",
+                units=units,
+            )
         print(f"wrote {args.plot}")
     return 0
 
 
 # training option (argparse dest) -> `TrainConfig` field
 _TRAINING_FIELDS = {
-    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
-    "seed": "seed", "checkpoint_every": "checkpoint_every", "validate_every": "validate_every",
-    "log_every": "log_every", "device": "device",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "warmup": "warmup",
+    "ema": "ema_decay",
+    "seed": "seed",
+    "checkpoint_every": "checkpoint_every",
+    "validate_every": "validate_every",
+    "log_every": "log_every",
+    "device": "device",
 }
 
 
 def _refuse_to_replace_run(args: argparse.Namespace) -> None:
-    """Refuse an `--out` that already holds a run unless --resume or --overwrite (before any work)."""
+    """Refuse an `--out` that already holds a run unless --resume or --overwrite (before work)."""
     from manifold_aps.training import existing_run_files
 
     out = Path(args.out)
@@ -453,23 +545,32 @@ def _refuse_to_replace_run(args: argparse.Namespace) -> None:
     found = existing_run_files(out)
     if found and not (args.resume or args.overwrite):
         raise ValueError(
-            f"--out {out} already holds a run ({', '.join(f.name for f in found)}); give --resume to continue "
-            "it or --overwrite to replace it"
+            f"--out {out} already holds a run ({', '.join(f.name for f in found)}); "
+            "give --resume to continue it or --overwrite to replace it"
         )
 
 
 def _train_config(args: argparse.Namespace):
-    """The `TrainConfig` of the options given; the others take their defaults, or, with --resume of
-    an existing checkpoint, the checkpoint's values of the settings a resumed run must keep."""
+    """The `TrainConfig` of the options given; the others take their defaults.
+
+    With --resume of an existing checkpoint, the settings a resumed run must keep take the
+    checkpoint's values instead.
+    """
     from manifold_aps.training import RESUMABLE_CHANGES, TrainConfig, load_checkpoint
 
-    given = {field: getattr(args, dest) for dest, field in _TRAINING_FIELDS.items() if getattr(args, dest, None) is not None}
+    given = {
+        field: getattr(args, dest)
+        for dest, field in _TRAINING_FIELDS.items()
+        if getattr(args, dest, None) is not None
+    }
     values = dict(args.training_defaults)
     checkpoint = Path(args.out) / "checkpoint.pt"
     resuming = args.resume and checkpoint.is_file()
     if resuming:  # Trainer.resume refuses a given value that differs from the checkpoint's
         saved = load_checkpoint(checkpoint)["train_config"]
-        values.update({k: v for k, v in saved.items() if k in values and k not in RESUMABLE_CHANGES})
+        values.update(
+            {k: v for k, v in saved.items() if k in values and k not in RESUMABLE_CHANGES}
+        )
     values.update(given)
     if not resuming or "warmup" in given:
         values["warmup"] = min(values["warmup"], values["steps"])
@@ -485,15 +586,22 @@ def _distill_settings(args: argparse.Namespace):
     if args.engine == "implicit":
         from manifold_aps.posterior.implicit import ImplicitConfig
 
-        return ImplicitConfig(width=args.width, num_modes=min(args.modes, 64), cg_iterations=args.cg_iterations,
-                              warmup_fraction=args.data_warmup or 0.0), " per dim"
+        return ImplicitConfig(
+            width=args.width,
+            num_modes=min(args.modes, 64),
+            cg_iterations=args.cg_iterations,
+            warmup_fraction=args.data_warmup or 0.0,
+        ), " per dim"
     from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.aps import APSConfig
 
-    return APSConfig(flow=FlowConfig(couplings=args.couplings, width=args.width, num_modes=args.modes,
-                                     coupling=args.coupling),
-                     cg_iterations=args.cg_iterations,
-                     warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup), " nats/dim"
+    return APSConfig(
+        flow=FlowConfig(
+            couplings=args.couplings, width=args.width, num_modes=args.modes, coupling=args.coupling
+        ),
+        cg_iterations=args.cg_iterations,
+        warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup,
+    ), " nats/dim"
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -505,11 +613,22 @@ def _distill(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     settings, unit = _distill_settings(args)
     _, result = train_engine(
-        args.engine, _distill_data(args), args.prior, args.out, _train_config(args), settings=settings,
-        masks=args.masks, noise_std=args.noise_std, resume=args.resume, progress=not args.quiet,
+        args.engine,
+        _distill_data(args),
+        args.prior,
+        args.out,
+        _train_config(args),
+        settings=settings,
+        masks=args.masks,
+        noise_std=args.noise_std,
+        resume=args.resume,
+        progress=not args.quiet,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"step {result.step}: loss {result.loss:.4f}{unit}, {result.seconds:.0f} s; checkpoint {result.checkpoint}")
+        print(
+            f"step {result.step}: loss {result.loss:.4f}{unit}, {result.seconds:.0f} s; "
+            f"checkpoint {result.checkpoint}"
+        )
     return 0
 
 
@@ -529,49 +648,100 @@ def _sample(args: argparse.Namespace) -> int:
     if isinstance(ds.source, SignalsNotStored):  # held-out signals come from the dataset itself
         if ds.name not in dataset_names():
             raise ValueError(
-                f"{args.checkpoint} was trained on {ds.name!r}, not a registered dataset: `sample` draws held-out "
-                "signals from a registered one; give your own observations to `impute` instead"
+                f"{args.checkpoint} was trained on {ds.name!r}, not a registered dataset: "
+                "`sample` draws held-out signals from a registered one; "
+                "give your own observations to `impute` instead"
             )
         ds = build_prior_dataset(ds.name)
         checkpoint_domain(load_checkpoint(args.checkpoint), args.checkpoint, ds.domain)
-    batch = held_out_observations(ds, engine.noise, args.observations, masks=args.masks or "random", seed=args.seed)
+    batch = held_out_observations(
+        ds, engine.noise, args.observations, masks=args.masks or "random", seed=args.seed
+    )
     op = batch.operator(ds.domain)
     start = time.perf_counter()
     samples = engine.sample(batch.y, op, args.n, rng=torch.Generator().manual_seed(args.seed + 1))
     per_sample = (time.perf_counter() - start) / (args.n * args.observations)
     np.savez_compressed(
-        args.out, y=batch.y.numpy(), mask=batch.mask.numpy(), truth=batch.truth.numpy(), samples=samples.numpy(),
-        mean=samples.mean(0).numpy(), std=samples.std(0).numpy(), seconds_per_sample=per_sample,
+        args.out,
+        y=batch.y.numpy(),
+        mask=batch.mask.numpy(),
+        truth=batch.truth.numpy(),
+        samples=samples.numpy(),
+        mean=samples.mean(0).numpy(),
+        std=samples.std(0).numpy(),
+        seconds_per_sample=per_sample,
     )
-    print(f"wrote {args.out}: {args.n} samples for each of {args.observations} observations, {1e3 * per_sample:.2f} ms per sample")
+    print(
+        f"wrote {args.out}: {args.n} samples for each of {args.observations} observations, "
+        f"{1e3 * per_sample:.2f} ms per sample"
+    )
     return 0
 
 
-def _add_training_options(p: argparse.ArgumentParser, steps: int, lr: float, ema: float, validate_every: int) -> None:
-    """The `TrainConfig` options (default None: `_train_config` fills them in) and --resume/--overwrite."""
+def _add_training_options(
+    p: argparse.ArgumentParser, steps: int, lr: float, ema: float, validate_every: int
+) -> None:
+    """Add the `TrainConfig` options and --resume/--overwrite to `p`.
+
+    The options default to None: `_train_config` fills them in.
+    """
     batch, warm = (16, 50) if ema == 0 else (32, 100)
-    p.set_defaults(training_defaults={
-        "steps": steps, "batch_size": batch, "lr": lr, "warmup": warm, "ema_decay": ema, "seed": 0,
-        "checkpoint_every": 250, "validate_every": validate_every, "log_every": 25, "device": "cpu",
-    })
+    p.set_defaults(
+        training_defaults={
+            "steps": steps,
+            "batch_size": batch,
+            "lr": lr,
+            "warmup": warm,
+            "ema_decay": ema,
+            "seed": 0,
+            "checkpoint_every": 250,
+            "validate_every": validate_every,
+            "log_every": 25,
+            "device": "cpu",
+        }
+    )
     keep = "; with --resume: the checkpoint's"
-    p.add_argument("--steps", type=_positive_int, help=f"optimisation steps in total (default: {steps})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"global batch size (default: {batch}{keep})")
-    p.add_argument("--lr", type=_positive_float, help=f"peak Adam learning rate (default: {lr}{keep})")
-    p.add_argument("--warmup", type=int, help=f"learning-rate warm-up steps (default: {warm}, at most --steps{keep})")
-    p.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default: {ema}{keep})")
-    p.add_argument("--seed", type=int, help=f"seed of initialisation and batches (default: 0{keep})")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: 250)")
+    p.add_argument(
+        "--steps", type=_positive_int, help=f"optimisation steps in total (default: {steps})"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, help=f"global batch size (default: {batch}{keep})"
+    )
+    p.add_argument(
+        "--lr", type=_positive_float, help=f"peak Adam learning rate (default: {lr}{keep})"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help=f"learning-rate warm-up steps (default: {warm}, at most --steps{keep})",
+    )
+    p.add_argument(
+        "--ema", type=float, help=f"EMA decay of the weights, 0 for none (default: {ema}{keep})"
+    )
+    p.add_argument(
+        "--seed", type=int, help=f"seed of initialisation and batches (default: 0{keep})"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: 250)"
+    )
     p.add_argument("--log-every", type=_positive_int, help="steps between log rows (default: 25)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default: 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per process (default: 1)"
+    )
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.pt if it exists, with its settings (a different "
-                            "seed, batch size, learning rate, warm-up or EMA is refused)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="replace the run OUT already holds (checkpoint.pt, log.csv, train.json); "
-                            "without it (or --resume) such an OUT is refused")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt if it exists, with its settings (a different "
+        "seed, batch size, learning rate, warm-up or EMA is refused)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT already holds (checkpoint.pt, log.csv, train.json); "
+        "without it (or --resume) such an OUT is refused",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -586,190 +756,455 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="impute a real ERA5 field with the exact Gaussian posterior",
-        description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="impute a real ERA5 field with the exact Gaussian posterior",
+        description=DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--input", help="ERA5 netCDF/GRIB/zarr file (default: the shipped UK t2m sample)")
+    demo.add_argument(
+        "--input", help="ERA5 netCDF/GRIB/zarr file (default: the shipped UK t2m sample)"
+    )
     demo.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
-    demo.add_argument("--mask", default="random", choices=["random", "stations", "swath", "box"],
-                      help="how cells are hidden (default: random)")
-    demo.add_argument("--missing", type=float, default=0.7,
-                      help="fraction of cells hidden for --mask random/stations (default: 0.7)")
-    demo.add_argument("--times", type=int, default=8, help="number of held-out test hours (default: 8)")
-    demo.add_argument("--samples", type=int, default=16, help="posterior samples per field (default: 16)")
-    demo.add_argument("--noise-std", type=_positive_float, default=0.1,
-                      help="observation error std assumed by the likelihood, variable units (default: 0.1)")
-    demo.add_argument("--train-fraction", type=float, default=0.75,
-                      help="leading fraction of time steps used to fit the prior (default: 0.75)")
+    demo.add_argument(
+        "--mask",
+        default="random",
+        choices=["random", "stations", "swath", "box"],
+        help="how cells are hidden (default: random)",
+    )
+    demo.add_argument(
+        "--missing",
+        type=float,
+        default=0.7,
+        help="fraction of cells hidden for --mask random/stations (default: 0.7)",
+    )
+    demo.add_argument(
+        "--times", type=int, default=8, help="number of held-out test hours (default: 8)"
+    )
+    demo.add_argument(
+        "--samples", type=int, default=16, help="posterior samples per field (default: 16)"
+    )
+    demo.add_argument(
+        "--noise-std",
+        type=_positive_float,
+        default=0.1,
+        help="observation error std assumed by the likelihood, variable units (default: 0.1)",
+    )
+    demo.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.75,
+        help="leading fraction of time steps used to fit the prior (default: 0.75)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of masks and samples (default: 0)")
-    demo.add_argument("--output-dir", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument(
+        "--output-dir", default="demo_output", help="output folder (default: demo_output)"
+    )
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG map")
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     demo.set_defaults(func=_demo)
 
     im = sub.add_parser(
-        "impute", help="impute hidden cells of a gridded field to a CF netCDF file",
-        description=IMPUTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "impute",
+        help="impute hidden cells of a gridded field to a CF netCDF file",
+        description=IMPUTE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     im.add_argument("--input", required=True, help="netCDF/GRIB/zarr file or glob of files")
     im.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
-    im.add_argument("--skip-corrupt-grib", action="store_true",
-                    help="read a GRIB file with truncated/corrupted messages without them (default: refuse it)")
-    im.add_argument("--mask", action="append", metavar="SPEC",
-                    help="cells to hide, see above; repeat to combine (default: nan)")
-    im.add_argument("--engine", default="gaussian", choices=engine_names(),
-                    help="posterior engine (default: gaussian)")
-    im.add_argument("--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint")
-    im.add_argument("--fit-period", metavar="START:END[,...]",
-                    help="times used to fit the gaussian engine, e.g. 2019-03-01:2019-03-24 or "
-                         "2019-03-01:2019-03-10,2019-03-20:2019-03-24 (see above)")
-    im.add_argument("--period", metavar="START:END[,...]",
-                    help="times to impute: ranges or stamps, comma-separated, e.g. 2019-03-25,2019-03-28T12 "
-                         "(default: all)")
-    im.add_argument("--select", action="append", metavar="DIM=VALUE",
-                    help="pick one value of an extra dimension, e.g. level=500 or number=0")
-    im.add_argument("--region", metavar="S:N:W:E",
-                    help="crop the field to a latitude-longitude box first, e.g. 35:70:-15:40 (Europe)")
-    im.add_argument("--coarsen", type=_positive_int, default=1, metavar="K",
-                    help="average the observed cells of KxK blocks first, e.g. 4 for a global 1 deg grid (default: 1)")
-    im.add_argument("--output-grid", choices=["coarse", "native"], default="coarse",
-                    help="with --coarsen: write the result on the coarse grid, or on the input's (native: "
-                         "piecewise constant per block, the input's observed cells exact, std 0 there) "
-                         "(default: coarse)")
-    im.add_argument("--truth", metavar="FILE",
-                    help="score the imputation against FILE's values at the hidden cells (same variable and "
-                         "grid after --select/--region/--coarsen, every imputed time)")
-    im.add_argument("--variance-scale", choices=list(VARIANCE_SCALES), default=None,
-                    help="gaussian engine: re-estimate how variable each field's anomalies are from its observed "
-                         "values (observed), keep the training fields' covariance (fitted), or re-fit range, "
-                         "std and nugget to each field's observed values (refit: one fit per field, ~20-30 s "
-                         "at 1 degree; for large contiguous gaps such as swaths, where one scale leaves the "
-                         "intervals too narrow far from the data) (default: observed for a model fitted "
-                         "here, a saved model's own setting)")
+    im.add_argument(
+        "--skip-corrupt-grib",
+        action="store_true",
+        help="read a GRIB file with truncated/corrupted messages without them (default: refuse it)",
+    )
+    im.add_argument(
+        "--mask",
+        action="append",
+        metavar="SPEC",
+        help="cells to hide, see above; repeat to combine (default: nan)",
+    )
+    im.add_argument(
+        "--engine",
+        default="gaussian",
+        choices=engine_names(),
+        help="posterior engine (default: gaussian)",
+    )
+    im.add_argument(
+        "--checkpoint", help="model file: --save-model output, train-prior or distill checkpoint"
+    )
+    im.add_argument(
+        "--fit-period",
+        metavar="START:END[,...]",
+        help="times used to fit the gaussian engine, e.g. 2019-03-01:2019-03-24 or "
+        "2019-03-01:2019-03-10,2019-03-20:2019-03-24 (see above)",
+    )
+    im.add_argument(
+        "--period",
+        metavar="START:END[,...]",
+        help="times to impute: ranges or stamps, comma-separated, e.g. 2019-03-25,2019-03-28T12 "
+        "(default: all)",
+    )
+    im.add_argument(
+        "--select",
+        action="append",
+        metavar="DIM=VALUE",
+        help="pick one value of an extra dimension, e.g. level=500 or number=0",
+    )
+    im.add_argument(
+        "--region",
+        metavar="S:N:W:E",
+        help="crop the field to a latitude-longitude box first, e.g. 35:70:-15:40 (Europe)",
+    )
+    im.add_argument(
+        "--coarsen",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="average the observed cells of KxK blocks first, e.g. 4 for a global 1 deg grid "
+        "(default: 1)",
+    )
+    im.add_argument(
+        "--output-grid",
+        choices=["coarse", "native"],
+        default="coarse",
+        help="with --coarsen: write the result on the coarse grid, or on the input's (native: "
+        "piecewise constant per block, the input's observed cells exact, std 0 there) "
+        "(default: coarse)",
+    )
+    im.add_argument(
+        "--truth",
+        metavar="FILE",
+        help="score the imputation against FILE's values at the hidden cells (same variable and "
+        "grid after --select/--region/--coarsen, every imputed time)",
+    )
+    im.add_argument(
+        "--variance-scale",
+        choices=list(VARIANCE_SCALES),
+        default=None,
+        help="gaussian engine: re-estimate how variable each field's anomalies are from its "
+        "observed values (observed), keep the training fields' covariance (fitted), or re-fit "
+        "range, std and nugget to each field's observed values (refit: one fit per field, ~20-30 s "
+        "at 1 degree; for large contiguous gaps such as swaths, where one scale leaves the "
+        "intervals too narrow far from the data) (default: observed for a model fitted "
+        "here, a saved model's own setting)",
+    )
     im.add_argument("--save-model", metavar="PATH", help="save the fitted gaussian model for reuse")
-    im.add_argument("--samples", type=_positive_int, default=16,
-                    help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "
-                         "exact (default: 16)")
-    im.add_argument("--quantiles", type=float, nargs="*", metavar="Q",
-                    help="also write per-cell quantiles of the samples, e.g. 0.05 0.95")
-    im.add_argument("--seed", type=int, default=0, help="seed of random masks and samples (default: 0)")
-    im.add_argument("--noise-std", type=_positive_float, default=None,
-                    help="observation error std of the likelihood, variable units (default: 0.1 for a gaussian "
-                         "engine fitted here and for dps; a saved gaussian model's own value, which this "
-                         "replaces, its prior unchanged; aps/implicit/avi keep the value they were distilled for)")
-    im.add_argument("--chunk-size", type=_positive_int, default=None,
-                    help="time steps per block; memory grows with it (default: up to 24)")
-    im.add_argument("--dps-steps", type=_positive_int, default=1000, help="DPS reverse-diffusion steps (default: 1000)")
-    im.add_argument("--guidance", type=float, default=1.0, help="DPS guidance step size (default: 1.0)")
-    im.add_argument("--output", required=True,
-                    help="output netCDF file (written atomically; never one of the inputs or the checkpoint)")
-    im.add_argument("--plot", help="PNG map of the first imputed time step (or --plot-time); not an input or --output")
+    im.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=16,
+        help="posterior samples per field; at least 2 except for the gaussian engine, whose std is "
+        "exact (default: 16)",
+    )
+    im.add_argument(
+        "--quantiles",
+        type=float,
+        nargs="*",
+        metavar="Q",
+        help="also write per-cell quantiles of the samples, e.g. 0.05 0.95",
+    )
+    im.add_argument(
+        "--seed", type=int, default=0, help="seed of random masks and samples (default: 0)"
+    )
+    im.add_argument(
+        "--noise-std",
+        type=_positive_float,
+        default=None,
+        help="observation error std of the likelihood, variable units (default: 0.1 for a gaussian "
+        "engine fitted here and for dps; a saved gaussian model's own value, which this "
+        "replaces, its prior unchanged; aps/implicit/avi keep the value they were distilled for)",
+    )
+    im.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=None,
+        help="time steps per block; memory grows with it (default: up to 24)",
+    )
+    im.add_argument(
+        "--dps-steps",
+        type=_positive_int,
+        default=1000,
+        help="DPS reverse-diffusion steps (default: 1000)",
+    )
+    im.add_argument(
+        "--guidance", type=float, default=1.0, help="DPS guidance step size (default: 1.0)"
+    )
+    im.add_argument(
+        "--output",
+        required=True,
+        help="output netCDF file (written atomically; never one of the inputs or the checkpoint)",
+    )
+    im.add_argument(
+        "--plot",
+        help="PNG map of the first imputed time step (or --plot-time); not an input or --output",
+    )
     im.add_argument("--plot-time", help="time step to map, e.g. 2019-03-28T12")
     im.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
-    im.add_argument("--scheduler", metavar="ADDRESS|local:N",
-                    help="run the blocks of time steps on a dask cluster: local:N starts N single-threaded worker "
-                         "processes here, an address (tcp://host:8786) joins a running `dask scheduler`; the "
-                         "output is the same bit for bit (default: this process)")
+    im.add_argument(
+        "--scheduler",
+        metavar="ADDRESS|local:N",
+        help="run the blocks of time steps on a dask cluster: local:N starts N single-threaded "
+        "worker processes here, an address (tcp://host:8786) joins a running `dask scheduler`; "
+        "the output is the same bit for bit (default: this process)",
+    )
     im.set_defaults(func=_impute)
 
     tp = sub.add_parser(
-        "train-prior", help="train a diffusion prior on a dataset",
-        description=TRAIN_PRIOR_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train-prior",
+        help="train a diffusion prior on a dataset",
+        description=TRAIN_PRIOR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tp.add_argument("--dataset", help="dataset name (see above)")
-    tp.add_argument("--input", metavar="FILE", help="your gridded field: netCDF, GRIB or zarr (with --var)")
+    tp.add_argument(
+        "--input", metavar="FILE", help="your gridded field: netCDF, GRIB or zarr (with --var)"
+    )
     tp.add_argument("--var", help="--input: the variable to train on")
-    tp.add_argument("--select", nargs="+", metavar="DIM=VALUE", help="--input: fix other dimensions, e.g. level=500")
-    tp.add_argument("--fit-period", metavar="START:END[,...]", help="--input: the times trained on (default all)")
-    tp.add_argument("--coarsen", type=_positive_int, default=1, help="--input: average KxK blocks first (default 1)")
-    tp.add_argument("--augment", choices=["auto", "longitude", "none"], default="auto",
-                    help="--input: random rotations about the polar axis (longitude; global evenly spaced grids), "
-                         "none, or auto: longitude where exact, else none (default: auto)")
-    tp.add_argument("--sample-dim", default="time", metavar="DIM",
-                    help="--input: the dimension whose entries are the training fields, e.g. month or number "
-                         "(default: time)")
-    tp.add_argument("--mesh", metavar="FILE", help="your mesh: OFF, OBJ, PLY or STL (with --signals)")
-    tp.add_argument("--signals", metavar="FILE", help="--mesh: an .npz with signals (S, V) [, positions (V, 3), units]")
-    tp.add_argument("--val-fraction", type=float, default=0.1,
-                    help="--input/--mesh: the last share of steps/signals held out for validation (default 0.1)")
-    tp.add_argument("--out", required=True, help="output folder (checkpoint.pt, log.csv, train.json)")
+    tp.add_argument(
+        "--select",
+        nargs="+",
+        metavar="DIM=VALUE",
+        help="--input: fix other dimensions, e.g. level=500",
+    )
+    tp.add_argument(
+        "--fit-period",
+        metavar="START:END[,...]",
+        help="--input: the times trained on (default all)",
+    )
+    tp.add_argument(
+        "--coarsen",
+        type=_positive_int,
+        default=1,
+        help="--input: average KxK blocks first (default 1)",
+    )
+    tp.add_argument(
+        "--augment",
+        choices=["auto", "longitude", "none"],
+        default="auto",
+        help="--input: random rotations about the polar axis (longitude; global evenly spaced "
+        "grids), none, or auto: longitude where exact, else none (default: auto)",
+    )
+    tp.add_argument(
+        "--sample-dim",
+        default="time",
+        metavar="DIM",
+        help="--input: the dimension whose entries are the training fields, e.g. month or number "
+        "(default: time)",
+    )
+    tp.add_argument(
+        "--mesh", metavar="FILE", help="your mesh: OFF, OBJ, PLY or STL (with --signals)"
+    )
+    tp.add_argument(
+        "--signals",
+        metavar="FILE",
+        help="--mesh: an .npz with signals (S, V) [, positions (V, 3), units]",
+    )
+    tp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="--input/--mesh: the last share of steps/signals held out for validation "
+        "(default 0.1)",
+    )
+    tp.add_argument(
+        "--out", required=True, help="output folder (checkpoint.pt, log.csv, train.json)"
+    )
     _add_training_options(tp, steps=2000, lr=2e-3, ema=0.999, validate_every=250)
-    tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64],
-                    help="feature channels per U-Net level, finest first (default: 16 32 64)")
-    tp.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of the spectral filters (default: 64)")
-    tp.add_argument("--validate-every", type=int, help="steps between validation losses, 0 for none (default: 250)")
+    tp.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64],
+        help="feature channels per U-Net level, finest first (default: 16 32 64)",
+    )
+    tp.add_argument(
+        "--modes",
+        type=int,
+        default=64,
+        help="Laplace-Beltrami modes of the spectral filters (default: 64)",
+    )
+    tp.add_argument(
+        "--validate-every",
+        type=int,
+        help="steps between validation losses, 0 for none (default: 250)",
+    )
     tp.set_defaults(func=_train_prior)
 
     ds = sub.add_parser(
-        "distill", help="distil an amortized posterior sampler (conditional flow) from a prior",
-        description=DISTILL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "distill",
+        help="distil an amortized posterior sampler (conditional flow) from a prior",
+        description=DISTILL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ds.add_argument("--engine", default="aps", choices=distilled_engines(),
-                    help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL; "
-                         "avi: amortized inner VI for a guided few-step sampler (default: aps)")
-    ds.add_argument("--dataset", help="dataset name (as for train-prior); default: the prior's own data (the "
-                                      "named dataset or the files it was trained on, checked by SHA-256)")
-    ds.add_argument("--prior", required=True, help='"exact" (gaussian-* datasets, with --dataset) or a prior checkpoint')
+    ds.add_argument(
+        "--engine",
+        default="aps",
+        choices=distilled_engines(),
+        help="aps: conditional flow by reverse KL; implicit: one-pass generator by integral KL; "
+        "avi: amortized inner VI for a guided few-step sampler (default: aps)",
+    )
+    ds.add_argument(
+        "--dataset",
+        help="dataset name (as for train-prior); default: the prior's own data (the "
+        "named dataset or the files it was trained on, checked by SHA-256)",
+    )
+    ds.add_argument(
+        "--prior",
+        required=True,
+        help='"exact" (gaussian-* datasets, with --dataset) or a prior checkpoint',
+    )
     ds.add_argument("--out", required=True, help="output folder")
-    ds.add_argument("--masks", default="random", help="random | caps | stations | swaths | mixture (default: random)")
-    ds.add_argument("--noise-std", type=_positive_float, default=0.1,
-                    help="observation noise std, signal units (default: 0.1)")
+    ds.add_argument(
+        "--masks",
+        default="random",
+        help="random | caps | stations | swaths | mixture (default: random)",
+    )
+    ds.add_argument(
+        "--noise-std",
+        type=_positive_float,
+        default=0.1,
+        help="observation noise std, signal units (default: 0.1)",
+    )
     ds.add_argument("--couplings", type=int, default=4, help="affine coupling layers (default: 4)")
-    ds.add_argument("--coupling", choices=["graph", "spectral"], default="graph",
-                    help="aps: graph-network conditioners per coupling (graph), or conditioners on the untouched "
-                         "nodes' lowest Laplace-Beltrami coefficients, the graph network run once per observation "
-                         "(spectral: several times cheaper per sample) (default: graph)")
+    ds.add_argument(
+        "--coupling",
+        choices=["graph", "spectral"],
+        default="graph",
+        help="aps: graph-network conditioners per coupling (graph), or conditioners on the "
+        "untouched nodes' lowest Laplace-Beltrami coefficients, the graph network run once per "
+        "observation (spectral: several times cheaper per sample) (default: graph)",
+    )
     ds.add_argument("--width", type=int, default=32, help="conditioner channels (default: 32)")
-    ds.add_argument("--modes", type=int, default=64, help="Laplace-Beltrami modes of spectral layers (default: 64)")
-    ds.add_argument("--cg-iterations", type=int, default=30, help="iterations of the first estimate (default: 30)")
-    ds.add_argument("--data-warmup", type=float, default=None,
-                    help="fraction of training over which the likelihood weight rises to 1 "
-                         "(default: 0.2 for aps, 0 for implicit)")
+    ds.add_argument(
+        "--modes",
+        type=int,
+        default=64,
+        help="Laplace-Beltrami modes of spectral layers (default: 64)",
+    )
+    ds.add_argument(
+        "--cg-iterations",
+        type=int,
+        default=30,
+        help="iterations of the first estimate (default: 30)",
+    )
+    ds.add_argument(
+        "--data-warmup",
+        type=float,
+        default=None,
+        help="fraction of training over which the likelihood weight rises to 1 "
+        "(default: 0.2 for aps, 0 for implicit)",
+    )
     _add_training_options(ds, steps=2000, lr=2e-3, ema=0.0, validate_every=0)
     ds.set_defaults(func=_distill)
 
     rc = sub.add_parser(
-        "reconstruct", help="reconstruct signals on your mesh or HEALPix map from their observed values",
-        description=RECONSTRUCT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "reconstruct",
+        help="reconstruct signals on your mesh or HEALPix map from their observed values",
+        description=RECONSTRUCT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from manifold_aps.reconstruct import reconstruction_engines
 
-    rc.add_argument("--mesh", metavar="FILE", help="the mesh: OFF, OBJ, PLY or STL (with --signals)")
-    rc.add_argument("--signals", metavar="FILE", help="an .npz with signals (S, V), NaN = unobserved")
-    rc.add_argument("--observed", metavar="FILE", help="an .npz with a boolean observed (S, V) (default: not NaN)")
-    rc.add_argument("--healpix", metavar="MAP.fits",
-                    help="a HEALPix map instead of a mesh (RING/NESTED from its header; UNSEEN = unobserved)")
-    rc.add_argument("--mask", metavar="random:F|MASK.fits",
-                    help="random:F also hides a share F of the observed values and scores on them; with "
-                         "--healpix, a mask map of the same nside (1 = observed)")
-    rc.add_argument("--engine", default="gaussian", choices=reconstruction_engines(), help="see above (default: gaussian)")
-    rc.add_argument("--checkpoint", help="dps: a train-prior checkpoint; aps/implicit/avi: a distill checkpoint")
-    rc.add_argument("--samples", type=_positive_int, default=16, help="posterior samples per signal (default: 16)")
-    rc.add_argument("--seed", type=int, default=0, help="seed of --mask and of the samples (default: 0)")
-    rc.add_argument("--alpha", type=int, choices=[1, 2, 3], default=2,
-                    help="gaussian: GMRF smoothness order, nu = alpha - 1 (default: 2)")
-    rc.add_argument("--noise-std", type=_positive_float, default=0.1, help="dps: observation noise std (default: 0.1)")
-    rc.add_argument("--dps-steps", type=_positive_int, default=1000, help="dps: reverse-diffusion steps (default: 1000)")
-    rc.add_argument("--guidance", type=float, default=1.0, help="dps: guidance step size (default: 1)")
-    rc.add_argument("--output", required=True, help="output .npz (a --healpix map: .fits too, columns MEAN, STD, OBSERVED)")
-    rc.add_argument("--ply", metavar="FILE", help="also write a PLY with the mean and std as vertex attributes")
+    rc.add_argument(
+        "--mesh", metavar="FILE", help="the mesh: OFF, OBJ, PLY or STL (with --signals)"
+    )
+    rc.add_argument(
+        "--signals", metavar="FILE", help="an .npz with signals (S, V), NaN = unobserved"
+    )
+    rc.add_argument(
+        "--observed",
+        metavar="FILE",
+        help="an .npz with a boolean observed (S, V) (default: not NaN)",
+    )
+    rc.add_argument(
+        "--healpix",
+        metavar="MAP.fits",
+        help="a HEALPix map instead of a mesh (RING/NESTED from its header; UNSEEN = unobserved)",
+    )
+    rc.add_argument(
+        "--mask",
+        metavar="random:F|MASK.fits",
+        help="random:F also hides a share F of the observed values and scores on them; with "
+        "--healpix, a mask map of the same nside (1 = observed)",
+    )
+    rc.add_argument(
+        "--engine",
+        default="gaussian",
+        choices=reconstruction_engines(),
+        help="see above (default: gaussian)",
+    )
+    rc.add_argument(
+        "--checkpoint", help="dps: a train-prior checkpoint; aps/implicit/avi: a distill checkpoint"
+    )
+    rc.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=16,
+        help="posterior samples per signal (default: 16)",
+    )
+    rc.add_argument(
+        "--seed", type=int, default=0, help="seed of --mask and of the samples (default: 0)"
+    )
+    rc.add_argument(
+        "--alpha",
+        type=int,
+        choices=[1, 2, 3],
+        default=2,
+        help="gaussian: GMRF smoothness order, nu = alpha - 1 (default: 2)",
+    )
+    rc.add_argument(
+        "--noise-std",
+        type=_positive_float,
+        default=0.1,
+        help="dps: observation noise std (default: 0.1)",
+    )
+    rc.add_argument(
+        "--dps-steps",
+        type=_positive_int,
+        default=1000,
+        help="dps: reverse-diffusion steps (default: 1000)",
+    )
+    rc.add_argument(
+        "--guidance", type=float, default=1.0, help="dps: guidance step size (default: 1)"
+    )
+    rc.add_argument(
+        "--output",
+        required=True,
+        help="output .npz (a --healpix map: .fits too, columns MEAN, STD, OBSERVED)",
+    )
+    rc.add_argument(
+        "--ply", metavar="FILE", help="also write a PLY with the mean and std as vertex attributes"
+    )
     rc.add_argument("--plot", metavar="FILE", help="also write a PNG of the first signal")
     rc.add_argument("--quiet", action="store_true", help="no progress bar")
     rc.set_defaults(func=_reconstruct)
 
     sp = sub.add_parser(
-        "sample", help="posterior samples from a distilled engine for held-out observations",
-        description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "sample",
+        help="posterior samples from a distilled engine for held-out observations",
+        description=SAMPLE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sp.add_argument("--checkpoint", required=True, help="a distill checkpoint (any --engine)")
     sp.add_argument("--out", required=True, help="output .npz file")
-    sp.add_argument("--n", type=_ensemble_size, default=100,
-                    help="samples per observation, at least 2: the file's std is theirs (default: 100)")
-    sp.add_argument("--observations", type=_positive_int, default=4, help="held-out observations (default: 4)")
-    sp.add_argument("--masks", default=None, help="mask family of the observations (default: random)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of observations and samples (default: 0)")
-    sp.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)")
+    sp.add_argument(
+        "--n",
+        type=_ensemble_size,
+        default=100,
+        help="samples per observation, at least 2: the file's std is theirs (default: 100)",
+    )
+    sp.add_argument(
+        "--observations", type=_positive_int, default=4, help="held-out observations (default: 4)"
+    )
+    sp.add_argument(
+        "--masks", default=None, help="mask family of the observations (default: random)"
+    )
+    sp.add_argument(
+        "--seed", type=int, default=0, help="seed of observations and samples (default: 0)"
+    )
+    sp.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)"
+    )
     sp.set_defaults(func=_sample)
     return parser
 
@@ -783,13 +1218,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, KeyError, RuntimeError) as err:  # user input; CheckpointError is a ValueError
+    except (
+        ValueError,
+        KeyError,
+        RuntimeError,
+    ) as err:  # user input; CheckpointError is a ValueError
         print(f"manifold-aps {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file that cannot be read or written: name it
         files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
         reason = err.strerror or str(err)
-        print(f"manifold-aps {args.command}: error: {files + ': ' if files else ''}{reason}", file=sys.stderr)
+        print(
+            f"manifold-aps {args.command}: error: {files + ': ' if files else ''}{reason}",
+            file=sys.stderr,
+        )
         return 2
 
 

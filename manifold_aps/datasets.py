@@ -62,8 +62,11 @@ __all__ = [
 
 
 def data_dir() -> Path:
-    """`$MANIFOLD_APS_DATA`; by default `../shared/data` relative to the working directory, or else
-    to the repository of an editable install (so that scripts run from any sub-folder)."""
+    """The shared data folder: `$MANIFOLD_APS_DATA`, by default `../shared/data`.
+
+    The default is relative to the working directory, or else to the repository of an editable
+    install (so that scripts run from any sub-folder).
+    """
     if "MANIFOLD_APS_DATA" in os.environ:
         return Path(os.environ["MANIFOLD_APS_DATA"])
     here = Path("../shared/data")
@@ -74,7 +77,9 @@ def data_dir() -> Path:
 def require_file(path: Path) -> Path:
     """`path` if it exists, else a `FileNotFoundError` that names `MANIFOLD_APS_DATA`."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; set MANIFOLD_APS_DATA to the folder of the shared data")
+        raise FileNotFoundError(
+            f"{path} not found; set MANIFOLD_APS_DATA to the folder of the shared data"
+        )
     return path
 
 
@@ -91,11 +96,13 @@ class TensorSource:
         self.train, self.val, self.augment = train.float(), val.float(), augment
 
     def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """`n` training signals `(n, N, C)` drawn with replacement, augmented if configured."""
         idx = torch.randint(0, self.train.shape[0], (n,), generator=generator)
         x = self.train[idx]
         return self.augment(x, generator) if self.augment else x
 
     def validation(self) -> torch.Tensor:
+        """The validation signals `(M', N, C)`."""
         return self.val
 
 
@@ -104,12 +111,16 @@ class GaussianSource:
 
     def __init__(self, prior: GaussianPrior, num_val: int = 64, channels: int = 1):
         self.prior, self.channels = prior, channels
-        self.val = prior.sample(num_val, channels=channels, rng=torch.Generator().manual_seed(4242)).float()
+        self.val = prior.sample(
+            num_val, channels=channels, rng=torch.Generator().manual_seed(4242)
+        ).float()
 
     def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """`n` fresh draws `(n, N, C)` of the prior."""
         return self.prior.sample(n, channels=self.channels, rng=generator).float()
 
     def validation(self) -> torch.Tensor:
+        """The fixed validation draws `(num_val, N, C)`."""
         return self.val
 
 
@@ -144,25 +155,42 @@ class PriorDataset:
         return self.source.validation().shape[-1]
 
     def description_dict(self) -> dict:
-        """What a checkpoint records about these training signals (plain types): `name`, `units`,
-        `description`, `channels`, `variable` (a climate field's name, else "")."""
-        data = {"name": self.name, "units": self.units, "description": self.description,
-                "channels": self.channels, "variable": str(self.extra.get("variable", ""))}
+        """What a checkpoint records about these training signals (plain types).
+
+        Keys: `name`, `units`, `description`, `channels`, `variable` (a climate field's name,
+        else "").
+        """
+        data = {
+            "name": self.name,
+            "units": self.units,
+            "description": self.description,
+            "channels": self.channels,
+            "variable": str(self.extra.get("variable", "")),
+        }
         if "source" in self.extra:  # a user's files: how to read them again (`dataset_from_source`)
             data["source"] = self.extra["source"]
         return data
 
     @classmethod
     def described(cls, domain: Domain, data: dict) -> PriorDataset:
-        """The dataset a checkpoint describes (`description_dict`): its domain, units and
-        variable, and no signals (`source` is a `SignalsNotStored`, `test` empty)."""
+        """The dataset a checkpoint describes (`description_dict`), without its signals.
+
+        It has its domain, units and variable, and no signals (`source` is a `SignalsNotStored`,
+        `test` empty).
+        """
         channels = int(data.get("channels", 1))
         extra = {"variable": data["variable"]} if data.get("variable") else {}
         if "source" in data:
             extra["source"] = data["source"]
-        return cls(str(data.get("name", "")), domain, SignalsNotStored(str(data.get("name", "")), channels),
-                   torch.zeros(0, domain.num_nodes, channels), str(data.get("units", "")),
-                   str(data.get("description", "")), extra=extra)
+        return cls(
+            str(data.get("name", "")),
+            domain,
+            SignalsNotStored(str(data.get("name", "")), channels),
+            torch.zeros(0, domain.num_nodes, channels),
+            str(data.get("units", "")),
+            str(data.get("description", "")),
+            extra=extra,
+        )
 
 
 class SignalsNotStored:
@@ -173,14 +201,17 @@ class SignalsNotStored:
 
     def _refuse(self):
         raise ValueError(
-            f"the signals of {self.name!r} are not stored in the checkpoint; build the dataset itself "
+            f"the signals of {self.name!r} are not stored in the checkpoint; "
+            "build the dataset itself "
             "(a registered name: build_prior_dataset) or pass your own signals"
         )
 
     def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """Refused: a `ValueError`, the signals are not stored."""
         self._refuse()
 
     def validation(self) -> torch.Tensor:
+        """Refused: a `ValueError`, the signals are not stored."""
         self._refuse()
 
 
@@ -205,15 +236,21 @@ def _wmap(root: Path, nside: int = 16, pool: int = 2048) -> PriorDataset:
 
     source = TensorSource(rotations(pool, 1), rotations(64, 2))
     return PriorDataset(
-        "wmap", HealpixSphere(nside), source, torch.from_numpy(m[None, :, None]).float(), "mK",
+        "wmap",
+        HealpixSphere(nside),
+        source,
+        torch.from_numpy(m[None, :, None]).float(),
+        "mK",
         f"WMAP 7-yr W-band I map, nside {nside}, {pool} random SO(3) rotations (band limit {lmax})",
         extra={"map": m},
     )
 
 
 def _rotated_maps(maps: np.ndarray, nside: int, count: int, seed: int) -> torch.Tensor:
-    """`count` random SO(3) rotations of `maps` `(K, Npix)` (cycled), exact on their alm up to
-    lmax = 3 nside - 1; shape `(count, Npix, 1)` float32."""
+    """`count` random SO(3) rotations of `maps` `(K, Npix)` (cycled); `(count, Npix, 1)` float32.
+
+    The rotations are exact on the maps' alm up to lmax = 3 nside - 1.
+    """
     import healpy as hp
     from scipy.spatial.transform import Rotation
 
@@ -236,8 +273,9 @@ def wmap_masked_problem(
     cap_area: float = 0.015,
     seed: int = 0,
 ) -> dict:
-    r"""The WMAP W-band map under its real analysis mask, with held-out caps: everything
-    the ``wmap-masked`` dataset and `examples/sphere_inpainting.py` share.
+    r"""The WMAP W-band map under its real analysis mask, with held-out caps.
+
+    This is everything the ``wmap-masked`` dataset and `examples/sphere_inpainting.py` share.
 
     Steps (HEALPix RING order, as `HealpixSphere(nside)`):
 
@@ -275,9 +313,21 @@ def wmap_masked_problem(
 
     root = Path(root) if root else data_dir()
     folder = root / "sphere"
-    masked = hp.read_map(require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"), field=0, dtype=np.float64)
-    q32, u32 = hp.read_map(require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"), field=(1, 2), dtype=np.float64)
-    mask32 = hp.read_map(require_file(folder / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"), field=0, dtype=np.float64)
+    masked = hp.read_map(
+        require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"),
+        field=0,
+        dtype=np.float64,
+    )
+    q32, u32 = hp.read_map(
+        require_file(folder / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"),
+        field=(1, 2),
+        dtype=np.float64,
+    )
+    mask32 = hp.read_map(
+        require_file(folder / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"),
+        field=0,
+        dtype=np.float64,
+    )
     masked = np.where(mask32 > 0.5, masked, hp.UNSEEN)  # the mask file is the one source of truth
     m = hp.ud_grade(masked, nside, pess=False)
     observed = (hp.ud_grade(mask32, nside) > 0.5) & (m != hp.UNSEEN)
@@ -286,14 +336,20 @@ def wmap_masked_problem(
     for i in range(num_caps):
         gen = CapMaskGenerator(domain, num_caps=1, cap_area=cap_area)
         for attempt in range(100):
-            cap = ~gen.step(1, seed=f"wmap-masked-holdout-{seed}-{i}-{attempt}")["mask"][0, :, 0].numpy()
+            cap = ~gen.step(1, seed=f"wmap-masked-holdout-{seed}-{i}-{attempt}")["mask"][
+                0, :, 0
+            ].numpy()
             if observed[cap].mean() >= 0.75 and not (holdout & cap).any():
                 break
         else:
-            raise RuntimeError(f"no cap {i} of area {cap_area} inside the observed sky in 100 draws")
+            raise RuntimeError(
+                f"no cap {i} of area {cap_area} inside the observed sky in 100 draws"
+            )
         holdout |= cap & observed
     visible = observed & ~holdout
-    mono, dip = hp.fit_dipole(np.where(visible, m, hp.UNSEEN), bad=hp.UNSEEN)  # least squares on visible pixels
+    mono, dip = hp.fit_dipole(
+        np.where(visible, m, hp.UNSEEN), bad=hp.UNSEEN
+    )  # least squares on visible pixels
     vec = np.stack(hp.pix2vec(nside, np.arange(domain.num_nodes)), axis=1)
     monopole_dipole = mono + vec @ np.asarray(dip)
     clean = np.where(observed, m - monopole_dipole, 0.0)
@@ -308,13 +364,23 @@ def wmap_masked_problem(
     cl[:2] = noise_mk**2 * 4 * np.pi / npix
     prior = GaussianPrior.from_angular_power(domain, cl)
     return {
-        "domain": domain, "map": clean, "observed": observed, "holdout": holdout, "visible": visible,
-        "cl": cl, "noise_mk": noise_mk, "prior": prior, "monopole_dipole": monopole_dipole, "fsky": fsky,
+        "domain": domain,
+        "map": clean,
+        "observed": observed,
+        "holdout": holdout,
+        "visible": visible,
+        "cl": cl,
+        "noise_mk": noise_mk,
+        "prior": prior,
+        "monopole_dipole": monopole_dipole,
+        "fsky": fsky,
         "num_caps": num_caps,
     }
 
 
-def _wmap_masked(root: Path, nside: int = 16, pool: int = 2048, fills: int = 8, seed: int = 0) -> PriorDataset:
+def _wmap_masked(
+    root: Path, nside: int = 16, pool: int = 2048, fills: int = 8, seed: int = 0
+) -> PriorDataset:
     from manifold_aps.operators import GaussianNoise, Mask
     from manifold_aps.posterior.gaussian import ExactGaussianPosterior
 
@@ -322,17 +388,35 @@ def _wmap_masked(root: Path, nside: int = 16, pool: int = 2048, fills: int = 8, 
     domain, visible = prob["domain"], torch.from_numpy(prob["visible"])
     y = torch.from_numpy(np.where(prob["visible"], prob["map"], 0.0))[None, :, None]
     posterior = ExactGaussianPosterior(prob["prior"], GaussianNoise(prob["noise_mk"]))
-    draws = posterior.sample(y, Mask(domain, visible), fills, rng=torch.Generator().manual_seed(seed))[:, 0, :, 0]
-    filled = torch.where(visible, y[0, :, 0], draws).numpy()  # data where visible, constrained draws elsewhere
+    draws = posterior.sample(
+        y, Mask(domain, visible), fills, rng=torch.Generator().manual_seed(seed)
+    )[:, 0, :, 0]
+    filled = torch.where(
+        visible, y[0, :, 0], draws
+    ).numpy()  # data where visible, constrained draws elsewhere
     test = torch.from_numpy(prob["map"][None, :, None]).float()
     return PriorDataset(
-        "wmap-masked", domain, TensorSource(_rotated_maps(filled, nside, pool, seed + 1), _rotated_maps(filled, nside, 64, seed + 2)),
-        test, "mK",
-        f"WMAP 7-yr W-band I map, nside {nside}, outside the analysis mask and {int(prob['holdout'].sum())} held-out "
-        f"pixels; hidden pixels filled by {fills} constrained Gaussian realisations; {pool} random SO(3) rotations",
-        extra={"truth_region": prob["observed"], "holdout": prob["holdout"], "visible": prob["visible"],
-               "cl": prob["cl"], "noise_mk": prob["noise_mk"], "gaussian_prior": prob["prior"], "map": prob["map"],
-               "num_caps": prob["num_caps"]},
+        "wmap-masked",
+        domain,
+        TensorSource(
+            _rotated_maps(filled, nside, pool, seed + 1), _rotated_maps(filled, nside, 64, seed + 2)
+        ),
+        test,
+        "mK",
+        f"WMAP 7-yr W-band I map, nside {nside}, outside the analysis mask and "
+        f"{int(prob['holdout'].sum())} held-out "
+        f"pixels; hidden pixels filled by {fills} constrained Gaussian realisations; "
+        f"{pool} random SO(3) rotations",
+        extra={
+            "truth_region": prob["observed"],
+            "holdout": prob["holdout"],
+            "visible": prob["visible"],
+            "cl": prob["cl"],
+            "noise_mk": prob["noise_mk"],
+            "gaussian_prior": prob["prior"],
+            "map": prob["map"],
+            "num_caps": prob["num_caps"],
+        },
     )
 
 
@@ -348,7 +432,11 @@ def _mesh_signals(mesh: TriangleMesh, name: str, seed: int = 0) -> PriorDataset:
         for i in range(n):
             k = int(torch.randint(1, 6, (), generator=g))
             nodes = torch.randint(0, mesh.num_nodes, (k,), generator=g)
-            x[i, nodes, 0] = torch.randn(k, generator=g, dtype=torch.float64) / mesh.mass[nodes] * mesh.mass.mean()
+            x[i, nodes, 0] = (
+                torch.randn(k, generator=g, dtype=torch.float64)
+                / mesh.mass[nodes]
+                * mesh.mass.mean()
+            )
         out = torch.zeros_like(x)
         which = torch.randint(0, len(blurs), (n,), generator=g)
         for j, blur in enumerate(blurs):
@@ -364,8 +452,13 @@ def _mesh_signals(mesh: TriangleMesh, name: str, seed: int = 0) -> PriorDataset:
     g = torch.Generator().manual_seed(seed)
     train, val, test = draw(4096, g), draw(64, g), draw(64, g)
     return PriorDataset(
-        name, mesh, TensorSource(train, val), test, "1",
-        f"{mesh.name}: Matérn(nu=1.5, l={ls:.3g}) draws and heat-diffused point sources, 4096 training signals",
+        name,
+        mesh,
+        TensorSource(train, val),
+        test,
+        "1",
+        f"{mesh.name}: Matérn(nu=1.5, l={ls:.3g}) draws and heat-diffused point sources, "
+        "4096 training signals",
     )
 
 
@@ -375,14 +468,22 @@ def _digits(root: Path) -> PriorDataset:
 
     from manifold_aps.geometry import PlanarGrid
 
-    images = torch.from_numpy(load_digits().images).float()[:, None] / 16.0  # (1797, 1, 8, 8) in [0, 1]
-    up = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    images = (
+        torch.from_numpy(load_digits().images).float()[:, None] / 16.0
+    )  # (1797, 1, 8, 8) in [0, 1]
+    up = torch.nn.functional.interpolate(
+        images, size=(16, 16), mode="bilinear", align_corners=False
+    )
     signals = up.reshape(-1, 256, 1)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(signals.shape[0], generator=g)
     train, val, test = signals[perm[:1400]], signals[perm[1400:1500]], signals[perm[1500:]]
     return PriorDataset(
-        "digits", PlanarGrid(16, 16), TensorSource(train, val), test, "1",
+        "digits",
+        PlanarGrid(16, 16),
+        TensorSource(train, val),
+        test,
+        "1",
         "scikit-learn digits (UCI, 1797 images) upsampled to 16x16; train 1400, val 100, test 297",
     )
 
@@ -391,15 +492,22 @@ def _gaussian(domain: Domain, length_scale: float, name: str) -> PriorDataset:
     prior = GaussianPrior(domain, variance=1.0, length_scale=length_scale, smoothness=1.5)
     test = prior.sample(64, rng=torch.Generator().manual_seed(777)).float()
     return PriorDataset(
-        name, domain, GaussianSource(prior), test, "1",
-        f"draws of a Matérn prior (nu=1.5, l={length_scale:.3g}) on {domain!r}", reference=prior,
+        name,
+        domain,
+        GaussianSource(prior),
+        test,
+        "1",
+        f"draws of a Matérn prior (nu=1.5, l={length_scale:.3g}) on {domain!r}",
+        reference=prior,
     )
 
 
 DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
     "wmap": _wmap,
     "wmap-masked": _wmap_masked,
-    "mesh-bunny": lambda root: _mesh_signals(TriangleMesh.from_file(require_file(root / "meshes" / "bunny.off")), "mesh-bunny"),
+    "mesh-bunny": lambda root: _mesh_signals(
+        TriangleMesh.from_file(require_file(root / "meshes" / "bunny.off")), "mesh-bunny"
+    ),
     "mesh-spot": lambda root: _mesh_signals(
         TriangleMesh.from_file(require_file(root / "meshes" / "spot_triangulated.obj")), "mesh-spot"
     ),
@@ -411,7 +519,9 @@ DATASETS: dict[str, Callable[[Path], PriorDataset]] = {
 }
 
 
-DATASET_ENTRY_POINTS = "manifold_aps.datasets"  # entry-point group of datasets other packages provide
+DATASET_ENTRY_POINTS = (
+    "manifold_aps.datasets"  # entry-point group of datasets other packages provide
+)
 SOURCE_ENTRY_POINTS = "manifold_aps.sources"  # entry-point group of builders of a user's own files
 
 
@@ -426,20 +536,31 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def split_train_validation(signals: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `1 - val_fraction` of `signals` `(S, N, C)` for training, the rest (at least one)
-    for validation: contiguous, so that a time series' validation steps follow its training ones."""
+def split_train_validation(
+    signals: torch.Tensor, val_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split `signals` `(S, N, C)`: the first `1 - val_fraction` train, the rest validate.
+
+    The validation part has at least one signal; the split is contiguous, so that a time series'
+    validation steps follow its training ones.
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     count = signals.shape[0]
     if count < 2:
-        raise ValueError(f"a prior needs at least 2 training signals (1 for validation), got {count}")
+        raise ValueError(
+            f"a prior needs at least 2 training signals (1 for validation), got {count}"
+        )
     num_val = min(count - 1, max(1, int(round(val_fraction * count))))
     return signals[: count - num_val], signals[count - num_val :]
 
 
 def mesh_signals_dataset(
-    mesh: str | os.PathLike, signals: str | os.PathLike, *, val_fraction: float = 0.1, digest: str | None = None,
+    mesh: str | os.PathLike,
+    signals: str | os.PathLike,
+    *,
+    val_fraction: float = 0.1,
+    digest: str | None = None,
 ) -> PriorDataset:
     """A user's signals on their own mesh: ``manifold-aps train-prior --mesh M --signals S``.
 
@@ -460,21 +581,36 @@ def mesh_signals_dataset(
     found = checked_digest(signals, digest)
     x, _, units = read_signals(signals, domain, mesh.name, channels=True)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{signals}: the training signals hold NaN or infinity; train on complete signals")
+        raise ValueError(
+            f"{signals}: the training signals hold NaN or infinity; train on complete signals"
+        )
     v = domain.num_nodes
     train, val = split_train_validation(torch.from_numpy(x).float(), val_fraction)
-    source = {"builder": "mesh-signals",
-              "args": {"mesh": str(mesh), "signals": str(signals), "val_fraction": val_fraction, "digest": found}}
+    source = {
+        "builder": "mesh-signals",
+        "args": {
+            "mesh": str(mesh),
+            "signals": str(signals),
+            "val_fraction": val_fraction,
+            "digest": found,
+        },
+    }
     return PriorDataset(
-        f"{signals.stem} on {mesh.name}", domain, TensorSource(train, val), torch.zeros(0, v, x.shape[2]), units,
-        f"{x.shape[0]} signals of {signals.name} on {mesh.name} ({v} vertices); last {val.shape[0]} for validation",
+        f"{signals.stem} on {mesh.name}",
+        domain,
+        TensorSource(train, val),
+        torch.zeros(0, v, x.shape[2]),
+        units,
+        f"{x.shape[0]} signals of {signals.name} on {mesh.name} ({v} vertices); "
+        f"last {val.shape[0]} for validation",
         extra={"source": source},
     )
 
 
 def checked_digest(path: Path, expected: str | None) -> str:
-    """`file_digest(path)`, refused when it is not `expected` (None: any): a dataset rebuilt from
-    a checkpoint's record must read the very file it was trained on.
+    """`file_digest(path)`, refused when it is not `expected` (None: any).
+
+    A dataset rebuilt from a checkpoint's record must read the very file it was trained on.
 
     Raises:
         FileNotFoundError: no such file.
@@ -485,7 +621,10 @@ def checked_digest(path: Path, expected: str | None) -> str:
         raise FileNotFoundError(f"input file not found: {path}")
     found = file_digest(path)
     if expected is not None and found != expected:
-        raise ValueError(f"{path} is not the file the prior was trained on (SHA-256 {found[:12]}..., not {expected[:12]}...)")
+        raise ValueError(
+            f"{path} is not the file the prior was trained on "
+            f"(SHA-256 {found[:12]}..., not {expected[:12]}...)"
+        )
     return found
 
 
@@ -522,43 +661,59 @@ def read_signals(path: Path, domain: Domain, mesh_name: str, *, channels: bool):
         given = x.shape
         x = x[:, :, None] if x.ndim == 2 else x
         if x.ndim != 3 or x.shape[1] != v:
-            raise ValueError(f"{path}: signals must have shape (S, V={v}) or (S, V, C) for {mesh_name}, got {given}")
+            raise ValueError(
+                f"{path}: signals must have shape (S, V={v}) or (S, V, C) for {mesh_name}, "
+                f"got {given}"
+            )
     else:
         x = np.atleast_2d(x)
         if x.ndim != 2 or x.shape[1] != v:
-            raise ValueError(f"{path}: signals must have shape (S, V={v}) for {mesh_name}, got {x.shape}")
-    order = np.arange(v) if positions is None else vertex_order(domain, positions, f"{path} positions")
+            raise ValueError(
+                f"{path}: signals must have shape (S, V={v}) for {mesh_name}, got {x.shape}"
+            )
+    order = (
+        np.arange(v) if positions is None else vertex_order(domain, positions, f"{path} positions")
+    )
     return x[:, order], order, units
 
 
 def vertex_order(domain: Domain, positions: np.ndarray, what: str) -> np.ndarray:
-    """`order` with `positions[order[i]]` the mesh's vertex `i`: rows given in another order are
-    matched to the vertices (each exactly once, within 1e-6 of the mesh's size).
+    """`order` with `positions[order[i]]` the mesh's vertex `i`.
+
+    Rows given in another order are matched to the vertices (each exactly once, within 1e-6 of
+    the mesh's size).
 
     Raises:
-        ValueError: another count of positions, or positions that are not the mesh's vertices."""
+        ValueError: another count of positions, or positions that are not the mesh's vertices.
+    """
     from scipy.spatial import cKDTree
 
     vertices = domain.positions.numpy()
     if positions.shape != vertices.shape:
-        raise ValueError(f"{what} must have shape {vertices.shape} (the mesh's vertices), got {positions.shape}")
+        raise ValueError(
+            f"{what} must have shape {vertices.shape} (the mesh's vertices), got {positions.shape}"
+        )
     distance, order = cKDTree(positions).query(vertices)
     tolerance = 1e-6 * float(np.ptp(vertices, axis=0).max())
     if distance.max() > tolerance or np.unique(order).size != order.size:
         worst = int(np.argmax(distance))
         raise ValueError(
-            f"{what} are not the mesh's vertices: vertex {worst} at {vertices[worst].round(6).tolist()} is "
+            f"{what} are not the mesh's vertices: "
+            f"vertex {worst} at {vertices[worst].round(6).tolist()} is "
             f"{distance[worst]:.3g} from the nearest position (tolerance {tolerance:.3g})"
         )
     return order
 
 
-SOURCES = {"mesh-signals": mesh_signals_dataset}  # builders of a user's files; `climate` adds "grid-file"
+SOURCES = {
+    "mesh-signals": mesh_signals_dataset
+}  # builders of a user's files; `climate` adds "grid-file"
 
 
 def dataset_from_source(source: dict, **overrides) -> PriorDataset:
-    """Rebuild the dataset a checkpoint's `data["source"]` describes (`{"builder", "args"}`), with
-    `overrides` of its arguments (e.g. another path to the same file).
+    """Rebuild the dataset a checkpoint's `data["source"]` (`{"builder", "args"}`) describes.
+
+    `overrides` replace some of its arguments (e.g. another path to the same file).
 
     Raises:
         ValueError: an unknown builder (its package not installed).
@@ -570,27 +725,39 @@ def dataset_from_source(source: dict, **overrides) -> PriorDataset:
     if builder is None:
         found = {ep.name: ep for ep in entry_points(group=SOURCE_ENTRY_POINTS)}
         if name not in found:
-            raise ValueError(f"no data source builder {name!r} is installed (known: {sorted({*SOURCES, *found})})")
+            raise ValueError(
+                f"no data source builder {name!r} is installed "
+                f"(known: {sorted({*SOURCES, *found})})"
+            )
         builder = found[name].load()
     return builder(**{**source["args"], **overrides})
 
 
 def _plugin_datasets() -> dict[str, object]:
-    """Datasets registered by installed packages under the `DATASET_ENTRY_POINTS` group
-    (`climate` registers ``era5-uk`` and ``era5-global``), as entry points, loaded on use: the
-    core package never imports the packages built on it."""
+    """Datasets registered by installed packages under the `DATASET_ENTRY_POINTS` group.
+
+    (`climate` registers ``era5-uk`` and ``era5-global``.) They are entry points, loaded on use:
+    the core package never imports the packages built on it.
+    """
     from importlib.metadata import entry_points
 
-    return {ep.name: ep for ep in entry_points(group=DATASET_ENTRY_POINTS) if ep.name not in DATASETS}
+    return {
+        ep.name: ep for ep in entry_points(group=DATASET_ENTRY_POINTS) if ep.name not in DATASETS
+    }
 
 
 def dataset_names() -> list[str]:
-    """Every dataset `build_prior_dataset` knows: this module's `DATASETS` and the registered ones."""
+    """Every dataset `build_prior_dataset` knows: this module's `DATASETS` and registered ones."""
     return sorted({*DATASETS, *_plugin_datasets()})
 
 
 def build_prior_dataset(name: str, root: str | os.PathLike | None = None) -> PriorDataset:
-    """Build a named dataset (`dataset_names()`) from the shared data folder (`data_dir()` by default)."""
+    """Build a named dataset (`dataset_names()`) from the shared data folder.
+
+    Arguments:
+        name: the dataset's name, one of `dataset_names()`.
+        root: the shared data folder; None: `data_dir()`.
+    """
     plugins = _plugin_datasets()
     if name in DATASETS:
         builder = DATASETS[name]

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 
-def weighted_mean(values: torch.Tensor, weight: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_mean(
+    values: torch.Tensor, weight: torch.Tensor, where: torch.Tensor | None = None
+) -> torch.Tensor:
     """Area-weighted mean of `values` `(*, N, C)` over the entries where `where` is True; 0-d."""
     w = weight.to(values.dtype)[:, None].expand(values.shape[-2:])
     w = w.expand(values.shape)
@@ -49,15 +51,20 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor, where: torch.Tenso
     return (w * values).sum() / total
 
 
-def weighted_rmse(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None) -> torch.Tensor:
+def weighted_rmse(
+    pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
+) -> torch.Tensor:
     """Area-weighted root-mean-square error, the mean taken before the root; 0-d tensor."""
     return weighted_mean((pred - truth) ** 2, weight, where).sqrt()
 
 
-def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None) -> torch.Tensor:
+def crps_ensemble(
+    samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
+) -> torch.Tensor:
     r"""Fair (unbiased) ensemble CRPS, area-weighted; 0-d tensor.
 
-    Per entry, :math:`\mathrm{CRPS} = \frac1S\sum_i|X_i - y| - \frac{1}{2S(S-1)}\sum_{i\ne j}|X_i-X_j|`
+    Per entry,
+    :math:`\mathrm{CRPS} = \frac1S\sum_i|X_i - y| - \frac{1}{2S(S-1)}\sum_{i\ne j}|X_i-X_j|`
     (Ferro 2014), an unbiased estimate of the CRPS of the distribution the members are drawn
     from. With one member it is the absolute error. The pair sum uses the sorted members:
     :math:`\sum_{i,j}|X_i - X_j| = 2\sum_k (2k - S + 1) X_{(k)}`, `k = 0..S-1`.
@@ -65,6 +72,8 @@ def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tens
     Arguments:
         samples: `(S, *, N, C)`.
         truth: `(*, N, C)`.
+        weight: area weights `(N,)`.
+        where: optional boolean, broadcastable to `(*, N, C)`; only True entries count.
     """
     s = samples.shape[0]
     skill = (samples - truth).abs().mean(0)
@@ -76,8 +85,14 @@ def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tens
     return weighted_mean(skill - pair_sum / (2 * s * (s - 1)), weight, where)
 
 
-def central_interval(samples: torch.Tensor, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-    """Empirical central interval of an ensemble `(S, ...)`: the (1-level)/2 and (1+level)/2 quantiles."""
+def central_interval(
+    samples: torch.Tensor, level: float = 0.9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical central interval of an ensemble `(S, ...)` holding a share `level` of it.
+
+    Returns:
+        `(lower, upper)`, the (1-level)/2 and (1+level)/2 quantiles, each of shape `(...)`.
+    """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype, device=samples.device)
@@ -85,15 +100,20 @@ def central_interval(samples: torch.Tensor, level: float = 0.9) -> tuple[torch.T
     return lo, hi
 
 
-def interval_coverage(lower: torch.Tensor, upper: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None) -> torch.Tensor:
+def interval_coverage(
+    lower: torch.Tensor, upper: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
+) -> torch.Tensor:
     """Area-weighted fraction of truths inside `[lower, upper]`; 0-d tensor in [0, 1]."""
     inside = ((truth >= lower) & (truth <= upper)).to(truth.dtype)
     return weighted_mean(inside, weight, where)
 
 
-def spread_skill_ratio(samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None) -> torch.Tensor:
-    r"""Spread over skill: :math:`\sqrt{\tfrac{S+1}{S}\overline{\mathrm{var}}}\,/\,\mathrm{RMSE}(\bar X)`; 0-d.
+def spread_skill_ratio(
+    samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
+) -> torch.Tensor:
+    r"""Spread over skill of an ensemble, area-weighted; 0-d tensor.
 
+    It is :math:`\sqrt{\tfrac{S+1}{S}\overline{\mathrm{var}}}\,/\,\mathrm{RMSE}(\bar X)`.
     `var` is the unbiased ensemble variance; the factor :math:`(S+1)/S` makes a calibrated
     ensemble of any size score 1 in expectation (Fortin et al. 2014).
     """
@@ -331,7 +351,9 @@ def xr_crps(
     Arguments:
         samples: ensemble with a `sample_dim` dimension, e.g. `(sample, time, latitude, longitude)`.
         truth: truth without `sample_dim`.
-        weights, where, dims: as in `xr_rmse` (`dims` never includes `sample_dim`).
+        weights: area weights, as in `xr_rmse`.
+        where: optional boolean mask, as in `xr_rmse`.
+        dims: the dimensions averaged over, as in `xr_rmse` (never including `sample_dim`).
         sample_dim: the ensemble dimension.
 
     Returns:
@@ -378,7 +400,12 @@ def xr_spread_skill(
     weights over `dims`; a calibrated ensemble of any size scores 1 in expectation.
 
     Arguments:
-        samples, truth, weights, where, dims, sample_dim: as in `xr_crps`.
+        samples: ensemble with a `sample_dim` dimension, as in `xr_crps`.
+        truth: truth without `sample_dim`.
+        weights: area weights, as in `xr_rmse`.
+        where: optional boolean mask, as in `xr_rmse`.
+        dims: the dimensions averaged over, as in `xr_crps`.
+        sample_dim: the ensemble dimension.
 
     Returns:
         the dimensionless ratio, with the dimensions not in `dims`.
@@ -410,9 +437,12 @@ def xr_coverage(
     """Area-weighted fraction of `truth` inside `[lower, upper]` over `dims`.
 
     Arguments:
-        lower, upper: interval bounds (e.g. ensemble quantiles), broadcastable against `truth`.
+        lower: lower interval bounds (e.g. an ensemble quantile), broadcastable against `truth`.
+        upper: upper interval bounds, likewise.
         truth: the values to cover.
-        weights, where, dims: as in `xr_rmse`.
+        weights: area weights, as in `xr_rmse`.
+        where: optional boolean mask, as in `xr_rmse`.
+        dims: the dimensions averaged over, as in `xr_rmse`.
 
     Returns:
         the coverage in [0, 1], with the dimensions not in `dims`; a NaN in `lower`, `upper` or

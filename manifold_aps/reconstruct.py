@@ -29,6 +29,7 @@ import torch
 
 from manifold_aps.geometry import Domain
 from manifold_aps.operators import GaussianNoise, Mask
+from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, warn_if_diverged
 
 __all__ = ["POINT_ESTIMATES", "Reconstruction", "reconstruct", "reconstruction_engines"]
 
@@ -49,7 +50,8 @@ class Reconstruction:
     Attributes:
         mean: posterior mean (or point estimate) `(S, N)`, the observed values exact.
         std: posterior std `(S, N)`, 0 where observed; NaN for point estimates.
-        samples: `(n, S, N)` posterior samples (observed values exact); `(0, S, N)` for point estimates.
+        samples: `(n, S, N)` posterior samples (observed values exact); `(0, S, N)` for point
+            estimates.
         observed: `(S, N)` boolean, True = observed.
         engine: the engine's name.
         details: one line on what ran (fitted hyper-parameters, checkpoint).
@@ -66,8 +68,15 @@ class Reconstruction:
     fit: tuple | None = None
 
 
-def _gaussian(domain: Domain, values: np.ndarray, observed: np.ndarray, n: int, rng: np.random.Generator,
-              alpha: int, progress: bool):
+def _gaussian(
+    domain: Domain,
+    values: np.ndarray,
+    observed: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    alpha: int,
+    progress: bool,
+):
     from manifold_aps.posterior.gmrf import GMRFObservation
     from manifold_aps.posterior.gmrf_fit import fit_gmrf
 
@@ -87,35 +96,69 @@ def _gaussian(domain: Domain, values: np.ndarray, observed: np.ndarray, n: int, 
         means[s] = obs.mean(z[s, idx])
         stds[s] = np.sqrt(obs.variance())
         samples[:, s] = obs.sample(z[s, idx], n, rng=rng)
-    details = (f"GMRF alpha {alpha} fitted to the {int(observed.sum())} observed values ({fit.evaluations} "
-               f"likelihood evaluations): range {fit.prior.range:.4g} (domain units), std {scale * fit.prior.std:.4g}, "
-               f"nugget std {scale * math.sqrt(fit.nugget):.3g}")
-    return centre + scale * means, scale * stds, centre + scale * samples, details, (fit, centre, scale)
+    details = (
+        f"GMRF alpha {alpha} fitted to the {int(observed.sum())} observed values "
+        f"({fit.evaluations} likelihood evaluations): range {fit.prior.range:.4g} (domain units), "
+        f"std {scale * fit.prior.std:.4g}, nugget std {scale * math.sqrt(fit.nugget):.3g}"
+    )
+    return (
+        centre + scale * means,
+        scale * stds,
+        centre + scale * samples,
+        details,
+        (fit, centre, scale),
+    )
 
 
-def _learned(domain: Domain, engine: str, checkpoint, values, observed, n, seed, noise_std, dps_steps, guidance):
+def _learned(
+    domain: Domain,
+    engine: str,
+    checkpoint,
+    values,
+    observed,
+    n,
+    seed,
+    noise_std,
+    dps_steps,
+    guidance,
+):
     from manifold_aps.posterior.engines import ENGINES, engine_for_checkpoint, load_trained_engine
     from manifold_aps.training import checkpoint_domain, load_checkpoint
 
     if checkpoint is None:
-        raise ValueError(f"--engine {engine} needs --checkpoint (a {ENGINES[engine].checkpoint_kind!r} file)")
+        raise ValueError(
+            f"--engine {engine} needs --checkpoint (a {ENGINES[engine].checkpoint_kind!r} file)"
+        )
     ckpt = load_checkpoint(checkpoint)
     found = engine_for_checkpoint(ckpt["kind"])
     if found is None or found.name != engine:
-        raise ValueError(f"{checkpoint} holds a {ckpt['kind']!r}, not a {ENGINES[engine].checkpoint_kind!r} for --engine {engine}")
+        raise ValueError(
+            f"{checkpoint} holds a {ckpt['kind']!r}, "
+            f"not a {ENGINES[engine].checkpoint_kind!r} for --engine {engine}"
+        )
     checkpoint_domain(ckpt, checkpoint, domain)  # another mesh or grid: refused, both named
     if engine == "dps":
-        from manifold_aps.posterior import DPS
+        from manifold_aps.posterior.dps import DPS, DPS_CLIP
         from manifold_aps.priors.train import load_prior
 
-        sampler = DPS(load_prior(checkpoint, domain), GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
-        details = f"DPS ({dps_steps} steps, guidance {guidance:g}, noise std {noise_std:g}) with {checkpoint}"
+        sampler = DPS(
+            load_prior(checkpoint, domain),
+            GaussianNoise(noise_std),
+            steps=dps_steps,
+            guidance=guidance,
+        )
+        details = (
+            f"DPS ({dps_steps} steps, guidance {guidance:g}, clip {DPS_CLIP:g} std, "
+            f"noise std {noise_std:g}) "
+            f"with {checkpoint}"
+        )
     else:
         _, sampler, _, _ = load_trained_engine(checkpoint)
         details = f"{ENGINES[engine].title} {checkpoint} (noise std {sampler.noise.sigma:g})"
     mask = torch.from_numpy(observed)[..., None]
     y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
     drawn = sampler.sample(y, Mask(domain, mask), n, rng=torch.Generator().manual_seed(seed))
+    warn_if_diverged(drawn, sampler, ENGINES[engine].title, hint=DIVERGENCE_HINTS.get(engine, ""))
     samples = drawn.detach().double()[..., 0].numpy()
     return samples.mean(0), samples.std(0, ddof=1), samples, details
 
@@ -148,7 +191,8 @@ def reconstruct(
         seed: seed of the samples.
         alpha: the gaussian engine's smoothness order (1, 2, 3; nu = alpha - 1).
         noise_std: DPS's observation noise std, signal units (the distilled engines keep theirs).
-        dps_steps, guidance: DPS settings.
+        dps_steps: DPS's reverse-diffusion steps.
+        guidance: DPS's guidance step size.
         progress: a bar over the gaussian engine's likelihood evaluations.
 
     Raises:
@@ -161,30 +205,54 @@ def reconstruct(
     values = np.atleast_2d(np.asarray(values, dtype=np.float64))
     n_nodes = domain.num_nodes
     if values.ndim != 2 or values.shape[1] != n_nodes:
-        raise ValueError(f"values must have shape (S, N={n_nodes}) for {domain!r}, got {values.shape}")
-    observed = np.isfinite(values) if observed is None else np.atleast_2d(np.asarray(observed, dtype=bool))
+        raise ValueError(
+            f"values must have shape (S, N={n_nodes}) for {domain!r}, got {values.shape}"
+        )
+    observed = (
+        np.isfinite(values) if observed is None else np.atleast_2d(np.asarray(observed, dtype=bool))
+    )
     if observed.shape != values.shape:
-        raise ValueError(f"observed must have the shape of values {values.shape}, got {observed.shape}")
+        raise ValueError(
+            f"observed must have the shape of values {values.shape}, got {observed.shape}"
+        )
     if not observed.any(axis=1).all():
-        raise ValueError(f"signal {int(np.flatnonzero(~observed.any(axis=1))[0])} has no observed value")
+        raise ValueError(
+            f"signal {int(np.flatnonzero(~observed.any(axis=1))[0])} has no observed value"
+        )
     if not np.all(np.isfinite(values[observed])):
         raise ValueError("observed values hold NaN or infinity; mark them unobserved")
     sampling = engine not in POINT_ESTIMATES
     if sampling and engine != "gaussian" and samples < 2:
-        raise ValueError(f"--samples must be at least 2 for {engine} (its std is that of its samples), got {samples}")
+        raise ValueError(
+            f"--samples must be at least 2 for {engine} (its std is that of its samples), "
+            f"got {samples}"
+        )
     fit = None
     if engine == "gaussian":
-        mean, std, draws, details, fit = _gaussian(domain, values, observed, samples, np.random.default_rng(seed),
-                                                   alpha, progress)
+        mean, std, draws, details, fit = _gaussian(
+            domain, values, observed, samples, np.random.default_rng(seed), alpha, progress
+        )
     elif sampling:
-        mean, std, draws, details = _learned(domain, engine, checkpoint, values, observed, samples, seed, noise_std,
-                                             dps_steps, guidance)
+        mean, std, draws, details = _learned(
+            domain,
+            engine,
+            checkpoint,
+            values,
+            observed,
+            samples,
+            seed,
+            noise_std,
+            dps_steps,
+            guidance,
+        )
     else:
         from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour
 
         filler = (HarmonicInterpolation if engine == "harmonic" else NearestNeighbour)(domain)
         y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
-        mean = filler.estimate(y, Mask(domain, torch.from_numpy(observed)[..., None]))[..., 0].numpy()
+        mean = filler.estimate(y, Mask(domain, torch.from_numpy(observed)[..., None]))[
+            ..., 0
+        ].numpy()
         std, draws = np.full_like(mean, np.nan), np.empty((0, *mean.shape))
         details = f"{type(filler).__name__} (a point estimate: no std, no samples)"
     mean, draws = np.where(observed, values, mean), np.where(observed, values, draws)
@@ -193,7 +261,7 @@ def reconstruct(
 
 
 def parse_hiding(text: str | None) -> float | None:
-    """`--mask random:F` -> F, the share of the observed values hidden to score the reconstruction."""
+    """`--mask random:F` -> F, the share of observed values hidden to score the reconstruction."""
     if text is None:
         return None
     kind, _, share = text.partition(":")
@@ -202,7 +270,10 @@ def parse_hiding(text: str | None) -> float | None:
     except ValueError:
         fraction = -1.0
     if kind != "random" or not 0 < fraction < 1:
-        raise ValueError(f"--mask takes random:F with F in (0, 1) (the share of observed values hidden), got {text!r}")
+        raise ValueError(
+            "--mask takes random:F with F in (0, 1) (the share of observed values hidden), "
+            f"got {text!r}"
+        )
     return fraction
 
 
@@ -233,13 +304,16 @@ def read_mesh_signals(mesh, signals, observed=None):
                 raise ValueError(f"{observed} has no 'observed' array (it has {sorted(z.files)})")
             seen = np.atleast_2d(np.asarray(z["observed"]))
         if seen.shape != values.shape or seen.dtype != bool:
-            raise ValueError(f"{observed}: observed must be boolean of shape {values.shape}, got {seen.dtype} {seen.shape}")
+            raise ValueError(
+                f"{observed}: observed must be boolean of shape {values.shape}, "
+                f"got {seen.dtype} {seen.shape}"
+            )
         seen = seen[:, order]  # the file's rows -> the mesh's vertices
     return domain, values, seen, order
 
 
 def scores(rec: Reconstruction, truth: np.ndarray, hidden: np.ndarray) -> dict:
-    """RMSE over `hidden` `(S, N)`, and for engines with a std the 90 % coverage of N(mean, std^2)."""
+    """RMSE over `hidden` `(S, N)`; for engines with a std, the 90 % coverage of N(mean, std^2)."""
     err = (rec.mean - truth)[hidden]
     out = {"rmse": float(np.sqrt(np.mean(err**2))), "hidden": int(hidden.sum())}
     if np.isfinite(rec.std[hidden]).all():
@@ -267,11 +341,19 @@ def read_healpix_map(path, mask=None, *, field: int = 0):
         if not Path(p).is_file():
             raise FileNotFoundError(f"{what} not found: {p}")
         try:
-            m, header = hp.read_map(p, field=field if what == "map" else 0, nest=None, h=True, dtype=np.float64)
+            m, header = hp.read_map(
+                p, field=field if what == "map" else 0, nest=None, h=True, dtype=np.float64
+            )
         except Exception as err:  # astropy/healpy raise many kinds for a file that is not a map
-            raise ValueError(f"{p} is not a HEALPix FITS map ({type(err).__name__}: {err})") from err
+            raise ValueError(
+                f"{p} is not a HEALPix FITS map ({type(err).__name__}: {err})"
+            ) from err
         header = dict(header)
-        return np.asarray(m, dtype=np.float64), str(header.get("ORDERING", "RING")).upper().startswith("NEST"), header
+        return (
+            np.asarray(m, dtype=np.float64),
+            str(header.get("ORDERING", "RING")).upper().startswith("NEST"),
+            header,
+        )
 
     values, nest, header = read(path, "map")
     nside = hp.npix2nside(values.size)
@@ -279,7 +361,10 @@ def read_healpix_map(path, mask=None, *, field: int = 0):
     if mask is not None:
         m, mask_nest, _ = read(mask, "mask")
         if m.size != values.size:
-            raise ValueError(f"{mask} is a mask of nside {hp.npix2nside(m.size)}, the map {path} has nside {nside}")
+            raise ValueError(
+                f"{mask} is a mask of nside {hp.npix2nside(m.size)}, "
+                f"the map {path} has nside {nside}"
+            )
         if mask_nest != nest:
             m = hp.reorder(m, n2r=mask_nest, r2n=not mask_nest)
         observed &= m > 0.5
@@ -289,13 +374,21 @@ def read_healpix_map(path, mask=None, *, field: int = 0):
 
 
 def write_healpix_fits(path, rec: Reconstruction, domain, units: str = "") -> None:
-    """Write MEAN, STD and OBSERVED (1/0) of the first signal as a HEALPix FITS map (the domain's
-    ordering), atomically."""
+    """Write MEAN, STD and OBSERVED (1/0) of the first signal as a HEALPix FITS map, atomically.
+
+    The map is in the domain's ordering.
+    """
     import healpy as hp
 
     from manifold_aps.checkpoint import atomic_path
 
     with atomic_path(path) as tmp:
-        hp.write_map(str(tmp), [rec.mean[0], rec.std[0], rec.observed[0].astype(np.float64)], nest=domain.nest,
-                     column_names=["MEAN", "STD", "OBSERVED"], column_units=[units, units, ""], dtype=np.float64,
-                     overwrite=True)
+        hp.write_map(
+            str(tmp),
+            [rec.mean[0], rec.std[0], rec.observed[0].astype(np.float64)],
+            nest=domain.nest,
+            column_names=["MEAN", "STD", "OBSERVED"],
+            column_units=[units, units, ""],
+            dtype=np.float64,
+            overwrite=True,
+        )

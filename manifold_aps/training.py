@@ -52,7 +52,9 @@ RUN_FILES = ("checkpoint.pt", "log.csv", "train.json")
 # TrainConfig fields a resumed run may change: they move the end of the run, its bookkeeping or
 # the hardware, not the steps already taken (every other field changes what the steps compute).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "validate_every", "log_every", "device")
-_RESUME_ADVICE = "give the same settings, start a new run in another folder, or replace this one (--overwrite)"
+_RESUME_ADVICE = (
+    "give the same settings, start a new run in another folder, or replace this one (--overwrite)"
+)
 
 
 class CheckpointError(ValueError):
@@ -62,7 +64,9 @@ class CheckpointError(ValueError):
 def step_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from `(seed, step)` alone: the randomness of one training step."""
     digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
+    return torch.Generator(device=device).manual_seed(
+        int.from_bytes(digest[:8], "little") % (2**63)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +140,11 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MANIFOLD_APS_BACKEND") != "gloo" else "gloo"
+        backend = (
+            "nccl"
+            if torch.cuda.is_available() and os.environ.get("MANIFOLD_APS_BACKEND") != "gloo"
+            else "gloo"
+        )
         dist.init_process_group(backend)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -156,23 +164,35 @@ def read_weights_file(path: str | os.PathLike):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with warnings.catch_warnings():  # "Detected pickle protocol 4": a plain pickle, refused below
+        with (
+            warnings.catch_warnings()
+        ):  # "Detected pickle protocol 4": a plain pickle, refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, KeyError) as err:  # KeyError: an unknown pickle opcode (a text file)
-        raise CheckpointError(f"{path} is not a manifold-aps checkpoint (we never unpickle code)") from err
+    except (
+        pickle.UnpicklingError,
+        KeyError,
+    ) as err:  # KeyError: an unknown pickle opcode (a text file)
+        raise CheckpointError(
+            f"{path} is not a manifold-aps checkpoint (we never unpickle code)"
+        ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise CheckpointError(
-            f"{path} is not a manifold-aps checkpoint (we never unpickle code): truncated or corrupt"
+            f"{path} is not a manifold-aps checkpoint (we never unpickle code): "
+            "truncated or corrupt"
         ) from err
 
 
-def load_checkpoint(path: str | os.PathLike, *, fingerprint: str | None = None, kind: str | None = None) -> dict:
-    """Read a checkpoint with `weights_only=True`; refuse another domain or kind with a clear message."""
+def load_checkpoint(
+    path: str | os.PathLike, *, fingerprint: str | None = None, kind: str | None = None
+) -> dict:
+    """Read a checkpoint with `weights_only=True`; refuse another domain or kind, clearly."""
     path = Path(path)
     ckpt = read_weights_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a manifold-aps checkpoint (format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            f"{path} is not a manifold-aps checkpoint (format {CHECKPOINT_FORMAT})"
+        )
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path} holds a {ckpt['kind']!r}, expected a {kind!r}")
     if fingerprint is not None:
@@ -184,14 +204,17 @@ def _refuse_another_domain(ckpt: dict, path, fingerprint: str, other: str) -> No
     """A `CheckpointError` naming both domains when `ckpt` was trained on another than `other`."""
     if ckpt["fingerprint"] != fingerprint:
         raise CheckpointError(
-            f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), not on "
-            f"{other} (fingerprint {fingerprint}); a model cannot run on another mesh or grid"
+            f"{path} was trained on domain {ckpt['domain']} (fingerprint {ckpt['fingerprint']}), "
+            f"not on {other} (fingerprint {fingerprint}); "
+            "a model cannot run on another mesh or grid"
         )
 
 
 def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
-    """The domain of a loaded checkpoint: `domain` checked against its fingerprint, or (None) the
-    one its `domain_spec` rebuilds.
+    """The domain of a loaded checkpoint.
+
+    That is `domain` checked against its fingerprint, or (None) the one its `domain_spec`
+    rebuilds.
 
     Raises:
         CheckpointError: `domain` is another geometry (both named), or the checkpoint predates
@@ -202,8 +225,8 @@ def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
         return domain
     if "domain_spec" not in ckpt:
         raise CheckpointError(
-            f"{path} was written before checkpoints described their domain ({ckpt['domain']}); pass the domain "
-            "it was trained on (its dataset's) or train it again"
+            f"{path} was written before checkpoints described their domain ({ckpt['domain']}); "
+            "pass the domain it was trained on (its dataset's) or train it again"
         )
     try:
         return domain_from_spec(ckpt["domain_spec"])
@@ -214,13 +237,16 @@ def checkpoint_domain(ckpt: dict, path: str | os.PathLike, domain=None):
 def _differences(saved: dict, current: dict, keys) -> str:
     """`"key: A in the checkpoint, B now; ..."` for the `keys` whose values differ."""
     return "; ".join(
-        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys if saved.get(k) != current.get(k)
+        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+        for k in keys
+        if saved.get(k) != current.get(k)
     )
 
 
 def resume_conflicts(saved: dict, config: TrainConfig) -> str:
-    """The settings of `config` that a resumed run may not change from the checkpoint's `saved`
-    train config (`asdict` of a `TrainConfig`), as one phrase; "" when there are none.
+    """The settings of `config` that a resumed run may not change, as one phrase; "" if none.
+
+    They are compared with the checkpoint's `saved` train config (`asdict` of a `TrainConfig`).
 
     Only `RESUMABLE_CHANGES` may differ (the total steps, checkpoint/log/validation intervals,
     device); a new seed, batch size, learning rate, warm-up, EMA decay or gradient clip would make
@@ -228,11 +254,13 @@ def resume_conflicts(saved: dict, config: TrainConfig) -> str:
     """
     current = asdict(config)
     # a field newer than the checkpoint is not compared: the checkpoint cannot say what it was
-    return _differences(saved, current, [k for k in current if k in saved and k not in RESUMABLE_CHANGES])
+    return _differences(
+        saved, current, [k for k in current if k in saved and k not in RESUMABLE_CHANGES]
+    )
 
 
 def existing_run_files(out_dir: str | os.PathLike) -> list[Path]:
-    """The files of a training run (`checkpoint.pt`, `log.csv`, `train.json`) that `out_dir` holds."""
+    """The files of a training run (`checkpoint.pt`, `log.csv`, `train.json`) in `out_dir`."""
     return [Path(out_dir) / name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
@@ -320,10 +348,24 @@ class Trainer:
         optimizer: Callable | None = None,
         progress: bool = True,
     ):
-        reserved = {"format", "kind", "step", "fingerprint", "domain", "domain_spec", "model_config", "train_config",
-                    "model", "ema", "ema_state", "optimizer"} & set(described or {})
+        reserved = {
+            "format",
+            "kind",
+            "step",
+            "fingerprint",
+            "domain",
+            "domain_spec",
+            "model_config",
+            "train_config",
+            "model",
+            "ema",
+            "ema_state",
+            "optimizer",
+        } & set(described or {})
         if reserved:
-            raise ValueError(f"described may not set the checkpoint's own entries {sorted(reserved)}")
+            raise ValueError(
+                f"described may not set the checkpoint's own entries {sorted(reserved)}"
+            )
         self.described = dict(described or {})
         self.config = config
         self.out_dir = Path(out_dir)
@@ -334,7 +376,9 @@ class Trainer:
         self.progress = progress
         self.rank, self.world = _distributed()
         if config.batch_size % self.world:
-            raise ValueError(f"batch_size={config.batch_size} must be divisible by the {self.world} processes")
+            raise ValueError(
+                f"batch_size={config.batch_size} must be divisible by the {self.world} processes"
+            )
         self.device = torch.device(config.device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
@@ -367,11 +411,13 @@ class Trainer:
             )
         self.step = 0
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
-        self.resumed: dict | None = None  # set by `resume`: the step it started from, the settings changed
+        self.resumed: dict | None = (
+            None  # set by `resume`: the step it started from, the settings changed
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
-        """The checkpoint dictionary (plain types and tensors only: loads with weights_only=True)."""
+        """The checkpoint dictionary (plain types and tensors only: loads with weights_only)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "kind": self.kind,
@@ -414,7 +460,8 @@ class Trainer:
         conflicts = resume_conflicts(ckpt["train_config"], self.config)
         if conflicts:
             raise CheckpointError(
-                f"cannot resume {path}: the checkpoint's training settings differ from these ({conflicts}); "
+                f"cannot resume {path}: "
+                f"the checkpoint's training settings differ from these ({conflicts}); "
                 f"only {', '.join(RESUMABLE_CHANGES)} may change on resume: {_RESUME_ADVICE}"
             )
         self.resumed = {
@@ -477,19 +524,30 @@ class Trainer:
         fn = getattr(self.objective, "validation_loss", None)
         if fn is None:
             return float("nan")
-        with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()):
+        with (
+            torch.no_grad(),
+            self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(),
+        ):
             return float(fn(self.model))
 
     def _parameter_groups(self, params: list) -> list[dict]:
-        """One optimiser group, or the model's own `optimizer_groups()`: `[(parameters, lr_scale)]`
-        (e.g. a slower generator than its auxiliary network); every trainable parameter once."""
+        """One optimiser group, or those of the model's own `optimizer_groups()`.
+
+        `optimizer_groups()` returns `[(parameters, lr_scale)]` (e.g. a slower generator than its
+        auxiliary network), with every trainable parameter exactly once.
+        """
         make = getattr(self.model, "optimizer_groups", None)
         if make is None:
             return [{"params": params, "lr_scale": 1.0}]
-        groups = [{"params": [p for p in ps if p.requires_grad], "lr_scale": float(scale)} for ps, scale in make()]
+        groups = [
+            {"params": [p for p in ps if p.requires_grad], "lr_scale": float(scale)}
+            for ps, scale in make()
+        ]
         listed = [id(p) for g in groups for p in g["params"]]
         if sorted(listed) != sorted(id(p) for p in params):
-            raise ValueError("the model's optimizer_groups() must list every trainable parameter exactly once")
+            raise ValueError(
+                "the model's optimizer_groups() must list every trainable parameter exactly once"
+            )
         return groups
 
     def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
@@ -533,7 +591,9 @@ class Trainer:
                 self.runner.train()
                 loss = self.runner(step, start, stop)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at step {step}; lower the learning rate"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -592,7 +652,9 @@ class Trainer:
                 "model_config": self.model_config,
                 "interrupted": interrupted["flag"],
             }
-            if self.resumed is not None:  # e.g. {"from_step": 500, "changed": {"steps": [1000, 2000]}}
+            if (
+                self.resumed is not None
+            ):  # e.g. {"from_step": 500, "changed": {"steps": [1000, 2000]}}
                 summary["resumed"] = self.resumed
             with atomic_path(self.out_dir / "train.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=2, default=str))

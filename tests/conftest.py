@@ -30,8 +30,15 @@ def pytest_configure(config):
 def run_cli(*args, cwd) -> subprocess.CompletedProcess:
     """`python -m manifold_aps.cli ARGS` from a subprocess, as a user runs it (one torch thread)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "manifold_aps.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "manifold_aps.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def refused(res, *words: str) -> str:

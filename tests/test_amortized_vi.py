@@ -69,8 +69,10 @@ def _denoiser_matrix(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tilted_gaussian(m, sd, s, y, obs):
-    r"""Precision `P` `(B, N, N)` and mean `(B, N)` of the tilted Gaussian
-    :math:`\pi_s \propto g(y|D(z_s,s)) N(z_s; m, sd^2)`."""
+    r"""Precision `P` `(B, N, N)` and mean `(B, N)` of the tilted Gaussian.
+
+    The tilted Gaussian is :math:`\pi_s \propto g(y|D(z_s,s)) N(z_s; m, sd^2)`.
+    """
     w = _denoiser_matrix(s)
     n = DOMAIN.num_nodes
     wh = w.T[None] * obs[:, None, :, 0]  # W^T H^T H (masks: H^T H = diag(obs))
@@ -82,8 +84,10 @@ def _tilted_gaussian(m, sd, s, y, obs):
 # ---------------------------------------------------------------------------- the kernel
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_bridge_coefficients_preserve_the_forward_marginals(eta):
-    """If (z_s, z_l) follow the forward process from x0, the bridge draw z_t has the forward
-    marginal N(sqrt(abar_t) x0, 1 - abar_t); eta = 1 is the DDPM posterior."""
+    """The bridge draw z_t has the forward marginal N(sqrt(abar_t) x0, 1 - abar_t).
+
+    That holds if (z_s, z_l) follow the forward process from x0; eta = 1 is the DDPM posterior.
+    """
     lab = log_alpha_bar(PRIOR.sde, torch.tensor([0.9, 0.5, 0.05], dtype=torch.float64))  # l, t, s
     c_l, c_s, std = bridge_coefficients(lab[0], lab[1], lab[2], eta)
     abar = lab.exp()
@@ -99,10 +103,12 @@ def test_bridge_coefficients_preserve_the_forward_marginals(eta):
 
 
 def test_vi_loss_is_the_tilted_gaussian_quadratic_form():
-    """For a Gaussian prior the inner loss is, for every reparameterised draw z_s,
-    0.5 (z_s - mu*)^T P (z_s - mu*) - sum(rho) + const with the closed-form tilted Gaussian
-    pi_s ∝ g(y | D(z_s, s)) N(m, sd^2): the likelihood, its weight 1/sigma^2 and the bridge prior
-    are all right (float64, exact)."""
+    """For a Gaussian prior the inner loss is the closed-form one (float64, exact).
+
+    For every reparameterised draw z_s it is 0.5 (z_s - mu*)^T P (z_s - mu*) - sum(rho) + const
+    with the closed-form tilted Gaussian pi_s ∝ g(y | D(z_s, s)) N(m, sd^2): the likelihood, its
+    weight 1/sigma^2 and the bridge prior are all right.
+    """
     y, op, _ = _problem(batch=1)
     problem = MGDMProblem(PRIOR, NOISE, y, op)
     lab = log_alpha_bar(PRIOR.sde, torch.tensor([0.3, 0.2], dtype=torch.float64))
@@ -132,8 +138,10 @@ def _exact_mean_field_init(ctx: StepContext):
 
 
 def _scores(sample, exact):
-    """(error of the sample mean over the exact mean's distance to the prior mean,
-    rms |log var ratio|)."""
+    """Return the sample mean's error and the rms |log var ratio|.
+
+    The error is that of the sample mean over the exact mean's distance to the prior mean.
+    """
     err = (sample.mean(0) - exact.mean).pow(2).mean().sqrt() / exact.mean.pow(2).mean().sqrt()
     log_ratio = torch.log(sample.var(0) / exact.std**2)
     return float(err), float(log_ratio.pow(2).mean().sqrt())
@@ -143,12 +151,14 @@ def _scores(sample, exact):
     "times, steps, lr", [((0.1, 0.02), 500, 0.01), ((0.3, 0.2), 600, 0.03)], ids=["low", "mid"]
 )
 def test_inner_adam_reaches_the_mean_field_optimum(times, steps, lr):
-    """The inner Adam loop (fresh optimiser, one Monte Carlo sample per step) converges to the
-    closed-form mean-field optimum of the tilted Gaussian: mean of pi_s, std 1/sqrt(diag P).
-    Averaged over 64 copies, measured: residual mean error 0.7 % (low noise) and 9 % (mid) of
-    the initial distance, log-std error 13 % and 17 % of its initial offset. The mid case runs 600
-    steps: with 300 the mean error was 15.5 % under this machine's current libraries (also on the
-    commit before the reliability work)."""
+    """The inner Adam loop converges to the closed-form mean-field optimum of the tilted Gaussian.
+
+    The loop uses a fresh optimiser and one Monte Carlo sample per step; the optimum is the mean
+    of pi_s, std 1/sqrt(diag P). Averaged over 64 copies, measured: residual mean error 0.7 % (low
+    noise) and 9 % (mid) of the initial distance, log-std error 13 % and 17 % of its initial offset.
+    The mid case runs 600 steps: with 300 the mean error was 15.5 % under this machine's current
+    libraries (also on the commit before the reliability work).
+    """
     y, op, _ = _problem(batch=1)
     copies = 64
     problem = MGDMProblem(PRIOR, NOISE, y.repeat(copies, 1, 1), repeat_operator(op, copies))
@@ -181,15 +191,18 @@ def test_inner_adam_reaches_the_mean_field_optimum(times, steps, lr):
 
 
 def test_mgdm_against_the_exact_posterior():
-    """MGDM is biased on this problem, by design: its DPS-style likelihood g(y | D(z_s, s)) is
-    overconfident at high noise, so the first (smooth) steps commit the unobserved nodes and the
-    Tweedie plug-in for x0 loses spread. So the sample mean is NOT within Monte Carlo error of the
-    exact mean (errors of tens of standard errors), even with the inner VI replaced by its
-    closed-form optimum (measured: 0.37 of the prior-mean error at K = 30; 0.31 remains at
-    K = 300 with exact full-covariance inner sampling, outside this test). Measured with Adam
-    (K = 30, M = 10, lr = 0.05, 512 samples, 3 seeds): mean error 0.49-0.61 of the prior mean's,
-    rms |log variance ratio| 0.32-0.33 (M = 100 reaches the closed-form optimum's 0.38). Without
-    the likelihood (sigma = 1e3) the scores are 1.0 and 2.4, which the tolerances reject."""
+    """MGDM is biased on this problem, by design.
+
+    Its DPS-style likelihood g(y | D(z_s, s)) is overconfident at high noise, so the first (smooth)
+    steps commit the unobserved nodes and the Tweedie plug-in for x0 loses spread. So the sample
+    mean is NOT within Monte Carlo error of the exact mean (errors of tens of standard errors), even
+    with the inner VI replaced by its closed-form optimum (measured: 0.37 of the prior-mean error
+    at K = 30; 0.31 remains at K = 300 with exact full-covariance inner sampling, outside this
+    test). Measured with Adam (K = 30, M = 10, lr = 0.05, 512 samples, 3 seeds): mean error
+    0.49-0.61 of the prior mean's, rms |log variance ratio| 0.32-0.33 (M = 100 reaches the
+    closed-form optimum's 0.38). Without the likelihood (sigma = 1e3) the scores are 1.0 and 2.4,
+    which the tolerances reject.
+    """
     y, op, exact = _problem(seed=0)
     g = torch.Generator().manual_seed(0)
     n = 512
@@ -216,9 +229,12 @@ def test_mgdm_against_the_exact_posterior():
 
 
 def test_conditional_hook_replaces_the_inner_vi():
-    """A `conditional` that draws the bridge prior with the driver's own generator reproduces
+    """The `conditional` hook is used: its draws replace the bridge prior's.
+
+    A `conditional` that draws the bridge prior with the driver's own generator reproduces
     zero-shot MGDM without Adam steps (same draws in the same order); a deterministic one that
-    returns the bridge mean gives other samples (the hook is used)."""
+    returns the bridge mean gives other samples.
+    """
     y, op, _ = _problem(seed=2)
     shape = (2, DOMAIN.num_nodes, 1)
     times = MGDM(PRIOR, NOISE, steps=6).timesteps()
@@ -228,13 +244,18 @@ def test_conditional_hook_replaces_the_inner_vi():
         hook = conditional(g) if conditional else None
         problem = MGDMProblem(PRIOR, NOISE, y, op)
         return mgdm_drive(
-            problem, times, shape, inner_steps=lambda k: 0, generator=g, dtype=torch.float64,
+            problem,
+            times,
+            shape,
+            inner_steps=lambda k: 0,
+            generator=g,
+            dtype=torch.float64,
             conditional=hook,
         ).z0
 
     def bridge_draw(g):
-        return lambda ctx: ctx.mean + ctx.std * torch.randn(
-            ctx.mean.shape, generator=g, dtype=ctx.mean.dtype
+        return lambda ctx: (
+            ctx.mean + ctx.std * torch.randn(ctx.mean.shape, generator=g, dtype=ctx.mean.dtype)
         )
 
     zero_shot = drive(3)
@@ -255,8 +276,11 @@ def test_mgdm_mix_midpoint_and_reproducibility():
 
 # ---------------------------------------------------------------------------- the amortizer
 def test_fresh_amortizer_is_the_zero_shot_sampler():
-    """Zero-initialised output: the network returns (m, log sd) exactly, and without best-of the
-    fresh amortizer draws the very samples of zero-shot MGDM with the same settings and seed."""
+    """Zero-initialised output: the network returns (m, log sd) exactly.
+
+    Without best-of the fresh amortizer draws the very samples of zero-shot MGDM with the same
+    settings and seed.
+    """
     engine = AmortizedVI(DOMAIN, 1, PRIOR, NOISE)
     y, op, _ = _problem(seed=2)
     g = torch.Generator().manual_seed(0)
@@ -316,14 +340,17 @@ def trained(tmp_path_factory):
     other = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.5, smoothness=1.5)
     shared, _, prior = load_engine(out / "checkpoint.pt", ds, prior=other)
     assert prior is other and shared.prior is other and loaded.prior is PRIOR
-    for a, b in zip(shared.state_dict().values(), loaded.state_dict().values()):
+    for a, b in zip(shared.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     return engine, loaded, result
 
 
 def test_training_lowers_the_inner_loss_on_held_out_observations(trained):
-    """The loss ratio network / zero-shot (same draws) is exactly 1 at initialisation and below 1
-    after 150 steps on held-out observations (measured: about 0.5); the checkpoint reloads."""
+    """Training lowers the loss ratio network / zero-shot below 1; the checkpoint reloads.
+
+    The ratio (same draws) is exactly 1 at initialisation and below 1 after 150 steps on held-out
+    observations (measured: about 0.5).
+    """
     engine, loaded, result = trained
     held_out = _observations().batch(torch.Generator().manual_seed(99), 32)
     fresh = AmortizedVI(DOMAIN, 1, PRIOR, NOISE, engine.config)
@@ -334,15 +361,17 @@ def test_training_lowers_the_inner_loss_on_held_out_observations(trained):
     ratio = AmortizedVIObjective(loaded, PRIOR, _observations(), batch_size=8).loss_ratio(held_out)
     assert ratio < 0.8, ratio
     assert result.step == 150 and math.isfinite(result.loss)
-    for (name, a), b in zip(engine.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(engine.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_trained_amortizer_beats_the_zero_shot_sampler_at_equal_grid(trained):
-    """At the same few-step grid the trained amortizer's samples are far closer to the exact
-    posterior than zero-shot MGDM's (whose few Adam steps barely move the bridge prior).
-    Measured: mean error 0.34 vs 0.96 of the prior mean's; the network wins the best-of for
-    all samples except at the last step (s = t_min, where the bridge std is 0.01: about half)."""
+    """The trained amortizer's samples are far closer to the exact posterior than zero-shot MGDM's.
+
+    Both run at the same few-step grid (zero-shot MGDM's few Adam steps barely move the bridge
+    prior). Measured: mean error 0.34 vs 0.96 of the prior mean's; the network wins the best-of for
+    all samples except at the last step (s = t_min, where the bridge std is 0.01: about half).
+    """
     _, engine, _ = trained
     y, op, exact = _problem(seed=3)
     g = torch.Generator().manual_seed(0)
@@ -359,8 +388,10 @@ def test_trained_amortizer_beats_the_zero_shot_sampler_at_equal_grid(trained):
 
 @pytest.mark.parametrize("family", ["caps", "blur"])
 def test_unseen_operators(trained, family):
-    """Operators never seen in training (geodesic caps; a heat-kernel blur) run and are finite:
-    the network only needs A^T of the residual and the coverage A^T 1."""
+    """Operators never seen in training (geodesic caps; a heat-kernel blur) run and are finite.
+
+    The network only needs A^T of the residual and the coverage A^T 1.
+    """
     _, engine, _ = trained
     g = torch.Generator().manual_seed(4)
     x = PRIOR.sample(2, rng=g)
@@ -375,8 +406,8 @@ def test_unseen_operators(trained, family):
     assert (out.nfe, out.backward) == engine.cost()
     # best-of statistics: NaN outside the window (one candidate), fractions inside
     window = [engine.config.in_window(engine.config.steps - 3 - i) for i in range(len(out.chosen))]
-    assert all(math.isnan(c) != w for c, w in zip(out.chosen, window))
-    assert all(0 <= c <= 1 for c, w in zip(out.chosen, window) if w)
+    assert all(math.isnan(c) != w for c, w in zip(out.chosen, window, strict=True))
+    assert all(0 <= c <= 1 for c, w in zip(out.chosen, window, strict=True) if w)
 
 
 # ---------------------------------------------------------------------------- cost and errors
@@ -390,8 +421,11 @@ def test_unseen_operators(trained, family):
     ids=["default", "partial", "no-best-of"],
 )
 def test_nfe_counts_match_the_formula(cfg):
-    """Counted denoiser passes equal 1 + W (2 b + M_in + 1) + (K - 2 - W)(M_out + 1) forward and
-    W M_in + (K - 2 - W) M_out backward (b = 1 with best-of)."""
+    """Counted denoiser passes (forward and backward) match the formula.
+
+    Forward: 1 + W (2 b + M_in + 1) + (K - 2 - W)(M_out + 1); backward: W M_in + (K - 2 - W) M_out
+    (b = 1 with best-of).
+    """
     y, op, _ = _problem(seed=4)
     engine = AmortizedVI(DOMAIN, 1, PRIOR, NOISE, cfg)
     out = engine.run(y, op, 3, generator=torch.Generator().manual_seed(0))

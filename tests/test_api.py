@@ -11,7 +11,11 @@ import climate
 import manifold_aps
 
 MODULES = sorted(
-    {m.name for pkg in (manifold_aps, climate) for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")}
+    {
+        m.name
+        for pkg in (manifold_aps, climate)
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
+    }
     | {"manifold_aps", "climate"}
 )
 

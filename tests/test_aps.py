@@ -12,7 +12,13 @@ from manifold_aps.flows import FlowConfig
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator
 from manifold_aps.posterior import ExactGaussianPosterior
-from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, ReverseKLObjective, TikhonovEstimate, data_weight
+from manifold_aps.posterior.aps import (
+    AmortizedFlowPosterior,
+    APSConfig,
+    ReverseKLObjective,
+    TikhonovEstimate,
+    data_weight,
+)
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import gaussian_yardstick
 from manifold_aps.priors import GaussianPrior
@@ -21,24 +27,36 @@ from manifold_aps.training import TrainConfig, Trainer
 DOMAIN = HealpixSphere(2)
 PRIOR = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.5, smoothness=1.5)
 NOISE = GaussianNoise(0.1)
-SMALL = APSConfig(flow=FlowConfig(couplings=2, width=16, depth=1, num_modes=16), cg_iterations=20, warmup_fraction=0.0)
+SMALL = APSConfig(
+    flow=FlowConfig(couplings=2, width=16, depth=1, num_modes=16),
+    cg_iterations=20,
+    warmup_fraction=0.0,
+)
 
 
 def _observations():
-    return SimulatedObservations(GaussianSource(PRIOR), RandomMaskGenerator(DOMAIN, missing=(0.5, 0.9)), NOISE)
+    return SimulatedObservations(
+        GaussianSource(PRIOR), RandomMaskGenerator(DOMAIN, missing=(0.5, 0.9)), NOISE
+    )
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["pcg", "dense"])
 @pytest.mark.parametrize("op_name", ["mask", "blur"])
 def test_estimator_with_the_prior_precision_is_the_exact_posterior(op_name, dense):
-    """With free gains on all modes set to 1/s_k, Q_theta is the prior precision exactly: the
-    estimate is the exact posterior mean and (dense) L L^T the exact posterior precision."""
+    """With free gains on all modes set to 1/s_k, Q_theta is the prior precision exactly.
+
+    The estimate is then the exact posterior mean and (dense) L L^T the exact posterior precision.
+    """
     est = TikhonovEstimate(DOMAIN, iterations=200, num_modes=DOMAIN.num_nodes, dense=dense).double()
     lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
     est.fit_to_spectrum(lam, PRIOR.spectrum)
     g = torch.Generator().manual_seed(0)
     x = PRIOR.sample(3, rng=g)
-    op = Mask(DOMAIN, RandomMaskGenerator(DOMAIN).step(3, seed=0)["mask"]) if op_name == "mask" else HeatBlur(DOMAIN, 0.01)
+    op = (
+        Mask(DOMAIN, RandomMaskGenerator(DOMAIN).step(3, seed=0)["mask"])
+        if op_name == "mask"
+        else HeatBlur(DOMAIN, 0.01)
+    )
     y = NOISE(op(x), op.range_mask, rng=g)
     with torch.no_grad():
         mean, log_var, chol = est(y, op, NOISE.sigma)
@@ -53,19 +71,26 @@ def test_estimator_with_the_prior_precision_is_the_exact_posterior(op_name, dens
 
 
 def _log_evidence(y, mask):
-    """log p(y) of the observed entries: N(0, H C H^T + sigma^2 I)."""
+    """The log p(y) of the observed entries: N(0, H C H^T + sigma^2 I)."""
     out = []
     for b in range(y.shape[0]):
         keep = mask[b, :, 0]
-        cov = PRIOR.covariance()[keep][:, keep] + NOISE.sigma**2 * torch.eye(int(keep.sum()), dtype=torch.float64)
-        mvn = torch.distributions.MultivariateNormal(torch.zeros(int(keep.sum()), dtype=torch.float64), cov)
+        cov = PRIOR.covariance()[keep][:, keep] + NOISE.sigma**2 * torch.eye(
+            int(keep.sum()), dtype=torch.float64
+        )
+        mvn = torch.distributions.MultivariateNormal(
+            torch.zeros(int(keep.sum()), dtype=torch.float64), cov
+        )
         out.append(mvn.log_prob(y[b, keep, 0]))
     return torch.stack(out)
 
 
 def test_objective_is_kl_minus_log_evidence():
-    """Exact bookkeeping (sums, temperature 1, constants included): for every flow sample,
-    log p(y|x) + log p(x) - log p(x|y) = log p(y), so the objective equals KL(q||p(.|y)) - log p(y)."""
+    """The objective equals KL(q||p(.|y)) - log p(y), with exact bookkeeping.
+
+    Sums, temperature 1, constants included: for every flow sample,
+    log p(y|x) + log p(x) - log p(x|y) = log p(y).
+    """
     torch.manual_seed(0)
     engine = AmortizedFlowPosterior(DOMAIN, 1, PRIOR, NOISE, SMALL).double()
     obj = ReverseKLObjective(engine, PRIOR, _observations(), total_steps=10, batch_size=3)
@@ -74,33 +99,60 @@ def test_objective_is_kl_minus_log_evidence():
     with torch.no_grad():
         logq, loglik, logp = obj.terms(batch.y.double(), op, torch.Generator().manual_seed(2))
         # the same generator state gives the same flow samples the objective used
-        x1, _ = engine.sample_and_log_prob(batch.y.double(), op, 1, generator=torch.Generator().manual_seed(2))
+        x1, _ = engine.sample_and_log_prob(
+            batch.y.double(), op, 1, generator=torch.Generator().manual_seed(2)
+        )
     exact = ExactGaussianPosterior(PRIOR, NOISE).condition(batch.y.double(), op)
     evidence = loglik + logp - exact.log_prob(x1)
-    assert torch.allclose(evidence, _log_evidence(batch.y.double(), batch.mask)[None].expand_as(evidence), atol=1e-6)
+    assert torch.allclose(
+        evidence, _log_evidence(batch.y.double(), batch.mask)[None].expand_as(evidence), atol=1e-6
+    )
     assert torch.allclose(logq, engine.log_prob(x1, batch.y.double(), op), atol=1e-6)
 
 
 def _train(engine, steps, tmp_path):
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup=10, ema_decay=0.0, checkpoint_every=1000, validate_every=0, log_every=50)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=8,
+        lr=3e-3,
+        warmup=10,
+        ema_decay=0.0,
+        checkpoint_every=1000,
+        validate_every=0,
+        log_every=50,
+    )
     objective = ReverseKLObjective(engine, PRIOR, _observations(), total_steps=steps, batch_size=8)
-    Trainer(objective, cfg, tmp_path, kind="aps-flow", domain=DOMAIN, model_config={}, progress=False).fit()
+    Trainer(
+        objective, cfg, tmp_path, kind="aps-flow", domain=DOMAIN, model_config={}, progress=False
+    ).fit()
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["pcg-anchor", "dense-anchor"])
 def test_training_and_exact_log_prob(tmp_path, dense):
-    """Iterative anchor: training cuts the KL. Dense anchor initialised from the prior spectrum:
-    the engine starts at (nearly) the exact posterior and training keeps it there."""
+    """Iterative anchor: training cuts the KL.
+
+    Dense anchor initialised from the prior spectrum: the engine starts at (nearly) the exact
+    posterior and training keeps it there.
+    """
     torch.manual_seed(0)
-    cfg = APSConfig(flow=SMALL.flow, cg_iterations=20, warmup_fraction=0.0, dense_limit=DOMAIN.num_nodes if dense else 0)
+    cfg = APSConfig(
+        flow=SMALL.flow,
+        cg_iterations=20,
+        warmup_fraction=0.0,
+        dense_limit=DOMAIN.num_nodes if dense else 0,
+    )
     engine = AmortizedFlowPosterior(DOMAIN, 1, PRIOR, NOISE, cfg)
     lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
     engine.estimate.fit_to_spectrum(lam, PRIOR.spectrum)
     held_out = _observations().batch(torch.Generator().manual_seed(99), 4)
     g = torch.Generator().manual_seed(3)
-    before = gaussian_yardstick(engine, PRIOR, NOISE, held_out, num_samples=256, generator=g).kl_per_dim.mean()
+    before = gaussian_yardstick(
+        engine, PRIOR, NOISE, held_out, num_samples=256, generator=g
+    ).kl_per_dim.mean()
     _train(engine, 150, tmp_path)
-    after = gaussian_yardstick(engine, PRIOR, NOISE, held_out, num_samples=256, generator=g).kl_per_dim.mean()
+    after = gaussian_yardstick(
+        engine, PRIOR, NOISE, held_out, num_samples=256, generator=g
+    ).kl_per_dim.mean()
     if dense:
         assert abs(before) < 0.005 and after < 0.01, (before, after)
     else:
@@ -128,27 +180,74 @@ def test_distill_and_sample_cli(tmp_path):
 
     exe = [sys.executable, "-m", "manifold_aps.cli"]
     out = tmp_path / "aps"
-    res = subprocess.run(exe + ["distill", "--dataset", "gaussian-healpix8", "--prior", "exact", "--steps", "3",
-                                "--couplings", "2", "--width", "8", "--out", str(out), "--quiet", "--log-every", "1"],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        exe
+        + [
+            "distill",
+            "--dataset",
+            "gaussian-healpix8",
+            "--prior",
+            "exact",
+            "--steps",
+            "3",
+            "--couplings",
+            "2",
+            "--width",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+            "--log-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert "nats/dim" in res.stdout
     npz = tmp_path / "s.npz"
-    res = subprocess.run(exe + ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(npz), "--n", "6",
-                                "--observations", "2"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        exe
+        + [
+            "sample",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--out",
+            str(npz),
+            "--n",
+            "6",
+            "--observations",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     z = np.load(npz)
     assert z["samples"].shape == (6, 2, 768, 1)
     assert np.isfinite(z["samples"]).all()
-    res = subprocess.run(exe + ["distill", "--dataset", "era5-uk", "--prior", "exact", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        exe + ["distill", "--dataset", "era5-uk", "--prior", "exact", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 2 and "has no exact prior" in res.stderr
 
 
 def test_prior_variance_of_the_estimator_matches_the_prior():
-    """With all modes fitted to the prior's spectrum, the estimator's prior marginal variances are
-    the Gaussian prior's (the variance proxy of the iterative anchor starts from them)."""
-    est = TikhonovEstimate(DOMAIN, num_modes=DOMAIN.num_nodes, variance_modes=DOMAIN.num_nodes).double()
+    """With all modes fitted to the prior's spectrum, the prior marginal variances are the prior's.
+
+    The estimator's prior marginal variances are the Gaussian prior's (the variance proxy of the
+    iterative anchor starts from them).
+    """
+    est = TikhonovEstimate(
+        DOMAIN, num_modes=DOMAIN.num_nodes, variance_modes=DOMAIN.num_nodes
+    ).double()
     lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
     est.fit_to_spectrum(lam, PRIOR.spectrum)
-    assert torch.allclose(est.prior_variance(torch.float64), PRIOR.covariance().diagonal(), rtol=1e-6)
+    assert torch.allclose(
+        est.prior_variance(torch.float64), PRIOR.covariance().diagonal(), rtol=1e-6
+    )

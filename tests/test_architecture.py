@@ -118,9 +118,16 @@ def test_one_engine_registry_feeds_the_command_line_and_the_climate_models():
     from manifold_aps.posterior.engines import ENGINES, distilled_engines, engine_for_checkpoint
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command" or getattr(a, "choices", None) and "impute" in a.choices)
-    choices = {name: next(a.choices for a in p._actions if a.dest == "engine") for name, p in sub.choices.items()
-               if any(a.dest == "engine" for a in p._actions)}
+    sub = next(
+        a
+        for a in parser._actions
+        if a.dest == "command" or getattr(a, "choices", None) and "impute" in a.choices
+    )
+    choices = {
+        name: next(a.choices for a in p._actions if a.dest == "engine")
+        for name, p in sub.choices.items()
+        if any(a.dest == "engine" for a in p._actions)
+    }
     assert list(choices["impute"]) == list(ENGINES)
     assert list(choices["distill"]) == distilled_engines() == ["aps", "implicit", "avi"]
     assert climate.model.ENGINES == tuple(ENGINES)

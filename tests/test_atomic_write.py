@@ -1,4 +1,7 @@
-"""`atomic_path`: bounded temp names, stale temps of killed writers, the umask, failures leave nothing."""
+"""`atomic_path`: bounded temp names, stale temps, the umask, and nothing left on failure.
+
+Stale temps are those of killed writers.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +47,13 @@ def test_longest_valid_names_are_written(tmp_path, stem):
 def test_two_long_names_with_the_same_start_get_distinct_temps(tmp_path):
     first, second = tmp_path / ("b" * 250 + "1.pt"), tmp_path / ("b" * 250 + "2.pt")
     with atomic_path(first) as tmp_first, atomic_path(second) as tmp_second:
-        head_first, head_second = tmp_first.name.split(".tmp.")[0], tmp_second.name.split(".tmp.")[0]
-        assert head_first[:-9] == head_second[:-9] and head_first != head_second  # cut stems, 2 hashes
+        head_first, head_second = (
+            tmp_first.name.split(".tmp.")[0],
+            tmp_second.name.split(".tmp.")[0],
+        )
+        assert (
+            head_first[:-9] == head_second[:-9] and head_first != head_second
+        )  # cut stems, 2 hashes
         tmp_first.write_bytes(b"1")
         tmp_second.write_bytes(b"2")
     assert first.read_bytes() == b"1" and second.read_bytes() == b"2"
@@ -55,7 +63,10 @@ def test_temp_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "state.pt"
     target.write_bytes(b"old")
     writer = subprocess.Popen(
-        [sys.executable, "-c", HANGING_WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HANGING_WRITER, str(target)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         stale = tmp_path / os.path.basename(writer.stdout.readline().strip())
@@ -76,7 +87,9 @@ def test_temp_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
         host, _dead_pid, rest = writer_id.split(".", 2)
         live = stale.with_name(f"{head}.tmp.{host}.{sleeper.pid}.{rest}")
         live.write_bytes(b"in progress")
-        other_target = stale.with_name(".other" + stale.name[len(".state") :])  # dead pid, another stem
+        other_target = stale.with_name(
+            ".other" + stale.name[len(".state") :]
+        )  # dead pid, another stem
         other_target.write_bytes(b"not ours")
         with atomic_path(target) as tmp:
             tmp.write_bytes(b"newer")
@@ -125,6 +138,9 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 
 
 def test_a_name_over_255_bytes_fails_at_the_rename_and_leaves_no_temp(tmp_path):
-    with pytest.raises(OSError, match="too long"), atomic_path(tmp_path / ("c" * 300 + ".npy")) as tmp:
+    with (
+        pytest.raises(OSError, match="too long"),
+        atomic_path(tmp_path / ("c" * 300 + ".npy")) as tmp,
+    ):
         np.save(tmp, np.arange(3))
     assert list(tmp_path.iterdir()) == []

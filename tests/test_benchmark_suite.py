@@ -13,28 +13,68 @@ import suite  # noqa: E402
 
 
 def _row(method, rmse, crps, sec, **kw):
-    row = {"problem": "era5-uk", "nodes": 1617, "method": method, "rmse_mean": rmse, "rmse_single": rmse,
-           "crps": crps, "spread_skill": "", "coverage_90": "", "train_seconds": 0.0, "seconds_per_sample": sec,
-           "samples_per_second": 1 / sec, "peak_memory_mb": 1.0, "observations": 3, "samples": 8, "missing": 0.7,
-           "dps_steps": "", "dps_guidance": "", "speedup_vs_dps": 1.0}
+    row = {
+        "problem": "era5-uk",
+        "nodes": 1617,
+        "method": method,
+        "rmse_mean": rmse,
+        "rmse_single": rmse,
+        "crps": crps,
+        "spread_skill": "",
+        "coverage_90": "",
+        "train_seconds": 0.0,
+        "seconds_per_sample": sec,
+        "samples_per_second": 1 / sec,
+        "peak_memory_mb": 1.0,
+        "observations": 3,
+        "samples": 8,
+        "missing": 0.7,
+        "dps_steps": "",
+        "dps_guidance": "",
+        "speedup_vs_dps": 1.0,
+    }
     row.update(kw)
     return row
 
 
 def test_report_marks_the_best_and_the_readme_keeps_the_rest(tmp_path):
-    rows = [_row("kriging", 0.3, 0.12, 0.5, coverage_90=0.85, spread_skill=0.9),
-            _row("nearest", 0.6, 0.4, 0.001),
-            _row("DPS", 0.4, 0.11, 10.0, dps_steps=1000, dps_guidance=0.3, coverage_90=0.6, spread_skill=0.7)]
+    rows = [
+        _row("kriging", 0.3, 0.12, 0.5, coverage_90=0.85, spread_skill=0.9),
+        _row("nearest", 0.6, 0.4, 0.001),
+        _row(
+            "DPS",
+            0.4,
+            0.11,
+            10.0,
+            dps_steps=1000,
+            dps_guidance=0.3,
+            coverage_90=0.6,
+            spread_skill=0.7,
+        ),
+    ]
     table = suite.report(tmp_path, rows, "test machine")
-    lines = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
     assert "**0.3**" in lines["kriging"] and "**0.11**" in lines["DPS (1000 steps, guidance 0.3)"]
-    assert "**" not in lines["nearest"] and "| – | – |" in lines["nearest"]  # no spread, no coverage
-    assert "85%" in lines["kriging"] and (tmp_path / "suite.md").read_text().strip() == table.strip()
+    assert (
+        "**" not in lines["nearest"] and "| – | – |" in lines["nearest"]
+    )  # no spread, no coverage
+    assert (
+        "85%" in lines["kriging"] and (tmp_path / "suite.md").read_text().strip() == table.strip()
+    )
     readme = tmp_path / "README.md"
     readme.write_text(f"head\n{suite.README_START}\nold table\n{suite.README_END}\ntail\n")
     suite.insert_into_readme(readme, table)
     text = readme.read_text()
-    assert text.startswith("head\n") and text.endswith("tail\n") and "old table" not in text and table in text
+    assert (
+        text.startswith("head\n")
+        and text.endswith("tail\n")
+        and "old table" not in text
+        and table in text
+    )
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="no <!-- benchmark-suite:start -->"):
         suite.insert_into_readme(readme, table)
@@ -56,7 +96,17 @@ def test_holdout_datasets_are_observed_where_visible_and_scored_on_the_holdout()
     visible = torch.arange(48) % 3 != 0
     holdout = torch.arange(48) % 6 == 0
     truth = torch.randn(1, 48, 1)
-    ds = PriorDataset("x", d, TensorSource(truth, truth), truth, "1", "", extra={"visible": visible, "holdout": holdout})
+    ds = PriorDataset(
+        "x",
+        d,
+        TensorSource(truth, truth),
+        truth,
+        "1",
+        "",
+        extra={"visible": visible, "holdout": holdout},
+    )
     y, op, t, where = suite.test_observations(ds, GaussianNoise(0.1), 2, 0.7, seed=0)
-    assert torch.equal(op.mask[:, :, 0], visible.expand(2, 48)) and torch.equal(where[:, :, 0], holdout.expand(2, 48))
+    assert torch.equal(op.mask[:, :, 0], visible.expand(2, 48)) and torch.equal(
+        where[:, :, 0], holdout.expand(2, 48)
+    )
     assert torch.all(y[:, ~visible] == 0) and t.shape == (2, 48, 1)

@@ -1,5 +1,8 @@
-"""Classical gap fillers: harmonic interpolation reproduces discrete-harmonic fields, nearest
-neighbour copies the nearest observed value, observations are kept, errors are clear."""
+"""Classical gap fillers: harmonic interpolation and nearest neighbour.
+
+Harmonic interpolation reproduces discrete-harmonic fields, nearest neighbour copies the nearest
+observed value, observations are kept, errors are clear.
+"""
 
 import pytest
 import torch
@@ -11,8 +14,14 @@ from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeigh
 
 def test_harmonic_reproduces_a_linear_field_from_its_boundary():
     d = PlanarGrid(12, 15)
-    r, c = torch.meshgrid(torch.arange(12.0, dtype=torch.float64), torch.arange(15.0, dtype=torch.float64), indexing="ij")
-    x = (0.3 * r - 0.7 * c + 2.0).reshape(1, -1, 1).double()  # discrete-harmonic on the 5-point stencil
+    r, c = torch.meshgrid(
+        torch.arange(12.0, dtype=torch.float64),
+        torch.arange(15.0, dtype=torch.float64),
+        indexing="ij",
+    )
+    x = (
+        (0.3 * r - 0.7 * c + 2.0).reshape(1, -1, 1).double()
+    )  # discrete-harmonic on the 5-point stencil
     boundary = ((r == 0) | (r == 11) | (c == 0) | (c == 14)).reshape(-1)
     A = Mask(d, boundary)
     est = HarmonicInterpolation(d).estimate(A(x), A)
@@ -73,6 +82,8 @@ def test_errors_are_clear():
     m = torch.zeros(2, 16, 1, dtype=torch.bool)
     m[:, 3] = True
     A = Mask(d, m)
-    A.mask[1, 3] = False  # a batch element with no observation (the constructor refuses it; fillers must too)
+    A.mask[1, 3] = (
+        False  # a batch element with no observation (the constructor refuses it; fillers must too)
+    )
     with pytest.raises(ValueError, match="example 1, channel 0 observes no node"):
         NearestNeighbour(d).estimate(torch.zeros(2, 16, 1), A)

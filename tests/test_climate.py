@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import require
 
 from climate import from_signal, grid_domain, open_era5, to_signal
 from climate.demo import default_sample_path
-from conftest import require
 
 
 def test_shipped_sample_is_small_and_real():

@@ -161,7 +161,7 @@ def test_station_mask_from_csv(uk, tmp_path):
             abs(float(near[LATITUDE]) - lat) <= 0.125 and abs(float(near[LONGITUDE]) - lon) <= 0.125
         )
     i, j = np.nonzero(m.values)
-    cells = set(zip(m[LATITUDE].values[i].tolist(), m[LONGITUDE].values[j].tolist()))
+    cells = set(zip(m[LATITUDE].values[i].tolist(), m[LONGITUDE].values[j].tolist(), strict=True))
     assert cells == {(51.5, -0.25), (56.0, -3.25), (53.25, -6.25)}
 
     # The same stations as a DataFrame (long names) and as an array give the same mask.

@@ -9,13 +9,16 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import REPO
 
 
 def _cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "manifold_aps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "manifold_aps.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -26,7 +29,11 @@ def test_demo_cli_end_to_end(tmp_path):
     assert "RMSE posterior mean" in res.stdout
     scores = json.loads((out / "scores.json").read_text())
     # the posterior mean beats nearest-neighbour filling and the climatology on hidden cells
-    assert scores["rmse_posterior_mean"] < scores["rmse_nearest_neighbour"] < scores["rmse_climatology"]
+    assert (
+        scores["rmse_posterior_mean"]
+        < scores["rmse_nearest_neighbour"]
+        < scores["rmse_climatology"]
+    )
     assert 0.5 < scores["coverage_90_analytic"] <= 1.0
     assert (out / "map.png").stat().st_size > 10_000
     ds = xr.open_dataset(out / "imputed.nc", engine="h5netcdf")
@@ -45,10 +52,28 @@ def test_demo_cli_end_to_end(tmp_path):
 
 
 # one mask kind in the default suite (~1 min each on 2 cores); the others with -m slow
-@pytest.mark.parametrize("mask", [pytest.param("stations", marks=pytest.mark.slow), "swath",
-                                  pytest.param("box", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        pytest.param("stations", marks=pytest.mark.slow),
+        "swath",
+        pytest.param("box", marks=pytest.mark.slow),
+    ],
+)
 def test_demo_other_masks(tmp_path, mask):
-    res = _cli("demo", "--mask", mask, "--times", "1", "--samples", "4", "--no-plot", "--output-dir", str(tmp_path), cwd=tmp_path)
+    res = _cli(
+        "demo",
+        "--mask",
+        mask,
+        "--times",
+        "1",
+        "--samples",
+        "4",
+        "--no-plot",
+        "--output-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "scores.json").read_text())["rmse_posterior_mean"] > 0
 

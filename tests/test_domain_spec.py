@@ -22,7 +22,9 @@ def _domains():
     box = trimesh.creation.icosphere(subdivisions=1)
     regional = SphereGrid(np.arange(60, 49.5, -0.5), np.arange(-10, 2.25, 0.5))
     plain = PlanarGrid(4, 5)
-    generic = Domain(plain._positions, plain._mass, np.array([[0, 1, 2], [1, 2, 3]]), [1.0, 2.0, 0.5], name="g")
+    generic = Domain(
+        plain._positions, plain._mass, np.array([[0, 1, 2], [1, 2, 3]]), [1.0, 2.0, 0.5], name="g"
+    )
     return {
         "global grid": SphereGrid(np.arange(90, -91, -15.0), np.arange(0, 360, 15.0)),
         "regional grid": regional,
@@ -30,7 +32,9 @@ def _domains():
         "healpix ring": HealpixSphere(4),
         "healpix nested": HealpixSphere(4, nest=True),
         "icosphere": IcosphereMesh(2),
-        "mesh": TriangleMesh(box.vertices * [1.0, 2.0, 0.5], box.faces, mass="voronoi", name="ellipsoid"),
+        "mesh": TriangleMesh(
+            box.vertices * [1.0, 2.0, 0.5], box.faces, mass="voronoi", name="ellipsoid"
+        ),
         "plane": PlanarGrid(6, 3, spacing=(0.5, 2.0)),
         "generic": generic,
     }

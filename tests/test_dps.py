@@ -12,9 +12,11 @@ from manifold_aps.priors import GaussianPrior
 
 
 def test_dps_mean_approaches_exact_posterior_mean():
-    """With the exact score, DPS's sample mean is far closer to the exact posterior mean than the
-    prior mean is (measured: 0.17 of the prior's error with 100 steps and 32 samples; DPS is
-    biased, so the ratio does not go to 0 with more steps)."""
+    """With the exact score, DPS's sample mean is far closer to the exact posterior mean.
+
+    It is far closer than the prior mean is (measured: 0.17 of the prior's error with 100 steps and
+    32 samples; DPS is biased, so the ratio does not go to 0 with more steps).
+    """
     domain = HealpixSphere(4)
     prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
     g = torch.Generator().manual_seed(0)

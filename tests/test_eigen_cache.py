@@ -1,5 +1,7 @@
-"""Eigenbasis cache: reused only for the same computation, verified before use, and never part of
-what a trained network computes (its eigenpairs travel in the checkpoint)."""
+"""Eigenbasis cache: reused only for the same computation, verified before use.
+
+It is never part of what a trained network computes (its eigenpairs travel in the checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -81,7 +83,14 @@ def _tamper(path, how):
 
 
 @pytest.mark.parametrize(
-    "how", ["values-shifted", "vectors-scaled", "vectors-permuted", "forged-checksum", "other-solver-digest"]
+    "how",
+    [
+        "values-shifted",
+        "vectors-scaled",
+        "vectors-permuted",
+        "forged-checksum",
+        "other-solver-digest",
+    ],
 )
 def test_a_tampered_cache_file_is_detected_and_recomputed(cache, how):
     domain = HealpixSphere(4)
@@ -100,7 +109,9 @@ def test_a_truncated_cache_file_warns_and_is_recomputed(cache, how):
     domain.eigenbasis(10)
     path = cache_path(domain, 10)
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a zip" * 50, "empty": b""}[how])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"not a zip" * 50, "empty": b""}[how]
+    )
     with pytest.warns(RuntimeWarning, match="unusable"):
         pairs = PlanarGrid(6, 5).eigenbasis(10)
     _assert_same(pairs, _uncached(domain, 10))
@@ -108,10 +119,12 @@ def test_a_truncated_cache_file_warns_and_is_recomputed(cache, how):
 
 
 def _other_machine(monkeypatch, tmp_path):
-    """From now on: another, empty cache folder, and a solver that returns another valid
-    eigenbasis (every other mode negated, and each pair of modes of one degenerate eigenvalue
-    rotated by 0.7 rad within its eigenspace), as another machine or scipy may; the cache files
-    it writes pass every check."""
+    """From now on: another, empty cache folder, and a solver that returns another valid eigenbasis.
+
+    The other eigenbasis has every other mode negated, and each pair of modes of one degenerate
+    eigenvalue rotated by 0.7 rad within its eigenspace, as another machine or scipy may; the cache
+    files it writes pass every check.
+    """
     monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path / "other-cache"))
     solve = eigen.solve_eigenbasis
 
@@ -151,14 +164,29 @@ def _assert_same_spectra(module, reference):
 SCORE_NET = ScoreNetConfig(channels=(8, 16), time_dim=8, num_modes=16, num_positional=4)
 
 
-def test_a_saved_score_prior_does_not_depend_on_the_cache_it_is_loaded_with(tmp_path, monkeypatch, cache):
+def test_a_saved_score_prior_does_not_depend_on_the_cache_it_is_loaded_with(
+    tmp_path, monkeypatch, cache
+):
     prior = _randomize(ScorePrior(HealpixSphere(4), 1, SCORE_NET))
     state = prior.state_dict()
-    assert state["net.graphs.0.modes"].shape == (192, 16) and state["net.graphs.0.modes"].dtype == torch.float64
+    assert (
+        state["net.graphs.0.modes"].shape == (192, 16)
+        and state["net.graphs.0.modes"].dtype == torch.float64
+    )
     assert "net.graphs.1.modes" in state  # the coarse level's eigenpairs too
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "kind": KIND, "fingerprint": prior.domain.fingerprint,
-                "domain": repr(prior.domain), "model_config": prior.config(), "model": state, "ema": None}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "kind": KIND,
+            "fingerprint": prior.domain.fingerprint,
+            "domain": repr(prior.domain),
+            "model_config": prior.config(),
+            "model": state,
+            "ema": None,
+        },
+        path,
+    )
     x = torch.randn(3, 192, 1, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0.1, 0.5, 0.9])
     expected = prior.net(x, t)
@@ -172,11 +200,21 @@ def test_a_saved_score_prior_does_not_depend_on_the_cache_it_is_loaded_with(tmp_
     _assert_same_spectra(loaded, prior)
 
 
-@pytest.mark.parametrize("config", [
-    FlowConfig(couplings=2, width=8, depth=1, num_modes=8, coupling="spectral"),  # reads the basis
-    FlowConfig(couplings=3, width=8, depth=1, num_modes=8, levels=2),  # a coarse DomainTensors too
-], ids=["spectral", "multiscale"])
-def test_a_saved_flow_does_not_depend_on_the_cache_it_is_loaded_with(tmp_path, monkeypatch, cache, config):
+@pytest.mark.parametrize(
+    "config",
+    [
+        FlowConfig(
+            couplings=2, width=8, depth=1, num_modes=8, coupling="spectral"
+        ),  # reads the basis
+        FlowConfig(
+            couplings=3, width=8, depth=1, num_modes=8, levels=2
+        ),  # a coarse DomainTensors too
+    ],
+    ids=["spectral", "multiscale"],
+)
+def test_a_saved_flow_does_not_depend_on_the_cache_it_is_loaded_with(
+    tmp_path, monkeypatch, cache, config
+):
     flow = _randomize(ConditionalFlow(HealpixSphere(2), 1, 2, 3, config)).double()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 48, 1, generator=g, dtype=torch.float64)
@@ -207,11 +245,16 @@ ENGINE_FLOW = FlowConfig(couplings=2, width=8, depth=1, num_modes=8)
 
 
 def _engine(dense_limit):
-    """A float64 APS engine on HEALPix nside 2 (48 nodes) with random weights: dense (Cholesky)
-    first estimate for `dense_limit` >= 48, iterative (PCG, prior-variance modes) for 0."""
+    """A float64 APS engine on HEALPix nside 2 (48 nodes) with random weights.
+
+    Its first estimate is dense (Cholesky) for `dense_limit` >= 48, iterative (PCG, prior-variance
+    modes) for 0.
+    """
     domain = HealpixSphere(2)
     config = APSConfig(flow=ENGINE_FLOW, cg_iterations=5, dense_limit=dense_limit)
-    engine = AmortizedFlowPosterior(domain, 1, GaussianPrior(domain), GaussianNoise(0.1), config).double()
+    engine = AmortizedFlowPosterior(
+        domain, 1, GaussianPrior(domain), GaussianNoise(0.1), config
+    ).double()
     return _randomize(engine, seed=3)
 
 
@@ -226,12 +269,19 @@ def _engine_outputs(engine):
 
 
 @pytest.mark.parametrize("dense_limit", [2000, 0], ids=["dense", "pcg"])
-def test_a_saved_aps_engine_does_not_depend_on_the_cache_it_is_loaded_with(tmp_path, monkeypatch, cache, dense_limit):
-    """The first estimate's free gains belong to its own eigenbasis: a loaded engine uses the
-    saved one, not the other machine's rotation of the degenerate eigenspaces."""
+def test_a_saved_aps_engine_does_not_depend_on_the_cache_it_is_loaded_with(
+    tmp_path, monkeypatch, cache, dense_limit
+):
+    """The first estimate's free gains belong to its own eigenbasis.
+
+    A loaded engine uses the saved one, not the other machine's rotation of the degenerate
+    eigenspaces.
+    """
     engine = _engine(dense_limit)
     state = engine.state_dict()
-    assert state["estimate.modes"].shape == (48, 32) and state["estimate.modes"].dtype == torch.float64
+    assert (
+        state["estimate.modes"].shape == (48, 32) and state["estimate.modes"].dtype == torch.float64
+    )
     assert ("estimate.variance_modes" in state) == (dense_limit == 0)
     path = tmp_path / "engine.pt"
     torch.save(state, path)
@@ -239,7 +289,9 @@ def test_a_saved_aps_engine_does_not_depend_on_the_cache_it_is_loaded_with(tmp_p
     phi = HealpixSphere(2).eigenbasis(32)[1]
 
     _other_machine(monkeypatch, tmp_path)
-    assert not torch.allclose(HealpixSphere(2).eigenbasis(32)[1].abs(), phi.abs())  # really another basis
+    assert not torch.allclose(
+        HealpixSphere(2).eigenbasis(32)[1].abs(), phi.abs()
+    )  # really another basis
     loaded = _engine(dense_limit)
     loaded.load_state_dict(torch.load(path))
     got = _engine_outputs(loaded)
@@ -251,11 +303,15 @@ def test_an_engine_state_dict_without_estimate_eigenpairs_loads_with_a_warning(c
     engine = _engine(0)
     spectra = TikhonovEstimate.SPECTRUM + DomainTensors.SPECTRUM
     old = {k: v for k, v in engine.state_dict().items() if not k.endswith(spectra)}
-    assert any(k.startswith("estimate.") for k in old) and not any(k.startswith("estimate.var") for k in old)
+    assert any(k.startswith("estimate.") for k in old) and not any(
+        k.startswith("estimate.var") for k in old
+    )
     fresh = _engine(0)
     with pytest.warns(RuntimeWarning) as record:
         fresh.load_state_dict(old)  # strict: the missing eigenpairs are not an error
     messages = " ".join(str(w.message) for w in record)
-    assert "no TikhonovEstimate eigenpairs" in messages and "no DomainTensors eigenpairs" in messages
+    assert (
+        "no TikhonovEstimate eigenpairs" in messages and "no DomainTensors eigenpairs" in messages
+    )
     got, expected = _engine_outputs(fresh), _engine_outputs(engine)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])  # same solve here

@@ -1,5 +1,7 @@
-"""One contract for every registered engine (`manifold_aps.posterior.engines.ENGINES`) and the two
-point estimates, through the one reconstruction entry point `manifold_aps.reconstruct`.
+"""One contract for every registered engine and the two point estimates.
+
+The engines are `manifold_aps.posterior.engines.ENGINES`, run through the one reconstruction
+entry point `manifold_aps.reconstruct`.
 
 Each engine (barely trained: the contract is about behaviour, not quality) on a small HEALPix
 domain: the shapes, the observed values kept exactly, the same seed giving the same samples and
@@ -29,26 +31,68 @@ from manifold_aps.training import TrainConfig
 
 DOMAIN = HealpixSphere(2)
 PRIOR = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.6)
-CFG = TrainConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, ema_decay=0.0, checkpoint_every=2, validate_every=0,
-                  log_every=1)
+CFG = TrainConfig(
+    steps=2,
+    batch_size=2,
+    lr=1e-3,
+    warmup=1,
+    ema_decay=0.0,
+    checkpoint_every=2,
+    validate_every=0,
+    log_every=1,
+)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A checkpoint of every registered engine that has one, all from one (tiny) score prior."""
     root = tmp_path_factory.mktemp("contract")
-    ds = PriorDataset("contract", DOMAIN, GaussianSource(PRIOR, num_val=4), torch.zeros(0, DOMAIN.num_nodes, 1), "1",
-                      "draws of a Matérn prior")
-    train_prior(ds, root / "dps", CFG, net=ScoreNetConfig(channels=(8,), num_modes=8, num_positional=2),
-                progress=False)
+    ds = PriorDataset(
+        "contract",
+        DOMAIN,
+        GaussianSource(PRIOR, num_val=4),
+        torch.zeros(0, DOMAIN.num_nodes, 1),
+        "1",
+        "draws of a Matérn prior",
+    )
+    train_prior(
+        ds,
+        root / "dps",
+        CFG,
+        net=ScoreNetConfig(channels=(8,), num_modes=8, num_positional=2),
+        progress=False,
+    )
     prior = root / "dps" / "checkpoint.pt"
     trained = {"dps": None}
-    trained["aps"], _ = train_engine("aps", ds, prior, root / "aps", CFG, progress=False, settings=APSConfig(
-        flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2))
-    trained["implicit"], _ = train_engine("implicit", ds, prior, root / "implicit", CFG, progress=False,
-                                          settings=ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2))
-    trained["avi"], _ = train_engine("avi", ds, prior, root / "avi", CFG, progress=False,
-                                     settings=AmortizedVIConfig(steps=4, window=(0, 2), width=8, depth=1, num_modes=8))
+    trained["aps"], _ = train_engine(
+        "aps",
+        ds,
+        prior,
+        root / "aps",
+        CFG,
+        progress=False,
+        settings=APSConfig(
+            flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2
+        ),
+    )
+    trained["implicit"], _ = train_engine(
+        "implicit",
+        ds,
+        prior,
+        root / "implicit",
+        CFG,
+        progress=False,
+        settings=ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2),
+    )
+    trained["avi"], _ = train_engine(
+        "avi",
+        ds,
+        prior,
+        root / "avi",
+        CFG,
+        progress=False,
+        settings=AmortizedVIConfig(steps=4, window=(0, 2), width=8, depth=1, num_modes=8),
+    )
     missing = {name for name, spec in ENGINES.items() if spec.checkpoint_kind} - set(trained)
     assert not missing, f"registered engines without a contract checkpoint: {missing}"
     return {name: root / name / "checkpoint.pt" for name in trained}, trained
@@ -77,7 +121,9 @@ def test_every_engine_keeps_the_contract(engine, checkpoints):
         return
     assert a.samples.shape == (6, *values.shape)
     np.testing.assert_array_equal(a.samples, b.samples)  # same seed, same samples
-    np.testing.assert_array_equal(a.samples[:, seen], np.broadcast_to(values[seen], (6, int(seen.sum()))))
+    np.testing.assert_array_equal(
+        a.samples[:, seen], np.broadcast_to(values[seen], (6, int(seen.sum())))
+    )
     assert np.isfinite(a.samples).all() and (a.std[~seen] > 0).all() and np.isfinite(a.std).all()
     other = reconstruct(DOMAIN, values, engine=engine, seed=4, **kwargs)
     assert not np.array_equal(other.samples[:, ~seen], a.samples[:, ~seen])

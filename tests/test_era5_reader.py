@@ -1,5 +1,8 @@
-"""`open_era5` on the real files and on the variants ERA5 comes in: zarr, many files, CDS 2024
-names, either latitude order, either longitude convention, GRIB levels and members."""
+"""`open_era5` on the real files and on the variants ERA5 comes in.
+
+The variants: zarr, many files, CDS 2024 names, either latitude order, either longitude
+convention, GRIB levels and members.
+"""
 
 from __future__ import annotations
 
@@ -148,8 +151,11 @@ def test_units_and_long_names_are_kept(data, tmp_path):
 
 
 def test_months_since_is_decoded_as_calendar_months_and_said(tmp_path):
-    """Classic reanalysis files count time in `months since` a date, which neither pandas nor cftime
-    decode in the standard calendar: whole months are read as calendar months, with a warning."""
+    """Whole months of `months since` time axes are read as calendar months, with a warning.
+
+    Classic reanalysis files count time in `months since` a date, which neither pandas nor cftime
+    decode in the standard calendar.
+    """
     import netCDF4
 
     def write(path, offsets):
@@ -171,7 +177,9 @@ def test_months_since_is_decoded_as_calendar_months_and_said(tmp_path):
     with pytest.warns(UserWarning, match="as calendar months after 1958-01-01"):
         ds = open_era5(tmp_path / "monthly.nc")
     assert [str(t)[:10] for t in ds.time.values] == ["1958-01-01", "1958-02-01", "1959-02-01"]
-    assert np.isnan(ds.t2m.values[0, 0, 0]) and ds.t2m.values[1, 0, 0] == 280.0  # fill values still masked
+    assert (
+        np.isnan(ds.t2m.values[0, 0, 0]) and ds.t2m.values[1, 0, 0] == 280.0
+    )  # fill values still masked
     write(tmp_path / "fractional.nc", [0, 0.5, 1])
     with pytest.raises(ValueError, match="fractional months"):
         open_era5(tmp_path / "fractional.nc")

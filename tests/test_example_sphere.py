@@ -1,4 +1,4 @@
-"""examples/sphere_inpainting.py end to end (`--quick`), and the Gaussian prior from an angular power spectrum."""
+"""examples/sphere_inpainting.py end to end (`--quick`); Gaussian priors from angular spectra."""
 
 from __future__ import annotations
 
@@ -31,14 +31,18 @@ def continuum_matern_cl(length_scale: float, smoothness: float, lmax: int) -> to
 
 
 def legendre_covariance(domain, cl: torch.Tensor) -> torch.Tensor:
-    r"""The closed form of an isotropic covariance, :math:`\sum_l \frac{2l+1}{4\pi} C_l P_l(\cos\theta_{ij})`."""
+    r"""The closed form of an isotropic covariance on `domain`'s nodes, `(N, N)`.
+
+    :math:`\sum_l \frac{2l+1}{4\pi} C_l P_l(\cos\theta_{ij})`.
+    """
     pos = domain.positions.double()
     x = (pos @ pos.T).clamp(-1, 1)
-    p_prev, p = torch.ones_like(x), x.clone()  # P_0, P_1; Bonnet: (l+1) P_{l+1} = (2l+1) x P_l - l P_{l-1}
+    # P_0, P_1; then Bonnet's recursion (l+1) P_{l+1} = (2l+1) x P_l - l P_{l-1}
+    p_prev, p = torch.ones_like(x), x.clone()
     cov = cl[0] / (4 * math.pi) * p_prev + 3 * cl[1] / (4 * math.pi) * p
-    for l in range(1, cl.shape[0] - 1):
-        p_prev, p = p, ((2 * l + 1) * x * p - l * p_prev) / (l + 1)
-        cov += (2 * l + 3) / (4 * math.pi) * cl[l + 1] * p
+    for ell in range(1, cl.shape[0] - 1):
+        p_prev, p = p, ((2 * ell + 1) * x * p - ell * p_prev) / (ell + 1)
+        cov += (2 * ell + 3) / (4 * math.pi) * cl[ell + 1] * p
     return cov
 
 
@@ -49,7 +53,9 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_spectrum_argument_reproduces_matern_prior():
     lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
     matern = GaussianPrior(DOMAIN, variance=2.0, length_scale=0.4, smoothness=1.5, nugget=0.01)
-    given = GaussianPrior(DOMAIN, spectrum=matern_spectrum(lam, 2.0, 0.4, 1.5, DOMAIN.total_area), nugget=0.01)
+    given = GaussianPrior(
+        DOMAIN, spectrum=matern_spectrum(lam, 2.0, 0.4, 1.5, DOMAIN.total_area), nugget=0.01
+    )
     assert rel_error(given.covariance(), matern.covariance()) < 1e-12
     assert given.variance == pytest.approx(2.0, rel=1e-12)
     x = matern.sample(3, rng=torch.Generator().manual_seed(0))
@@ -61,14 +67,24 @@ def test_spectrum_argument_reproduces_matern_prior():
 
 
 def test_from_angular_power_matches_addition_theorem():
-    """On HEALPix nside 8 the prior built from the Matérn C_l of the continuous sphere has the
-    closed-form covariance sum_l (2l+1)/(4 pi) C_l P_l(cos theta) within 1 % (measured 0.24 %),
-    while a Matérn C_l of another length scale is 26 % off and the C_l shifted by one multipole 44 %."""
+    """The prior of a continuum Matérn C_l has the closed-form covariance on HEALPix nside 8.
+
+    That is sum_l (2l+1)/(4 pi) C_l P_l(cos theta), within 1 % (measured 0.24 %), while a Matérn
+    C_l of another length scale is 26 % off and the C_l shifted by one multipole 44 %.
+    """
     cl = continuum_matern_cl(0.5, 1.5, 80)
     exact = legendre_covariance(DOMAIN, cl)
     prior = GaussianPrior.from_angular_power(DOMAIN, cl)
     assert rel_error(prior.covariance(), exact) < 0.01
-    assert rel_error(GaussianPrior.from_angular_power(DOMAIN, continuum_matern_cl(0.4, 1.5, 80)).covariance(), exact) > 0.1
+    assert (
+        rel_error(
+            GaussianPrior.from_angular_power(
+                DOMAIN, continuum_matern_cl(0.4, 1.5, 80)
+            ).covariance(),
+            exact,
+        )
+        > 0.1
+    )
     shifted = torch.cat([cl[1:], cl[-1:]])
     assert rel_error(GaussianPrior.from_angular_power(DOMAIN, shifted).covariance(), exact) > 0.1
     # and it is the project's Matérn prior up to the discretisation of the Laplacian (4.6 % here)
@@ -96,9 +112,21 @@ def test_sphere_inpainting_example_quick(data, tmp_path):
     require(data / "sphere" / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits")
     env = {**os.environ, "MANIFOLD_APS_DATA": str(data), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "sphere_inpainting.py"), "--quick", "--wiener-samples", "16",
-         "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(REPO / "examples" / "sphere_inpainting.py"),
+            "--quick",
+            "--wiener-samples",
+            "16",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Wiener filter (16 samples)" in proc.stdout

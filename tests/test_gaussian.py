@@ -17,7 +17,9 @@ LATLON = SphereGrid(np.arange(60, 39, -2.0), np.arange(-10, 11, 2.0))  # regiona
 
 PRIORS = {
     "healpix": lambda: GaussianPrior(HEALPIX, variance=2.0, length_scale=0.4, smoothness=1.5),
-    "latlon": lambda: GaussianPrior(LATLON, variance=0.5, length_scale=0.05, smoothness=1.0, nugget=0.01),
+    "latlon": lambda: GaussianPrior(
+        LATLON, variance=0.5, length_scale=0.05, smoothness=1.0, nugget=0.01
+    ),
 }
 
 
@@ -25,7 +27,9 @@ PRIORS = {
 def test_log_prob_matches_multivariate_normal(name, rng):
     prior = PRIORS[name]()
     x = prior.sample(4, channels=2, rng=rng)
-    mvn = MultivariateNormal(torch.zeros(prior.domain.num_nodes, dtype=torch.float64), prior.covariance())
+    mvn = MultivariateNormal(
+        torch.zeros(prior.domain.num_nodes, dtype=torch.float64), prior.covariance()
+    )
     expected = mvn.log_prob(x.transpose(1, 2)).sum(-1)
     assert torch.allclose(prior.log_prob(x), expected, rtol=1e-10)
 
@@ -54,7 +58,9 @@ def test_score_is_gradient_of_diffused_log_density(t, rng):
     prior = PRIORS["latlon"]()
     sde = prior.sde
     x0 = prior.sample(2, rng=rng)
-    xt = sde.scale_t(torch.tensor(t)) * x0 + sde.sigma_t(torch.tensor(t)) * torch.randn(x0.shape, generator=rng, dtype=x0.dtype)
+    xt = sde.scale_t(torch.tensor(t)) * x0 + sde.sigma_t(torch.tensor(t)) * torch.randn(
+        x0.shape, generator=rng, dtype=x0.dtype
+    )
     xt.requires_grad_(True)
     (grad,) = torch.autograd.grad(prior.diffused_log_prob(xt, t).sum(), xt)
     assert torch.allclose(prior.score(xt.detach(), t), grad, rtol=1e-8, atol=1e-8)

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 import trimesh
-
 from conftest import require
+
 from manifold_aps.geometry import (
     Domain,
     HealpixSphere,
@@ -20,7 +20,9 @@ from manifold_aps.geometry import (
 )
 from manifold_aps.geometry.eigen import cache_dir
 
-SPHERE_EIGENVALUES = np.array([l * (l + 1) for l in range(5) for _ in range(2 * l + 1)], float)
+SPHERE_EIGENVALUES = np.array(
+    [degree * (degree + 1) for degree in range(5) for _ in range(2 * degree + 1)], float
+)
 
 SPHERES = {
     "healpix16": lambda: HealpixSphere(16),
@@ -30,7 +32,13 @@ SPHERES = {
     "latlon2deg-centred": lambda: SphereGrid(np.arange(-89, 90, 2.0), np.arange(-180, 180, 2.0)),
 }
 
-MESHES = ["bunny.off", "bunny_oded.obj", "spot_triangulated.obj", "bumpy.off", "decimated-knight.off"]
+MESHES = [
+    "bunny.off",
+    "bunny_oded.obj",
+    "spot_triangulated.obj",
+    "bumpy.off",
+    "decimated-knight.off",
+]
 
 
 @pytest.mark.parametrize("name", list(SPHERES), ids=list(SPHERES))
@@ -57,7 +65,9 @@ def test_sphere_mass_sums_to_4pi(name):
 def test_regional_grid_cell_areas_are_exact():
     """A 1x1 degree cell's area is dlon * (sin(hi) - sin(lo)) on the unit sphere."""
     g = SphereGrid(np.array([50.5, 51.5]), np.array([0.5, 1.5, 2.5]))
-    expected = np.deg2rad(1.0) * (np.sin(np.deg2rad([51.0, 52.0])) - np.sin(np.deg2rad([50.0, 51.0])))
+    expected = np.deg2rad(1.0) * (
+        np.sin(np.deg2rad([51.0, 52.0])) - np.sin(np.deg2rad([50.0, 51.0]))
+    )
     assert np.allclose(g.mass.numpy().reshape(2, 3), expected[:, None])
     assert not g.periodic
 
@@ -89,7 +99,10 @@ def test_planar_grid_eigenvalues_match_closed_form():
     vals, _ = grid.eigenbasis(ny * nx)
     p, q = np.meshgrid(np.arange(nx), np.arange(ny))
     exact = np.sort(
-        (4 / hx**2 * np.sin(np.pi * p / (2 * nx)) ** 2 + 4 / hy**2 * np.sin(np.pi * q / (2 * ny)) ** 2).ravel()
+        (
+            4 / hx**2 * np.sin(np.pi * p / (2 * nx)) ** 2
+            + 4 / hy**2 * np.sin(np.pi * q / (2 * ny)) ** 2
+        ).ravel()
     )
     assert np.allclose(vals.numpy(), exact, atol=1e-10)
 
@@ -164,7 +177,9 @@ COARSENABLE = {
     "latlon-uk": lambda: SphereGrid(np.arange(58, 49.9, -0.25), np.arange(-10, 2.01, 0.25)),
     "latlon-global": lambda: SphereGrid(np.arange(90, -90.1, -3.0), np.arange(0, 360, 3.0)),
     "plane": lambda: PlanarGrid(8, 12),
-    "mesh": lambda: TriangleMesh(trimesh.creation.icosphere(3).vertices, trimesh.creation.icosphere(3).faces),
+    "mesh": lambda: TriangleMesh(
+        trimesh.creation.icosphere(3).vertices, trimesh.creation.icosphere(3).faces
+    ),
 }
 
 
@@ -181,7 +196,10 @@ def test_coarsening_conserves_area_and_averages(name):
     assert coarse.total_area == pytest.approx(domain.total_area, rel=0.02)
     x = torch.randn(2, domain.num_nodes, 3, dtype=torch.float64)
     assert step.pool_signal(x).shape == (2, coarse.num_nodes, 3)
-    assert torch.allclose(step.pool_signal(torch.ones_like(x)), torch.ones(2, coarse.num_nodes, 3, dtype=torch.float64))
+    assert torch.allclose(
+        step.pool_signal(torch.ones_like(x)),
+        torch.ones(2, coarse.num_nodes, 3, dtype=torch.float64),
+    )
 
 
 def test_structured_coarsening_is_exact_union_of_cells():
@@ -210,7 +228,9 @@ def test_eigenbasis_is_cached_on_disk(tmp_path, monkeypatch):
     assert len(files) == 1
     # a fresh object of the same geometry reads the file (the solver is not called again);
     # tampered and other-k files are covered in test_eigen_cache.py
-    monkeypatch.setattr(eigen, "solve_eigenbasis", lambda *a: pytest.fail("solver called despite the cache"))
+    monkeypatch.setattr(
+        eigen, "solve_eigenbasis", lambda *a: pytest.fail("solver called despite the cache")
+    )
     vals2, vecs2 = HealpixSphere(4).eigenbasis(12)
     assert torch.equal(vals2, vals) and torch.equal(vecs2, vecs)
 

@@ -45,7 +45,8 @@ def test_sparse_cholesky_matches_dense(np_rng):
     # R R^T = A for the square-root factor
     r = f.sqrt_times(np.eye(150))
     np.testing.assert_allclose(r @ r.T, dense, atol=1e-10)
-    # the selected inverse equals the inverse on the pattern of L, so traces with A's pattern are exact
+    # the selected inverse equals the inverse on the pattern of L, so traces with A's pattern are
+    # exact
     other = (a + sp.diags(np.arange(150.0))).tocsc()
     assert f.trace_product(other) == pytest.approx(np.trace(inv @ other.toarray()), rel=1e-10)
 

@@ -1,4 +1,7 @@
-"""The GMRF gaussian engine on climate grids: beyond the dense limit, and fitted to gappy fields alone."""
+"""The GMRF gaussian engine on climate grids.
+
+Beyond the dense limit, and fitted to gappy fields alone.
+"""
 
 from __future__ import annotations
 
@@ -102,7 +105,10 @@ def _grid_field(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, times) -> 
 
 
 def test_standardizer_fits_the_diurnal_harmonic_from_6_hourly_steps():
-    """6-hourly training steps (4 distinct hours): the diurnal cycle is fitted, not averaged away."""
+    """6-hourly training steps (4 distinct hours): the diurnal cycle is fitted.
+
+    It is not averaged away.
+    """
     from climate.model import FieldStandardizer
 
     rng = np.random.default_rng(0)
@@ -116,7 +122,9 @@ def test_standardizer_fits_the_diurnal_harmonic_from_6_hourly_steps():
 
     st = FieldStandardizer.fit_signal(torch.from_numpy(x)[:, :, None], times)
     assert st.mean.shape == (24, n)
-    np.testing.assert_allclose(st.mean, cycle(np.arange(24)), atol=0.02)  # every hour, also unseen ones
+    np.testing.assert_allclose(
+        st.mean, cycle(np.arange(24)), atol=0.02
+    )  # every hour, also unseen ones
     np.testing.assert_allclose(st.scale, 0.01, rtol=0.3)
     # daily steps (one hour of day): one overall mean, as before
     daily = FieldStandardizer.fit_signal(torch.from_numpy(x[::4])[:, :, None], times[::4])
@@ -124,7 +132,10 @@ def test_standardizer_fits_the_diurnal_harmonic_from_6_hourly_steps():
 
 
 def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
-    """`variance_scale="observed"`: c = y^T C^-1 y / n (dense), and the std is the rescaled prior's."""
+    """`variance_scale="observed"`: c = y^T C^-1 y / n (dense).
+
+    The std is the rescaled prior's.
+    """
     from climate.model import FieldStandardizer
     from manifold_aps import MaternGMRF
     from manifold_aps.geometry import SphereGrid
@@ -135,7 +146,9 @@ def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
     prior = MaternGMRF.from_range(domain, range_=0.6, std=1.0, alpha=2)
     nugget, noise_std = 0.01, 0.1
     rng = np.random.default_rng(1)
-    truth = 2.0 * (prior.sample(1, rng=rng)[0] + rng.standard_normal(n) * nugget**0.5)  # 4x the variance
+    truth = 2.0 * (
+        prior.sample(1, rng=rng)[0] + rng.standard_normal(n) * nugget**0.5
+    )  # 4x the variance
     times = np.array(["2020-01-01T00"], dtype="datetime64[ns]")
     field = _grid_field(truth, lat, lon, times)
     observed = climate.random_mask(field, 0.4, seed=0, per_time=True)
@@ -148,12 +161,16 @@ def test_variance_scale_is_the_closed_form_ml_scale_of_the_observed_values():
     c = float(y @ np.linalg.solve(c_yy, y)) / idx.size
     assert 2.0 < c < 8.0  # the field is 4x as variable as the prior says
     for mode, scale in (("observed", c), ("fitted", 1.0)):
-        model = GaussianImputer("t2m", "K", domain, noise_std, standardizer, prior, nugget, variance_scale=mode)
+        model = GaussianImputer(
+            "t2m", "K", domain, noise_std, standardizer, prior, nugget, variance_scale=mode
+        )
         out = climate.impute(field, observed, model, n_samples=2, seed=0, progress=False)
         if mode == "observed":
             assert model.last_scales[0] == pytest.approx(c, rel=1e-8)
         sc = scale * cov
-        k = sc[np.ix_(hid, idx)] @ np.linalg.inv(sc[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size))
+        k = sc[np.ix_(hid, idx)] @ np.linalg.inv(
+            sc[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size)
+        )
         post_var = np.diag(sc[np.ix_(hid, hid)] - k @ sc[np.ix_(idx, hid)])
         std = out.t2m_std.values.ravel()[hid]
         np.testing.assert_allclose(std, np.sqrt(post_var), rtol=1e-8)
@@ -165,7 +182,8 @@ def test_refit_fits_each_field_and_its_posterior_is_that_of_the_refit_prior():
 
     The field is drawn with twice the range and twice the std of the model's prior: the refit moves
     towards them, its likelihood beats the training fit's, and the imputation equals the dense
-    posterior of the refit prior (with the known noise added to what the nugget leaves)."""
+    posterior of the refit prior (with the known noise added to what the nugget leaves).
+    """
     from climate.model import FieldStandardizer
     from manifold_aps import MaternGMRF
     from manifold_aps.geometry import SphereGrid
@@ -182,7 +200,9 @@ def test_refit_fits_each_field_and_its_posterior_is_that_of_the_refit_prior():
     observed = climate.random_mask(field, 0.5, seed=0, per_time=True)
     standardizer = FieldStandardizer(np.zeros((1, n)), np.ones(n))
     noise_std = 0.05
-    model = GaussianImputer("t2m", "K", domain, noise_std, standardizer, prior, 0.01, variance_scale="refit")
+    model = GaussianImputer(
+        "t2m", "K", domain, noise_std, standardizer, prior, 0.01, variance_scale="refit"
+    )
     out = climate.impute(field, observed, model, n_samples=2, seed=0, progress=False)
     fit = model.last_fits[0]
     assert fit is not None and fit.prior.alpha == 2
@@ -199,11 +219,15 @@ def test_refit_fits_each_field_and_its_posterior_is_that_of_the_refit_prior():
         return np.linalg.inv(p.precision().toarray()) + nugget * np.eye(n)
 
     train_cov = covariance(prior, 0.01)[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size)
-    refit_cov = covariance(fit.prior, fit.nugget)[np.ix_(idx, idx)]  # the refit nugget holds the noise
+    refit_cov = covariance(fit.prior, fit.nugget)[
+        np.ix_(idx, idx)
+    ]  # the refit nugget holds the noise
     assert dense_log_likelihood(refit_cov) > dense_log_likelihood(train_cov) + 10
     assert fit.log_likelihood == pytest.approx(dense_log_likelihood(refit_cov), rel=1e-8)
     cov = covariance(fit.prior, max(fit.nugget - noise_std**2, 0.0))
-    k = cov[np.ix_(hid, idx)] @ np.linalg.inv(cov[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size))
+    k = cov[np.ix_(hid, idx)] @ np.linalg.inv(
+        cov[np.ix_(idx, idx)] + noise_std**2 * np.eye(idx.size)
+    )
     np.testing.assert_allclose(out.t2m_mean.values.ravel()[hid], k @ y, rtol=1e-7, atol=1e-9)
     post_var = np.diag(cov[np.ix_(hid, hid)] - k @ cov[np.ix_(idx, hid)])
     np.testing.assert_allclose(out.t2m_std.values.ravel()[hid], np.sqrt(post_var), rtol=1e-8)

@@ -1,4 +1,7 @@
-"""The implicit generator (DAVI-style) against closed forms, its objective's gradient split, training and loading."""
+"""The implicit generator (DAVI-style) against closed forms.
+
+Also its objective's gradient split, training and loading.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +37,14 @@ def _engine(config=SMALL):
 
 
 def _observations(n=3, seed=0):
-    stream = SimulatedObservations(GaussianSource(PRIOR), RandomMaskGenerator(DOMAIN, missing=(0.5, 0.9)), NOISE)
+    stream = SimulatedObservations(
+        GaussianSource(PRIOR), RandomMaskGenerator(DOMAIN, missing=(0.5, 0.9)), NOISE
+    )
     return stream.batch(torch.Generator().manual_seed(seed), n)
 
 
 def test_fresh_generator_draws_the_exact_posterior_of_its_gaussian_prior():
-    """With Q fitted to the prior's spectrum and the dense noise shape, the bridge input is exact."""
+    """With Q fitted to the prior spectrum and the dense noise shape, the bridge input is exact."""
     eng = _engine()
     batch = _observations()
     op = batch.operator(DOMAIN)
@@ -64,7 +69,10 @@ def test_objective_splits_gradients_and_warms_up_the_auxiliary_score():
     def grads(step):
         eng.zero_grad()
         obj(step, 0, 2).backward()
-        return {n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in eng.named_parameters()}
+        return {
+            n: (p.grad is not None and bool(p.grad.abs().sum() > 0))
+            for n, p in eng.named_parameters()
+        }
 
     early = grads(1)  # warm-up: only the auxiliary score learns
     assert not any(early[n] for n in gen_params)
@@ -75,7 +83,11 @@ def test_objective_splits_gradients_and_warms_up_the_auxiliary_score():
     eng.zero_grad()
     parts = obj.terms(*_pair(), torch.Generator().manual_seed(0))
     parts["dsm"].sum().backward()
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in eng.named_parameters() if n in gen_params)
+    assert all(
+        p.grad is None or p.grad.abs().sum() == 0
+        for n, p in eng.named_parameters()
+        if n in gen_params
+    )
 
 
 def _pair():
@@ -84,9 +96,28 @@ def _pair():
 
 
 def test_train_load_and_unseen_operators(tmp_path):
-    ds = PriorDataset("tiny-h4", DOMAIN, GaussianSource(PRIOR, num_val=4), torch.zeros(0, DOMAIN.num_nodes, 1), "1", "test", PRIOR)
-    cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup=1, ema_decay=0.0, checkpoint_every=3, validate_every=0, log_every=1)
-    eng, result = train_engine("implicit", ds, "exact", tmp_path, cfg, settings=SMALL, progress=False, dtype=torch.float64)
+    ds = PriorDataset(
+        "tiny-h4",
+        DOMAIN,
+        GaussianSource(PRIOR, num_val=4),
+        torch.zeros(0, DOMAIN.num_nodes, 1),
+        "1",
+        "test",
+        PRIOR,
+    )
+    cfg = TrainConfig(
+        steps=3,
+        batch_size=2,
+        lr=1e-3,
+        warmup=1,
+        ema_decay=0.0,
+        checkpoint_every=3,
+        validate_every=0,
+        log_every=1,
+    )
+    eng, result = train_engine(
+        "implicit", ds, "exact", tmp_path, cfg, settings=SMALL, progress=False, dtype=torch.float64
+    )
     assert result.step == 3 and torch.isfinite(torch.tensor(result.loss))
     again, _, _ = load_engine(tmp_path / "checkpoint.pt", ds)
     y, op = _pair()
@@ -116,7 +147,10 @@ def test_bad_settings_are_refused():
 
 @pytest.mark.parametrize("engine", ["implicit", "avi"])
 def test_distill_and_sample_cli_for_the_sibling_engines(tmp_path, engine):
-    """`distill --engine` and `sample` as a user runs them (tiny settings), for every sibling engine."""
+    """`distill --engine` and `sample` for every sibling engine, as a user runs them.
+
+    The settings are tiny.
+    """
     import subprocess
     import sys
 
@@ -124,26 +158,88 @@ def test_distill_and_sample_cli_for_the_sibling_engines(tmp_path, engine):
 
     exe = [sys.executable, "-m", "manifold_aps.cli"]
     out = tmp_path / engine
-    res = subprocess.run(exe + ["distill", "--engine", engine, "--dataset", "gaussian-healpix8", "--prior", "exact",
-                                "--steps", "2", "--width", "8", "--out", str(out), "--quiet", "--log-every", "1"],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        exe
+        + [
+            "distill",
+            "--engine",
+            engine,
+            "--dataset",
+            "gaussian-healpix8",
+            "--prior",
+            "exact",
+            "--steps",
+            "2",
+            "--width",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+            "--log-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
-    res = subprocess.run(exe + ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "s.npz"),
-                                "--n", "3", "--observations", "2"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        exe
+        + [
+            "sample",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--n",
+            "3",
+            "--observations",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     z = np.load(tmp_path / "s.npz")
     assert z["samples"].shape == (3, 2, 768, 1) and np.isfinite(z["samples"]).all()
 
 
 def test_trainer_applies_the_generators_learning_rate_scale(tmp_path):
-    """`optimizer_groups`: with a zero scale the generator never moves while its auxiliary score learns."""
-    ds = PriorDataset("tiny-h4", DOMAIN, GaussianSource(PRIOR, num_val=4), torch.zeros(0, DOMAIN.num_nodes, 1), "1", "test", PRIOR)
-    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, ema_decay=0.0, checkpoint_every=4, validate_every=0, log_every=1)
-    frozen = ImplicitConfig(width=8, depth=1, num_modes=8, aux_warmup_fraction=0.0, generator_lr_scale=0.0)
-    eng, _ = train_engine("implicit", ds, "exact", tmp_path, cfg, settings=frozen, progress=False, dtype=torch.float64)
+    """`optimizer_groups`: with a zero scale the generator never moves.
+
+    Its auxiliary score learns meanwhile.
+    """
+    ds = PriorDataset(
+        "tiny-h4",
+        DOMAIN,
+        GaussianSource(PRIOR, num_val=4),
+        torch.zeros(0, DOMAIN.num_nodes, 1),
+        "1",
+        "test",
+        PRIOR,
+    )
+    cfg = TrainConfig(
+        steps=4,
+        batch_size=2,
+        lr=1e-2,
+        warmup=1,
+        ema_decay=0.0,
+        checkpoint_every=4,
+        validate_every=0,
+        log_every=1,
+    )
+    frozen = ImplicitConfig(
+        width=8, depth=1, num_modes=8, aux_warmup_fraction=0.0, generator_lr_scale=0.0
+    )
+    eng, _ = train_engine(
+        "implicit", ds, "exact", tmp_path, cfg, settings=frozen, progress=False, dtype=torch.float64
+    )
     fresh = ImplicitGenerator(DOMAIN, 1, PRIOR, NOISE, frozen).double()
     torch.manual_seed(0)
-    for (name, p), (_, q) in zip(eng.generator.named_parameters(), fresh.generator.named_parameters()):
+    for (name, p), (_, q) in zip(
+        eng.generator.named_parameters(), fresh.generator.named_parameters(), strict=True
+    ):
         if name.startswith("out."):  # zero-initialised, so comparable with a fresh generator
             assert torch.equal(p, q), name
     assert any(p.abs().sum() > 0 for n, p in eng.aux.named_parameters() if n.startswith("out."))

@@ -1,4 +1,7 @@
-"""Imputation to xarray: models, `impute`, netCDF output, bounded memory, and the errors, on real ERA5."""
+"""Imputation to xarray on real ERA5.
+
+Models, `impute`, netCDF output, bounded memory, and the errors.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +51,9 @@ def _random_mask(like, missing=0.7, seed=0):
 
 def test_observed_values_are_kept_bit_for_bit_and_cf_attributes(model, test_hours):
     mask = _random_mask(test_hours)
-    out = impute(test_hours, mask, model, n_samples=6, seed=1, quantiles=(0.05, 0.95), progress=False)
+    out = impute(
+        test_hours, mask, model, n_samples=6, seed=1, quantiles=(0.05, 0.95), progress=False
+    )
     obs = mask.values
     given = test_hours.values
     assert out.t2m_mean.dtype == given.dtype == np.float32
@@ -66,7 +71,9 @@ def test_observed_values_are_kept_bit_for_bit_and_cf_attributes(model, test_hour
     assert out.t2m_mean.attrs["units"] == "K"
     assert out.t2m_mean.attrs["cell_methods"] == "all_samples: mean" and int(out.all_samples) == 6
     assert "t2m_std" in out.t2m_mean.attrs["ancillary_variables"]
-    assert out.t2m_std.attrs["units"] == "K" and "standard deviation" in out.t2m_std.attrs["long_name"]
+    assert (
+        out.t2m_std.attrs["units"] == "K" and "standard deviation" in out.t2m_std.attrs["long_name"]
+    )
     assert "manifold-aps impute" in out.attrs["history"] and "Matern" in out.attrs["history"]
     assert out.attrs["Conventions"].startswith("CF-")
     # quantiles bracket the mean on hidden cells
@@ -173,8 +180,12 @@ def test_bad_input_gets_clear_errors(model, test_hours, field):
 
 
 def test_grib_input_is_imputed_like_netcdf(model, data):
-    nc = open_era5(require(data / "era5" / "era5-2mt-2019-03-uk.nc"), "t2m").t2m.isel(time=slice(700, 703))
-    grib = open_era5(require(data / "era5" / "era5-2mt-2019-03-uk.grib"), "t2m").t2m.isel(time=slice(700, 703))
+    nc = open_era5(require(data / "era5" / "era5-2mt-2019-03-uk.nc"), "t2m").t2m.isel(
+        time=slice(700, 703)
+    )
+    grib = open_era5(require(data / "era5" / "era5-2mt-2019-03-uk.grib"), "t2m").t2m.isel(
+        time=slice(700, 703)
+    )
     mask = _random_mask(nc)
     a = impute(nc, mask, model, n_samples=2, progress=False)
     b = impute(grib, mask, model, n_samples=2, progress=False)
@@ -182,13 +193,15 @@ def test_grib_input_is_imputed_like_netcdf(model, data):
 
 
 def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
-    """A (barely trained) score prior and flow on the UK grid go through `load_model` and `impute`."""
+    """A barely trained score prior and flow on the UK grid go through `load_model` and `impute`."""
     from manifold_aps.flows import FlowConfig
     from manifold_aps.posterior.aps import APSConfig
     from manifold_aps.posterior.engines import train_engine
     from manifold_aps.priors.train import train_prior
 
-    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, checkpoint_every=2, validate_every=0, log_every=1)
+    cfg = TrainConfig(
+        steps=2, batch_size=2, lr=1e-3, warmup=1, checkpoint_every=2, validate_every=0, log_every=1
+    )
     train_prior("era5-uk", tmp_path / "prior", cfg, net=TINY_NET, progress=False)
     ckpt = tmp_path / "prior" / "checkpoint.pt"
     hours = test_hours.isel(time=slice(0, 2))
@@ -198,7 +211,9 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     out = impute(hours, mask, dps, n_samples=2, progress=False)
     assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
     assert np.isfinite(out.t2m_samples.values).all() and "DPS (3 steps" in out.attrs["history"]
-    aps_cfg = APSConfig(flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2, dense_limit=0)
+    aps_cfg = APSConfig(
+        flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2, dense_limit=0
+    )
     train_engine("aps", "era5-uk", ckpt, tmp_path / "aps", cfg, settings=aps_cfg, progress=False)
     aps = load_model(tmp_path / "aps" / "checkpoint.pt")
     assert aps.engine == "aps"
@@ -208,11 +223,15 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     from manifold_aps.posterior.implicit import ImplicitConfig
 
     small = ImplicitConfig(width=8, depth=1, num_modes=8, cg_iterations=2, dense_limit=0)
-    train_engine("implicit", "era5-uk", ckpt, tmp_path / "implicit", cfg, settings=small, progress=False)
+    train_engine(
+        "implicit", "era5-uk", ckpt, tmp_path / "implicit", cfg, settings=small, progress=False
+    )
     gen = load_model(tmp_path / "implicit" / "checkpoint.pt", engine="implicit")
     out = impute(hours, mask, gen, n_samples=3, progress=False)
     assert np.array_equal(out.t2m_samples.values[2][mask.values], hours.values[mask.values])
-    assert np.isfinite(out.t2m_samples.values).all() and "implicit generator" in out.attrs["history"]
+    assert (
+        np.isfinite(out.t2m_samples.values).all() and "implicit generator" in out.attrs["history"]
+    )
     with pytest.raises(ValueError, match="not a manifold-aps model checkpoint"):
         torch.save({"x": 1}, tmp_path / "junk.pt")
         load_model(tmp_path / "junk.pt")
@@ -227,7 +246,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     from climate.impute import impute, write_imputation
     from climate.model import GaussianImputer
     path, out = sys.argv[1], sys.argv[2]
-    da = open_era5(path, "t2m", chunks={"time": 24})["t2m"].isel(latitude=slice(0, 12), longitude=slice(0, 16))
+    da = open_era5(path, "t2m", chunks={"time": 24})["t2m"]
+    da = da.isel(latitude=slice(0, 12), longitude=slice(0, 16))
     model = GaussianImputer.fit(da.isel(time=slice(0, 200)))
     copies = []
     for k in range(8):  # 8 lazily shifted copies of the month: 5952 fields
@@ -236,7 +256,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     mask = xr.DataArray(rng.random((12, 16)) > 0.7, dims=("latitude", "longitude"),
                         coords={"latitude": big.latitude, "longitude": big.longitude})
-    impute(big.isel(time=slice(0, 24)), mask, model, n_samples=64, chunk_size=48, progress=False)  # warm up
+    # warm up
+    impute(big.isel(time=slice(0, 24)), mask, model, n_samples=64, chunk_size=48, progress=False)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ds = impute(big, mask, model, n_samples=64, chunk_size=48, progress=False)
     size = ds.nbytes
@@ -252,7 +273,10 @@ def test_long_dask_series_is_imputed_in_bounded_memory(tmp_path):
     budget = 100 * 2**20
     res = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, str(default_sample_path()), str(tmp_path / "big.nc")],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     stats = json.loads(res.stdout.strip().splitlines()[-1])

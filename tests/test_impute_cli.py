@@ -16,7 +16,9 @@ EXE = [sys.executable, "-m", "manifold_aps.cli", "impute"]
 
 
 def _run(*args, ok=True):
-    res = subprocess.run(EXE + [str(a) for a in args], capture_output=True, text=True, timeout=600, cwd=REPO)
+    res = subprocess.run(
+        EXE + [str(a) for a in args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     if ok:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -25,18 +27,52 @@ def _run(*args, ok=True):
 def test_help_explains_every_option():
     res = subprocess.run(EXE + ["--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0
-    for word in ("--mask", "random:0.7", "stations:FILE.csv", "swath:2:1000", "box:S:N:W:E", "--engine",
-                 "--checkpoint", "--fit-period", "--samples", "--output", "--plot", "examples:"):
+    for word in (
+        "--mask",
+        "random:0.7",
+        "stations:FILE.csv",
+        "swath:2:1000",
+        "box:S:N:W:E",
+        "--engine",
+        "--checkpoint",
+        "--fit-period",
+        "--samples",
+        "--output",
+        "--plot",
+        "examples:",
+    ):
         assert word in res.stdout, word
 
 
 def test_grib_with_random_and_box_masks_writes_netcdf_map_and_scores(data, tmp_path):
     grib = require(data / "era5" / "era5-2mt-2019-03-uk.grib")
     out, png, model = tmp_path / "out.nc", tmp_path / "map.png", tmp_path / "model.pt"
-    res = _run("--input", grib, "--var", "t2m", "--mask", "random:0.5", "--mask", "box:52:54:-4:-1",
-               "--fit-period", "2019-03-01:2019-03-20", "--period", "2019-03-28T00:2019-03-28T05",
-               "--samples", "4", "--quantiles", "0.05", "0.95", "--save-model", model,
-               "--output", out, "--plot", png, "--quiet")
+    res = _run(
+        "--input",
+        grib,
+        "--var",
+        "t2m",
+        "--mask",
+        "random:0.5",
+        "--mask",
+        "box:52:54:-4:-1",
+        "--fit-period",
+        "2019-03-01:2019-03-20",
+        "--period",
+        "2019-03-28T00:2019-03-28T05",
+        "--samples",
+        "4",
+        "--quantiles",
+        "0.05",
+        "0.95",
+        "--save-model",
+        model,
+        "--output",
+        out,
+        "--plot",
+        png,
+        "--quiet",
+    )
     assert "RMSE of the mean" in res.stdout and "90 % coverage" in res.stdout
     rmse = float(res.stdout.split("RMSE of the mean ")[1].split(",")[0])
     assert 0.05 < rmse < 1.0  # Kelvin, hidden cells, held-out hours
@@ -53,9 +89,26 @@ def test_grib_with_random_and_box_masks_writes_netcdf_map_and_scores(data, tmp_p
     assert png.stat().st_size > 10_000 and model.is_file()
     # the saved model is reused on the netCDF copy of the same data: same samples, no refit
     nc = require(data / "era5" / "era5-2mt-2019-03-uk.nc")
-    res2 = _run("--input", nc, "--mask", "random:0.5", "--mask", "box:52:54:-4:-1", "--checkpoint", model,
-                "--period", "2019-03-28T00:2019-03-28T05", "--samples", "4", "--quantiles", "0.05", "0.95",
-                "--output", tmp_path / "again.nc", "--quiet")
+    res2 = _run(
+        "--input",
+        nc,
+        "--mask",
+        "random:0.5",
+        "--mask",
+        "box:52:54:-4:-1",
+        "--checkpoint",
+        model,
+        "--period",
+        "2019-03-28T00:2019-03-28T05",
+        "--samples",
+        "4",
+        "--quantiles",
+        "0.05",
+        "0.95",
+        "--output",
+        tmp_path / "again.nc",
+        "--quiet",
+    )
     assert "fitting" not in res2.stdout
     a = xr.open_dataset(out, engine="h5netcdf")
     b = xr.open_dataset(tmp_path / "again.nc", engine="h5netcdf")
@@ -69,22 +122,84 @@ def test_stations_swaths_and_levels(data, tmp_path):
     csv = tmp_path / "stations.csv"
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(50.2, 57.8, 300), rng.uniform(-9.8, 1.8, 300)
-    csv.write_text("name,lat,lon\n" + "".join(f"s{i},{a:.3f},{b:.3f}\n" for i, (a, b) in enumerate(zip(lat, lon))))
-    res = _run("--input", nc, "--mask", f"stations:{csv}", "--fit-period", "2019-03-01:2019-03-20",
-               "--period", "2019-03-30T12:2019-03-30T13", "--samples", "2", "--output", tmp_path / "st.nc", "--quiet")
+    csv.write_text(
+        "name,lat,lon\n"
+        + "".join(f"s{i},{a:.3f},{b:.3f}\n" for i, (a, b) in enumerate(zip(lat, lon, strict=True)))
+    )
+    res = _run(
+        "--input",
+        nc,
+        "--mask",
+        f"stations:{csv}",
+        "--fit-period",
+        "2019-03-01:2019-03-20",
+        "--period",
+        "2019-03-30T12:2019-03-30T13",
+        "--samples",
+        "2",
+        "--output",
+        tmp_path / "st.nc",
+        "--quiet",
+    )
     assert "RMSE of the mean" in res.stdout
-    res = _run("--input", nc, "--mask", "swath:2:300", "--fit-period", "2019-03-01:2019-03-20",
-               "--period", "2019-03-30T12:2019-03-30T13", "--samples", "2", "--output", tmp_path / "sw.nc", "--quiet")
+    res = _run(
+        "--input",
+        nc,
+        "--mask",
+        "swath:2:300",
+        "--fit-period",
+        "2019-03-01:2019-03-20",
+        "--period",
+        "2019-03-30T12:2019-03-30T13",
+        "--samples",
+        "2",
+        "--output",
+        tmp_path / "sw.nc",
+        "--quiet",
+    )
     assert "RMSE of the mean" in res.stdout
     # a GRIB file with pressure levels and ensemble members: pick one of each
     grib = require(data / "era5" / "era5-levels-members.grib")
-    res = _run("--input", grib, "--var", "t", "--select", "level=500", "--select", "number=0",
-               "--mask", "random:0.5", "--samples", "2", "--output", tmp_path / "full.nc", "--quiet")
-    with xr.open_dataset(tmp_path / "full.nc", engine="h5netcdf") as full:  # 61 x 120: over the old dense limit
+    res = _run(
+        "--input",
+        grib,
+        "--var",
+        "t",
+        "--select",
+        "level=500",
+        "--select",
+        "number=0",
+        "--mask",
+        "random:0.5",
+        "--samples",
+        "2",
+        "--output",
+        tmp_path / "full.nc",
+        "--quiet",
+    )
+    with xr.open_dataset(
+        tmp_path / "full.nc", engine="h5netcdf"
+    ) as full:  # 61 x 120: over the old dense limit
         assert full.t_mean.shape[-2:] == (61, 120)
-    res = _run("--input", grib, "--var", "t", "--select", "level=500", "--select", "number=0",
-               "--region", "30:75:-30:45", "--mask", "random:0.5", "--samples", "2",
-               "--output", tmp_path / "lv.nc", "--quiet")
+    res = _run(
+        "--input",
+        grib,
+        "--var",
+        "t",
+        "--select",
+        "level=500",
+        "--select",
+        "number=0",
+        "--region",
+        "30:75:-30:45",
+        "--mask",
+        "random:0.5",
+        "--samples",
+        "2",
+        "--output",
+        tmp_path / "lv.nc",
+        "--quiet",
+    )
     assert "fitting on complete time steps of the imputed period itself" in res.stdout
     ds = xr.open_dataset(tmp_path / "lv.nc", engine="h5netcdf")
     assert ds.t_mean.dims == ("time", "latitude", "longitude") and ds.t_mean.attrs["units"] == "K"
@@ -115,13 +230,33 @@ def test_bad_arguments_get_one_clear_line(data, tmp_path, args, message):
 
 def test_global_grid_coarsened_with_swaths_and_map(data, tmp_path):
     nc = require(data / "era5" / "era5_global_1deg_2026-03-25_to_31_24steps.nc")
-    res = _run("--input", nc, "--coarsen", "8", "--mask", "swath:3:1500", "--fit-period", "2026-03-25:2026-03-29",
-               "--period", "2026-03-30:2026-03-30T12", "--samples", "4", "--output", tmp_path / "g.nc",
-               "--plot", tmp_path / "g.png", "--quiet")
+    res = _run(
+        "--input",
+        nc,
+        "--coarsen",
+        "8",
+        "--mask",
+        "swath:3:1500",
+        "--fit-period",
+        "2026-03-25:2026-03-29",
+        "--period",
+        "2026-03-30:2026-03-30T12",
+        "--samples",
+        "4",
+        "--output",
+        tmp_path / "g.nc",
+        "--plot",
+        tmp_path / "g.png",
+        "--quiet",
+    )
     assert "RMSE of the mean" in res.stdout
     ds = xr.open_dataset(tmp_path / "g.nc", engine="h5netcdf")
-    assert ds.sizes["latitude"] == 22 and ds.sizes["longitude"] == 45  # 181 x 360 in 8 x 8 blocks, trimmed
+    assert (
+        ds.sizes["latitude"] == 22 and ds.sizes["longitude"] == 45
+    )  # 181 x 360 in 8 x 8 blocks, trimmed
     obs = ds.observed.values.astype(bool)
-    assert 0.15 < obs.mean() < 0.8 and not np.array_equal(obs[0], obs[1])  # new swaths each time step
+    assert 0.15 < obs.mean() < 0.8 and not np.array_equal(
+        obs[0], obs[1]
+    )  # new swaths each time step
     ds.close()
     assert (tmp_path / "g.png").stat().st_size > 20_000

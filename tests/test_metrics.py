@@ -30,7 +30,9 @@ def test_weighted_mean_over_selected_cells():
 def test_rmse_is_root_of_weighted_mean_square():
     pred = torch.tensor([[[1.0], [0.0]]])
     truth = torch.zeros_like(pred)
-    assert weighted_rmse(pred, truth, torch.tensor([3.0, 1.0])).item() == pytest.approx(math.sqrt(3 / 4))
+    assert weighted_rmse(pred, truth, torch.tensor([3.0, 1.0])).item() == pytest.approx(
+        math.sqrt(3 / 4)
+    )
 
 
 def test_crps_of_one_member_is_absolute_error():
@@ -58,7 +60,9 @@ def test_fair_crps_is_unbiased_for_gaussian_closed_form():
     w = torch.ones(3, dtype=torch.float64)
     z = y / s
     normal = torch.distributions.Normal(0.0, 1.0)
-    exact = s * (z * (2 * normal.cdf(z) - 1) + 2 * normal.log_prob(z).exp() - 1 / math.sqrt(math.pi))
+    exact = s * (
+        z * (2 * normal.cdf(z) - 1) + 2 * normal.log_prob(z).exp() - 1 / math.sqrt(math.pi)
+    )
     got = crps_ensemble(x, y[None, :, None].expand(n_points, 3, 1), w)
     assert got.item() == pytest.approx(exact.mean().item(), rel=0.02)
 
@@ -72,7 +76,9 @@ def test_coverage_and_spread_skill_of_a_calibrated_ensemble():
     # with 21 members the 5 and 95 % quantiles are the 2nd and 20th order statistics, which
     # bracket a new draw from the same distribution with probability (20 - 2) / 22
     assert interval_coverage(lo, hi, truth, w).item() == pytest.approx(18 / 22, abs=0.01)
-    analytic = interval_coverage(-1.6449 * torch.ones_like(truth), 1.6449 * torch.ones_like(truth), truth, w)
+    analytic = interval_coverage(
+        -1.6449 * torch.ones_like(truth), 1.6449 * torch.ones_like(truth), truth, w
+    )
     assert analytic.item() == pytest.approx(0.9, abs=0.01)
     assert spread_skill_ratio(ens, truth, w).item() == pytest.approx(1.0, abs=0.03)
     assert spread_skill_ratio(0.5 * ens, truth, w).item() < 0.6  # under-dispersed

@@ -58,8 +58,11 @@ def test_global_weights_are_cell_areas_of_the_sphere():
     const = xr.ones_like(w) * xr.DataArray(np.ones(360), dims=(LON,))
     assert float(xr_bias(const, 0 * const, weights=w)) == pytest.approx(1.0, rel=1e-14)
     # the same ratio as the exact cell areas of the grid object
-    grid = grid_domain(xr.DataArray(np.zeros((181, 360)), dims=(LAT, LON),
-                                    coords={LAT: lat, LON: np.arange(360.0)}))
+    grid = grid_domain(
+        xr.DataArray(
+            np.zeros((181, 360)), dims=(LAT, LON), coords={LAT: lat, LON: np.arange(360.0)}
+        )
+    )
     row_area = grid.mass.numpy().reshape(181, 360).sum(1)
     np.testing.assert_allclose(w.values, row_area / row_area.mean(), rtol=1e-12)
     assert grid.total_area == pytest.approx(4 * np.pi, rel=1e-12)
@@ -171,13 +174,17 @@ def test_fair_crps_of_gaussian_ensemble_matches_closed_form():
     s, members = 1.3, 4
     truth = 2.0 * _field(rng, shape=(100, 30, 40))
     samples = xr.DataArray(
-        s * rng.standard_normal((members, *truth.shape)), dims=("sample", *truth.dims),
+        s * rng.standard_normal((members, *truth.shape)),
+        dims=("sample", *truth.dims),
         coords=truth.coords,
     )
     w = cell_area_weights(truth[LAT])
     z = truth / s
-    exact = s * (z * (2 * ndtr(z) - 1) + 2 * np.exp(-0.5 * z**2) / math.sqrt(2 * np.pi)
-                 - 1 / math.sqrt(math.pi))
+    exact = s * (
+        z * (2 * ndtr(z) - 1)
+        + 2 * np.exp(-0.5 * z**2) / math.sqrt(2 * np.pi)
+        - 1 / math.sqrt(math.pi)
+    )
     all_dims = ("time", LAT, LON)
     got = float(xr_crps(samples, truth, weights=w, dims=all_dims))
     expected = float(xr_bias(exact, 0 * exact, weights=w, dims=all_dims))
@@ -201,8 +208,9 @@ def test_coverage_of_exact_gaussian_quantiles_and_spread_skill():
     assert per_time.dims == ("time",) and ((per_time >= 0) & (per_time <= 1)).all()
     assert float(xr_coverage(truth, truth, truth, weights=w, dims=None)) == 1.0
 
-    ens = xr.DataArray(rng.standard_normal((21, *truth.shape)), dims=("sample", *truth.dims),
-                       coords=truth.coords)
+    ens = xr.DataArray(
+        rng.standard_normal((21, *truth.shape)), dims=("sample", *truth.dims), coords=truth.coords
+    )
     ratio = xr_spread_skill(ens, truth, weights=w, dims=None)
     assert float(ratio) == pytest.approx(1.0, abs=0.03)
     assert float(xr_spread_skill(0.5 * ens, truth, weights=w, dims=None)) < 0.6

@@ -1,4 +1,7 @@
-"""Operator contracts: adjoints in the mass inner product, transposes, pseudo-inverses, generators."""
+"""Operator contracts.
+
+Adjoints in the mass inner product, transposes, pseudo-inverses, generators.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ OPERATORS: dict[str, Callable[[], Case]] = {
     "heatblur-latlon": lambda: Case(HeatBlur(LATLON, 0.02), (2, LATLON.num_nodes, 2)),
     "heatblur-mesh": lambda: Case(HeatBlur(MESH, 0.05), (2, MESH.num_nodes, 1)),
     "compose": lambda: Case(
-        Compose(Mask(HEALPIX, _mask(HEALPIX, 2)), HeatBlur(HEALPIX, 0.01)), (2, HEALPIX.num_nodes, 1)
+        Compose(Mask(HEALPIX, _mask(HEALPIX, 2)), HeatBlur(HEALPIX, 0.01)),
+        (2, HEALPIX.num_nodes, 1),
     ),
     "compose-subsample": lambda: Case(
         Subsample(MESH, [1, 2, 3, 50]) @ HeatBlur(MESH, 0.01), (2, MESH.num_nodes, 1)
@@ -131,7 +135,9 @@ def test_every_linear_operator_is_registered():
     classes = {
         obj
         for name in ops.__all__
-        if inspect.isclass(obj := getattr(ops, name)) and issubclass(obj, LinearOperator) and obj is not LinearOperator
+        if inspect.isclass(obj := getattr(ops, name))
+        and issubclass(obj, LinearOperator)
+        and obj is not LinearOperator
     }
     covered = {type(OPERATORS[k]().op) for k in OPERATORS}
     assert classes <= covered, f"not in OPERATORS: {classes - covered}"
@@ -246,14 +252,19 @@ def test_generators_are_seeded_and_valid(domain, name):
 def test_random_mask_fraction_and_caps_area():
     gen = RandomMaskGenerator(HEALPIX, missing=0.7)
     m = gen.step(10, seed=0)["mask"]
-    assert torch.allclose(1 - m.double().mean((1, 2)), torch.full((10,), 0.7, dtype=torch.float64), atol=1 / 192)
+    assert torch.allclose(
+        1 - m.double().mean((1, 2)), torch.full((10,), 0.7, dtype=torch.float64), atol=1 / 192
+    )
     caps = CapMaskGenerator(HealpixSphere(16), num_caps=1, cap_area=0.2).step(10, seed=0)["mask"]
     hidden = 1 - caps.double().mean((1, 2))
     assert torch.allclose(hidden, torch.full((10,), 0.2, dtype=torch.float64), atol=0.005)
 
 
 def test_swath_width_on_the_sphere():
-    """One swath of half-width w covers sin(w) of the sphere's area (a band around a great circle)."""
+    """One swath of half-width w covers sin(w) of the sphere's area.
+
+    The swath is a band around a great circle.
+    """
     d = HealpixSphere(16)
     m = SwathMaskGenerator(d, num_swaths=1, half_width_deg=10.0).step(20, seed=0)["mask"]
     covered = (m[..., 0].double() * d.mass).sum(1) / d.total_area

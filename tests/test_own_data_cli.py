@@ -1,6 +1,8 @@
-"""Your own data from the command line (issue 16): a gridded file and a mesh with signals go
-train-prior -> distill (no --dataset: the prior knows its data) -> impute, as a user runs them,
-on files this test writes; bad input is one line, exit 2, nothing written."""
+"""Your own data from the command line (issue 16): a gridded file and a mesh with signals.
+
+They go train-prior -> distill (no --dataset: the prior knows its data) -> impute, as a user
+runs them, on files this test writes; bad input is one line, exit 2, nothing written.
+"""
 
 import numpy as np
 import pytest
@@ -9,10 +11,36 @@ import trimesh
 import xarray as xr
 from conftest import refused, run_cli
 
-TINY_PRIOR = ["--steps", "2", "--batch-size", "2", "--channels", "8", "--modes", "8", "--validate-every", "0",
-              "--checkpoint-every", "2", "--quiet"]
-TINY_APS = ["--steps", "2", "--batch-size", "2", "--couplings", "1", "--width", "8", "--modes", "8",
-            "--cg-iterations", "2", "--quiet"]
+TINY_PRIOR = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--channels",
+    "8",
+    "--modes",
+    "8",
+    "--validate-every",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--quiet",
+]
+TINY_APS = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--couplings",
+    "1",
+    "--width",
+    "8",
+    "--modes",
+    "8",
+    "--cg-iterations",
+    "2",
+    "--quiet",
+]
 LAT, LON = np.arange(90.0, -91.0, -15.0), np.arange(0.0, 360.0, 15.0)  # global 13 x 24
 
 
@@ -22,9 +50,18 @@ def _field(steps: int, seed: int, name: str = "z") -> xr.Dataset:
     base = 5500 + 200 * np.cos(lat) ** 2 + 30 * np.sin(np.deg2rad(LON))[None, :] * np.cos(lat)
     values = base[None] + rng.normal(0, 5, (steps, LAT.size, LON.size))
     times = np.datetime64("2020-01-01T00") + np.arange(steps) * np.timedelta64(6, "h")
-    da = xr.DataArray(values[:, None], dims=("time", "level", "latitude", "longitude"), name=name,
-                      coords={"time": times.astype("datetime64[ns]"), "level": [500], "latitude": LAT,
-                              "longitude": LON}, attrs={"units": "m"})
+    da = xr.DataArray(
+        values[:, None],
+        dims=("time", "level", "latitude", "longitude"),
+        name=name,
+        coords={
+            "time": times.astype("datetime64[ns]"),
+            "level": [500],
+            "latitude": LAT,
+            "longitude": LON,
+        },
+        attrs={"units": "m"},
+    )
     return da.to_dataset()
 
 
@@ -32,8 +69,19 @@ def _field(steps: int, seed: int, name: str = "z") -> xr.Dataset:
 def grid_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
     _field(12, 0).to_netcdf(root / "z500.nc")
-    res = run_cli("train-prior", "--input", "z500.nc", "--var", "z", "--select", "level=500", "--out", "prior",
-                  *TINY_PRIOR, cwd=root)
+    res = run_cli(
+        "train-prior",
+        "--input",
+        "z500.nc",
+        "--var",
+        "z",
+        "--select",
+        "level=500",
+        "--out",
+        "prior",
+        *TINY_PRIOR,
+        cwd=root,
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
     assert res.returncode == 0, res.stderr
@@ -44,7 +92,10 @@ def test_a_gridded_file_trains_distils_and_imputes(grid_runs, tmp_path):
     ckpt = torch.load(grid_runs / "prior" / "checkpoint.pt", weights_only=True)
     data = ckpt["data"]
     assert data["variable"] == "z" and data["units"] == "m"
-    assert data["source"]["args"]["select"] == ["level=500"] and data["source"]["args"]["path"] == "z500.nc"
+    assert (
+        data["source"]["args"]["select"] == ["level=500"]
+        and data["source"]["args"]["path"] == "z500.nc"
+    )
     assert "random longitude rotations" in data["description"]  # a global, evenly spaced grid
     assert ckpt["domain_spec"]["type"] == "SphereGrid"
     engine = torch.load(grid_runs / "aps" / "checkpoint.pt", weights_only=True)
@@ -53,8 +104,23 @@ def test_a_gridded_file_trains_distils_and_imputes(grid_runs, tmp_path):
     hidden = np.random.default_rng(1).random(day.z.shape) < 0.7
     day["z"] = day.z.where(~hidden)
     day.to_netcdf(tmp_path / "day.nc")
-    res = run_cli("impute", "--input", "day.nc", "--var", "z", "--engine", "aps", "--checkpoint",
-                  grid_runs / "aps" / "checkpoint.pt", "--samples", "3", "--output", "out.nc", "--quiet", cwd=tmp_path)
+    res = run_cli(
+        "impute",
+        "--input",
+        "day.nc",
+        "--var",
+        "z",
+        "--engine",
+        "aps",
+        "--checkpoint",
+        grid_runs / "aps" / "checkpoint.pt",
+        "--samples",
+        "3",
+        "--output",
+        "out.nc",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     with xr.open_dataset(tmp_path / "out.nc") as out:
         np.testing.assert_array_equal(out.z_mean.values[~hidden], day.z.values[~hidden])
@@ -64,19 +130,61 @@ def test_a_gridded_file_trains_distils_and_imputes(grid_runs, tmp_path):
 def test_a_changed_training_file_is_refused_by_distill(grid_runs, tmp_path):
     _field(12, 1).to_netcdf(tmp_path / "z500.nc")  # same name, other values
     (tmp_path / "prior").mkdir()
-    (tmp_path / "prior" / "checkpoint.pt").write_bytes((grid_runs / "prior" / "checkpoint.pt").read_bytes())
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=tmp_path)
+    (tmp_path / "prior" / "checkpoint.pt").write_bytes(
+        (grid_runs / "prior" / "checkpoint.pt").read_bytes()
+    )
+    res = run_cli(
+        "distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=tmp_path
+    )
     refused(res, "z500.nc is not the file the prior was trained on")
     assert not (tmp_path / "aps").exists()
 
 
 def test_a_missing_variable_and_an_unfixed_level_are_one_line(grid_runs, tmp_path):
-    refused(run_cli("train-prior", "--input", grid_runs / "z500.nc", "--var", "t", "--out", "p", *TINY_PRIOR,
-                    cwd=tmp_path), "'t' not in the Dataset", "['z']")
-    refused(run_cli("train-prior", "--input", grid_runs / "z500.nc", "--var", "z", "--out", "p", *TINY_PRIOR,
-                    cwd=tmp_path), "['level']", "--select")
-    refused(run_cli("train-prior", "--input", grid_runs / "z500.nc", "--dataset", "era5-uk", "--out", "p",
-                    *TINY_PRIOR, cwd=tmp_path), "exactly one of")
+    refused(
+        run_cli(
+            "train-prior",
+            "--input",
+            grid_runs / "z500.nc",
+            "--var",
+            "t",
+            "--out",
+            "p",
+            *TINY_PRIOR,
+            cwd=tmp_path,
+        ),
+        "'t' not in the Dataset",
+        "['z']",
+    )
+    refused(
+        run_cli(
+            "train-prior",
+            "--input",
+            grid_runs / "z500.nc",
+            "--var",
+            "z",
+            "--out",
+            "p",
+            *TINY_PRIOR,
+            cwd=tmp_path,
+        ),
+        "['level']",
+        "--select",
+    )
+    refused(
+        run_cli(
+            "train-prior",
+            "--input",
+            grid_runs / "z500.nc",
+            "--dataset",
+            "era5-uk",
+            "--out",
+            "p",
+            *TINY_PRIOR,
+            cwd=tmp_path,
+        ),
+        "exactly one of",
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -88,17 +196,31 @@ def _mesh_files(root, *, permute: bool):
     rng = np.random.default_rng(0)
     signals = np.sin(3 * mesh.vertices[:, 0])[None] + 0.1 * rng.standard_normal((10, v))
     order = rng.permutation(v) if permute else np.arange(v)
-    np.savez(root / "signals.npz", signals=signals[:, order], positions=np.asarray(mesh.vertices)[order], units="mV")
+    np.savez(
+        root / "signals.npz",
+        signals=signals[:, order],
+        positions=np.asarray(mesh.vertices)[order],
+        units="mV",
+    )
     return mesh, signals
 
 
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory):
-    """A prior and an APS engine trained on signals whose rows are in another order than the vertices."""
+    """A prior and an APS engine trained on signals whose rows are not in the vertices' order."""
     root = tmp_path_factory.mktemp("mesh")
     mesh, signals = _mesh_files(root, permute=True)
-    res = run_cli("train-prior", "--mesh", "blob.obj", "--signals", "signals.npz", "--out", "prior", *TINY_PRIOR,
-                  cwd=root)
+    res = run_cli(
+        "train-prior",
+        "--mesh",
+        "blob.obj",
+        "--signals",
+        "signals.npz",
+        "--out",
+        "prior",
+        *TINY_PRIOR,
+        cwd=root,
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
     assert res.returncode == 0, res.stderr
@@ -113,10 +235,20 @@ def test_a_mesh_with_signals_in_another_vertex_order_trains_and_distils(mesh_run
     engine, ds, _ = load_engine(root / "aps" / "checkpoint.pt")
     assert ds.units == "mV" and ds.domain.num_nodes == len(mesh.vertices)
     source = ds.extra["source"]
-    rebuilt = dataset_from_source({**source, "args": {**source["args"], "mesh": str(root / "blob.obj"),
-                                                      "signals": str(root / "signals.npz")}})
+    rebuilt = dataset_from_source(
+        {
+            **source,
+            "args": {
+                **source["args"],
+                "mesh": str(root / "blob.obj"),
+                "signals": str(root / "signals.npz"),
+            },
+        }
+    )
     train = torch.cat([rebuilt.source.train, rebuilt.source.val])
-    np.testing.assert_allclose(train[..., 0].numpy(), signals, rtol=1e-6)  # rows matched back to the vertices
+    np.testing.assert_allclose(
+        train[..., 0].numpy(), signals, rtol=1e-6
+    )  # rows matched back to the vertices
 
 
 def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path):
@@ -128,12 +260,29 @@ def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path)
     order = rng.permutation(len(mesh.vertices))  # the test file lists vertices in another order
     test = signals[:2].copy()
     test[rng.random(test.shape) < 0.7] = np.nan
-    np.savez(tmp_path / "test.npz", signals=test[:, order], positions=np.asarray(mesh.vertices)[order])
-    res = run_cli("reconstruct", "--mesh", root / "blob.obj", "--signals", "test.npz", "--output", "g.npz",
-                  "--ply", "g.ply", "--plot", "g.png", "--quiet", cwd=tmp_path)
+    np.savez(
+        tmp_path / "test.npz", signals=test[:, order], positions=np.asarray(mesh.vertices)[order]
+    )
+    res = run_cli(
+        "reconstruct",
+        "--mesh",
+        root / "blob.obj",
+        "--signals",
+        "test.npz",
+        "--output",
+        "g.npz",
+        "--ply",
+        "g.ply",
+        "--plot",
+        "g.png",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     out = np.load(tmp_path / "g.npz")
-    direct = reconstruct(TriangleMesh.from_file(root / "blob.obj"), test, engine="gaussian", samples=16, seed=0)
+    direct = reconstruct(
+        TriangleMesh.from_file(root / "blob.obj"), test, engine="gaussian", samples=16, seed=0
+    )
     np.testing.assert_allclose(out["mean"], direct.mean[:, order], rtol=1e-10)
     np.testing.assert_allclose(out["std"], direct.std[:, order], rtol=1e-10)
     seen = np.isfinite(test[:, order])
@@ -141,12 +290,29 @@ def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path)
     assert out["samples"].shape == (16, 2, len(mesh.vertices)) and (out["std"][~seen] > 0).all()
     assert "property double mean" in (tmp_path / "g.ply").read_text()[:1000]
     assert (tmp_path / "g.png").stat().st_size > 10_000
-    for engine, ckpt, extra in (("aps", root / "aps" / "checkpoint.pt", []),
-                                ("dps", root / "prior" / "checkpoint.pt", ["--dps-steps", "3"]),
-                                ("harmonic", None, [])):
+    for engine, ckpt, extra in (
+        ("aps", root / "aps" / "checkpoint.pt", []),
+        ("dps", root / "prior" / "checkpoint.pt", ["--dps-steps", "3"]),
+        ("harmonic", None, []),
+    ):
         args = ["--checkpoint", ckpt] if ckpt else []
-        res = run_cli("reconstruct", "--mesh", root / "blob.obj", "--signals", "test.npz", "--engine", engine,
-                      *args, *extra, "--samples", "3", "--output", f"{engine}.npz", "--quiet", cwd=tmp_path)
+        res = run_cli(
+            "reconstruct",
+            "--mesh",
+            root / "blob.obj",
+            "--signals",
+            "test.npz",
+            "--engine",
+            engine,
+            *args,
+            *extra,
+            "--samples",
+            "3",
+            "--output",
+            f"{engine}.npz",
+            "--quiet",
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, (engine, res.stderr)
         out = np.load(tmp_path / f"{engine}.npz")
         np.testing.assert_array_equal(out["mean"][seen], test[:, order][seen])
@@ -157,28 +323,99 @@ def test_reconstruct_refuses_another_mesh_and_its_own_input(mesh_runs, tmp_path)
     root, mesh, signals = mesh_runs
     other = trimesh.creation.icosphere(subdivisions=2)
     other.export(tmp_path / "sphere.obj")
-    np.savez(tmp_path / "t.npz", signals=np.where(np.arange(len(other.vertices)) % 3 == 0, 1.0, np.nan)[None])
-    line = refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--engine", "aps",
-                           "--checkpoint", root / "aps" / "checkpoint.pt", "--output", "o.npz", cwd=tmp_path),
-                   "name='blob.obj'", "name='sphere.obj'", "another mesh or grid")
+    np.savez(
+        tmp_path / "t.npz",
+        signals=np.where(np.arange(len(other.vertices)) % 3 == 0, 1.0, np.nan)[None],
+    )
+    line = refused(
+        run_cli(
+            "reconstruct",
+            "--mesh",
+            "sphere.obj",
+            "--signals",
+            "t.npz",
+            "--engine",
+            "aps",
+            "--checkpoint",
+            root / "aps" / "checkpoint.pt",
+            "--output",
+            "o.npz",
+            cwd=tmp_path,
+        ),
+        "name='blob.obj'",
+        "name='sphere.obj'",
+        "another mesh or grid",
+    )
     before = (tmp_path / "t.npz").read_bytes()
-    refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--output", "t.npz", cwd=tmp_path),
-            "t.npz is an input")
+    refused(
+        run_cli(
+            "reconstruct",
+            "--mesh",
+            "sphere.obj",
+            "--signals",
+            "t.npz",
+            "--output",
+            "t.npz",
+            cwd=tmp_path,
+        ),
+        "t.npz is an input",
+    )
     assert (tmp_path / "t.npz").read_bytes() == before and not (tmp_path / "o.npz").exists(), line
-    refused(run_cli("reconstruct", "--mesh", "sphere.obj", "--signals", "t.npz", "--mask", "random:2",
-                    "--output", "o.npz", cwd=tmp_path), "random:F")
+    refused(
+        run_cli(
+            "reconstruct",
+            "--mesh",
+            "sphere.obj",
+            "--signals",
+            "t.npz",
+            "--mask",
+            "random:2",
+            "--output",
+            "o.npz",
+            cwd=tmp_path,
+        ),
+        "random:F",
+    )
 
 
 def test_signals_that_do_not_fit_the_mesh_are_one_line(tmp_path):
     mesh, signals = _mesh_files(tmp_path, permute=False)
     np.savez(tmp_path / "short.npz", signals=signals[:, :-1])
-    refused(run_cli("train-prior", "--mesh", "blob.obj", "--signals", "short.npz", "--out", "p", *TINY_PRIOR,
-                    cwd=tmp_path), "shape (S, V=162)", "(10, 161)")
+    refused(
+        run_cli(
+            "train-prior",
+            "--mesh",
+            "blob.obj",
+            "--signals",
+            "short.npz",
+            "--out",
+            "p",
+            *TINY_PRIOR,
+            cwd=tmp_path,
+        ),
+        "shape (S, V=162)",
+        "(10, 161)",
+    )
     moved = np.asarray(mesh.vertices) + [0.0, 0.0, 0.05]
     np.savez(tmp_path / "moved.npz", signals=signals, positions=moved)
-    refused(run_cli("train-prior", "--mesh", "blob.obj", "--signals", "moved.npz", "--out", "p", *TINY_PRIOR,
-                    cwd=tmp_path), "are not the mesh's vertices")
-    refused(run_cli("train-prior", "--mesh", "blob.obj", "--out", "p", *TINY_PRIOR, cwd=tmp_path), "--signals")
+    refused(
+        run_cli(
+            "train-prior",
+            "--mesh",
+            "blob.obj",
+            "--signals",
+            "moved.npz",
+            "--out",
+            "p",
+            *TINY_PRIOR,
+            cwd=tmp_path,
+        ),
+        "are not the mesh's vertices",
+    )
+    refused(
+        run_cli("train-prior", "--mesh", "blob.obj", "--out", "p", *TINY_PRIOR, cwd=tmp_path),
+        "--signals",
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -190,14 +427,29 @@ def test_a_healpix_map_with_a_mask_in_another_ordering_is_reconstructed(tmp_path
 
     nside = 8
     rng = np.random.default_rng(0)
-    ring = hp.alm2map(hp.synalm(1.0 / (1 + np.arange(24.0)) ** 2, lmax=23, new=True), nside)  # RING order
+    ring = hp.alm2map(
+        hp.synalm(1.0 / (1 + np.arange(24.0)) ** 2, lmax=23, new=True), nside
+    )  # RING order
     nested = hp.reorder(ring, r2n=True)
     nested[rng.random(nested.size) < 0.05] = hp.UNSEEN  # unobserved pixels in the map itself
-    keep = (np.abs(hp.pix2ang(nside, np.arange(ring.size))[0] - np.pi / 2) > 0.3).astype(float)  # a "galaxy" cut, RING
+    keep = (np.abs(hp.pix2ang(nside, np.arange(ring.size))[0] - np.pi / 2) > 0.3).astype(
+        float
+    )  # a "galaxy" cut, RING
     hp.write_map(str(tmp_path / "map.fits"), nested, nest=True, column_units="mK", dtype=np.float64)
     hp.write_map(str(tmp_path / "mask.fits"), keep, nest=False, dtype=np.float64)
-    res = run_cli("reconstruct", "--healpix", "map.fits", "--mask", "mask.fits", "--output", "rec.fits",
-                  "--plot", "rec.png", "--quiet", cwd=tmp_path)
+    res = run_cli(
+        "reconstruct",
+        "--healpix",
+        "map.fits",
+        "--mask",
+        "mask.fits",
+        "--output",
+        "rec.fits",
+        "--plot",
+        "rec.png",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     mean, std, seen = hp.read_map(str(tmp_path / "rec.fits"), field=(0, 1, 2), nest=True)
     observed = (nested != hp.UNSEEN) & (hp.reorder(keep, r2n=True) > 0.5)
@@ -208,6 +460,18 @@ def test_a_healpix_map_with_a_mask_in_another_ordering_is_reconstructed(tmp_path
     np.testing.assert_allclose(std, direct.std[0], rtol=1e-6, atol=1e-9)
     assert (std[~observed] > 0).all() and (tmp_path / "rec.png").stat().st_size > 10_000
     hp.write_map(str(tmp_path / "mask4.fits"), np.ones(hp.nside2npix(4)), dtype=np.float64)
-    refused(run_cli("reconstruct", "--healpix", "map.fits", "--mask", "mask4.fits", "--output", "x.fits",
-                    cwd=tmp_path), "mask of nside 4", "has nside 8")
+    refused(
+        run_cli(
+            "reconstruct",
+            "--healpix",
+            "map.fits",
+            "--mask",
+            "mask4.fits",
+            "--output",
+            "x.fits",
+            cwd=tmp_path,
+        ),
+        "mask of nside 4",
+        "has nside 8",
+    )
     assert not (tmp_path / "x.fits").exists()

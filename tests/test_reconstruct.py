@@ -1,4 +1,7 @@
-"""`reconstruct`: the gaussian engine is the exact posterior of the GMRF fitted to the observed values."""
+"""`reconstruct`: the gaussian engine is the exact posterior of the GMRF.
+
+The GMRF is the one fitted to the observed values.
+"""
 
 import numpy as np
 import pytest
@@ -29,7 +32,8 @@ def test_the_gaussian_engine_is_the_dense_posterior_of_its_fit_and_keeps_observe
         np.testing.assert_allclose(rec.std[s, h], std, rtol=1e-7)
         np.testing.assert_array_equal(rec.mean[s, o], values[s, o])
         assert (rec.std[s, o] == 0).all() and (rec.samples[:, s, o] == values[s, o]).all()
-        # 4000 perturb-and-solve samples: their std within Monte Carlo error (~1.1 %) of the exact one
+        # 4000 perturb-and-solve samples: their std within Monte Carlo error (~1.1 %) of the exact
+        # one
         np.testing.assert_allclose(rec.samples[:, s, h].std(0), std, rtol=0.06)
 
 

@@ -1,5 +1,8 @@
-"""Climate input validation (issue 14): non-finite observations, unit mix-ups, corrupted GRIB
-files, either latitude order and unit aliases are handled with clear errors, never silently."""
+"""Climate input validation (issue 14): clear errors, never silently.
+
+Non-finite observations, unit mix-ups, corrupted GRIB files, either latitude order and unit
+aliases are handled with clear errors, never silently.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +61,9 @@ def test_infinite_observed_cells_are_refused_unless_hidden(model, hours):
     bad[1, 5, 7] = np.inf
     bad[1, 6, 7] = -np.inf
     mask = xr.ones_like(hours, dtype=bool)
-    with pytest.raises(ValueError, match=r"2 observed cells of 't2m' are infinite.*first at 2019-03-26T01:00"):
+    with pytest.raises(
+        ValueError, match=r"2 observed cells of 't2m' are infinite.*first at 2019-03-26T01:00"
+    ):
         impute(bad, mask, model, n_samples=2, progress=False)
     # the NaN mask leaves inf "observed" (it is a value, not a gap), so it is refused too
     assert bool(missing_mask(bad)[1, 5, 7]) and not bool(missing_mask(bad.where(bad < 0))[0, 0, 0])
@@ -93,11 +98,16 @@ def test_engines_refuse_non_finite_observations():
 
 
 def test_celsius_without_units_attribute_is_refused(model, hours):
-    celsius = (hours - 273.15).drop_attrs().assign_attrs(long_name="2 metre temperature")  # no units
+    celsius = (
+        (hours - 273.15).drop_attrs().assign_attrs(long_name="2 metre temperature")
+    )  # no units
     mask = _random_mask(hours)
     with (
         pytest.warns(UserWarning, match="no units attribute"),
-        pytest.raises(ValueError, match=r"observed t2m values are 27\d\.\d K below the model's climatology.*degC"),
+        pytest.raises(
+            ValueError,
+            match=r"observed t2m values are 27\d\.\d K below the model's climatology.*degC",
+        ),
     ):
         impute(celsius, mask, model, n_samples=2, progress=False)
     # a units attribute that lies is caught the same way
@@ -136,12 +146,16 @@ def truncated(data, tmp_path):
 
 
 def test_truncated_grib_is_refused_unless_asked_to_skip(truncated, data):
-    with pytest.raises(ValueError, match=r"truncated\.grib: corrupted GRIB file: message 373 .*allow_corrupt=True"):
+    with pytest.raises(
+        ValueError, match=r"truncated\.grib: corrupted GRIB file: message 373 .*allow_corrupt=True"
+    ):
         open_era5(truncated, "t2m")
     with pytest.warns(RuntimeWarning, match=r"skipped corrupted GRIB data in .*truncated\.grib"):
         ds = open_era5(truncated, "t2m", allow_corrupt=True)
     assert ds.sizes["time"] == 372
-    assert open_era5(data / "era5" / GRIB, "t2m").sizes["time"] == 744  # intact files are unaffected
+    assert (
+        open_era5(data / "era5" / GRIB, "t2m").sizes["time"] == 744
+    )  # intact files are unaffected
 
 
 def test_grib_with_an_unreadable_message_inside_is_refused(data, tmp_path):
@@ -155,9 +169,26 @@ def test_grib_with_an_unreadable_message_inside_is_refused(data, tmp_path):
 
 
 def _impute_cli(grib, out, *extra):
-    args = [sys.executable, "-m", "manifold_aps.cli", "impute", "--input", str(grib), "--var", "t2m",
-            "--fit-period", "2019-03-01:2019-03-05", "--period", "2019-03-10T00:2019-03-10T01",
-            "--samples", "2", "--output", str(out), "--quiet", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "manifold_aps.cli",
+        "impute",
+        "--input",
+        str(grib),
+        "--var",
+        "t2m",
+        "--fit-period",
+        "2019-03-01:2019-03-05",
+        "--period",
+        "2019-03-10T00:2019-03-10T01",
+        "--samples",
+        "2",
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     return subprocess.run(args, check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
@@ -167,7 +198,11 @@ def test_cli_refuses_a_truncated_grib(truncated, tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert str(truncated) in lines[0] and "corrupted GRIB" in lines[0] and "--skip-corrupt-grib" in lines[0]
+    assert (
+        str(truncated) in lines[0]
+        and "corrupted GRIB" in lines[0]
+        and "--skip-corrupt-grib" in lines[0]
+    )
     assert not out.exists()
 
 
@@ -192,11 +227,18 @@ def test_model_fitted_on_one_latitude_order_imputes_the_other(model, hours, fiel
     np.testing.assert_array_equal(out.t2m_samples.values, ref.t2m_samples.isel(REVERSE).values)
     obs = up_mask.values
     assert np.array_equal(out.t2m_mean.values[obs], up.values[obs])
-    # and a model fitted on ascending latitudes imputes descending ones (a small grid: fast eigenbasis)
+    # and a model fitted on ascending latitudes imputes descending ones (a small grid: fast
+    # eigenbasis)
     small = field.isel(latitude=slice(0, 10), longitude=slice(0, 12))
-    train, test, test_mask = small.sel(time=slice("2019-03-01", "2019-03-05")), small.sel(time=hours.time), mask[:, :10, :12]
+    train, test, test_mask = (
+        small.sel(time=slice("2019-03-01", "2019-03-05")),
+        small.sel(time=hours.time),
+        mask[:, :10, :12],
+    )
     descending = impute(test, test_mask, GaussianImputer.fit(train), n_samples=2, progress=False)
-    back = impute(test, test_mask, GaussianImputer.fit(train.isel(REVERSE)), n_samples=2, progress=False)
+    back = impute(
+        test, test_mask, GaussianImputer.fit(train.isel(REVERSE)), n_samples=2, progress=False
+    )
     assert np.array_equal(back[LATITUDE].values, test[LATITUDE].values)
     np.testing.assert_allclose(back.t2m_mean.values, descending.t2m_mean.values, rtol=0, atol=1e-3)
 
@@ -210,7 +252,11 @@ def test_unit_aliases_are_accepted_and_convertible_units_explained(model, hours)
             out = impute(one, mask.isel(time=[0]), model, n_samples=2, progress=False)
             assert out.t2m_mean.attrs["units"] == alias  # the output stays in the input's units
     celsius = (hours - 273.15).assign_attrs(units="Celsius")
-    with pytest.raises(ValueError, match=r"'t2m' is in 'Celsius' but the model expects 'K'.*K = Celsius \+ 273\.15"):
+    with pytest.raises(
+        ValueError, match=r"'t2m' is in 'Celsius' but the model expects 'K'.*K = Celsius \+ 273\.15"
+    ):
         impute(celsius, mask, model, n_samples=2, progress=False)
-    with pytest.raises(ValueError, match=r"'t2m' is in 'm' but the model expects 'K'; .*not convertible"):
+    with pytest.raises(
+        ValueError, match=r"'t2m' is in 'm' but the model expects 'K'; .*not convertible"
+    ):
         impute(hours.assign_attrs(units="m"), mask, model, n_samples=2, progress=False)

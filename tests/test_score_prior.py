@@ -38,10 +38,10 @@ def _band_limited_maps(channels: int, lmax: int = 6, seed: int = 0) -> np.ndarra
 def _synth(cl, lmax, rng):
     nalm = hp.Alm.getsize(lmax)
     alm = (rng.normal(size=nalm) + 1j * rng.normal(size=nalm)).astype(np.complex128)
-    for l in range(lmax + 1):
-        idx = hp.Alm.getidx(lmax, l, np.arange(l + 1))
-        alm[idx] *= np.sqrt(cl[l])
-        alm[hp.Alm.getidx(lmax, l, 0)] = alm[hp.Alm.getidx(lmax, l, 0)].real
+    for degree in range(lmax + 1):
+        idx = hp.Alm.getidx(lmax, degree, np.arange(degree + 1))
+        alm[idx] *= np.sqrt(cl[degree])
+        alm[hp.Alm.getidx(lmax, degree, 0)] = alm[hp.Alm.getidx(lmax, degree, 0)].real
     return hp.alm2map(alm, NSIDE, lmax=lmax)
 
 
@@ -113,7 +113,9 @@ def test_score_net_does_not_mix_batch_elements():
 
 
 def test_importance_times_constants():
-    t, z = importance_times(VPSDE(), torch.rand(200000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    t, z = importance_times(
+        VPSDE(), torch.rand(200000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
     assert z.item() == pytest.approx(19.17, abs=0.01)  # score_prior's value for (0.1, 20, 1e-3)
     assert (t < 0.01).double().mean().item() == pytest.approx(0.15, abs=0.01)
     assert (t < 0.1).double().mean().item() == pytest.approx(0.36, abs=0.01)
@@ -143,7 +145,9 @@ def test_elbo_of_exact_score_is_unbiased_for_log_density(small_gaussian):
 
 def test_elbo_is_differentiable_in_x(small_gaussian):
     x = small_gaussian.sample(2, rng=torch.Generator().manual_seed(3)).requires_grad_(True)
-    (grad,) = torch.autograd.grad(elbo(small_gaussian, x, generator=torch.Generator().manual_seed(4)).sum(), x)
+    (grad,) = torch.autograd.grad(
+        elbo(small_gaussian, x, generator=torch.Generator().manual_seed(4)).sum(), x
+    )
     assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
@@ -152,9 +156,13 @@ def test_samplers_reproduce_gaussian_covariance(small_gaussian, sampler):
     g = torch.Generator().manual_seed(5)
     n = 3000
     if sampler == "sde":
-        out = reverse_sde_sample(small_gaussian, (n, 48, 1), steps=300, generator=g, dtype=torch.float64)
+        out = reverse_sde_sample(
+            small_gaussian, (n, 48, 1), steps=300, generator=g, dtype=torch.float64
+        )
     else:
-        out = probability_flow_sample(small_gaussian, (n, 48, 1), steps=60, generator=g, dtype=torch.float64)
+        out = probability_flow_sample(
+            small_gaussian, (n, 48, 1), steps=60, generator=g, dtype=torch.float64
+        )
     emp = torch.cov(out.sample[..., 0].T)
     cov = small_gaussian.covariance()
     rel = torch.linalg.norm(emp - cov) / torch.linalg.norm(cov)
@@ -182,7 +190,9 @@ def test_dsm_loss_is_lowest_for_the_exact_score():
 
 
 def test_channel_normalizer_round_trip():
-    x = torch.randn(10, 20, 3, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([280.0, 0.0, -3.0])
+    x = torch.randn(10, 20, 3, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor(
+        [280.0, 0.0, -3.0]
+    )
     norm = ChannelNormalizer.fit(x)
     z = norm.normalize(x)
     assert torch.allclose(z.reshape(-1, 3).mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-10)
@@ -201,18 +211,37 @@ def test_score_prior_config_round_trip():
 
 
 def test_elbo_of_a_trained_network_is_below_its_ode_likelihood(tmp_path):
-    """A briefly trained score network on a 48-node sphere: the ELBO's Monte Carlo mean lies below
-    the model's exact (ODE, exact trace) log-likelihood, within a stated gap of 10 nats per signal
-    (measured: 1.2 and 1.9 nats, Monte Carlo standard error 1.9)."""
+    """A briefly trained score network: the ELBO's Monte Carlo mean lies below the log-likelihood.
+
+    On a 48-node sphere, the ELBO's Monte Carlo mean lies below the model's exact (ODE, exact trace)
+    log-likelihood, within a stated gap of 10 nats per signal (measured: 1.2 and 1.9 nats, Monte
+    Carlo standard error 1.9).
+    """
     from manifold_aps.datasets import GaussianSource, PriorDataset
     from manifold_aps.priors.train import train_prior
     from manifold_aps.training import TrainConfig
 
     domain = HealpixSphere(2)
     ref = GaussianPrior(domain, variance=1.0, length_scale=0.6, smoothness=1.0)
-    ds = PriorDataset("tiny", domain, GaussianSource(ref, num_val=8), torch.zeros(0, 48, 1), "1", "test", ref)
-    cfg = TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup=20, checkpoint_every=1000, validate_every=0, log_every=100)
-    prior, _ = train_prior(ds, tmp_path, cfg, net=ScoreNetConfig(channels=(16, 16), num_modes=16, num_positional=4), progress=False)
+    ds = PriorDataset(
+        "tiny", domain, GaussianSource(ref, num_val=8), torch.zeros(0, 48, 1), "1", "test", ref
+    )
+    cfg = TrainConfig(
+        steps=300,
+        batch_size=32,
+        lr=3e-3,
+        warmup=20,
+        checkpoint_every=1000,
+        validate_every=0,
+        log_every=100,
+    )
+    prior, _ = train_prior(
+        ds,
+        tmp_path,
+        cfg,
+        net=ScoreNetConfig(channels=(16, 16), num_modes=16, num_positional=4),
+        progress=False,
+    )
     prior = prior.double().eval()
     g = torch.Generator().manual_seed(11)
     x = ref.sample(2, rng=g)

@@ -1,4 +1,7 @@
-"""The shared Trainer: bit-identical resume, atomic checkpoints, domain checks, interruption, DDP."""
+"""The shared Trainer.
+
+Bit-identical resume, atomic checkpoints, domain checks, interruption, DDP.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +30,15 @@ VENV_BIN = Path(sys.executable).parent
 def _dataset():
     domain = HealpixSphere(2)
     prior = GaussianPrior(domain, variance=1.0, length_scale=0.6)
-    return PriorDataset("tiny", domain, GaussianSource(prior, num_val=8), torch.zeros(0, 48, 1), "1", "test", prior)
+    return PriorDataset(
+        "tiny", domain, GaussianSource(prior, num_val=8), torch.zeros(0, 48, 1), "1", "test", prior
+    )
 
 
 def _config(**kw):
-    base = dict(steps=12, batch_size=8, lr=1e-3, warmup=2, checkpoint_every=4, validate_every=4, log_every=2)
+    base = dict(
+        steps=12, batch_size=8, lr=1e-3, warmup=2, checkpoint_every=4, validate_every=4, log_every=2
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -41,7 +48,9 @@ def test_resume_continues_bit_for_bit(tmp_path):
     straight, res_a = train_prior(ds, tmp_path / "a", _config(), net=NET, progress=False)
     _, res_half = train_prior(ds, tmp_path / "b", _config(), net=NET, progress=False, stop_after=6)
     assert res_half.step == 6
-    resumed, res_b = train_prior(ds, tmp_path / "b", _config(), net=NET, progress=False, resume=True)
+    resumed, res_b = train_prior(
+        ds, tmp_path / "b", _config(), net=NET, progress=False, resume=True
+    )
     assert res_b.step == 12
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -66,8 +75,14 @@ def test_checkpoint_refuses_other_domain_and_kind(tmp_path):
     with pytest.raises(CheckpointError, match="expected a 'aps-flow'"):
         load_checkpoint(path, kind="aps-flow")
     with pytest.raises(CheckpointError, match="model .* differs"):
-        train_prior(ds, tmp_path, _config(steps=4), net=ScoreNetConfig(channels=(8,), num_modes=12, num_positional=2),
-                    progress=False, resume=True)
+        train_prior(
+            ds,
+            tmp_path,
+            _config(steps=4),
+            net=ScoreNetConfig(channels=(8,), num_modes=12, num_positional=2),
+            progress=False,
+            resume=True,
+        )
     bogus = tmp_path / "bogus.pt"
     torch.save({"hello": 1}, bogus)
     with pytest.raises(CheckpointError, match="not a manifold-aps checkpoint"):
@@ -94,17 +109,46 @@ def test_config_validation():
 
 def _cli(*args, cwd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([str(VENV_BIN / "manifold-aps"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [str(VENV_BIN / "manifold-aps"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
-TINY = ["--dataset", "gaussian-healpix8", "--channels", "8", "16", "--modes", "16", "--batch-size", "8", "--quiet"]
+TINY = [
+    "--dataset",
+    "gaussian-healpix8",
+    "--channels",
+    "8",
+    "16",
+    "--modes",
+    "16",
+    "--batch-size",
+    "8",
+    "--quiet",
+]
 
 
 def test_interrupted_cli_run_saves_and_resumes(tmp_path):
     out = tmp_path / "run"
-    proc = _cli("train-prior", *TINY, "--steps", "100000", "--out", str(out), "--log-every", "1",
-                "--checkpoint-every", "100000", cwd=tmp_path)
+    proc = _cli(
+        "train-prior",
+        *TINY,
+        "--steps",
+        "100000",
+        "--out",
+        str(out),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "100000",
+        cwd=tmp_path,
+    )
     log = out / "log.csv"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
@@ -114,7 +158,16 @@ def test_interrupted_cli_run_saves_and_resumes(tmp_path):
     assert proc.returncode == 0, stderr
     reached = load_checkpoint(out / "checkpoint.pt")["step"]
     assert 3 <= reached < 100000
-    proc = _cli("train-prior", *TINY, "--steps", str(reached + 3), "--out", str(out), "--resume", cwd=tmp_path)
+    proc = _cli(
+        "train-prior",
+        *TINY,
+        "--steps",
+        str(reached + 3),
+        "--out",
+        str(out),
+        "--resume",
+        cwd=tmp_path,
+    )
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert load_checkpoint(out / "checkpoint.pt")["step"] == reached + 3
@@ -128,9 +181,22 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert single.wait(timeout=300) == 0, single.stderr.read()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "-m", "manifold_aps.cli", "train-prior", *args,
-         "--out", str(tmp_path / "two")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(VENV_BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "manifold_aps.cli",
+            "train-prior",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")

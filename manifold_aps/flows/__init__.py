@@ -1,4 +1,4 @@
-"""Conditional normalizing flows on domains (couplings, spectral scaling, Stiefel channel mixing)."""
+"""Conditional normalizing flows on domains (couplings, spectral scaling, Stiefel channel mix)."""
 
 from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.flows.flow import ConditionalFlow, FlowConfig

@@ -32,19 +32,39 @@ class GraphConditioner(nn.Module):
         hops: diffusion hops per convolution.
     """
 
-    def __init__(self, in_features: int, out_features: int, context_dim: int, width: int = 32, depth: int = 2, hops: int = 2):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        context_dim: int,
+        width: int = 32,
+        depth: int = 2,
+        hops: int = 2,
+    ):
         super().__init__()
         self.lift = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(
-            [ResBlock(width, width, context_dim, hops=hops, spectral=True, norm=False) for _ in range(depth)]
+            [
+                ResBlock(width, width, context_dim, hops=hops, spectral=True, norm=False)
+                for _ in range(depth)
+            ]
         )
         self.out = nn.Linear(width, out_features)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, h: torch.Tensor, context: torch.Tensor, graph: DomainTensors, static: torch.Tensor | None = None) -> torch.Tensor:
-        """`h` `(B, N, F_in)`, `context` `(B, D)`; `static` `(B0, N, width)` is a per-condition term
-        added after the first layer (`B` a multiple of `B0`, sample-major)."""
+    def forward(
+        self,
+        h: torch.Tensor,
+        context: torch.Tensor,
+        graph: DomainTensors,
+        static: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The conditioner's output `(B, N, F_out)` for `h` `(B, N, F_in)` and `context` `(B, D)`.
+
+        `static` `(B0, N, width)` is a per-condition term added after the first layer (`B` a
+        multiple of `B0`, sample-major).
+        """
         h = self.lift(h)
         if static is not None:
             h = add_per_condition(h, static)

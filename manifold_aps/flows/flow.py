@@ -69,35 +69,55 @@ class FlowConfig:
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {self.coupling!r}")
         if self.transform not in TRANSFORMS or self.bins < 2:
-            raise ValueError(f"transform must be one of {list(TRANSFORMS)} and bins >= 2, got {self.transform!r}, {self.bins}")
-        if self.levels < 1 or (self.levels > 1 and (self.coupling != "graph" or self.transform != "affine")):
-            raise ValueError(f'levels must be >= 1, and levels > 1 needs coupling="graph", transform="affine"; got {self.levels}')
+            raise ValueError(
+                f"transform must be one of {list(TRANSFORMS)} and bins >= 2, "
+                f"got {self.transform!r}, {self.bins}"
+            )
+        if self.levels < 1 or (
+            self.levels > 1 and (self.coupling != "graph" or self.transform != "affine")
+        ):
+            raise ValueError(
+                'levels must be >= 1, and levels > 1 needs coupling="graph", transform="affine"; '
+                f"got {self.levels}"
+            )
         if self.transform == "spline" and self.coupling != "graph":
             raise ValueError('transform="spline" needs coupling="graph"')
         if self.couplings < 0 or self.width < 1 or self.depth < 1 or self.num_modes < 1:
             raise ValueError("couplings must be >= 0 and width, depth, num_modes >= 1")
 
     def to_dict(self) -> dict:
-        """Plain types, for checkpoints. `coupling`, `transform`, `bins`, `actnorm`, `levels` are left out at their
-        defaults, so that runs written before the options existed still resume (their settings
-        compare equal)."""
+        """Plain types, for checkpoints.
+
+        `coupling`, `transform`, `bins`, `actnorm`, `levels` are left out at their defaults, so
+        that runs written before the options existed still resume (their settings compare equal).
+        """
         d = asdict(self)
-        for key, default in (("coupling", "graph"), ("transform", "affine"), ("bins", 8), ("actnorm", False), ("levels", 1)):
+        for key, default in (
+            ("coupling", "graph"),
+            ("transform", "affine"),
+            ("bins", 8),
+            ("actnorm", False),
+            ("levels", 1),
+        ):
             if d[key] == default:
                 del d[key]
         return d
 
 
 def _composed_hierarchy(domain: Domain, levels: int) -> list:
-    """`levels` coarsenings of `domain`, each composed down from the domain itself (level k pools
-    the domain's nodes straight to the k-th coarse domain)."""
+    """`levels` coarsenings of `domain`, each composed down from the domain itself.
+
+    Level k pools the domain's nodes straight to the k-th coarse domain.
+    """
     from manifold_aps.geometry import Coarsening
 
     out = []
     for step in network_hierarchy(domain, levels + 1, "ConditionalFlow"):
         if out:
             prev = out[-1]
-            step = Coarsening(step.domain, (step.pool @ prev.pool).tocsr(), (prev.unpool @ step.unpool).tocsr())
+            step = Coarsening(
+                step.domain, (step.pool @ prev.pool).tocsr(), (prev.unpool @ step.unpool).tocsr()
+            )
         out.append(step)
     return out
 
@@ -123,7 +143,15 @@ class ConditionalFlow(nn.Module):
         seed: seed of the node partitions and channel mixings.
     """
 
-    def __init__(self, domain: Domain, channels: int, features: int, context_dim: int, config: FlowConfig | None = None, seed: int = 0):
+    def __init__(
+        self,
+        domain: Domain,
+        channels: int,
+        features: int,
+        context_dim: int,
+        config: FlowConfig | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.config = config or FlowConfig()
         cfg = self.config
@@ -133,25 +161,55 @@ class ConditionalFlow(nn.Module):
         mass = domain.mass
         self.register_buffer("base_std", (mass.mean() / mass).sqrt().float(), persistent=False)
         g = torch.Generator().manual_seed(seed)
-        layers: list[nn.Module] = [ConditionalAffine(channels, features, context_dim, cfg.width, cfg.depth)]
+        layers: list[nn.Module] = [
+            ConditionalAffine(channels, features, context_dim, cfg.width, cfg.depth)
+        ]
         part = None
-        coarse = [(step, DomainTensors(step.domain, min(cfg.num_modes, step.domain.num_nodes - 1), num_positional=0))
-                  for step in _composed_hierarchy(domain, cfg.levels - 1)]  # one graph per level, shared
+        coarse = [
+            (
+                step,
+                DomainTensors(
+                    step.domain, min(cfg.num_modes, step.domain.num_nodes - 1), num_positional=0
+                ),
+            )
+            for step in _composed_hierarchy(domain, cfg.levels - 1)
+        ]  # one graph per level, shared
         for i in range(cfg.couplings):
             if i % 2 == 0:
                 part = torch.zeros(domain.num_nodes, dtype=torch.bool)
                 part[torch.randperm(domain.num_nodes, generator=g)[: domain.num_nodes // 2]] = True
             side = part if i % 2 == 0 else ~part
             if cfg.coupling == "spectral":
-                modes = min(cfg.num_modes, domain.num_nodes)  # the modes self.graph has (clipped to N)
-                layers.append(SpectralCoupling(side, channels, features, context_dim, modes, cfg.width, cfg.depth))
+                modes = min(
+                    cfg.num_modes, domain.num_nodes
+                )  # the modes self.graph has (clipped to N)
+                layers.append(
+                    SpectralCoupling(
+                        side, channels, features, context_dim, modes, cfg.width, cfg.depth
+                    )
+                )
             elif i % cfg.levels:
-                layers.append(CoarseCoupling(side, channels, features, context_dim, *coarse[i % cfg.levels - 1],
-                                             cfg.width, cfg.depth))
+                layers.append(
+                    CoarseCoupling(
+                        side,
+                        channels,
+                        features,
+                        context_dim,
+                        *coarse[i % cfg.levels - 1],
+                        cfg.width,
+                        cfg.depth,
+                    )
+                )
             elif cfg.transform == "spline":
-                layers.append(SplineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth, cfg.bins))
+                layers.append(
+                    SplineCoupling(
+                        side, channels, features, context_dim, cfg.width, cfg.depth, cfg.bins
+                    )
+                )
             else:
-                layers.append(AffineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth))
+                layers.append(
+                    AffineCoupling(side, channels, features, context_dim, cfg.width, cfg.depth)
+                )
             if cfg.actnorm:
                 layers.append(ActNorm(channels))
             if cfg.spectral_every and (i + 1) % cfg.spectral_every == 0:
@@ -162,19 +220,28 @@ class ConditionalFlow(nn.Module):
         layers.append(AnchorAffine())
         self.layers = nn.ModuleList(layers)
 
-    def condition(self, features, context, anchor_shift=None, anchor_log_scale=None, anchor_cholesky=None) -> FlowCondition:
-        """Bundle features `(B, N, F)`, context `(B, D)` and an optional anchor (mean and log-scale
-        `(B, N, C)`, Cholesky factors `(B, C, N, N)` of a posterior precision)."""
-        return FlowCondition(features, context, self.graph, anchor_shift, anchor_log_scale, 1, anchor_cholesky)
+    def condition(
+        self, features, context, anchor_shift=None, anchor_log_scale=None, anchor_cholesky=None
+    ) -> FlowCondition:
+        """Bundle features `(B, N, F)`, context `(B, D)` and an optional anchor.
+
+        The anchor: mean and log-scale `(B, N, C)`, Cholesky factors `(B, C, N, N)` of a posterior
+        precision.
+        """
+        return FlowCondition(
+            features, context, self.graph, anchor_shift, anchor_log_scale, 1, anchor_cholesky
+        )
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the base at `z` `(B, N, C)`, shape `(B,)`."""
         std = self.base_std.to(z.dtype)[None, :, None]
         n = z.shape[1] * z.shape[2]
-        return (-0.5 * (z / std).pow(2) - torch.log(std)).sum((1, 2)) - 0.5 * n * math.log(2 * math.pi)
+        return (-0.5 * (z / std).pow(2) - torch.log(std)).sum((1, 2)) - 0.5 * n * math.log(
+            2 * math.pi
+        )
 
     def transform(self, z: torch.Tensor, cond: FlowCondition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base -> signal: returns `x` `(B, N, C)` and :math:`\\log|\\det\\partial x/\\partial z|` `(B,)`."""
+        r"""Base -> signal: `x` `(B, N, C)` and :math:`\log|\det\partial x/\partial z|` `(B,)`."""
         logdet = z.new_zeros(z.shape[0])
         x = z
         for layer in self.layers:
@@ -183,7 +250,7 @@ class ConditionalFlow(nn.Module):
         return x, logdet
 
     def inverse(self, x: torch.Tensor, cond: FlowCondition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Signal -> base: returns `z` and :math:`\\log|\\det\\partial z/\\partial x|` `(B,)`."""
+        r"""Signal -> base: returns `z` and :math:`\log|\det\partial z/\partial x|` `(B,)`."""
         logdet = x.new_zeros(x.shape[0])
         z = x
         for layer in reversed(self.layers):
@@ -194,7 +261,7 @@ class ConditionalFlow(nn.Module):
     def sample_and_log_prob(
         self, cond: FlowCondition, n: int, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` samples per condition: `x` `(n, B, N, C)` and :math:`\\log q(x \\mid c)` `(n, B)`."""
+        r"""`n` samples per condition: `x` `(n, B, N, C)` and :math:`\log q(x \mid c)` `(n, B)`."""
         b = cond.features.shape[0] * cond.repeats
         big = cond.repeat(n)
         shape = (n * b, self.domain.num_nodes, self.channels)
@@ -206,7 +273,7 @@ class ConditionalFlow(nn.Module):
         return x.reshape(n, b, *shape[1:]), logq.reshape(n, b)
 
     def log_prob(self, x: torch.Tensor, cond: FlowCondition) -> torch.Tensor:
-        """Exact :math:`\\log q(x \\mid c)` for `x` `(S, B, N, C)`; shape `(S, B)`."""
+        r"""Exact :math:`\log q(x \mid c)` for `x` `(S, B, N, C)`; shape `(S, B)`."""
         s, b = x.shape[:2]
         z, logdet = self.inverse(x.reshape(s * b, *x.shape[2:]), cond.repeat(s))
         return (self.base_log_prob(z) + logdet).reshape(s, b)

@@ -69,7 +69,7 @@ class FlowCondition:
         return dataclasses.replace(self, repeats=self.repeats * n)
 
     def tile(self, t: torch.Tensor) -> torch.Tensor:
-        """A per-condition tensor `(B0, ...)` repeated for the signal batch `(repeats * B0, ...)`."""
+        """A per-condition tensor `(B0, ...)` repeated for the signal batch: `(repeats*B0, ...)`."""
         return t if self.repeats == 1 else t.repeat(self.repeats, *([1] * (t.dim() - 1)))
 
     def per_condition(self, fn):
@@ -85,8 +85,8 @@ class AnchorAffine(nn.Module):
     r"""Parameter-free Gaussian anchor carried by the condition; the last layer of the flow.
 
     Mean-field: :math:`y = \mu + x\,e^{\ell}`. Full (with `anchor_cholesky` `L`, the Cholesky
-    factor of a posterior precision :math:`P = LL^T`): :math:`y = \mu + L^{-T}(x\,e^{\ell})`, so that
-    a base sample of the right scale becomes an exact draw of :math:`N(\mu, P^{-1})`;
+    factor of a posterior precision :math:`P = LL^T`): :math:`y = \mu + L^{-T}(x\,e^{\ell})`, so
+    that a base sample of the right scale becomes an exact draw of :math:`N(\mu, P^{-1})`;
     :math:`\log|\det| = \sum\ell - \sum\log\mathrm{diag}\,L`. The engine passes a first estimate
     of the posterior (e.g. `TikhonovEstimate`), so a fresh flow starts at that Gaussian and the
     learned layers only refine it. Without an anchor it is the identity.
@@ -94,8 +94,10 @@ class AnchorAffine(nn.Module):
 
     @staticmethod
     def _tri(cond, v, transpose_solve: bool):
-        """Apply L^{-T} (solve) or L^T (multiply) per channel; repeats become extra right-hand
-        sides, so the factors are never copied per sample."""
+        """Apply L^{-T} (solve) or L^T (multiply) per channel.
+
+        Repeats become extra right-hand sides, so the factors are never copied per sample.
+        """
         chol = cond.anchor_cholesky.to(v.dtype)  # (B0, C, N, N)
         b0, c, n = chol.shape[0], v.shape[2], v.shape[1]
         cols = v.reshape(-1, b0, n, c).permute(1, 3, 2, 0)  # (B0, C, N, R)
@@ -108,19 +110,25 @@ class AnchorAffine(nn.Module):
     def _logdet_chol(self, cond, x):
         if cond.anchor_cholesky is None:
             return x.new_zeros(x.shape[0])
-        ld = torch.log(torch.diagonal(cond.anchor_cholesky.to(x.dtype), dim1=-2, dim2=-1)).sum((1, 2))
+        ld = torch.log(torch.diagonal(cond.anchor_cholesky.to(x.dtype), dim1=-2, dim2=-1)).sum(
+            (1, 2)
+        )
         return ld.repeat(x.shape[0] // ld.shape[0])
 
     def forward(self, x, cond):
+        """`(y, log|det dy/dx|)`: `x` `(B, N, C)` moved to the anchor's Gaussian; `(B,)`."""
         if cond.anchor_shift is None:
             return x, x.new_zeros(x.shape[0])
         ls = cond.tile(cond.anchor_log_scale.to(x.dtype))
         v = x * torch.exp(ls)
         if cond.anchor_cholesky is not None:
             v = self._tri(cond, v, transpose_solve=True)
-        return add_per_condition(v, cond.anchor_shift.to(x.dtype)), ls.sum((1, 2)) - self._logdet_chol(cond, x)
+        return add_per_condition(v, cond.anchor_shift.to(x.dtype)), ls.sum(
+            (1, 2)
+        ) - self._logdet_chol(cond, x)
 
     def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)`: the inverse of `forward` for `y` `(B, N, C)`."""
         if cond.anchor_shift is None:
             return y, y.new_zeros(y.shape[0])
         ls = cond.tile(cond.anchor_log_scale.to(y.dtype))
@@ -131,7 +139,7 @@ class AnchorAffine(nn.Module):
 
 
 class ConditionalAffine(nn.Module):
-    r"""Elementwise :math:`y = x\,e^{s(c)} + t(c)` with `s, t` from a conditioner of the features only.
+    r"""Elementwise :math:`y = x\,e^{s(c)} + t(c)`, `s, t` from a conditioner of the features only.
 
     Arguments:
         channels: `C`.
@@ -140,7 +148,9 @@ class ConditionalAffine(nn.Module):
         width, depth: conditioner size.
     """
 
-    def __init__(self, channels: int, features: int, context_dim: int, width: int = 32, depth: int = 2):
+    def __init__(
+        self, channels: int, features: int, context_dim: int, width: int = 32, depth: int = 2
+    ):
         super().__init__()
         self.net = GraphConditioner(features, 2 * channels, context_dim, width, depth)
         self.channels = channels
@@ -151,24 +161,29 @@ class ConditionalAffine(nn.Module):
         return bounded_log_scale(s), t
 
     def forward(self, x, cond):
+        """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s, t = self._params(cond)
         return x * torch.exp(s) + t, s.sum((1, 2))
 
     def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s, t = self._params(cond)
         return (y - t) * torch.exp(-s), -s.sum((1, 2))
 
 
 class _PartitionLayer(nn.Module):
-    """Shared part of the couplings over a node partition: the `part` buffer (nodes transformed),
-    the conditioner input from the untouched nodes, and restriction of outputs to `part`."""
+    """Shared part of the couplings over a node partition.
+
+    It holds the `part` buffer (nodes transformed), builds the conditioner input from the
+    untouched nodes, and restricts outputs to `part`.
+    """
 
     def __init__(self, part: torch.Tensor):
         super().__init__()
         self.register_buffer("part", part.bool().clone())
 
     def untouched_input(self, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`[x \odot 1_a, 1_a]` `(B, N, C + 1)`: the values of the untouched nodes and their indicator."""
+        r""":math:`[x \odot 1_a, 1_a]` `(B, N, C + 1)`: untouched nodes' values and indicator."""
         keep = (~self.part).to(x.dtype)[None, :, None]
         return torch.cat([x * keep, keep.expand(x.shape[0], -1, 1)], dim=-1)
 
@@ -179,8 +194,11 @@ class _PartitionLayer(nn.Module):
 
 
 class _Coupling(_PartitionLayer):
-    """Shared forward/inverse of the affine couplings: `_params(x, cond)` returns `(s, t)`, zero
-    on the untouched nodes and computed from them only, so the same call serves both ways."""
+    """Shared forward/inverse of the affine couplings.
+
+    `_params(x, cond)` returns `(s, t)`, zero on the untouched nodes and computed from them only,
+    so the same call serves both ways.
+    """
 
     def forward(self, x, cond):
         s, t = self._params(x, cond)
@@ -204,7 +222,15 @@ class AffineCoupling(_Coupling):
         channels, features, context_dim, width, depth: as `ConditionalAffine`.
     """
 
-    def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, width: int = 32, depth: int = 2):
+    def __init__(
+        self,
+        part: torch.Tensor,
+        channels: int,
+        features: int,
+        context_dim: int,
+        width: int = 32,
+        depth: int = 2,
+    ):
         super().__init__(part)
         self.net = GraphConditioner(channels + 1, 2 * channels, context_dim, width, depth)
         # the features' share of the first linear layer, computed once per condition
@@ -215,7 +241,6 @@ class AffineCoupling(_Coupling):
         static = self.lift_features(cond.features.to(x.dtype))
         out = self.net(self.untouched_input(x), cond.tile(cond.context), cond.graph, static=static)
         return self.on_part(*out.split(self.channels, dim=-1))
-
 
 
 class CoarseCoupling(_Coupling):
@@ -234,8 +259,17 @@ class CoarseCoupling(_Coupling):
         coarse_graph: the `DomainTensors` of `coarsening.domain` (shared by the layers of a level).
     """
 
-    def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, coarsening,
-                 coarse_graph: DomainTensors, width: int = 32, depth: int = 2):
+    def __init__(
+        self,
+        part: torch.Tensor,
+        channels: int,
+        features: int,
+        context_dim: int,
+        coarsening,
+        coarse_graph: DomainTensors,
+        width: int = 32,
+        depth: int = 2,
+    ):
         super().__init__(part)
         from manifold_aps.geometry.domain import sparse_to_torch
 
@@ -243,9 +277,15 @@ class CoarseCoupling(_Coupling):
         self.coarse_graph = coarse_graph
         unpool = coarsening.unpool.tocsr()
         if not (unpool.getnnz(axis=1) == 1).all():
-            raise ValueError("CoarseCoupling needs an unpooling that copies one coarse node to each fine node")
-        self.register_buffer("pool", sparse_to_torch(coarsening.pool, torch.float64), persistent=False)
-        self.register_buffer("unpool_index", torch.as_tensor(unpool.indices, dtype=torch.long), persistent=False)
+            raise ValueError(
+                "CoarseCoupling needs an unpooling that copies one coarse node to each fine node"
+            )
+        self.register_buffer(
+            "pool", sparse_to_torch(coarsening.pool, torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "unpool_index", torch.as_tensor(unpool.indices, dtype=torch.long), persistent=False
+        )
         self.net = GraphConditioner(channels + 1, 2 * channels, context_dim, width, depth)
         self.lift_features = nn.Linear(features, width, bias=False)
 
@@ -257,7 +297,12 @@ class CoarseCoupling(_Coupling):
 
     def _params(self, x, cond):
         static = self.lift_features(self._pool(cond.features.to(x.dtype)))
-        out = self.net(self._pool(self.untouched_input(x)), cond.tile(cond.context), self.coarse_graph, static=static)
+        out = self.net(
+            self._pool(self.untouched_input(x)),
+            cond.tile(cond.context),
+            self.coarse_graph,
+            static=static,
+        )
         return self.on_part(*out[:, self.unpool_index].split(self.channels, dim=-1))
 
 
@@ -287,26 +332,49 @@ class SpectralCoupling(_Coupling):
         depth: residual blocks of the conditioner.
     """
 
-    def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, num_modes: int,
-                 width: int = 16, depth: int = 1):
+    def __init__(
+        self,
+        part: torch.Tensor,
+        channels: int,
+        features: int,
+        context_dim: int,
+        num_modes: int,
+        width: int = 16,
+        depth: int = 1,
+    ):
         super().__init__(part)
         self.channels, self.num_modes, self.width = channels, num_modes, width
         self.summary = nn.Sequential(
-            nn.Linear(num_modes * channels + context_dim, 2 * width), nn.SiLU(), nn.Linear(2 * width, width), nn.Tanh()
+            nn.Linear(num_modes * channels + context_dim, 2 * width),
+            nn.SiLU(),
+            nn.Linear(2 * width, width),
+            nn.Tanh(),
         )
-        self.loadings = GraphConditioner(features, 2 * channels * (width + 1), context_dim, width, depth)
+        self.loadings = GraphConditioner(
+            features, 2 * channels * (width + 1), context_dim, width, depth
+        )
 
     def _params(self, x, cond):
         keep = (~self.part).to(x.dtype)[None, :, None]
         k = self.num_modes
-        coef = torch.einsum("kn,bnc->bkc", cond.graph.analysis[:k].to(x.dtype), x * keep)  # (B, K, C)
-        h = self.summary(torch.cat([coef.flatten(1), cond.tile(cond.context).to(x.dtype)], dim=1))  # (B, w)
-        load = self.loadings(cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph)  # (B0, N, 2C(w+1))
+        coef = torch.einsum(
+            "kn,bnc->bkc", cond.graph.analysis[:k].to(x.dtype), x * keep
+        )  # (B, K, C)
+        h = self.summary(
+            torch.cat([coef.flatten(1), cond.tile(cond.context).to(x.dtype)], dim=1)
+        )  # (B, w)
+        load = self.loadings(
+            cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph
+        )  # (B0, N, 2C(w+1))
         b0, n = load.shape[:2]
         load = load.reshape(b0, n, 2 * self.channels, self.width + 1)
-        out = torch.einsum("bnjw,rbw->rbnj", load[..., :-1], h.reshape(-1, b0, self.width)) + load[..., -1]
-        return self.on_part(*out.reshape(x.shape[0], n, 2 * self.channels).split(self.channels, dim=-1))
-
+        out = (
+            torch.einsum("bnjw,rbw->rbnj", load[..., :-1], h.reshape(-1, b0, self.width))
+            + load[..., -1]
+        )
+        return self.on_part(
+            *out.reshape(x.shape[0], n, 2 * self.channels).split(self.channels, dim=-1)
+        )
 
 
 class SpectralScale(nn.Module):
@@ -326,7 +394,9 @@ class SpectralScale(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1 + context_dim, hidden), nn.SiLU(), nn.Linear(hidden, channels))
+        self.net = nn.Sequential(
+            nn.Linear(1 + context_dim, hidden), nn.SiLU(), nn.Linear(hidden, channels)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -335,7 +405,13 @@ class SpectralScale(nn.Module):
 
         def fn(features, context):
             b, k = context.shape[0], lam.shape[0]
-            feats = torch.cat([lam[None, :, None].expand(b, k, 1), context[:, None, :].to(dtype).expand(-1, k, -1)], dim=-1)
+            feats = torch.cat(
+                [
+                    lam[None, :, None].expand(b, k, 1),
+                    context[:, None, :].to(dtype).expand(-1, k, -1),
+                ],
+                dim=-1,
+            )
             return bounded_log_scale(self.net(feats))  # (B, K, C)
 
         return cond.per_condition(fn)
@@ -347,9 +423,11 @@ class SpectralScale(nn.Module):
         return y, log_d.sum((1, 2))
 
     def forward(self, x, cond):
+        """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         return self._scale(x, cond, 1.0)
 
     def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         return self._scale(y, cond, -1.0)
 
 
@@ -370,12 +448,16 @@ class ActNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x, cond):
+        """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s = self.log_scale.to(x.dtype)
         return x * torch.exp(s) + self.shift.to(x.dtype), (x.shape[1] * s.sum()).expand(x.shape[0])
 
     def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s = self.log_scale.to(y.dtype)
-        return (y - self.shift.to(y.dtype)) * torch.exp(-s), (-y.shape[1] * s.sum()).expand(y.shape[0])
+        return (y - self.shift.to(y.dtype)) * torch.exp(-s), (-y.shape[1] * s.sum()).expand(
+            y.shape[0]
+        )
 
 
 class StiefelChannelMix(nn.Module):
@@ -389,15 +471,19 @@ class StiefelChannelMix(nn.Module):
 
     def __init__(self, channels: int, generator: torch.Generator | None = None):
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))
+        q, _ = torch.linalg.qr(
+            torch.randn(channels, channels, generator=generator, dtype=torch.float64)
+        )
         self.weight = geoopt.ManifoldParameter(q.float(), manifold=geoopt.Stiefel())
 
     def _logdet(self, x):
         return (x.shape[1] * torch.linalg.slogdet(self.weight.to(x.dtype))[1]).expand(x.shape[0])
 
     def forward(self, x, cond):
+        """`(x W, log|det|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         return x @ self.weight.to(x.dtype), self._logdet(x)
 
     def inverse(self, y, cond):
+        """`(y W^{-1}, log|det|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         w = self.weight.to(y.dtype)
         return torch.linalg.solve(w.T, y.transpose(-1, -2)).transpose(-1, -2), -self._logdet(y)

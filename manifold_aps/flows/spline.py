@@ -26,7 +26,7 @@ _DERIVATIVE_SHIFT = math.log(math.e - 1.0)  # softplus(0 + shift) = 1: zero para
 
 
 def _knots(raw: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin sizes `(..., K)` (sum `2 bound`) and knot positions `(..., K + 1)` from raw parameters."""
+    """Bin sizes `(..., K)` (sum `2 bound`) and knot positions `(..., K + 1)` from raw values."""
     k = raw.shape[-1]
     size = MIN_BIN + (1 - MIN_BIN * k) * torch.softmax(raw, dim=-1)
     knots = F.pad(torch.cumsum(size, dim=-1), (1, 0)) * 2 * bound - bound
@@ -34,12 +34,15 @@ def _knots(raw: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]
     return knots[..., 1:] - knots[..., :-1], knots
 
 
-def rational_quadratic(x, raw_widths, raw_heights, raw_derivatives, bound: float, inverse: bool = False):
+def rational_quadratic(
+    x, raw_widths, raw_heights, raw_derivatives, bound: float, inverse: bool = False
+):
     r"""The monotonic rational-quadratic spline and :math:`\log|dy/dx|` (or its inverse).
 
     Arguments:
         x: inputs, any shape `S` (outputs when `inverse`).
-        raw_widths, raw_heights: unnormalised bin widths and heights `S + (K,)`.
+        raw_widths: unnormalised bin widths `S + (K,)`.
+        raw_heights: unnormalised bin heights `S + (K,)`.
         raw_derivatives: unnormalised derivatives at the `K - 1` interior knots `S + (K - 1,)`.
         bound: the spline acts on `[-bound, bound]`; the identity outside.
         inverse: map outputs back to inputs.
@@ -55,7 +58,9 @@ def rational_quadratic(x, raw_widths, raw_heights, raw_derivatives, bound: float
     d = F.pad(d, (1, 1), value=1.0)  # boundary derivatives 1: continuous with the identity tails
     xc = x.clamp(-bound, bound)
     grid = yk if inverse else xk
-    idx = (torch.searchsorted(grid.contiguous(), xc[..., None].contiguous()) - 1).clamp(0, widths.shape[-1] - 1)
+    idx = (torch.searchsorted(grid.contiguous(), xc[..., None].contiguous()) - 1).clamp(
+        0, widths.shape[-1] - 1
+    )
 
     def pick(t):
         return t.gather(-1, idx)[..., 0]
@@ -85,7 +90,7 @@ def rational_quadratic(x, raw_widths, raw_heights, raw_derivatives, bound: float
 
 
 class SplineCoupling(_PartitionLayer):
-    r"""Coupling over a node partition with a monotonic rational-quadratic spline per node and channel.
+    r"""Coupling over a node partition: a monotonic rational-quadratic spline per node and channel.
 
     Nodes in `part` go through `rational_quadratic` with `bins` bins on `[-bound, bound]` (the
     identity outside), its parameters from a graph network of :math:`[x\odot 1_a, 1_a]` plus the
@@ -100,13 +105,24 @@ class SplineCoupling(_PartitionLayer):
         bound: half-width of the spline's interval (the flow works in standardised units).
     """
 
-    def __init__(self, part: torch.Tensor, channels: int, features: int, context_dim: int, width: int = 32,
-                 depth: int = 2, bins: int = 8, bound: float = 4.0):
+    def __init__(
+        self,
+        part: torch.Tensor,
+        channels: int,
+        features: int,
+        context_dim: int,
+        width: int = 32,
+        depth: int = 2,
+        bins: int = 8,
+        bound: float = 4.0,
+    ):
         if bins < 2 or not bound > 0:
             raise ValueError(f"bins must be >= 2 and bound > 0, got {bins}, {bound}")
         super().__init__(part)
         self.channels, self.bins, self.bound = channels, bins, float(bound)
-        self.net = GraphConditioner(channels + 1, channels * (3 * bins - 1), context_dim, width, depth)
+        self.net = GraphConditioner(
+            channels + 1, channels * (3 * bins - 1), context_dim, width, depth
+        )
         self.lift_features = nn.Linear(features, width, bias=False)
 
     def _spline(self, x, cond, inverse: bool):
@@ -114,12 +130,16 @@ class SplineCoupling(_PartitionLayer):
         raw = self.net(self.untouched_input(x), cond.tile(cond.context), cond.graph, static=static)
         raw = raw.reshape(*x.shape, 3 * self.bins - 1)
         k = self.bins
-        y, logdet = rational_quadratic(x, raw[..., :k], raw[..., k : 2 * k], raw[..., 2 * k :], self.bound, inverse)
+        y, logdet = rational_quadratic(
+            x, raw[..., :k], raw[..., k : 2 * k], raw[..., 2 * k :], self.bound, inverse
+        )
         on = self.part[None, :, None]
         return torch.where(on, y, x), (logdet * on.to(x.dtype)).sum((1, 2))
 
     def forward(self, x, cond):
+        """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         return self._spline(x, cond, inverse=False)
 
     def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         return self._spline(y, cond, inverse=True)  # the untouched nodes are the same in x and y

@@ -29,7 +29,8 @@ class Coarsening:
     Attributes:
         domain: the coarse domain, with `Nc` nodes.
         pool: sparse `(Nc, N)` matrix; a coarse value is the mass-weighted mean of its fine nodes.
-        unpool: sparse `(N, Nc)` matrix; a fine node takes the value of the coarse node it belongs to.
+        unpool: sparse `(N, Nc)` matrix; a fine node takes the value of the coarse node it belongs
+            to.
     """
 
     domain: Domain
@@ -69,13 +70,15 @@ def partition_pooling(
     unpool = sp.csr_matrix((np.ones(n), (rows, assignment)), shape=(n, n_coarse))
     cluster_mass = np.bincount(assignment, weights=mass, minlength=n_coarse)
     if not allow_empty and np.any(cluster_mass <= 0):
-        raise ValueError("coarsening produced an empty cluster; every coarse node needs a fine node")
+        raise ValueError(
+            "coarsening produced an empty cluster; every coarse node needs a fine node"
+        )
     pool = sp.csr_matrix((mass / cluster_mass[assignment], (assignment, rows)), shape=(n_coarse, n))
     return pool, unpool
 
 
 def cluster_coarsening(domain: Domain, num_clusters: int) -> Coarsening:
-    r"""Graph coarsening for any domain: farthest-point seeds, geodesic Voronoi clusters, Galerkin weights.
+    r"""Graph coarsening of any domain: farthest-point seeds, geodesic clusters, Galerkin weights.
 
     Seeds are chosen by farthest-point sampling in 3-D (starting from node 0); every node joins
     its nearest seed along the graph (multi-source Dijkstra on edge lengths). The coarse domain has
@@ -98,17 +101,25 @@ def cluster_coarsening(domain: Domain, num_clusters: int) -> Coarsening:
     seeds = np.asarray(seeds)
     i, j = domain.edge_index.numpy()
     graph = sp.csr_matrix((domain.edge_lengths() + 1e-300, (i, j)), shape=(n, n))
-    _, _, sources = csgraph.dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+    _, _, sources = csgraph.dijkstra(
+        graph, directed=False, indices=seeds, min_only=True, return_predecessors=True
+    )
     lookup = {int(s): k for k, s in enumerate(seeds)}
     assignment = np.array([lookup.get(int(s), -1) for s in sources])
     if np.any(assignment < 0):
-        raise ValueError(f"{domain!r}: some nodes are not connected to any seed (disconnected graph)")
+        raise ValueError(
+            f"{domain!r}: some nodes are not connected to any seed (disconnected graph)"
+        )
     member = sp.csr_matrix((np.ones(n), (np.arange(n), assignment)), shape=(n, num_clusters))
     w_c = 0.5 * (member.T @ domain._weights @ member).tocoo()
     off = w_c.row != w_c.col
     mass = np.bincount(assignment, weights=domain._mass, minlength=num_clusters)
     coarse = Domain(
-        pos[seeds], mass, np.vstack([w_c.row[off], w_c.col[off]]), w_c.data[off], name=f"{domain.name}/clusters"
+        pos[seeds],
+        mass,
+        np.vstack([w_c.row[off], w_c.col[off]]),
+        w_c.data[off],
+        name=f"{domain.name}/clusters",
     )
     pool, unpool = partition_pooling(assignment, domain._mass, num_clusters)
     return Coarsening(coarse, pool, unpool)
@@ -172,7 +183,9 @@ class Domain:
         w = (w + w.T).tocsr()
         w.eliminate_zeros()
         self._weights = w
-        self._eigen_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (k, solver digest)
+        self._eigen_cache: dict[
+            tuple[int, str], tuple[np.ndarray, np.ndarray]
+        ] = {}  # (k, solver digest)
 
     # ------------------------------------------------------------------ basic geometry
     def __repr__(self) -> str:
@@ -233,7 +246,8 @@ class Domain:
         r"""Mass-weighted inner product :math:`\sum_{n,c} m_n u_{nc} v_{nc}`.
 
         Arguments:
-            u, v: signals of shape `(*, N, C)`.
+            u: a signal of shape `(*, N, C)`.
+            v: a signal of the same shape.
 
         Returns:
             shape `(*)`.
@@ -321,7 +335,9 @@ class Domain:
         """
         i, j = self.edge_index.numpy()
         graph = sp.csr_matrix((self.edge_lengths(), (i, j)), shape=(self.num_nodes,) * 2)
-        dist = csgraph.dijkstra(graph, directed=False, indices=np.atleast_1d(sources), min_only=True)
+        dist = csgraph.dijkstra(
+            graph, directed=False, indices=np.atleast_1d(sources), min_only=True
+        )
         return np.asarray(dist)
 
     def num_components(self) -> int:
@@ -330,7 +346,7 @@ class Domain:
 
     # ------------------------------------------------------------------ hierarchy
     def coarsen(self) -> Coarsening:
-        """One coarser level of this domain (about 4 times fewer nodes); see `cluster_coarsening`."""
+        """One coarser level of this domain (about 4 times fewer nodes), by `cluster_coarsening`."""
         return cluster_coarsening(self, max(self.num_nodes // 4, 1))
 
     def hierarchy(self, levels: int) -> list[Coarsening]:

@@ -47,8 +47,10 @@ def cache_dir() -> Path:
 
 
 def solver_settings(num_nodes: int, k: int) -> dict:
-    """Which solver `solve_eigenbasis` uses for `k` pairs on `num_nodes` nodes, with every
-    setting that changes its result (plain types; `solver_digest` hashes them).
+    """Which solver `solve_eigenbasis` uses for `k` pairs on `num_nodes` nodes.
+
+    The dict holds every setting that changes its result (plain types; `solver_digest` hashes
+    them).
 
     Dense `scipy.linalg.eigh` for small problems or large `k`, else shift-invert
     `scipy.sparse.linalg.eigsh` from a seeded starting vector. The two (and the same solver
@@ -58,7 +60,13 @@ def solver_settings(num_nodes: int, k: int) -> dict:
     common = {"format": FORMAT_VERSION, "dense_limit": DENSE_LIMIT, "scipy": scipy.__version__}
     if num_nodes <= DENSE_LIMIT or k > num_nodes // 3:
         return {"solver": "dense-eigh", **common}
-    return {"solver": "shift-invert-eigsh", "shift": SPARSE_SHIFT, "seed": SPARSE_SEED, "tol": 0.0, **common}
+    return {
+        "solver": "shift-invert-eigsh",
+        "shift": SPARSE_SHIFT,
+        "seed": SPARSE_SEED,
+        "tol": 0.0,
+        **common,
+    }
 
 
 def solver_digest(num_nodes: int, k: int) -> str:
@@ -98,8 +106,13 @@ def solve_eigenbasis(stiffness: sp.spmatrix, mass: np.ndarray, k: int):
         scale = float(np.mean(stiffness.diagonal() / mass))
         start = np.random.default_rng(settings["seed"]).standard_normal(n)
         vals, vecs = scipy.sparse.linalg.eigsh(
-            stiffness.tocsc(), k=k, M=sp.diags(mass).tocsc(), sigma=settings["shift"] * scale,
-            which="LM", v0=start, tol=settings["tol"],
+            stiffness.tocsc(),
+            k=k,
+            M=sp.diags(mass).tocsc(),
+            sigma=settings["shift"] * scale,
+            which="LM",
+            v0=start,
+            tol=settings["tol"],
         )
         order = np.argsort(vals)
         vals, vecs = vals[order], vecs[:, order]
@@ -110,7 +123,9 @@ def solve_eigenbasis(stiffness: sp.spmatrix, mass: np.ndarray, k: int):
     return vals, vecs
 
 
-def check_eigenpairs(stiffness: sp.spmatrix, mass: np.ndarray, k: int, values, vectors) -> str | None:
+def check_eigenpairs(
+    stiffness: sp.spmatrix, mass: np.ndarray, k: int, values, vectors
+) -> str | None:
     r"""Cheap checks that `values`, `vectors` are `k` eigenpairs of :math:`S\phi = \lambda M\phi`.
 
     Shapes `(k,)` and `(N, k)`, float64, finite, ascending and non-negative; and, on
@@ -159,8 +174,13 @@ def _checksum(values: np.ndarray, vectors: np.ndarray) -> str:
 def _save(path: Path, digest: str, values: np.ndarray, vectors: np.ndarray) -> None:
     """Write a cache file atomically (arrays, the solver digest and a checksum of the arrays)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, values=values, vectors=vectors, digest=np.array(digest),
-                 checksum=np.array(_checksum(values, vectors)))
+        np.savez(
+            fh,
+            values=values,
+            vectors=vectors,
+            digest=np.array(digest),
+            checksum=np.array(_checksum(values, vectors)),
+        )
 
 
 def _load(path: Path, digest: str, stiffness, mass: np.ndarray, k: int):
@@ -195,8 +215,11 @@ def cached_eigenbasis(domain, k: int, *, use_disk: bool = True):
         try:
             return _load(path, digest, stiffness, mass, k)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-            warnings.warn(f"eigenbasis cache file {path} is unusable ({err}); recomputing it",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"eigenbasis cache file {path} is unusable ({err}); recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     vals, vecs = solve_eigenbasis(stiffness, mass, k)
     if use_disk:
         try:

@@ -107,7 +107,9 @@ class SphereGrid(SphericalDomain):
         else:
             lat_b = np.asarray(lat_bounds_deg, dtype=np.float64)
             if lat_b.shape != (lat.size + 1,):
-                raise ValueError(f"lat_bounds_deg must have shape ({lat.size + 1},), got {lat_b.shape}")
+                raise ValueError(
+                    f"lat_bounds_deg must have shape ({lat.size + 1},), got {lat_b.shape}"
+                )
         if lon_bounds_deg is None:
             if lon.size > 1 and np.allclose(step, step[0]) and np.isclose(step[0] * lon.size, 360):
                 lon_b = lon_unwrapped[0] - step[0] / 2 + step[0] * np.arange(lon.size + 1)
@@ -116,7 +118,9 @@ class SphereGrid(SphericalDomain):
         else:
             lon_b = np.asarray(lon_bounds_deg, dtype=np.float64)
             if lon_b.shape != (lon.size + 1,):
-                raise ValueError(f"lon_bounds_deg must have shape ({lon.size + 1},), got {lon_b.shape}")
+                raise ValueError(
+                    f"lon_bounds_deg must have shape ({lon.size + 1},), got {lon_b.shape}"
+                )
         if np.any(np.diff(lon_b) <= 0) or lon_b[-1] - lon_b[0] > 360 + 1e-9:
             raise ValueError("lon_bounds_deg must increase and span at most 360 degrees")
         self.lat_deg, self.lon_deg = lat, lon
@@ -141,7 +145,9 @@ class SphereGrid(SphericalDomain):
 
         (ew_a, ew_b), (ns_a, ns_b) = _grid_pairs(nlat, nlon, self.periodic)
         # East-west: shared meridian edge (phi_hi - phi_lo) over the parallel distance at mid-lat.
-        dlam_centres = np.diff(np.append(lam, lam[0] + 2 * np.pi)) if self.periodic else np.diff(lam)
+        dlam_centres = (
+            np.diff(np.append(lam, lam[0] + 2 * np.pi)) if self.periodic else np.diff(lam)
+        )
         dlam_centres = dlam_centres[: ew_a.shape[1]]
         cos_mid = np.cos(0.5 * (phi_lo + phi_hi))
         ew_w = np.outer((phi_hi - phi_lo) / cos_mid, 1.0 / dlam_centres)
@@ -149,7 +155,10 @@ class SphereGrid(SphericalDomain):
         phi_b = np.deg2rad(lat_b[1:-1])
         ns_w = np.outer(np.cos(phi_b) / np.abs(np.diff(phi)), dlam_cell)
         edge_index = np.stack(
-            [np.concatenate([ew_a.ravel(), ns_a.ravel()]), np.concatenate([ew_b.ravel(), ns_b.ravel()])]
+            [
+                np.concatenate([ew_a.ravel(), ns_a.ravel()]),
+                np.concatenate([ew_b.ravel(), ns_b.ravel()]),
+            ]
         )
         weights = np.concatenate([ew_w.ravel(), ns_w.ravel()])
         super().__init__(pos, mass, edge_index, weights, name=f"latlon{nlat}x{nlon}")
@@ -160,6 +169,7 @@ class SphereGrid(SphericalDomain):
         return self.lat_deg.size, self.lon_deg.size
 
     def extra_repr(self) -> str:
+        """Grid size, latitude and longitude ranges and periodicity, for `repr`."""
         nlat, nlon = self.shape
         return (
             f"nlat={nlat}, nlon={nlon}, lat=[{self.lat_deg[0]:g}..{self.lat_deg[-1]:g}], "
@@ -218,7 +228,10 @@ class PlanarGrid(Domain):
         pos = np.stack([x.ravel(), y.ravel(), np.zeros(ny * nx)], axis=1)
         (ew_a, ew_b), (ns_a, ns_b) = _grid_pairs(self.ny, self.nx, periodic_cols=False)
         edge_index = np.stack(
-            [np.concatenate([ew_a.ravel(), ns_a.ravel()]), np.concatenate([ew_b.ravel(), ns_b.ravel()])]
+            [
+                np.concatenate([ew_a.ravel(), ns_a.ravel()]),
+                np.concatenate([ew_b.ravel(), ns_b.ravel()]),
+            ]
         )
         weights = np.concatenate([np.full(ew_a.size, hy / hx), np.full(ns_a.size, hx / hy)])
         super().__init__(
@@ -231,6 +244,7 @@ class PlanarGrid(Domain):
         return self.ny, self.nx
 
     def extra_repr(self) -> str:
+        """Grid size and spacing, for `repr`."""
         return f"ny={self.ny}, nx={self.nx}, spacing={self.spacing}"
 
     def coarsen(self) -> Coarsening:

@@ -103,7 +103,8 @@ def _check_finite_vertices(vertices: np.ndarray, source: str) -> None:
     if bad.size:
         raise ValueError(
             f"{source}: {bad.size} vertex/vertices have NaN or infinite coordinates, first indices "
-            f"{_first_indices(bad)} (0-based, in file order), e.g. vertex {bad[0]} = {vertices[bad[0]].tolist()}"
+            f"{_first_indices(bad)} (0-based, in file order), "
+            f"e.g. vertex {bad[0]} = {vertices[bad[0]].tolist()}"
         )
 
 
@@ -141,7 +142,8 @@ def validate_triangles(vertices: np.ndarray, faces: np.ndarray, source: str) -> 
     if unused.size:
         raise ValueError(
             f"{source}: {unused.size} vertex/vertices belong to no face, first indices "
-            f"{_first_indices(unused)} (0-based, in file order); remove them (vertex indices must match the file)"
+            f"{_first_indices(unused)} (0-based, in file order); "
+            "remove them (vertex indices must match the file)"
         )
     edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
     uniq, counts = np.unique(edges, axis=0, return_counts=True)
@@ -202,7 +204,9 @@ def _text_lines(path: Path) -> list[tuple[int, list[str]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a text mesh file ({err.reason} at byte {err.start})") from None
+        raise ValueError(
+            f"{path}: not a text mesh file ({err.reason} at byte {err.start})"
+        ) from None
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split("#", 1)[0].split()
@@ -216,18 +220,25 @@ def _parse_numbers(path: Path, number: int, words: list[str], kind: type, expect
     try:
         return [kind(w) for w in words]
     except ValueError:
-        raise ValueError(f"{path}, line {number}: expected {expected}, got {' '.join(words)[:80]!r}") from None
+        raise ValueError(
+            f"{path}, line {number}: expected {expected}, got {' '.join(words)[:80]!r}"
+        ) from None
 
 
 def _read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An OFF file (or COFF: colours ignored): `OFF`, the counts `V F [E]`, V vertex lines `x y z`,
-    F face lines `3 i j k [colour]`. The counts must match the lines that follow exactly."""
+    """Read an OFF file (or COFF: colours ignored).
+
+    Its lines: `OFF`, the counts `V F [E]`, V vertex lines `x y z`, F face lines
+    `3 i j k [colour]`. The counts must match the lines that follow exactly.
+    """
     lines = _text_lines(path)
     if not lines:
         raise ValueError(f"{path} holds no vertices/faces (the file is empty)")
     number, words = lines[0]
     if words[0] not in ("OFF", "COFF"):
-        raise ValueError(f"{path}, line {number}: expected the header 'OFF' or 'COFF', got {words[0][:40]!r}")
+        raise ValueError(
+            f"{path}, line {number}: expected the header 'OFF' or 'COFF', got {words[0][:40]!r}"
+        )
     body = lines[1:]
     if len(words) > 1:  # "OFF 8 12 18" on one line
         counts_line, counts = number, words[1:]
@@ -236,49 +247,83 @@ def _read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
     else:
         raise ValueError(f"{path} holds no vertices/faces (only the header line)")
     if len(counts) not in (2, 3):
-        raise ValueError(f"{path}, line {counts_line}: expected the counts 'vertices faces edges', got {' '.join(counts)[:80]!r}")
+        raise ValueError(
+            f"{path}, line {counts_line}: expected the counts 'vertices faces edges', "
+            f"got {' '.join(counts)[:80]!r}"
+        )
     nv, nf = _parse_numbers(path, counts_line, counts, int, "the counts 'vertices faces edges'")[:2]
     if nv <= 0 or nf <= 0:
-        raise ValueError(f"{path} holds no vertices/faces (line {counts_line} declares {nv} vertices and {nf} faces)")
+        raise ValueError(
+            f"{path} holds no vertices/faces "
+            f"(line {counts_line} declares {nv} vertices and {nf} faces)"
+        )
     header = f"the header (line {counts_line}) declares {nv} vertices and {nf} faces"
     if len(body) != nv + nf:
         extra = f" (the first extra one is line {body[nv + nf][0]})" if len(body) > nv + nf else ""
-        raise ValueError(f"{path}: {header}, but {len(body)} vertex/face lines follow instead of {nv + nf}{extra}")
+        raise ValueError(
+            f"{path}: {header}, "
+            f"but {len(body)} vertex/face lines follow instead of {nv + nf}{extra}"
+        )
     vertex_sizes = (3,) if words[0] == "OFF" else (6, 7)  # COFF: x y z r g b [a]
     vertices = np.empty((nv, 3))
     for i, (number, words_i) in enumerate(body[:nv]):
         if len(words_i) not in vertex_sizes:
-            raise ValueError(f"{path}, line {number}: vertex {i} has {len(words_i)} values, expected "
-                             f"{' or '.join(map(str, vertex_sizes))}; {header}")
+            raise ValueError(
+                f"{path}, line {number}: vertex {i} has {len(words_i)} values, expected "
+                f"{' or '.join(map(str, vertex_sizes))}; {header}"
+            )
         vertices[i] = _parse_numbers(path, number, words_i[:3], float, f"vertex {i} 'x y z'")
     faces = np.empty((nf, 3), dtype=np.int64)
     for f, (number, words_f) in enumerate(body[nv:]):
         size = _parse_numbers(path, number, words_f[:1], int, f"face {f} '3 i j k'; {header}")[0]
         if size != 3:
-            raise ValueError(f"{path}, line {number}: face {f} has {size} vertices; only triangles are supported")
+            raise ValueError(
+                f"{path}, line {number}: face {f} has {size} vertices; only triangles are supported"
+            )
         if len(words_f) not in (4, 7, 8):  # 3 indices, then optionally an RGB or RGBA colour
-            raise ValueError(f"{path}, line {number}: face {f} has {len(words_f)} values, expected '3 i j k [r g b [a]]'")
+            raise ValueError(
+                f"{path}, line {number}: face {f} has {len(words_f)} values, "
+                "expected '3 i j k [r g b [a]]'"
+            )
         faces[f] = _parse_numbers(path, number, words_f[1:4], int, f"face {f} '3 i j k'")
         if faces[f].min() < 0 or faces[f].max() >= nv:
-            raise ValueError(f"{path}, line {number}: face {f} = {faces[f].tolist()} refers to a vertex outside 0..{nv - 1}")
+            raise ValueError(
+                f"{path}, line {number}: face {f} = {faces[f].tolist()} "
+                f"refers to a vertex outside 0..{nv - 1}"
+            )
     return vertices, faces
 
 
 def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The `v x y z [w | r g b]` and `f i j k` lines of an OBJ file (`i`, `i/t`, `i//n`, `i/t/n`;
-    1-based, negative counts back); texture coordinates, normals, groups and materials are ignored."""
+    """Read the `v x y z [w | r g b]` and `f i j k` lines of an OBJ file.
+
+    Face indices may be `i`, `i/t`, `i//n`, `i/t/n` (1-based, negative counts back); texture
+    coordinates, normals, groups and materials are ignored.
+    """
     vertices, faces, face_lines = [], [], []
     for number, words in _text_lines(path):
         if words[0] == "v":
             if len(words) not in (4, 5, 7):
-                raise ValueError(f"{path}, line {number}: vertex {len(vertices)} has {len(words) - 1} values, "
-                                 "expected 'v x y z [w]' or 'v x y z r g b'")
-            vertices.append(_parse_numbers(path, number, words[1:4], float, f"vertex {len(vertices)} 'v x y z'"))
+                raise ValueError(
+                    f"{path}, line {number}: vertex {len(vertices)} has {len(words) - 1} values, "
+                    "expected 'v x y z [w]' or 'v x y z r g b'"
+                )
+            vertices.append(
+                _parse_numbers(path, number, words[1:4], float, f"vertex {len(vertices)} 'v x y z'")
+            )
         elif words[0] == "f":
             if len(words) != 4:
-                raise ValueError(f"{path}, line {number}: face {len(faces)} has {len(words) - 1} vertices; "
-                                 "only triangles are supported")
-            refs = _parse_numbers(path, number, [w.split("/", 1)[0] for w in words[1:]], int, f"face {len(faces)} 'f i j k'")
+                raise ValueError(
+                    f"{path}, line {number}: face {len(faces)} has {len(words) - 1} vertices; "
+                    "only triangles are supported"
+                )
+            refs = _parse_numbers(
+                path,
+                number,
+                [w.split("/", 1)[0] for w in words[1:]],
+                int,
+                f"face {len(faces)} 'f i j k'",
+            )
             faces.append([r - 1 if r > 0 else len(vertices) + r if r < 0 else -1 for r in refs])
             face_lines.append(number)
     vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
@@ -286,14 +331,30 @@ def _read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
     outside = np.flatnonzero(np.any((faces < 0) | (faces >= len(vertices)), axis=1))
     if outside.size:
         f = outside[0]
-        raise ValueError(f"{path}, line {face_lines[f]}: face {f} refers to a vertex outside 1..{len(vertices)} "
-                         f"({outside.size} such face(s))")
+        raise ValueError(
+            f"{path}, line {face_lines[f]}: face {f} refers to a vertex outside 1..{len(vertices)} "
+            f"({outside.size} such face(s))"
+        )
     return vertices, faces
 
 
 _PLY_TYPE_BYTES = {
-    "char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
-    "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8,
+    "char": 1,
+    "uchar": 1,
+    "int8": 1,
+    "uint8": 1,
+    "short": 2,
+    "ushort": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int": 4,
+    "uint": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
 }
 
 
@@ -323,7 +384,7 @@ def _ply_header(path: Path) -> tuple[str | None, list[tuple[str, int, list[list[
 
 
 def _ply_triangle_body_bytes(elements) -> int | None:
-    """Bytes of a binary PLY body whose faces are all triangles (None if list sizes vary otherwise)."""
+    """Bytes of a binary PLY body whose faces are all triangles (None: other lists' sizes vary)."""
     total = 0
     for name, count, properties in elements:
         stride = 0
@@ -331,7 +392,9 @@ def _ply_triangle_body_bytes(elements) -> int | None:
             if prop[0] != "list":
                 stride += _PLY_TYPE_BYTES.get(prop[0], np.nan)
             elif name == "face" and prop[3] in ("vertex_indices", "vertex_index"):
-                stride += _PLY_TYPE_BYTES.get(prop[1], np.nan) + 3 * _PLY_TYPE_BYTES.get(prop[2], np.nan)
+                stride += _PLY_TYPE_BYTES.get(prop[1], np.nan) + 3 * _PLY_TYPE_BYTES.get(
+                    prop[2], np.nan
+                )
             else:
                 return None
         total += count * stride
@@ -339,60 +402,88 @@ def _ply_triangle_body_bytes(elements) -> int | None:
 
 
 def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A PLY file (ASCII or binary), read by trimesh without processing, after checking that the
-    header's element counts match the data exactly and that every face is a triangle."""
+    """Read a PLY file (ASCII or binary) by trimesh without processing.
+
+    Before reading, it checks that the header's element counts match the data exactly and that
+    every face is a triangle.
+    """
     import trimesh
 
     fmt, elements, header_bytes = _ply_header(path)
     counts = {name: count for name, count, _ in elements}
     nv, nf = counts.get("vertex", 0), counts.get("face", 0)
     if nv == 0 or nf == 0:
-        raise ValueError(f"{path} holds no vertices/faces (its header declares {nv} vertices and {nf} faces)")
+        raise ValueError(
+            f"{path} holds no vertices/faces (its header declares {nv} vertices and {nf} faces)"
+        )
     header = f"the PLY header declares {nv} vertices and {nf} faces"
     if fmt == "ascii":
         body = path.read_bytes()[header_bytes:].decode("ascii", errors="replace")
         rows = [line.split() for line in body.splitlines() if line.strip()]
         if len(rows) != sum(counts.values()):
-            raise ValueError(f"{path}: {header} ({sum(counts.values())} data lines in all), but the file has {len(rows)}")
+            raise ValueError(
+                f"{path}: {header} ({sum(counts.values())} data lines in all), "
+                f"but the file has {len(rows)}"
+            )
         start = 0
         for name, count, properties in elements:
             if name == "face" and properties[:1] and properties[0][0] == "list":
                 sizes = [row[0] for row in rows[start : start + count]]
                 bad = next((f for f, size in enumerate(sizes) if size != "3"), None)
                 if bad is not None:
-                    raise ValueError(f"{path}: face {bad} has {sizes[bad]} vertices; only triangles are supported")
+                    raise ValueError(
+                        f"{path}: face {bad} has {sizes[bad]} vertices; "
+                        "only triangles are supported"
+                    )
             start += count
     elif fmt in ("binary_little_endian", "binary_big_endian"):
         expected = _ply_triangle_body_bytes(elements)
         found = path.stat().st_size - header_bytes
         if expected is not None and found != expected:
-            raise ValueError(f"{path}: {header}, which as triangles take {expected} bytes, but the data has {found} "
-                             "(wrong counts or non-triangle faces)")
+            raise ValueError(
+                f"{path}: {header}, which as triangles take {expected} bytes, "
+                f"but the data has {found} (wrong counts or non-triangle faces)"
+            )
     else:
-        raise ValueError(f"{path}: PLY format must be ascii, binary_little_endian or binary_big_endian, got {fmt!r}")
+        raise ValueError(
+            f"{path}: PLY format must be ascii, binary_little_endian or binary_big_endian, "
+            f"got {fmt!r}"
+        )
     try:
         mesh = trimesh.load(path, force="mesh", process=False, maintain_order=True)
     except (ValueError, LookupError, TypeError) as err:  # what trimesh raises on malformed data
-        raise ValueError(f"{path}: cannot read the PLY data ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{path}: cannot read the PLY data ({type(err).__name__}: {err})"
+        ) from None
     if len(mesh.vertices) != nv or len(mesh.faces) != nf:
-        raise ValueError(f"{path}: {header}, but {len(mesh.vertices)} vertices and {len(mesh.faces)} triangles were "
-                         "read (only triangle faces are supported)")
+        raise ValueError(
+            f"{path}: {header}, "
+            f"but {len(mesh.vertices)} vertices and {len(mesh.faces)} triangles were "
+            "read (only triangle faces are supported)"
+        )
     return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
 
 
 def _read_stl(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An STL file (trimesh, no processing). STL stores each triangle's corners separately, so
-    coincident corners are merged, after checking that every coordinate is finite."""
+    """Read an STL file (trimesh, no processing).
+
+    STL stores each triangle's corners separately, so coincident corners are merged, after
+    checking that every coordinate is finite.
+    """
     import trimesh
 
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except (ValueError, LookupError, TypeError) as err:  # what trimesh raises on malformed data
-        raise ValueError(f"{path}: cannot read the STL data ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{path}: cannot read the STL data ({type(err).__name__}: {err})"
+        ) from None
     if len(mesh.vertices) and len(mesh.faces):
         _check_finite_vertices(np.asarray(mesh.vertices), str(path))
         mesh.merge_vertices()
-    return np.asarray(mesh.vertices, dtype=np.float64).reshape(-1, 3), np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    return np.asarray(mesh.vertices, dtype=np.float64).reshape(-1, 3), np.asarray(
+        mesh.faces, dtype=np.int64
+    ).reshape(-1, 3)
 
 
 _MESH_READERS = {".off": _read_off, ".obj": _read_obj, ".ply": _read_ply, ".stl": _read_stl}
@@ -435,7 +526,10 @@ class TriangleMesh(Domain):
         )
 
     def extra_repr(self) -> str:
-        return f"V={self.num_nodes}, F={len(self.faces)}, mass={self.mass_rule!r}, name={self.name!r}"
+        """Vertex and face counts, mass rule and name, for `repr`."""
+        return (
+            f"V={self.num_nodes}, F={len(self.faces)}, mass={self.mass_rule!r}, name={self.name!r}"
+        )
 
     def _fingerprint_parts(self) -> list[bytes]:
         return super()._fingerprint_parts() + [self.mass_rule.encode()]
@@ -465,12 +559,17 @@ class TriangleMesh(Domain):
             raise FileNotFoundError(f"mesh file not found: {path}")
         reader = _MESH_READERS.get(path.suffix.lower())
         if reader is None:
-            raise ValueError(f"{path}: a mesh file must end in one of {sorted(_MESH_READERS)}, got {path.suffix!r}")
+            raise ValueError(
+                f"{path}: a mesh file must end in one of {sorted(_MESH_READERS)}, "
+                f"got {path.suffix!r}"
+            )
         if path.stat().st_size == 0:
             raise ValueError(f"{path} holds no vertices/faces (the file is empty)")
         vertices, faces = reader(path)
         if len(vertices) == 0 or len(faces) == 0:
-            raise ValueError(f"{path} holds no vertices/faces ({len(vertices)} vertices, {len(faces)} triangles)")
+            raise ValueError(
+                f"{path} holds no vertices/faces ({len(vertices)} vertices, {len(faces)} triangles)"
+            )
         return cls(vertices, faces, mass=mass, name=path.name)
 
     def to_trimesh(self):
@@ -480,7 +579,7 @@ class TriangleMesh(Domain):
         return trimesh.Trimesh(self.vertices, self.faces, process=False)
 
     def coarsen(self) -> Coarsening:
-        """Quadric-error decimation to about a quarter of the faces (fast-simplification via trimesh).
+        """Quadric-error decimation to about a quarter of the faces (fast-simplification, trimesh).
 
         Decimation can pinch a mesh (an edge shared by four faces); then nearby face counts are
         tried (25 % +- up to 5 %) until the result is a valid manifold, and if none is, the generic
@@ -497,7 +596,10 @@ class TriangleMesh(Domain):
             coarse_mesh.remove_unreferenced_vertices()
             try:
                 coarse = TriangleMesh(
-                    coarse_mesh.vertices, coarse_mesh.faces, mass=self.mass_rule, name=f"{self.name}/coarse"
+                    coarse_mesh.vertices,
+                    coarse_mesh.faces,
+                    mass=self.mass_rule,
+                    name=f"{self.name}/coarse",
                 )
             except ValueError as err:
                 errors.append(str(err))
@@ -520,7 +622,5 @@ def nearest_vertex_coarsening(fine: Domain, coarse: Domain) -> Coarsening:
     empty = np.flatnonzero(np.bincount(assignment, minlength=coarse.num_nodes) == 0)
     if empty.size:
         nearest_fine = cKDTree(fine_pos).query(coarse_pos[empty])[1]
-        pool = pool + sp.csr_matrix(
-            (np.ones(empty.size), (empty, nearest_fine)), shape=pool.shape
-        )
+        pool = pool + sp.csr_matrix((np.ones(empty.size), (empty, nearest_fine)), shape=pool.shape)
     return Coarsening(coarse, pool.tocsr(), unpool)

@@ -48,26 +48,43 @@ def domain_spec(domain: Domain) -> dict:
         raise TypeError(f"domain must be a manifold_aps Domain, got {type(domain).__name__}")
     kind = type(domain)
     if kind is SphereGrid:
-        args = {"lat_deg": _tensor(domain.lat_deg), "lon_deg": _tensor(domain.lon_deg),
-                "lat_bounds_deg": _tensor(domain.lat_bounds_deg), "lon_bounds_deg": _tensor(domain.lon_bounds_deg)}
+        args = {
+            "lat_deg": _tensor(domain.lat_deg),
+            "lon_deg": _tensor(domain.lon_deg),
+            "lat_bounds_deg": _tensor(domain.lat_bounds_deg),
+            "lon_bounds_deg": _tensor(domain.lon_bounds_deg),
+        }
     elif kind is HealpixSphere:
         args = {"nside": domain.nside, "nest": domain.nest}
     elif kind is IcosphereMesh:
         args = {"level": domain.level}
     elif kind is TriangleMesh:
-        args = {"vertices": _tensor(domain.vertices), "faces": _tensor(domain.faces, torch.int64),
-                "mass": domain.mass_rule, "name": domain.name}
+        args = {
+            "vertices": _tensor(domain.vertices),
+            "faces": _tensor(domain.faces, torch.int64),
+            "mass": domain.mass_rule,
+            "name": domain.name,
+        }
     elif kind is PlanarGrid:
         args = {"ny": domain.ny, "nx": domain.nx, "spacing": list(domain.spacing)}
     else:  # any other domain: its nodes, masses and conductances
         w = domain._weights.tocoo()
         upper = w.row < w.col
         kind = Domain
-        args = {"positions": _tensor(domain._positions), "mass": _tensor(domain._mass),
-                "edge_index": _tensor(np.stack([w.row[upper], w.col[upper]]), torch.int64),
-                "edge_weight": _tensor(w.data[upper]), "name": domain.name}
-    return {"type": kind.__name__, "version": SPEC_VERSION, "fingerprint": domain.fingerprint,
-            "repr": repr(domain), **args}
+        args = {
+            "positions": _tensor(domain._positions),
+            "mass": _tensor(domain._mass),
+            "edge_index": _tensor(np.stack([w.row[upper], w.col[upper]]), torch.int64),
+            "edge_weight": _tensor(w.data[upper]),
+            "name": domain.name,
+        }
+    return {
+        "type": kind.__name__,
+        "version": SPEC_VERSION,
+        "fingerprint": domain.fingerprint,
+        "repr": repr(domain),
+        **args,
+    }
 
 
 def _numpy(x):
@@ -84,12 +101,18 @@ def domain_from_spec(spec: dict) -> Domain:
     if not isinstance(spec, dict) or "type" not in spec:
         raise DomainSpecError(f"not a domain spec: {type(spec).__name__}")
     if spec.get("version") != SPEC_VERSION:
-        raise DomainSpecError(f"domain spec version {spec.get('version')!r}, this code reads {SPEC_VERSION}")
+        raise DomainSpecError(
+            f"domain spec version {spec.get('version')!r}, this code reads {SPEC_VERSION}"
+        )
     a = {k: _numpy(v) for k, v in spec.items()}
     try:
         if a["type"] == "SphereGrid":
-            domain = SphereGrid(a["lat_deg"], a["lon_deg"], lat_bounds_deg=a["lat_bounds_deg"],
-                                lon_bounds_deg=a["lon_bounds_deg"])
+            domain = SphereGrid(
+                a["lat_deg"],
+                a["lon_deg"],
+                lat_bounds_deg=a["lat_bounds_deg"],
+                lon_bounds_deg=a["lon_bounds_deg"],
+            )
         elif a["type"] == "HealpixSphere":
             domain = HealpixSphere(int(a["nside"]), nest=bool(a["nest"]))
         elif a["type"] == "IcosphereMesh":
@@ -99,7 +122,9 @@ def domain_from_spec(spec: dict) -> Domain:
         elif a["type"] == "PlanarGrid":
             domain = PlanarGrid(int(a["ny"]), int(a["nx"]), spacing=tuple(a["spacing"]))
         elif a["type"] == "Domain":
-            domain = Domain(a["positions"], a["mass"], a["edge_index"], a["edge_weight"], name=a["name"])
+            domain = Domain(
+                a["positions"], a["mass"], a["edge_index"], a["edge_weight"], name=a["name"]
+            )
         else:
             raise DomainSpecError(f"unknown domain type {a['type']!r} in the spec")
     except KeyError as err:
@@ -107,7 +132,8 @@ def domain_from_spec(spec: dict) -> Domain:
     recorded = spec.get("fingerprint")
     if recorded is not None and domain.fingerprint != recorded:
         raise DomainSpecError(
-            f"the spec rebuilds {domain!r} with fingerprint {domain.fingerprint}, not the recorded {recorded} "
+            f"the spec rebuilds {domain!r} with fingerprint {domain.fingerprint}, "
+            f"not the recorded {recorded} "
             f"({spec.get('repr')}); the geometry code or a library it uses changed"
         )
     return domain

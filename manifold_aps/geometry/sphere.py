@@ -66,6 +66,7 @@ class HealpixSphere(SphericalDomain):
         super().__init__(pos, mass, edge_index, weights, name=f"healpix{self.nside}")
 
     def extra_repr(self) -> str:
+        """Resolution, pixel count and ordering, for `repr`."""
         return f"nside={self.nside}, npix={self.num_nodes}, nest={self.nest}"
 
     def coarsen(self) -> Coarsening:
@@ -113,6 +114,7 @@ class IcosphereMesh(SphericalDomain):
         super().__init__(pos, mass, edge_index, weights, name=f"icosphere{self.level}")
 
     def extra_repr(self) -> str:
+        """Subdivision level and node count, for `repr`."""
         return f"level={self.level}, num_nodes={self.num_nodes}"
 
     def coarsen(self) -> Coarsening:

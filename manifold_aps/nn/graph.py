@@ -35,7 +35,7 @@ def diffusion_matrix(domain: Domain) -> sp.csr_matrix:
 
 
 class SavedEigenpairs(nn.Module):
-    r"""Base of modules computed from Laplace-Beltrami eigenpairs: the eigenpairs are saved, the rest derived.
+    r"""Base of modules built on Laplace-Beltrami eigenpairs: these are saved, the rest derived.
 
     A subclass names its eigenpair buffers in `SPECTRUM`, registers the pairs it is built with by
     `register_eigenpairs` (persistent float64 buffers: they are in `state_dict`), and rebuilds
@@ -50,7 +50,9 @@ class SavedEigenpairs(nn.Module):
 
     SPECTRUM: tuple[str, ...] = ()  # names of the eigenpair buffers a subclass may register
 
-    def register_eigenpairs(self, values_name: str, vectors_name: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def register_eigenpairs(
+        self, values_name: str, vectors_name: str, pairs: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
         """Register eigenvalues `(k,)` and eigenvectors `(N, k)` as persistent float64 buffers.
 
         Raises:
@@ -58,7 +60,9 @@ class SavedEigenpairs(nn.Module):
         """
         for name in (values_name, vectors_name):
             if name not in self.SPECTRUM:
-                raise ValueError(f"eigenpair buffer name must be one of {list(self.SPECTRUM)}, got {name!r}")
+                raise ValueError(
+                    f"eigenpair buffer name must be one of {list(self.SPECTRUM)}, got {name!r}"
+                )
         values, vectors = pairs
         self.register_buffer(values_name, values.to(torch.float64).clone())
         self.register_buffer(vectors_name, vectors.to(torch.float64).clone())
@@ -67,18 +71,24 @@ class SavedEigenpairs(nn.Module):
         """(Re)build the buffers computed from the registered eigenpairs."""
         raise NotImplementedError
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         keys = [prefix + name for name in self.SPECTRUM if name in self._buffers]
         old_format = bool(keys) and not any(key in state_dict for key in keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if old_format:
             for key in keys:
                 if key in missing_keys:
                     missing_keys.remove(key)
             warnings.warn(
-                f"the state dict holds no {type(self).__name__} eigenpairs (a checkpoint from before they were "
-                "saved); using the ones computed now, which may differ from those the network was trained with",
-                RuntimeWarning, stacklevel=2,
+                f"the state dict holds no {type(self).__name__} eigenpairs "
+                "(a checkpoint from before they were saved); using the ones computed now, "
+                "which may differ from those the network was trained with",
+                RuntimeWarning,
+                stacklevel=2,
             )
         self._derive_spectral_buffers()
 
@@ -86,7 +96,8 @@ class SavedEigenpairs(nn.Module):
 class DomainTensors(SavedEigenpairs):
     r"""Geometry of one domain as buffers (moved by `.to(device)`).
 
-    Buffers (float64; layers cast them to their input's dtype): `diffusion` (sparse CSR `(N, N)`, see `diffusion_matrix`), `basis` `(N, K)` and
+    Buffers (float64; layers cast them to their input's dtype): `diffusion` (sparse CSR `(N, N)`,
+    see `diffusion_matrix`), `basis` `(N, K)` and
     `analysis` `(K, N)` with :math:`\Phi^T M` (so `analysis @ basis = I`), `eigenvalues` `(K,)`
     (divided by the first non-zero one), `positional` `(N, P)`: the eigenvectors 1..P scaled to
     unit mean square (an intrinsic positional encoding).
@@ -115,18 +126,22 @@ class DomainTensors(SavedEigenpairs):
         # Precomputed in float64 and cast to the input's dtype at call time (exact inverses of
         # spectral flow layers need analysis @ basis = I to float64 precision).
         self.register_buffer(
-            "diffusion", sparse_to_torch(diffusion_matrix(domain), torch.float64).to_sparse_csr(), persistent=False
+            "diffusion",
+            sparse_to_torch(diffusion_matrix(domain), torch.float64).to_sparse_csr(),
+            persistent=False,
         )
         self.register_buffer("mass", domain.mass.clone(), persistent=False)
         self.register_eigenpairs("mode_eigenvalues", "modes", domain.eigenbasis(k))
         self._derive_spectral_buffers()
 
     def _derive_spectral_buffers(self) -> None:
-        """(Re)build `basis`, `analysis`, `eigenvalues`, `positional` from `modes` and `mode_eigenvalues`."""
+        """(Re)build `basis`, `analysis`, `eigenvalues`, `positional` from the saved eigenpairs."""
         lam, phi = self.mode_eigenvalues, self.modes
         basis = phi[:, : self.num_modes]
         self.register_buffer("basis", basis.clone(), persistent=False)
-        self.register_buffer("analysis", (basis * self.mass.to(phi.dtype)[:, None]).T.contiguous(), persistent=False)
+        self.register_buffer(
+            "analysis", (basis * self.mass.to(phi.dtype)[:, None]).T.contiguous(), persistent=False
+        )
         scale = float(lam[1]) if lam.numel() > 1 and lam[1] > 0 else 1.0
         self.register_buffer("eigenvalues", lam[: self.num_modes] / scale, persistent=False)
         pe = phi[:, 1 : self.num_positional + 1] * math.sqrt(self.total_area)

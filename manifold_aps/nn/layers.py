@@ -1,4 +1,4 @@
-"""Geometry-aware layers for signals `(B, N, C)`: diffusion convolution, spectral filter, time embedding."""
+"""Geometry-aware layers on signals `(B, N, C)`: diffusion conv, spectral filter, time embedding."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ class TimeEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"dim must be even, got {dim}")
         half = dim // 2
-        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(1000.0), half)), persistent=False)
+        self.register_buffer(
+            "freqs", torch.exp(torch.linspace(0, math.log(1000.0), half)), persistent=False
+        )
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """The embedding `(B, dim)` of diffusion times `t` `(B,)`."""
         arg = 2 * math.pi * t[:, None].to(self.freqs.dtype) * self.freqs
         return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1))
 
@@ -72,13 +75,17 @@ class DiffusionConv(MessagePassing):
         out = torch.nn.functional.linear(flat.view(n, b, c), weight[:, :c], self.lin.bias)
         for k in range(1, self.hops + 1):
             flat = self.propagate(adj, x=flat)
-            out = out + torch.nn.functional.linear(flat.view(n, b, c), weight[:, k * c : (k + 1) * c])
+            out = out + torch.nn.functional.linear(
+                flat.view(n, b, c), weight[:, k * c : (k + 1) * c]
+            )
         return out.transpose(0, 1)
 
     def message(self, x_j: torch.Tensor) -> torch.Tensor:  # pragma: no cover - fused path used
+        """The message of a neighbour: its value `x_j` itself (unused: the fused path runs)."""
         return x_j
 
     def message_and_aggregate(self, adj_t, x: torch.Tensor) -> torch.Tensor:
+        """One diffusion hop: the sparse product `adj_t @ x`, `x` node-major `(N, B*C)`."""
         return spmm(adj_t, x, reduce="sum")
 
 
@@ -98,19 +105,24 @@ class SpectralFilter(nn.Module):
 
     def __init__(self, channels: int, time_dim: int, hidden: int = 32):
         super().__init__()
-        self.response = nn.Sequential(nn.Linear(1 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, channels))
+        self.response = nn.Sequential(
+            nn.Linear(1 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, channels)
+        )
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, graph: DomainTensors) -> torch.Tensor:
         """`h` `(B, N, C)`, `temb` `(B, T)` -> `(B, N, C)`."""
         coef = torch.einsum("kn,bnc->bkc", graph.analysis.to(h.dtype), h)
         lam = torch.log1p(graph.eigenvalues.to(h.dtype))
         k = lam.shape[0]
-        feats = torch.cat([lam[None, :, None].expand(h.shape[0], k, 1), temb[:, None, :].expand(-1, k, -1)], dim=-1)
+        feats = torch.cat(
+            [lam[None, :, None].expand(h.shape[0], k, 1), temb[:, None, :].expand(-1, k, -1)],
+            dim=-1,
+        )
         return torch.einsum("nk,bkc->bnc", graph.basis.to(h.dtype), coef * self.response(feats))
 
 
 class ResBlock(nn.Module):
-    """Norm -> act -> diffusion conv -> + time shift -> norm -> act -> diffusion conv [+ spectral], residual.
+    """Residual block: norm, act, diffusion conv, + time shift, norm, act, conv [+ spectral].
 
     Arguments:
         in_channels, out_channels: channel counts.
@@ -122,7 +134,13 @@ class ResBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, time_dim: int, hops: int = 2, spectral: bool = True, norm: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_dim: int,
+        hops: int = 2,
+        spectral: bool = True,
+        norm: bool = True,
     ):
         super().__init__()
         self.norm1 = NodeLayerNorm(in_channels) if norm else nn.Identity()
@@ -131,10 +149,13 @@ class ResBlock(nn.Module):
         self.norm2 = NodeLayerNorm(out_channels) if norm else nn.Identity()
         self.conv2 = DiffusionConv(out_channels, out_channels, hops)
         self.spectral = SpectralFilter(out_channels, time_dim) if spectral else None
-        self.skip = nn.Linear(in_channels, out_channels) if in_channels != out_channels else nn.Identity()
+        self.skip = (
+            nn.Linear(in_channels, out_channels) if in_channels != out_channels else nn.Identity()
+        )
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, graph: DomainTensors) -> torch.Tensor:
+        """The block's output `(B, N, C_out)` for `x` `(B, N, C_in)` and `temb` `(B, T)`."""
         h = self.conv1(self.act(self.norm1(x)), graph) + self.time(temb)[:, None, :]
         h2 = self.act(self.norm2(h))
         out = self.conv2(h2, graph)

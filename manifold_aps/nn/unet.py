@@ -41,15 +41,16 @@ def network_hierarchy(domain: Domain, levels: int, network: str) -> list[Coarsen
         steps = domain.hierarchy(levels - 1)
     except ValueError as err:
         raise ValueError(
-            f"{network} with {levels} levels needs {levels - 1} coarsenings of {domain!r}, which it does not "
-            f"allow ({err}); use fewer levels"
+            f"{network} with {levels} levels needs {levels - 1} coarsenings of {domain!r}, "
+            f"which it does not allow ({err}); use fewer levels"
         ) from None
     sizes = [domain.num_nodes] + [step.domain.num_nodes for step in steps]
     allowed = next((i for i, n in enumerate(sizes) if n < MIN_LEVEL_NODES), levels)
     if allowed < levels:
         raise ValueError(
-            f"{network} with {levels} levels needs at least {MIN_LEVEL_NODES} nodes on every level, but the "
-            f"hierarchy of {domain!r} has {sizes} nodes" + (f"; use at most {allowed} levels" if allowed else "")
+            f"{network} with {levels} levels needs at least {MIN_LEVEL_NODES} nodes "
+            f"on every level, but the hierarchy of {domain!r} has {sizes} nodes"
+            + (f"; use at most {allowed} levels" if allowed else "")
         )
     return steps
 
@@ -119,33 +120,59 @@ class ScoreNet(nn.Module):
         cfg = self.config
         self.in_channels = in_channels
         levels = len(cfg.channels)
-        # the positional encoding is eigenvectors 1..P of the finest level (eigenvector 0 is constant)
+        # the positional encoding is eigenvectors 1..P of the finest level (eigenvector 0 is
+        # constant)
         min_nodes = max(cfg.num_positional + 1, MIN_LEVEL_NODES)
         if domain.num_nodes < min_nodes:
             raise ValueError(
-                f"ScoreNet ({levels} levels, num_positional={cfg.num_positional}) needs a domain of at least "
-                f"{min_nodes} nodes: num_positional + 1 on the finest level (its positional encoding is eigenvectors "
-                f"1..{cfg.num_positional}) and {MIN_LEVEL_NODES} on each coarser one; {domain!r} has "
-                f"{domain.num_nodes}; use a finer domain or num_positional <= {domain.num_nodes - 1}"
+                f"ScoreNet ({levels} levels, num_positional={cfg.num_positional}) "
+                f"needs a domain of at least {min_nodes} nodes: num_positional + 1 on the finest "
+                "level (its positional encoding is eigenvectors "
+                f"1..{cfg.num_positional}) and {MIN_LEVEL_NODES} on each coarser one; "
+                f"{domain!r} has {domain.num_nodes}; "
+                f"use a finer domain or num_positional <= {domain.num_nodes - 1}"
             )
         steps = network_hierarchy(domain, levels, f"ScoreNet(channels={cfg.channels})")
         domains = [domain] + [step.domain for step in steps]
         self.graphs = nn.ModuleList(
-            [DomainTensors(d, cfg.num_modes, cfg.num_positional if i == 0 else 0) for i, d in enumerate(domains)]
+            [
+                DomainTensors(d, cfg.num_modes, cfg.num_positional if i == 0 else 0)
+                for i, d in enumerate(domains)
+            ]
         )
         for i, step in enumerate(steps):
-            self.register_buffer(f"pool{i}", sparse_to_torch(step.pool, torch.float32).to_sparse_csr(), persistent=False)
-            self.register_buffer(f"unpool{i}", sparse_to_torch(step.unpool, torch.float32).to_sparse_csr(), persistent=False)
+            self.register_buffer(
+                f"pool{i}",
+                sparse_to_torch(step.pool, torch.float32).to_sparse_csr(),
+                persistent=False,
+            )
+            self.register_buffer(
+                f"unpool{i}",
+                sparse_to_torch(step.unpool, torch.float32).to_sparse_csr(),
+                persistent=False,
+            )
         # pooling matrices stay float32 (averages; exactness is not needed); cast per call otherwise
         self.time = TimeEmbedding(cfg.time_dim)
         width = cfg.channels
         self.lift = nn.Linear(in_channels + cfg.num_positional, width[0])
         self.down = nn.ModuleList(
-            [ResBlock(width[max(i - 1, 0)], width[i], cfg.time_dim, cfg.hops, cfg.spectral) for i in range(levels)]
+            [
+                ResBlock(width[max(i - 1, 0)], width[i], cfg.time_dim, cfg.hops, cfg.spectral)
+                for i in range(levels)
+            ]
         )
         self.mid = ResBlock(width[-1], width[-1], cfg.time_dim, cfg.hops, cfg.spectral)
         self.up = nn.ModuleList(
-            [ResBlock(width[i] * 2, width[max(i - 1, 0)] if i > 0 else width[0], cfg.time_dim, cfg.hops, cfg.spectral) for i in range(levels)]
+            [
+                ResBlock(
+                    width[i] * 2,
+                    width[max(i - 1, 0)] if i > 0 else width[0],
+                    cfg.time_dim,
+                    cfg.hops,
+                    cfg.spectral,
+                )
+                for i in range(levels)
+            ]
         )
         self.out_norm = nn.LayerNorm(width[0])
         self.out = nn.Linear(width[0], in_channels)
@@ -163,7 +190,8 @@ class ScoreNet(nn.Module):
         """`x` `(B, N, C)` at diffusion times `t` `(B,)` -> predicted noise `(B, N, C)`."""
         if x.dim() != 3 or x.shape[1] != self.graphs[0].num_nodes or x.shape[2] != self.in_channels:
             raise ValueError(
-                f"x must have shape (B, N={self.graphs[0].num_nodes}, C={self.in_channels}), got {tuple(x.shape)}"
+                f"x must have shape (B, N={self.graphs[0].num_nodes}, C={self.in_channels}), "
+                f"got {tuple(x.shape)}"
             )
         temb = self.time(t.to(x.dtype).expand(x.shape[0]))
         pe = self.graphs[0].positional.to(x.dtype)

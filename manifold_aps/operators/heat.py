@@ -18,9 +18,9 @@ class HeatSemigroup:
 
     Cauchy's integral :math:`e^{-A} = \frac{1}{2\pi i}\int_\Gamma e^{z}(zI + A)^{-1}dz` over the
     parabola :math:`z(\theta) = K(0.1309 - 0.1194\theta^2 + 0.25 i\theta)` (Weideman & Trefethen,
-    Math. Comp. 2007), discretised by the trapezoidal rule with `K = 32` nodes, has an error of about
-    :math:`2.85^{-K}` whatever the norm of :math:`A = tL`; stiff operators (tiny polar cells of a
-    lat-lon grid) cost nothing extra. By conjugate symmetry only `K/2` complex sparse systems
+    Math. Comp. 2007), discretised by the trapezoidal rule with `K = 32` nodes, has an error of
+    about :math:`2.85^{-K}` whatever the norm of :math:`A = tL`; stiff operators (tiny polar cells
+    of a lat-lon grid) cost nothing extra. By conjugate symmetry only `K/2` complex sparse systems
     :math:`(zM + tS)u = Mv` are needed; their LU factors are computed once.
 
     Arguments:
@@ -58,13 +58,13 @@ class HeatSemigroup:
             self._factorise()
         rhs = (self._mass[:, None] * v).astype(np.complex128)
         out = np.zeros(v.shape, dtype=np.float64)
-        for w, lu in zip(self._weights, self._lus):
+        for w, lu in zip(self._weights, self._lus, strict=True):
             out += (w * lu.solve(rhs)).real
         return out
 
 
 class _HeatApply(torch.autograd.Function):
-    """`e^{-tL}` on `(B, N, C)` tensors; backward uses the Euclidean transpose `M e^{-tL} M^{-1}`."""
+    """`e^{-tL}` on `(B, N, C)` tensors; backward is the Euclidean transpose `M e^{-tL} M^{-1}`."""
 
     @staticmethod
     def forward(ctx, x, semigroup, mass):
@@ -87,7 +87,7 @@ def _apply_signal(semigroup: HeatSemigroup, x: torch.Tensor) -> torch.Tensor:
 
 
 class HeatBlur(LinearOperator):
-    r"""Heat-kernel blur :math:`A = e^{-tL}` (Gaussian-like smoothing of width about :math:`\sqrt{2t}`).
+    r"""Heat-kernel blur :math:`A = e^{-tL}` (Gaussian-like smoothing, width :math:`\sim\sqrt{2t}`).
 
     Self-adjoint in the mass inner product (`A* = A`). The pseudo-inverse is the damped CG
     inverse of `LinearOperator.pinv` (the exact inverse :math:`e^{tL}` is hopelessly unstable).
@@ -112,21 +112,25 @@ class HeatBlur(LinearOperator):
         self._semigroup = HeatSemigroup(domain, self.t)
 
     def extra_repr(self) -> str:
+        """The diffusion time, for `repr`."""
         return f"t={self.t:g}"
 
     def dense_matrix(self) -> torch.Tensor:
-        r"""The matrix of the blur, `(N, N)` float64: :math:`\Phi\,\mathrm{diag}(e^{-t\lambda})\,\Phi^T M`.
+        r"""The matrix of the blur, `(N, N)` float64.
 
-        From the domain's full eigenbasis (dense, O(N^3) once and cached on disk), much faster than
-        `N` applications of the blur; `operator_matrix` uses it up to 6000 nodes (`DENSE_MAX_NODES`).
+        It is :math:`\Phi\,\mathrm{diag}(e^{-t\lambda})\,\Phi^T M`, from the domain's full
+        eigenbasis (dense, O(N^3) once and cached on disk), much faster than `N` applications of
+        the blur; `operator_matrix` uses it up to 6000 nodes (`DENSE_MAX_NODES`).
         """
         lam, phi = self.domain.eigenbasis(self.domain.num_nodes)
         return (phi * torch.exp(-self.t * lam)) @ (phi.T * self.domain.mass)
 
     def forward(self, x):
+        """The blurred signal :math:`e^{-tL} x` for `x` `(B, N, C)`; `(B, N, C)`."""
         self.check_input(x)
         return _HeatApply.apply(x, self._semigroup, self.mass)
 
     def adjoint(self, y):
+        """The same blur (self-adjoint in the mass inner product); `(B, N, C)`."""
         self.check_output(y)
         return _HeatApply.apply(y, self._semigroup, self.mass)

@@ -48,7 +48,7 @@ class LinearOperator(nn.Module):
         raise NotImplementedError
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Apply the adjoint `A*` (weighted inner products) to `y` `(B, N_out, C)`; returns `(B, N, C)`."""
+        """Apply the adjoint `A*` (weighted inner products) to `y` `(B, N_out, C)`; `(B, N, C)`."""
         raise NotImplementedError
 
     @property
@@ -89,7 +89,7 @@ class LinearOperator(nn.Module):
     def pinv(
         self, y: torch.Tensor, *, damping: float = 1e-6, max_iter: int = 200, tol: float = 1e-10
     ) -> torch.Tensor:
-        r"""Damped least-squares inverse :math:`(A^*A + \delta I)^{-1} A^* y` by conjugate gradients.
+        r"""Damped least-squares inverse :math:`(A^*A + \delta I)^{-1} A^* y` by CG.
 
         CG runs in the mass inner product, one system per batch element. Subclasses with a closed
         form (masks, subsampling) override this with the exact Moore-Penrose inverse.
@@ -156,14 +156,17 @@ class Identity(LinearOperator):
     """
 
     def forward(self, x):
+        """`x` `(B, N, C)` itself."""
         self.check_input(x)
         return x
 
     def adjoint(self, y):
+        """`y` `(B, N, C)` itself."""
         self.check_output(y)
         return y
 
     def pinv(self, y, **kwargs):
+        """`y` `(B, N, C)` itself (exact; `kwargs` are ignored)."""
         self.check_output(y)
         return y
 
@@ -222,11 +225,13 @@ class Mask(LinearOperator):
         self.mask = as_mask(mask, self.domain.num_nodes).to(self.mask.device)
 
     def extra_repr(self) -> str:
+        """The mask's shape and observed fraction, for `repr`."""
         frac = self.mask.float().mean().item()
         return f"mask_shape={tuple(self.mask.shape)}, observed_fraction={frac:.3f}"
 
     @property
     def range_mask(self) -> torch.Tensor:
+        """The mask itself, boolean `(B or 1, N, C or 1)`."""
         return self.mask
 
     def _check_batch(self, x: torch.Tensor) -> None:
@@ -238,16 +243,19 @@ class Mask(LinearOperator):
             raise ValueError(f"the mask has {c} channels but the signal has {x.shape[2]}")
 
     def forward(self, x):
+        """`x` `(B, N, C)` with the unobserved entries zeroed; `(B, N, C)`."""
         self.check_input(x)
         self._check_batch(x)
         return x * self.mask.to(x.dtype)
 
     def adjoint(self, y):
+        """`y` `(B, N, C)` masked again (`A* = A`); `(B, N, C)`."""
         self.check_output(y)
         self._check_batch(y)
         return y * self.mask.to(y.dtype)
 
     def pinv(self, y, **kwargs):
+        """The exact pseudo-inverse, the adjoint (`A^+ = A`; `kwargs` are ignored)."""
         return self.adjoint(y)
 
     def __matmul__(self, other):
@@ -279,26 +287,32 @@ class Subsample(LinearOperator):
         self.register_buffer("indices", idx)
 
     def extra_repr(self) -> str:
+        """The number of observed nodes, for `repr`."""
         return f"num_outputs={self.num_outputs}"
 
     @property
     def num_outputs(self) -> int:
+        """`K`, the number of observed nodes."""
         return self.indices.numel()
 
     @property
     def range_weight(self) -> torch.Tensor:
+        """The masses `(K,)` of the observed nodes."""
         return self.mass[self.indices]
 
     def forward(self, x):
+        """The values of `x` `(B, N, C)` at the nodes; `(B, K, C)`."""
         self.check_input(x)
         return x[:, self.indices, :]
 
     def adjoint(self, y):
+        """`y` `(B, K, C)` scattered back to the nodes, zero elsewhere; `(B, N, C)`."""
         self.check_output(y)
         x = y.new_zeros(y.shape[0], self.domain.num_nodes, y.shape[2])
         return x.index_copy(1, self.indices, y)
 
     def pinv(self, y, **kwargs):
+        """The exact pseudo-inverse, the adjoint (`kwargs` are ignored)."""
         return self.adjoint(y)
 
 
@@ -323,18 +337,23 @@ class Compose(LinearOperator):
 
     @property
     def num_outputs(self) -> int:
+        """The outer operator's `N_out`."""
         return self.outer.num_outputs
 
     @property
     def range_weight(self) -> torch.Tensor:
+        """The outer operator's output weights `(N_out,)`."""
         return self.outer.range_weight
 
     @property
     def range_mask(self) -> torch.Tensor | None:
+        """The outer operator's `range_mask`."""
         return self.outer.range_mask
 
     def forward(self, x):
+        """`outer(inner(x))` for `x` `(B, N, C)`; `(B, N_out, C)`."""
         return self.outer(self.inner(x))
 
     def adjoint(self, y):
+        """`inner*(outer*(y))` for `y` `(B, N_out, C)`; `(B, N, C)`."""
         return self.inner.adjoint(self.outer.adjoint(y))

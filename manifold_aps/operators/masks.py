@@ -149,7 +149,7 @@ class CapMaskGenerator(MaskGenerator):
 
 
 class BoxMaskGenerator(MaskGenerator):
-    """Latitude-longitude boxes hidden (on non-spherical domains: of the directions from the centroid).
+    """Latitude-longitude boxes hidden (off the sphere: of the directions from the centroid).
 
     Arguments:
         domain: the domain.
@@ -253,9 +253,15 @@ class MixtureMaskGenerator(MaskGenerator):
         super().__init__(generators[0].domain, rng=rng)
         if any(g.domain is not self.domain for g in generators):
             raise ValueError("all generators of a mixture must share one domain")
-        w = torch.ones(len(generators)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
+        w = (
+            torch.ones(len(generators))
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float)
+        )
         if w.shape != (len(generators),) or torch.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"weights must be {len(generators)} non-negative numbers, got {weights!r}")
+            raise ValueError(
+                f"weights must be {len(generators)} non-negative numbers, got {weights!r}"
+            )
         self.generators, self.weights = generators, w / w.sum()
 
     def _one(self, rng):

@@ -35,6 +35,7 @@ class GaussianNoise(nn.Module):
         self.sigma = float(sigma)
 
     def extra_repr(self) -> str:
+        """The noise level, for `repr`."""
         return f"sigma={self.sigma:g}"
 
     def forward(
@@ -45,9 +46,7 @@ class GaussianNoise(nn.Module):
         rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Add noise to `y_clean` `(B, N_out, C)` where `mask` (broadcastable, bool) is True."""
-        eps = torch.randn(
-            y_clean.shape, generator=rng, dtype=y_clean.dtype, device=y_clean.device
-        )
+        eps = torch.randn(y_clean.shape, generator=rng, dtype=y_clean.dtype, device=y_clean.device)
         y = y_clean + self.sigma * eps
         return y if mask is None else y * mask.to(y.dtype)
 

@@ -2,7 +2,11 @@
 
 from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour
 from manifold_aps.posterior.dps import DPS, DPSOutput
-from manifold_aps.posterior.gaussian import ExactGaussianPosterior, GaussianConditional, operator_matrix
+from manifold_aps.posterior.gaussian import (
+    ExactGaussianPosterior,
+    GaussianConditional,
+    operator_matrix,
+)
 from manifold_aps.posterior.gmrf import GMRFConditional, GMRFObservation, GMRFPosterior
 from manifold_aps.posterior.gmrf_fit import GMRFFit, fit_gmrf
 

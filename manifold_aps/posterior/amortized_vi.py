@@ -228,8 +228,10 @@ class AmortizedVI(DrivenSampler, ConditionedEngine):
 
     # -- the network ------------------------------------------------------------------------
     def standardised_observations(self, y: torch.Tensor, operator: LinearOperator, dtype):
-        """`(y_z, obs)`: `y` `(B, N_out, C)` in standardised units (zero where unobserved), and
-        the observed-entry indicator `(B, N_out, C)`."""
+        """`(y_z, obs)`: `y` `(B, N_out, C)` standardised, and the observed-entry indicator.
+
+        `y_z` is zero where unobserved; `obs` has the shape `(B, N_out, C)`.
+        """
         y = y.to(dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
@@ -252,9 +254,10 @@ class AmortizedVI(DrivenSampler, ConditionedEngine):
         Arguments:
             z_t: state at `t` `(B, N, C)` (standardised).
             z0: current estimate of the clean signal `(B, N, C)`.
-            mean, std: the bridge prior :math:`q_{s|0,t}`: mean `(B, N, C)`, std (0-d or
-                `(B, 1, 1)`).
-            lab_t, lab_s: :math:`\log\bar\alpha` at `t` and `s` (float64, 0-d or `(B,)`).
+            mean: the bridge prior :math:`q_{s|0,t}`'s mean `(B, N, C)`.
+            std: the bridge prior's std (0-d or `(B, 1, 1)`).
+            lab_t: :math:`\log\bar\alpha` at `t` (float64, 0-d or `(B,)`).
+            lab_s: :math:`\log\bar\alpha` at `s` (likewise).
             y: observations `(B, N_out, C)` in physical units.
             operator: their operator.
 
@@ -317,14 +320,13 @@ class AmortizedVI(DrivenSampler, ConditionedEngine):
         return [net, *zero_shot] if self.config.best_of else [net]
 
 
-
 class AmortizedVIObjective(nn.Module):
-    """The amortizer's training objective for the shared `Trainer`: `forward(step, start, stop)`.
+    r"""The amortizer's training objective for the shared `Trainer`: `forward(step, start, stop)`.
 
     Each step draws a global batch of simulated observations; per example a grid index
     `k ~ U{low..high-1}` of the window, `s = u[k]`, `t = u[k+1]`, the forward-noised
-    :math:`z_t = \\alpha_t z + \\sigma_t\\epsilon` of the (standardised) clean signal, and
-    :math:`\\hat z_0 = D(z_t, t)` (no gradient). The loss is the inner VI loss at the network's
+    :math:`z_t = \alpha_t z + \sigma_t\epsilon` of the (standardised) clean signal, and
+    :math:`\hat z_0 = D(z_t, t)` (no gradient). The loss is the inner VI loss at the network's
     output with one reparameterised sample, through the frozen denoiser, divided by `N C` and
     averaged over the local rows. Clean signals serve only to simulate `y` and :math:`z_t`.
 
@@ -410,8 +412,10 @@ class AmortizedVIObjective(nn.Module):
         zero_shot: bool = False,
         rows: slice = slice(None),
     ) -> torch.Tensor:
-        """Inner VI loss per example and dimension `(B,)` at the network's output (or, with
-        `zero_shot=True`, at the zero-shot initialisation, for the same draws)."""
+        """Inner VI loss per example and dimension `(B,)` at the network's output.
+
+        With `zero_shot=True`, at the zero-shot initialisation instead, for the same draws.
+        """
         ex = self.example(batch, generator, rows)
         problem = ex["problem"]
         if zero_shot:
@@ -432,8 +436,10 @@ class AmortizedVIObjective(nn.Module):
 
     @torch.no_grad()
     def loss_ratio(self, batch: ObservationBatch, seed: int = 0) -> float:
-        """Mean loss of the network over that of the zero-shot initialisation on `batch`, with the
-        same draws for both (below 1: the network improves on the zero-shot start)."""
+        """Mean loss of the network over that of the zero-shot initialisation on `batch`.
+
+        Both use the same draws; below 1, the network improves on the zero-shot start.
+        """
         net = self.losses(batch, torch.Generator().manual_seed(seed))
         zs = self.losses(batch, torch.Generator().manual_seed(seed), zero_shot=True)
         return float(net.mean() / zs.mean())
@@ -448,6 +454,7 @@ class AmortizedVIObjective(nn.Module):
         return self.loss_ratio(batch, seed=self.seed + 2)
 
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
+        """Inner VI loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`."""
         g = step_generator(self.seed, step)
         batch = self.observations.batch(g, self.batch_size)
         return self.losses(batch, g, rows=slice(start, stop)).mean()
@@ -461,7 +468,9 @@ def amortized_vi_recipe():
         kind=KIND,
         config_key="vi",
         config_cls=AmortizedVIConfig,
-        build=lambda domain, channels, prior, noise, settings, seed: AmortizedVI(domain, channels, prior, noise, settings),
+        build=lambda domain, channels, prior, noise, settings, seed: AmortizedVI(
+            domain, channels, prior, noise, settings
+        ),
         objective=lambda engine, prior, observations, config: AmortizedVIObjective(
             engine, prior, observations, batch_size=config.batch_size, seed=config.seed
         ),

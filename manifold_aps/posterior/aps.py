@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 
-def prior_log_prob(prior, x: torch.Tensor, *, generator: torch.Generator | None = None, num_times: int = 1) -> torch.Tensor:
+def prior_log_prob(
+    prior, x: torch.Tensor, *, generator: torch.Generator | None = None, num_times: int = 1
+) -> torch.Tensor:
     """`log p(x)` `(B,)` in physical units: exact for a `GaussianPrior`, the DSM ELBO otherwise."""
     if isinstance(prior, GaussianPrior):
         return prior.log_prob(x)
@@ -54,7 +56,10 @@ def prior_log_prob(prior, x: torch.Tensor, *, generator: torch.Generator | None 
 
 
 def data_weight(step: int, total: int, warmup_fraction: float) -> float:
-    """Sigmoid warm-up of the likelihood weight: 0.5 at `warmup_fraction/2` of training, ~1 at `warmup_fraction`."""
+    """Sigmoid warm-up of the likelihood weight.
+
+    The weight is 0.5 at `warmup_fraction/2` of training and ~1 at `warmup_fraction`.
+    """
     if warmup_fraction <= 0:
         return 1.0
     pivot = 0.5 * warmup_fraction * total
@@ -97,7 +102,12 @@ class TikhonovEstimate(SavedEigenpairs):
     SPECTRUM = ("modes", "mode_eigenvalues", "variance_modes", "variance_mode_eigenvalues")
 
     def __init__(
-        self, domain: Domain, iterations: int = 30, num_modes: int = 32, dense: bool = False, variance_modes: int = 256
+        self,
+        domain: Domain,
+        iterations: int = 30,
+        num_modes: int = 32,
+        dense: bool = False,
+        variance_modes: int = 256,
     ):
         super().__init__()
         self.iterations = iterations
@@ -106,7 +116,9 @@ class TikhonovEstimate(SavedEigenpairs):
         stiff = domain.stiffness()
         self.register_buffer("mass", mass.clone(), persistent=False)
         self.register_buffer("stiffness", sparse_to_torch(stiff).to_sparse_csr(), persistent=False)
-        s2 = (stiff.multiply(stiff)).T @ (1.0 / mass.numpy())  # diag(S M^-1 S)_i = sum_j S_ij^2 / m_j
+        s2 = (stiff.multiply(stiff)).T @ (
+            1.0 / mass.numpy()
+        )  # diag(S M^-1 S)_i = sum_j S_ij^2 / m_j
         self.register_buffer("diag_s", torch.from_numpy(stiff.diagonal().copy()), persistent=False)
         self.register_buffer("diag_ss", torch.from_numpy(s2), persistent=False)
         k = min(num_modes, domain.num_nodes)
@@ -115,15 +127,22 @@ class TikhonovEstimate(SavedEigenpairs):
         self.num_modes = k
         if not dense:
             kv = min(max(variance_modes, k), domain.num_nodes)
-            self.register_eigenpairs("variance_mode_eigenvalues", "variance_modes", domain.eigenbasis(kv))
+            self.register_eigenpairs(
+                "variance_mode_eigenvalues", "variance_modes", domain.eigenbasis(kv)
+            )
         self._derive_spectral_buffers()
         m = float(mass.mean())
         # start near a white prior of unit variance per node: p(lambda) ~ 1/m
-        self.log_a = nn.Parameter(torch.tensor([math.log(1.0 / m), math.log(0.1 / m * m), math.log(1e-3 * m)]))
+        self.log_a = nn.Parameter(
+            torch.tensor([math.log(1.0 / m), math.log(0.1 / m * m), math.log(1e-3 * m)])
+        )
         self.log_gain = nn.Parameter(torch.zeros(k))  # offsets of log g_k from log p(lambda_k)
 
     def _derive_spectral_buffers(self) -> None:
-        r"""(Re)build `analysis` `(K, N)` (:math:`\Phi^T M`) and `var_phi_sq` `(N, Kv)` (:math:`\phi_k(i)^2`)."""
+        r"""(Re)build `analysis` `(K, N)` (:math:`\Phi^T M`) and `var_phi_sq` `(N, Kv)`.
+
+        `var_phi_sq` holds :math:`\phi_k(i)^2`.
+        """
         if self.num_modes:
             analysis = (self.modes * self.mass.to(self.modes.dtype)[:, None]).T.contiguous()
             self.register_buffer("analysis", analysis, persistent=False)
@@ -159,7 +178,9 @@ class TikhonovEstimate(SavedEigenpairs):
                 (grad,) = torch.autograd.grad(loss, t)
             return float(loss), grad.numpy()
 
-        res = scipy.optimize.minimize(objective, self.log_a.detach().double().numpy(), jac=True, method="L-BFGS-B")
+        res = scipy.optimize.minimize(
+            objective, self.log_a.detach().double().numpy(), jac=True, method="L-BFGS-B"
+        )
         self.log_a.copy_(torch.from_numpy(res.x).to(self.log_a.dtype))
         if self.num_modes:
             p_low = self._poly(lam[: self.num_modes].to(self.log_a.dtype))
@@ -176,7 +197,7 @@ class TikhonovEstimate(SavedEigenpairs):
         return torch.sparse.mm(self.stiffness.to(v.dtype), flat).reshape(n, b, c).transpose(0, 1)
 
     def precision(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`Q_\theta x` for `x` `(B, N, C)`."""
+        r""":math:`Q_\theta x` for `x` `(B, N, C)`."""
         a = self.log_a.exp().to(x.dtype)
         m = self.mass.to(x.dtype)[None, :, None]
         sx = self._sparse(x)
@@ -190,17 +211,21 @@ class TikhonovEstimate(SavedEigenpairs):
         return out
 
     def prior_variance(self, dtype) -> torch.Tensor:
-        r"""Marginal variances `(N,)` of the Gaussian with precision :math:`Q_\theta`, from its
-        eigen-expansion on the first `variance_modes` modes:
+        r"""Marginal variances `(N,)` of the Gaussian with precision :math:`Q_\theta`.
+
+        They come from its eigen-expansion on the first `variance_modes` modes:
         :math:`v_i \approx \sum_k \phi_k(i)^2 / q_k` (:math:`q_k = e^{g_k}` on the gain modes,
-        :math:`p(\lambda_k)` above); the truncated tail is small for smooth priors."""
+        :math:`p(\lambda_k)` above); the truncated tail is small for smooth priors.
+        """
         q = self._poly(self.variance_mode_eigenvalues.to(dtype))
         if self.num_modes:
-            q = torch.cat([q[: self.num_modes] * torch.exp(self.log_gain.to(dtype)), q[self.num_modes :]])
+            q = torch.cat(
+                [q[: self.num_modes] * torch.exp(self.log_gain.to(dtype)), q[self.num_modes :]]
+            )
         return self.var_phi_sq.to(dtype) @ (1.0 / q)
 
     def dense_precision(self, dtype) -> torch.Tensor:
-        """:math:`Q_\theta` as a dense `(N, N)` matrix."""
+        r""":math:`Q_\theta` as a dense `(N, N)` matrix."""
         n = self.mass.shape[0]
         return self.precision(torch.eye(n, dtype=dtype)[:, :, None])[:, :, 0]
 
@@ -224,8 +249,11 @@ class TikhonovEstimate(SavedEigenpairs):
         return mean, log_var, chol
 
     def forward(self, y: torch.Tensor, operator: LinearOperator, sigma):
-        """Estimate `(B, N, C)`, log posterior-variance proxy `(B, N, C)` and Cholesky factors
-        `(B, C, N, N)` of the precision (None unless `dense`) from `y` `(B, N_out, C)`."""
+        """The first estimate of the posterior from `y` `(B, N_out, C)`.
+
+        Returns the estimate `(B, N, C)`, a log posterior-variance proxy `(B, N, C)` and Cholesky
+        factors `(B, C, N, N)` of the precision (None unless `dense`).
+        """
         inv_s2 = 1.0 / torch.as_tensor(sigma, dtype=y.dtype) ** 2
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(y.dtype).expand_as(y)
@@ -234,7 +262,11 @@ class TikhonovEstimate(SavedEigenpairs):
         a = self.log_a.exp().to(y.dtype)
         diag = (
             operator.transpose(obs) * inv_s2
-            + (a[0] * self.mass.to(y.dtype) + a[1] * self.diag_s.to(y.dtype) + a[2] * self.diag_ss.to(y.dtype))[None, :, None]
+            + (
+                a[0] * self.mass.to(y.dtype)
+                + a[1] * self.diag_s.to(y.dtype)
+                + a[2] * self.diag_ss.to(y.dtype)
+            )[None, :, None]
         )
 
         def apply(v):
@@ -304,8 +336,9 @@ class ObservationEncoding:
     r"""What an engine knows of `(y, A)`, in the prior's standardised units.
 
     Attributes:
-        features: per-node features `(B, N, F)`: :math:`A^Ty_z`, coverage :math:`A^T\mathbf 1_{obs}`,
-            and (with a first estimate) the estimate and its log variance proxy.
+        features: per-node features `(B, N, F)`: :math:`A^Ty_z`, coverage
+            :math:`A^T\mathbf 1_{obs}`, and (with a first estimate) the estimate and its log
+            variance proxy.
         context: global context `(B, 3)`: observed fraction, :math:`\log\sigma_z`, 1.
         estimate: the first estimate `(B, N, C)` or None.
         log_var: log posterior-variance proxy `(B, N, C)` or None.
@@ -320,7 +353,7 @@ class ObservationEncoding:
 
 
 class ConditionedEngine(nn.Module):
-    r"""Shared part of the amortized engines: units, the first estimate and the observation encoding.
+    r"""Shared part of the amortized engines: units, first estimate and observation encoding.
 
     Works in the prior's standardised space `z = prior.normalize(x)` (identity for a Gaussian
     prior): `y` is mapped to :math:`y_z = (y - A\mu)/s` with noise :math:`\sigma/s`.
@@ -336,15 +369,29 @@ class ConditionedEngine(nn.Module):
 
     CONTEXT = 3
 
-    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, cg_iterations: int, dense_limit: int):
+    def __init__(
+        self,
+        domain: Domain,
+        channels: int,
+        prior,
+        noise: GaussianNoise,
+        cg_iterations: int,
+        dense_limit: int,
+    ):
         super().__init__()
         self.domain, self.channels, self.noise = domain, channels, noise
         std = getattr(getattr(prior, "normalizer", None), "std", None)
         mean = getattr(getattr(prior, "normalizer", None), "mean", None)
-        self.register_buffer("norm_std", (std if std is not None else torch.ones(channels)).double().clone())
-        self.register_buffer("norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone())
+        self.register_buffer(
+            "norm_std", (std if std is not None else torch.ones(channels)).double().clone()
+        )
+        self.register_buffer(
+            "norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone()
+        )
         self.estimate = (
-            TikhonovEstimate(domain, cg_iterations, dense=domain.num_nodes <= dense_limit) if cg_iterations else None
+            TikhonovEstimate(domain, cg_iterations, dense=domain.num_nodes <= dense_limit)
+            if cg_iterations
+            else None
         )
 
     @property
@@ -365,13 +412,17 @@ class ConditionedEngine(nn.Module):
         """log|det dz/dx| for one signal."""
         return -self.domain.num_nodes * torch.log(self.norm_std).sum()
 
-    def encode(self, y: torch.Tensor, operator: LinearOperator, dtype: torch.dtype) -> ObservationEncoding:
+    def encode(
+        self, y: torch.Tensor, operator: LinearOperator, dtype: torch.dtype
+    ) -> ObservationEncoding:
         """Features of observations `y` `(B, N_out, C)` made with `operator`."""
         check_observations(y, operator)
         y = y.to(dtype)
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
-        mean_obs = operator(self.norm_mean.to(dtype).expand(y.shape[0], self.domain.num_nodes, -1).contiguous())
+        mean_obs = operator(
+            self.norm_mean.to(dtype).expand(y.shape[0], self.domain.num_nodes, -1).contiguous()
+        )
         y_z = (y - mean_obs) / self.norm_std.to(dtype) * obs
         sigma_z = self.noise.sigma / self.norm_std.to(dtype)
         feats = [operator.transpose(y_z), operator.transpose(obs)]
@@ -380,7 +431,9 @@ class ConditionedEngine(nn.Module):
             estimate, log_var, chol = self.estimate(y_z, operator, sigma_z)
             feats.extend([estimate, log_var])
         frac = obs.flatten(1).mean(1)
-        context = torch.stack([frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1)
+        context = torch.stack(
+            [frac, torch.log(sigma_z.mean()).expand_as(frac), torch.ones_like(frac)], dim=1
+        )
         return ObservationEncoding(torch.cat(feats, dim=-1), context, estimate, log_var, chol)
 
 
@@ -401,11 +454,21 @@ class AmortizedFlowPosterior(ConditionedEngine):
         seed: seed of the flow's partitions.
     """
 
-    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, config: APSConfig | None = None, seed: int = 0):
+    def __init__(
+        self,
+        domain: Domain,
+        channels: int,
+        prior,
+        noise: GaussianNoise,
+        config: APSConfig | None = None,
+        seed: int = 0,
+    ):
         config = config or APSConfig()
         super().__init__(domain, channels, prior, noise, config.cg_iterations, config.dense_limit)
         self.config = config
-        self.flow = ConditionalFlow(domain, channels, self.num_features, self.CONTEXT, self.config.flow, seed=seed)
+        self.flow = ConditionalFlow(
+            domain, channels, self.num_features, self.CONTEXT, self.config.flow, seed=seed
+        )
 
     def condition(self, y: torch.Tensor, operator: LinearOperator) -> FlowCondition:
         """Conditioning of the flow for observations `y` `(B, N_out, C)` made with `operator`."""
@@ -417,13 +480,15 @@ class AmortizedFlowPosterior(ConditionedEngine):
             # of its area-white base.
             log_base_var = 2 * torch.log(self.flow.base_std.to(dtype))[None, :, None]
             log_scale = (
-                -0.5 * log_base_var.expand_as(enc.estimate) if enc.cholesky is not None else 0.5 * (enc.log_var - log_base_var)
+                -0.5 * log_base_var.expand_as(enc.estimate)
+                if enc.cholesky is not None
+                else 0.5 * (enc.log_var - log_base_var)
             )
             anchor = (enc.estimate, log_scale, enc.cholesky)
         return self.flow.condition(enc.features, enc.context, *anchor)
 
     def sample_and_log_prob(self, y, operator, n: int, *, generator=None):
-        """`n` samples `(n, B, N, C)` in physical units and their log q `(n, B)` (physical units)."""
+        """`n` samples `(n, B, N, C)` and their log q `(n, B)`, both in physical units."""
         cond = self.condition(y, operator)
         z, logq = self.flow.sample_and_log_prob(cond, n, generator=generator)
         return self.from_z(z), logq + self.log_abs_det_to_z().to(logq.dtype)
@@ -434,7 +499,7 @@ class AmortizedFlowPosterior(ConditionedEngine):
         return self.sample_and_log_prob(y, operator, n, generator=rng)[0]
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-        """Exact :math:`\\log q(x \\mid y, A)` for `x` `(S, B, N, C)` in physical units; `(S, B)`."""
+        r"""Exact :math:`\log q(x \mid y, A)` for `x` `(S, B, N, C)` in physical units; `(S, B)`."""
         cond = self.condition(y, operator)
         z = self.to_z(x.to(cond.features.dtype))
         return self.flow.log_prob(z, cond) + self.log_abs_det_to_z().to(z.dtype)
@@ -455,7 +520,16 @@ class DistillationObjective(nn.Module):
         seed: seed of the per-step randomness.
     """
 
-    def __init__(self, engine: nn.Module, prior, observations: SimulatedObservations, *, total_steps: int, batch_size: int, seed: int = 0):
+    def __init__(
+        self,
+        engine: nn.Module,
+        prior,
+        observations: SimulatedObservations,
+        *,
+        total_steps: int,
+        batch_size: int,
+        seed: int = 0,
+    ):
         super().__init__()
         self.model = engine
         self.prior = prior
@@ -464,13 +538,20 @@ class DistillationObjective(nn.Module):
         self.observations = observations
         self.total_steps, self.batch_size, self.seed = total_steps, batch_size, seed
 
-    def log_likelihood(self, y: torch.Tensor, operator: LinearOperator, x: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log p(y \\mid x)` `(S*B,)` of samples `x` `(S, B, N, C)` (sample-major), physical units."""
+    def log_likelihood(
+        self, y: torch.Tensor, operator: LinearOperator, x: torch.Tensor
+    ) -> torch.Tensor:
+        r""":math:`\log p(y \mid x)` `(S*B,)` of samples `x` `(S, B, N, C)` (sample-major).
+
+        In physical units.
+        """
         s = x.shape[0]
         flat = x.reshape(-1, *x.shape[2:])
         rep_mask = operator.range_mask.repeat(s, 1, 1) if operator.range_mask is not None else None
         rep_op = Mask(operator.domain, rep_mask) if isinstance(operator, Mask) else operator
-        return self.model.noise.log_likelihood(y.repeat(s, 1, 1).to(flat.dtype), rep_op(flat), rep_mask)
+        return self.model.noise.log_likelihood(
+            y.repeat(s, 1, 1).to(flat.dtype), rep_op(flat), rep_mask
+        )
 
 
 class ReverseKLObjective(DistillationObjective):
@@ -496,10 +577,13 @@ class ReverseKLObjective(DistillationObjective):
         x, logq = engine.sample_and_log_prob(y, operator, s, generator=generator)
         flat = x.reshape(-1, *x.shape[2:])
         loglik = self.log_likelihood(y, operator, x).reshape(s, -1)
-        logp = prior_log_prob(self.prior, flat, generator=generator, num_times=engine.config.elbo_times).reshape(s, -1)
+        logp = prior_log_prob(
+            self.prior, flat, generator=generator, num_times=engine.config.elbo_times
+        ).reshape(s, -1)
         return logq, loglik, logp
 
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
+        """Reverse-KL loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`."""
         g = step_generator(self.seed, step)
         batch = self.observations.batch(g, self.batch_size).slice(slice(start, stop))
         operator = batch.operator(self.model.domain)

@@ -32,7 +32,9 @@ __all__ = ["GapFiller", "HarmonicInterpolation", "NearestNeighbour"]
 
 
 class GapFiller:
-    """Base class of point-estimate gap fillers; subclasses implement `_fill(values (N, C), observed (N,))`.
+    """Base class of point-estimate gap fillers.
+
+    Subclasses implement `_fill(values (N, C), observed (N,))`.
 
     Arguments:
         domain: the domain.
@@ -52,20 +54,34 @@ class GapFiller:
             ValueError: an example observes no node, or the shapes do not match.
         """
         if not isinstance(operator, Mask):
-            raise TypeError(f"{type(self).__name__} fills gaps of a Mask operator, got {type(operator).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} fills gaps of a Mask operator, "
+                f"got {type(operator).__name__}"
+            )
         check_observations(y, operator)
         mask = operator.mask
         out = torch.empty(y.shape, dtype=torch.float64)
         for b in range(y.shape[0]):
             for c in range(y.shape[2]):
-                observed = mask[min(b, mask.shape[0] - 1), :, min(c, mask.shape[2] - 1)].cpu().numpy()
+                observed = (
+                    mask[min(b, mask.shape[0] - 1), :, min(c, mask.shape[2] - 1)].cpu().numpy()
+                )
                 if not observed.any():
-                    raise ValueError(f"example {b}, channel {c} observes no node: nothing to fill from")
+                    raise ValueError(
+                        f"example {b}, channel {c} observes no node: nothing to fill from"
+                    )
                 values = y[b, :, c].detach().cpu().double().numpy()
                 out[b, :, c] = torch.from_numpy(self._fill(values, observed))
         return out.to(y.dtype)
 
-    def sample(self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """`n` copies of the point estimate, `(n, B, N, C)` (engine interface; `rng` is unused)."""
         return self.estimate(y, operator).expand(n, *y.shape).clone()
 
@@ -74,7 +90,7 @@ class GapFiller:
 
 
 class HarmonicInterpolation(GapFiller):
-    r"""Harmonic interpolation: hidden values solve :math:`S_{hh} x_h = -S_{ho} y_o` (Laplace's equation).
+    r"""Harmonic interpolation: hidden values solve :math:`S_{hh} x_h = -S_{ho} y_o` (Laplace).
 
     Example:
         >>> import torch
@@ -82,7 +98,8 @@ class HarmonicInterpolation(GapFiller):
         >>> d = PlanarGrid(1, 5)
         >>> A = Mask(d, torch.tensor([True, False, False, False, True]))
         >>> y = A(torch.tensor([0.0, 9, 9, 9, 4.0]).reshape(1, 5, 1).double())
-        >>> [round(v, 9) for v in HarmonicInterpolation(d).estimate(y, A).flatten().tolist()]  # linear
+        >>> x = HarmonicInterpolation(d).estimate(y, A)
+        >>> [round(v, 9) for v in x.flatten().tolist()]  # linear
         [0.0, 1.0, 2.0, 3.0, 4.0]
     """
 
@@ -130,8 +147,9 @@ class NearestNeighbour(GapFiller):
 
     def _fill(self, values, observed):
         sources = np.flatnonzero(observed)
-        _, _, nearest = csgraph.dijkstra(self._graph, directed=False, indices=sources, min_only=True,
-                                         return_predecessors=True)
+        _, _, nearest = csgraph.dijkstra(
+            self._graph, directed=False, indices=sources, min_only=True, return_predecessors=True
+        )
         reached = nearest >= 0  # a node in a component without observations keeps the observed mean
         out = np.full_like(values, float(values[observed].mean()))
         out[reached] = values[nearest[reached]]

@@ -57,31 +57,39 @@ KIND = "aps-flow"
 MASK_FAMILIES = {
     "random": lambda d: RandomMaskGenerator(d, missing=(0.5, 0.95)),
     "caps": lambda d: CapMaskGenerator(d, num_caps=(1), cap_area=(0.05, 0.3)),
-    "stations": lambda d: StationMaskGenerator(d, num_stations=(max(1, d.num_nodes // 20), max(1, d.num_nodes // 4))),
+    "stations": lambda d: StationMaskGenerator(
+        d, num_stations=(max(1, d.num_nodes // 20), max(1, d.num_nodes // 4))
+    ),
     "swaths": lambda d: SwathMaskGenerator(d, num_swaths=(1, 4), half_width_deg=(5.0, 15.0)),
 }
 
 
 def mask_family(name: str, domain) -> MaskGenerator:
-    """A mask generator by name: one of `MASK_FAMILIES` or "mixture" (all of them, equally likely)."""
+    """A mask generator by name: one of `MASK_FAMILIES`, or "mixture" (all, equally likely)."""
     if name == "mixture":
         return MixtureMaskGenerator([make(domain) for make in MASK_FAMILIES.values()])
     if name not in MASK_FAMILIES:
-        raise ValueError(f"masks must be one of {sorted(MASK_FAMILIES) + ['mixture']}, got {name!r}")
+        raise ValueError(
+            f"masks must be one of {sorted(MASK_FAMILIES) + ['mixture']}, got {name!r}"
+        )
     return MASK_FAMILIES[name](domain)
 
 
 def resolve_prior(dataset: PriorDataset, prior: str | os.PathLike):
-    """"exact" -> the dataset's Gaussian reference; otherwise a `ScorePrior` checkpoint path."""
+    """The prior `prior` names: "exact", the dataset's Gaussian reference, or a checkpoint path."""
     if str(prior) == "exact":
         if dataset.reference is None:
-            raise ValueError(f"dataset {dataset.name!r} has no exact prior; pass a trained prior checkpoint")
+            raise ValueError(
+                f"dataset {dataset.name!r} has no exact prior; pass a trained prior checkpoint"
+            )
         return dataset.reference
     return load_prior(prior, dataset.domain)
 
 
 @torch.no_grad()
-def prior_mode_variances(prior, domain, num_modes: int, *, num_samples: int = 128, steps: int = 200, seed: int = 0):
+def prior_mode_variances(
+    prior, domain, num_modes: int, *, num_samples: int = 128, steps: int = 200, seed: int = 0
+):
     """Per-mode prior variances of the standardised signal on the first `num_modes` LB modes.
 
     Exact for a `GaussianPrior`; for a score prior, from `num_samples` reverse-SDE samples.
@@ -91,7 +99,9 @@ def prior_mode_variances(prior, domain, num_modes: int, *, num_samples: int = 12
     if isinstance(prior, GaussianPrior):
         return lam, prior.spectrum[:num_modes].clone()
     g = torch.Generator().manual_seed(seed)
-    z = reverse_sde_sample(prior, (num_samples, domain.num_nodes, prior.channels), steps=steps, generator=g).sample
+    z = reverse_sde_sample(
+        prior, (num_samples, domain.num_nodes, prior.channels), steps=steps, generator=g
+    ).sample
     coef = torch.einsum("nk,n,bnc->bkc", phi, domain.mass, z.double())
     return lam, coef.pow(2).mean((0, 2))
 
@@ -143,12 +153,16 @@ def train_with_recipe(
     settings = settings or recipe.config_cls()
     torch.manual_seed(config.seed)
     engine = recipe.build(ds.domain, ds.channels, p, noise, settings, config.seed)
-    if dtype != torch.float32:  # float32 parameters by default; float64 geometry buffers stay float64
+    if (
+        dtype != torch.float32
+    ):  # float32 parameters by default; float64 geometry buffers stay float64
         engine = engine.to(dtype)
     fresh = not (resume and (Path(out_dir) / "checkpoint.pt").exists())
     if recipe.fit_anchor and getattr(engine, "estimate", None) is not None and fresh:
         # variances of the standardised signal: the engines work in the prior's standardised space
-        lam, var = prior_mode_variances(p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed)
+        lam, var = prior_mode_variances(
+            p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed
+        )
         engine.estimate.fit_to_spectrum(lam, var)
     observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
     objective = recipe.objective(engine, p, observations, config)
@@ -165,27 +179,44 @@ def train_with_recipe(
         "dtype": str(dtype).removeprefix("torch."),
         recipe.config_key: settings.to_dict(),
     }
-    trainer = Trainer(objective, config, out_dir, kind=recipe.kind, domain=ds.domain, model_config=model_config,
-                      described=described, progress=progress)
+    trainer = Trainer(
+        objective,
+        config,
+        out_dir,
+        kind=recipe.kind,
+        domain=ds.domain,
+        model_config=model_config,
+        described=described,
+        progress=progress,
+    )
     return engine, trainer.fit(resume=resume, stop_after=stop_after)
 
 
 def _prior_record(p, prior, resumed: Path | None) -> str:
-    """What an engine's `model_config` says of its prior: "exact", or the digest of the score
-    prior's weights. A run resumed from a checkpoint written before engines carried their prior
-    keeps that checkpoint's record (the prior's absolute path) when it names the same file."""
+    """What an engine's `model_config` says of its prior: "exact", or its weights' digest.
+
+    The digest is that of the score prior's weights. A run resumed from a checkpoint written
+    before engines carried their prior keeps that checkpoint's record (the prior's absolute path)
+    when it names the same file.
+    """
     if isinstance(p, GaussianPrior):
         return "exact"
     if resumed is not None:
         old = load_checkpoint(resumed)["model_config"].get("prior", "")
-        if old not in ("exact", "") and not old.startswith("score-prior ") and Path(old) == Path(prior).resolve():
+        if (
+            old not in ("exact", "")
+            and not old.startswith("score-prior ")
+            and Path(old) == Path(prior).resolve()
+        ):
             return old
     return f"score-prior {_weights_digest(p)}"
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
-    """A short digest of a module's weights: which prior an engine was distilled from (a resumed
-    run must distil the same one)."""
+    """A short digest of a module's weights: which prior an engine was distilled from.
+
+    (A resumed run must distil the same one.)
+    """
     h = hashlib.sha256()
     for name, value in sorted(module.state_dict().items()):
         h.update(name.encode())
@@ -194,9 +225,12 @@ def _weights_digest(module: torch.nn.Module) -> str:
 
 
 def checkpoint_dataset(ckpt: dict, path, dataset: PriorDataset | str | None) -> PriorDataset:
-    """The dataset an engine or prior checkpoint was trained on: `dataset` (checked against the
-    checkpoint's domain), or the one the checkpoint describes (its domain, units, variable; no
-    signals), or, for a file written before checkpoints described themselves, its named dataset."""
+    """The dataset an engine or prior checkpoint was trained on.
+
+    That is `dataset` (checked against the checkpoint's domain), or the one the checkpoint
+    describes (its domain, units, variable; no signals), or, for a file written before
+    checkpoints described themselves, its named dataset.
+    """
     if isinstance(dataset, str):
         dataset = build_prior_dataset(dataset)
     if dataset is not None:
@@ -208,8 +242,11 @@ def checkpoint_dataset(ckpt: dict, path, dataset: PriorDataset | str | None) -> 
 
 
 def checkpoint_prior(ckpt: dict, ds: PriorDataset):
-    """The prior an engine checkpoint was distilled from: the weights it carries, the exact
-    Gaussian of its (named) dataset, or, for an older file, the prior file it names."""
+    """The prior an engine checkpoint was distilled from.
+
+    That is the weights it carries, the exact Gaussian of its (named) dataset, or, for an older
+    file, the prior file it names.
+    """
     embedded = ckpt.get("prior")
     if isinstance(embedded, dict):
         from manifold_aps.priors.train import prior_from_state
@@ -221,22 +258,35 @@ def checkpoint_prior(ckpt: dict, ds: PriorDataset):
     return resolve_prior(ds, recorded)
 
 
-def load_with_recipe(recipe: EngineRecipe, path: str | os.PathLike, dataset: PriorDataset | str | None = None, *, prior=None):
-    """Load an engine trained by `train_with_recipe` with its dataset and prior: `(engine, dataset, prior)`.
+def load_with_recipe(
+    recipe: EngineRecipe,
+    path: str | os.PathLike,
+    dataset: PriorDataset | str | None = None,
+    *,
+    prior=None,
+):
+    """Load an engine trained by `train_with_recipe`, with its dataset and prior.
 
     Arguments:
+        recipe: the engine's `EngineRecipe`.
+        path: the engine's checkpoint.
         dataset: the dataset it was trained on (a `PriorDataset` or a registered name), checked
             against the checkpoint's domain; None: the one the checkpoint describes (its domain,
             units and variable, no signals: `PriorDataset.described`).
         prior: the prior already loaded (the one the engine was distilled from), to share one copy
             between several engines; default: the one the checkpoint carries.
+
+    Returns:
+        `(engine, dataset, prior)`.
     """
     ckpt = load_checkpoint(path, kind=recipe.kind)
     cfg = ckpt["model_config"]
     ds = checkpoint_dataset(ckpt, path, dataset)
     p = checkpoint_prior(ckpt, ds) if prior is None else prior
     settings = recipe.config_cls.from_dict(cfg[recipe.config_key])
-    engine = recipe.build(ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), settings, 0)
+    engine = recipe.build(
+        ds.domain, cfg["channels"], p, GaussianNoise(cfg["noise_std"]), settings, 0
+    )
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     if dtype != torch.float32:
         engine = engine.to(dtype)
@@ -254,14 +304,26 @@ def aps_recipe() -> EngineRecipe:
             domain, channels, prior, noise, settings, seed=seed
         ),
         objective=lambda engine, prior, observations, config: ReverseKLObjective(
-            engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
+            engine,
+            prior,
+            observations,
+            total_steps=config.steps,
+            batch_size=config.batch_size,
+            seed=config.seed,
         ),
     )
 
 
-def held_out_observations(dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0):
-    """`n` observations of the dataset's test signals (validation ones if it has no test split),
-    with masks of a family and noise, drawn from `seed`: an `ObservationBatch` never seen in training."""
+def held_out_observations(
+    dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0
+):
+    """`n` observations of the dataset's test signals: an `ObservationBatch` never seen in training.
+
+    The signals are the validation ones if the dataset has no test split; the masks are of the
+    family `masks`, and masks and noise are drawn from `seed`.
+    """
     test = dataset.test if dataset.test.numel() else dataset.source.validation()
-    stream = SimulatedObservations(TensorSource(test, test), mask_family(masks, dataset.domain), noise)
+    stream = SimulatedObservations(
+        TensorSource(test, test), mask_family(masks, dataset.domain), noise
+    )
     return stream.batch(torch.Generator().manual_seed(seed), n)

@@ -72,12 +72,30 @@ ENGINES: dict[str, EngineSpec] = {
     for spec in (
         EngineSpec("gaussian", "exact Gaussian posterior (sparse Matérn GMRF)", None, False, True),
         EngineSpec("dps", "diffusion posterior sampling", "score-prior", False, False),
-        EngineSpec("aps", "APS conditional flow", "aps-flow", True, False,
-                   "manifold_aps.posterior.distill:aps_recipe"),
-        EngineSpec("implicit", "implicit generator", "implicit-generator", True, False,
-                   "manifold_aps.posterior.implicit:implicit_recipe"),
-        EngineSpec("avi", "amortized-VI sampler", "amortized-vi", True, False,
-                   "manifold_aps.posterior.amortized_vi:amortized_vi_recipe"),
+        EngineSpec(
+            "aps",
+            "APS conditional flow",
+            "aps-flow",
+            True,
+            False,
+            "manifold_aps.posterior.distill:aps_recipe",
+        ),
+        EngineSpec(
+            "implicit",
+            "implicit generator",
+            "implicit-generator",
+            True,
+            False,
+            "manifold_aps.posterior.implicit:implicit_recipe",
+        ),
+        EngineSpec(
+            "avi",
+            "amortized-VI sampler",
+            "amortized-vi",
+            True,
+            False,
+            "manifold_aps.posterior.amortized_vi:amortized_vi_recipe",
+        ),
     )
 }
 
@@ -97,7 +115,9 @@ def engine_for_checkpoint(kind: str) -> EngineSpec | None:
     return next((spec for spec in ENGINES.values() if spec.checkpoint_kind == kind), None)
 
 
-def train_engine(name: str, dataset, prior, out_dir: str | os.PathLike, config, *, settings=None, **kwargs):
+def train_engine(
+    name: str, dataset, prior, out_dir: str | os.PathLike, config, *, settings=None, **kwargs
+):
     """Train (or resume) the distilled engine `name` ("aps", "implicit", "avi") from `prior`.
 
     Arguments:
@@ -119,7 +139,9 @@ def train_engine(name: str, dataset, prior, out_dir: str | os.PathLike, config, 
     spec = ENGINES.get(name)
     if spec is None or not spec.distilled:
         raise ValueError(f"engine must be one of {distilled_engines()}, got {name!r}")
-    return train_with_recipe(spec.engine_recipe(), dataset, prior, out_dir, config, settings=settings, **kwargs)
+    return train_with_recipe(
+        spec.engine_recipe(), dataset, prior, out_dir, config, settings=settings, **kwargs
+    )
 
 
 def _distilled_spec(path) -> EngineSpec:

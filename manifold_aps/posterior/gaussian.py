@@ -1,8 +1,9 @@
 r"""Exact posterior of a Gaussian prior under a linear operator with Gaussian noise (the yardstick).
 
 With :math:`x \sim N(\mu, C)` and :math:`y = Hx + \sigma\epsilon` on the observed entries, the
-posterior is :math:`N(\mu_y, \Sigma_y)` with precision :math:`\Sigma_y^{-1} = C^{-1} + H^TH/\sigma^2`
-and :math:`\mu_y = \Sigma_y(C^{-1}\mu + H^Ty/\sigma^2)`. It is computed in the eigen-coordinates
+posterior is :math:`N(\mu_y, \Sigma_y)` with precision
+:math:`\Sigma_y^{-1} = C^{-1} + H^TH/\sigma^2` and
+:math:`\mu_y = \Sigma_y(C^{-1}\mu + H^Ty/\sigma^2)`. It is computed in the eigen-coordinates
 :math:`z = U^Tx` of `C`, where the prior precision is diagonal, by one Cholesky factorisation per
 batch element and channel.
 """
@@ -26,7 +27,8 @@ def operator_matrix(operator: LinearOperator, chunk: int = 512) -> torch.Tensor:
 
     Built by applying the operator to the columns of the identity, or by the operator's own
     `dense_matrix()` where it has one (e.g. `HeatBlur`, from the eigenbasis) and the domain has at
-    most `DENSE_MAX_NODES` nodes; for per-example operators (a batch of masks) use the first example.
+    most `DENSE_MAX_NODES` nodes; for per-example operators (a batch of masks) use the first
+    example.
     """
     n = operator.domain.num_nodes
     if hasattr(operator, "dense_matrix") and n <= DENSE_MAX_NODES:
@@ -73,7 +75,9 @@ class GaussianConditional:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact posterior log-density of `x` `(S, B, N, C)` (Lebesgue on node values), `(S, B)`."""
         r = torch.einsum("nk,sbnc->sbck", self.eigenvectors, x - self.mean)
-        lz = (self.cholesky.transpose(-1, -2) @ r.permute(1, 2, 3, 0)).permute(3, 0, 1, 2)  # L^T r, (S, B, C, N)
+        lz = (self.cholesky.transpose(-1, -2) @ r.permute(1, 2, 3, 0)).permute(
+            3, 0, 1, 2
+        )  # L^T r, (S, B, C, N)
         logdet = torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(-1)  # (B, C)
         n = self.mean.shape[1]
         return (-0.5 * (lz**2).sum(-1) + logdet - 0.5 * n * math.log(2 * math.pi)).sum(-1)
@@ -136,8 +140,10 @@ class ExactGaussianPosterior:
         u = self.prior.cov_eigenvectors
         prec_z = 1.0 / self.prior.cov_eigenvalues
         mu = self.prior.mean.to(torch.float64)
-        mu = mu.expand(self.prior.domain.num_nodes, ch) if mu.dim() == 2 else torch.full(
-            (self.prior.domain.num_nodes, ch), float(mu), dtype=torch.float64
+        mu = (
+            mu.expand(self.prior.domain.num_nodes, ch)
+            if mu.dim() == 2
+            else torch.full((self.prior.domain.num_nodes, ch), float(mu), dtype=torch.float64)
         )
         matrix = None if isinstance(operator, Mask) else operator_matrix(operator)
         rmask = operator.range_mask
@@ -163,11 +169,19 @@ class ExactGaussianPosterior:
             stds.append(torch.stack(s_b, -1))
             chols.append(torch.stack(l_b))
         return GaussianConditional(
-            mean=torch.stack(means), std=torch.stack(stds), eigenvectors=u, cholesky=torch.stack(chols)
+            mean=torch.stack(means),
+            std=torch.stack(stds),
+            eigenvectors=u,
+            cholesky=torch.stack(chols),
         )
 
     def sample(
-        self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng: torch.Generator | None = None
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """`n` exact posterior samples `(n, B, N, C)`."""
         return self.condition(y, operator).sample(n, rng=rng)

@@ -4,19 +4,21 @@ The truth is :math:`x = u + e`: a `MaternGMRF` field `u` plus an optional white 
 :math:`e \sim N(0, \eta^2 I)` (small-scale variability of the truth itself), observed at nodes
 `O` as :math:`y = x_O + \epsilon`, :math:`\epsilon \sim N(0, \mathrm{diag}(s^2))`. With
 :math:`v = s^2 + \eta^2` the posterior of `u` has the sparse precision
-:math:`Q_y = Q + H^T V^{-1} H` (`H` selects `O`) and mean :math:`\mu + Q_y^{-1} H^T V^{-1}(y - H\mu)`;
+:math:`Q_y = Q + H^T V^{-1} H` (`H` selects `O`) and mean
+:math:`\mu + Q_y^{-1} H^T V^{-1}(y - H\mu)`;
 one sparse factorisation of :math:`Q_y` (`SparseCholesky`) gives
 
 * the mean (one solve), the exact marginal variances (Takahashi selected inversion; above a work
   budget, the Rao-Blackwellised Monte Carlo estimator of Sidén et al. 2018 with its standard
   error reported), samples by one solve each with the factor's square root;
-* the log marginal likelihood :math:`\log p(y) = \tfrac12\log|Q| - \tfrac12\log|Q_y| - \tfrac12\sum\log v
+* the log marginal likelihood
+  :math:`\log p(y) = \tfrac12\log|Q| - \tfrac12\log|Q_y| - \tfrac12\sum\log v
   - \tfrac12(r^TV^{-1}r - b^TQ_y^{-1}b) - \tfrac{n}{2}\log 2\pi` (:math:`r = y - H\mu`,
   :math:`b = H^TV^{-1}r`), for fitting the hyper-parameters to gappy data (`fit_gmrf`).
 
-At a hidden node the truth is `u + e` (variance :math:`\mathrm{Var}\,u + \eta^2`); at an observed node
-:math:`x \mid u, y` is Gaussian with mean :math:`u + w(y - u)`, :math:`w = \eta^2/v`, and variance
-:math:`\eta^2 s^2/v`, so samples of `x` are exact everywhere.
+At a hidden node the truth is `u + e` (variance :math:`\mathrm{Var}\,u + \eta^2`); at an observed
+node :math:`x \mid u, y` is Gaussian with mean :math:`u + w(y - u)`, :math:`w = \eta^2/v`, and
+variance :math:`\eta^2 s^2/v`, so samples of `x` are exact everywhere.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def observed_nodes(operator: LinearOperator, b: int, c: int) -> np.ndarray:
         return np.arange(operator.domain.num_nodes)
     raise ValueError(
         f"the GMRF posterior takes operators that select nodes (Mask, Subsample, Identity), got "
-        f"{type(operator).__name__}; use ExactGaussianPosterior (dense, up to 6000 nodes) for others"
+        f"{type(operator).__name__}; use ExactGaussianPosterior (dense, up to 6000 nodes) "
+        "for others"
     )
 
 
@@ -102,7 +105,8 @@ class GMRFObservation:
         total = noise_var + nugget
         if np.any(total <= 0):
             raise ValueError(
-                "noise_var + nugget must be > 0 at every observed node (exact interpolation is singular)"
+                "noise_var + nugget must be > 0 at every observed node "
+                "(exact interpolation is singular)"
             )
         self.prior, self.observed, self.noise_var, self.nugget = (
             prior,
@@ -122,6 +126,7 @@ class GMRFObservation:
 
     @property
     def num_nodes(self) -> int:
+        """Number of nodes `N` of the prior's domain."""
         return self.prior.domain.num_nodes
 
     def _rhs(self, values) -> tuple[np.ndarray, np.ndarray]:
@@ -146,10 +151,13 @@ class GMRFObservation:
         return np.broadcast_to(self.prior.mean, (self.num_nodes,)) + self.factor.solve(b)
 
     # ------------------------------------------------------------------ variances
-    def takahashi_work(self) -> float:
-        """Steps of the exact selected inversion (sum over columns of `L` of m(m-1)/2)."""
-        counts = np.diff(self.factor.lower.indptr).astype(np.float64) - 1.0
-        return float((counts * (counts - 1) / 2).sum() + counts.sum())
+    def takahashi_work(self) -> float | None:
+        """Steps of the exact selected inversion, or None when the factor does not expose `L`.
+
+        The count is the sum over columns of `L` of m(m-1)/2; it is None under PARDISO (used only
+        on large domains).
+        """
+        return self.factor.selected_inversion_work()
 
     def latent_variance(
         self, method: str = "auto", *, num_samples: int = RBMC_SAMPLES, rng=None
@@ -158,16 +166,20 @@ class GMRFObservation:
 
         Arguments:
             method: ``"exact"`` (Takahashi recursions), ``"rbmc"`` (Rao-Blackwellised Monte Carlo:
-                :math:`1/Q_{y,ii} + \frac1S\sum_s ((Q_y - \mathrm{diag}\,Q_y) z_s)_i^2 / Q_{y,ii}^2`,
+                :math:`1/Q_{y,ii} + \frac1S\sum_s ((Q_y - \mathrm{diag}\,Q_y) z_s)_i^2
+                / Q_{y,ii}^2`,
                 :math:`z_s \sim N(0, Q_y^{-1})`, unbiased; its standard error is stored in
-                `variance_error`), or ``"auto"``: exact below `EXACT_VARIANCE_WORK` steps.
+                `variance_error`), or ``"auto"``: exact below `EXACT_VARIANCE_WORK` steps (rbmc
+                when the factor is PARDISO's, which is chosen only from 100k nodes, where the work
+                was above that on every grid and mesh measured).
             num_samples: `S` for ``"rbmc"``.
             rng: a numpy Generator for ``"rbmc"`` (default seeded 0: results are reproducible).
         """
         if method not in ("auto", "exact", "rbmc"):
             raise ValueError(f"method must be 'auto', 'exact' or 'rbmc', got {method!r}")
         if method == "auto":
-            method = "exact" if self.takahashi_work() <= EXACT_VARIANCE_WORK else "rbmc"
+            work = self.takahashi_work()
+            method = "exact" if work is not None and work <= EXACT_VARIANCE_WORK else "rbmc"
         key = (method, num_samples if method == "rbmc" else None)
         if rng is None and key in self._latent_vars:  # fields observed at the same nodes share it
             var, self.variance_error = self._latent_vars[key]
@@ -176,9 +188,7 @@ class GMRFObservation:
             var, err = self.factor.inverse_diagonal(), None
         else:
             rng = np.random.default_rng(0) if rng is None else rng
-            z = self.factor.solve(
-                self.factor.sqrt_times(rng.standard_normal((self.num_nodes, num_samples)))
-            )
+            z = self.factor.draw(rng.standard_normal((self.num_nodes, num_samples)))
             diag = self.precision.diagonal()
             off = self.precision - sp.diags(diag)
             terms = ((off @ z) / diag[:, None]) ** 2
@@ -217,7 +227,7 @@ class GMRFObservation:
         """`n` exact posterior draws of the truth `x`, `(n, N)`."""
         mean_u = self.latent_mean(values)
         z = rng.standard_normal((self.num_nodes, n))
-        u = mean_u[:, None] + self.factor.solve(self.factor.sqrt_times(z))
+        u = mean_u[:, None] + self.factor.draw(z)
         if self.nugget > 0:
             e = rng.standard_normal((self.num_nodes, n))
             hidden = np.ones(self.num_nodes, dtype=bool)
@@ -234,9 +244,10 @@ class GMRFObservation:
         return u.T
 
     def log_likelihood(self, values, *, log_det_prior: float | None = None) -> np.ndarray:
-        r"""Log marginal likelihood :math:`\log p(y)` of `values` `(n_obs,)` or `(B, n_obs)`: a number or `(B,)`.
+        r"""Log marginal likelihood :math:`\log p(y)` of `values`: a number or `(B,)`.
 
         Arguments:
+            values: the observed values `(n_obs,)` or `(B, n_obs)`.
             log_det_prior: :math:`\log|Q|` if already known (it does not depend on the values).
         """
         return self.likelihood_terms(values, log_det_prior=log_det_prior)[0]
@@ -244,7 +255,9 @@ class GMRFObservation:
     def likelihood_terms(
         self, values, *, log_det_prior: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        r"""`(log p(y), y^T Cov(y)^{-1} y)` with :math:`y` the residuals from the prior mean; each a number or `(B,)`.
+        r"""`(log p(y), y^T Cov(y)^{-1} y)`, each a number or `(B,)`.
+
+        Here :math:`y` are the residuals from the prior mean.
 
         The quadratic form :math:`y^T\mathrm{Cov}(y)^{-1}y` is what a common scale of the covariance
         multiplies (`fit_gmrf` profiles that scale out). It is computed as the minimum it is,
@@ -299,7 +312,9 @@ class GMRFConditional:
 
 
 class GMRFPosterior:
-    r"""Exact posterior engine of a `MaternGMRF` under node selections with Gaussian noise; no size limit.
+    r"""Exact posterior engine of a `MaternGMRF` under node selections with Gaussian noise.
+
+    It has no size limit.
 
     Engine interface as `ExactGaussianPosterior`: `condition(y, operator)` returns a
     `GMRFConditional`; `sample(y, operator, n)` returns `(n, B, N, C)`. Fields observed at the
@@ -309,7 +324,8 @@ class GMRFPosterior:
         prior: the `MaternGMRF`.
         noise: the observation noise (`GaussianNoise`, or its std as a number).
         nugget: white variance of the truth beyond the GMRF (see the module docstring).
-        variance_method: ``"auto"``, ``"exact"`` or ``"rbmc"`` (see `GMRFObservation.latent_variance`).
+        variance_method: ``"auto"``, ``"exact"`` or ``"rbmc"`` (see
+            `GMRFObservation.latent_variance`).
 
     Example:
         >>> from manifold_aps.geometry import HealpixSphere
@@ -339,7 +355,10 @@ class GMRFPosterior:
         return GMRFObservation(self.prior, observed, self.noise_std**2, self.nugget)
 
     def _observations(self, y: torch.Tensor, operator: LinearOperator):
-        """`((b, c), (GMRFObservation, observed values))` per field; fields observed at the same nodes share one."""
+        """`((b, c), (GMRFObservation, observed values))` per field.
+
+        Fields observed at the same nodes share one `GMRFObservation`.
+        """
         cache: dict[bytes, GMRFObservation] = {}
         for b in range(y.shape[0]):
             for c in range(y.shape[2]):

@@ -7,12 +7,12 @@ with the observation noise :math:`s^2` known and the nugget :math:`\eta^2` (whit
 truth) fitted; fields that share their observed nodes share one factorisation per evaluation.
 
 Parameterised in :math:`(\log\rho, \log\sigma, \log\eta^2)` for :math:`\alpha \ge 2` (range and
-marginal std: better conditioned than :math:`\kappa, \tau`), :math:`(\log\kappa, \log\tau, \log\eta^2)`
-for :math:`\alpha = 1`; maximised by L-BFGS-B. Without measurement noise (complete training fields,
-the nugget holding all white variance) the covariance is :math:`\tau^{-2}(HQ_1^{-1}H^T + \lambda I)`,
-so the scale is profiled out in closed form and only (range, :math:`\lambda = \eta^2\tau^2`) are
-searched: about half the likelihood evaluations. Standard errors of the log-parameters come from the
-inverse of a central-difference Hessian.
+marginal std: better conditioned than :math:`\kappa, \tau`),
+:math:`(\log\kappa, \log\tau, \log\eta^2)` for :math:`\alpha = 1`; maximised by L-BFGS-B. Without
+measurement noise (complete training fields, the nugget holding all white variance) the covariance
+is :math:`\tau^{-2}(HQ_1^{-1}H^T + \lambda I)`, so the scale is profiled out in closed form and
+only (range, :math:`\lambda = \eta^2\tau^2`) are searched: about half the likelihood evaluations.
+Standard errors of the log-parameters come from the inverse of a central-difference Hessian.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import scipy.optimize
 from tqdm.auto import tqdm
 
 from manifold_aps.geometry import Domain, SphereGrid
+from manifold_aps.pardiso import available as pardiso_available
 from manifold_aps.posterior.gmrf import GMRFObservation
 from manifold_aps.priors.gmrf import MaternGMRF, matern_kappa_tau
-from manifold_aps.sparse_cholesky import NotPositiveDefiniteError
+from manifold_aps.sparse_cholesky import PARDISO_MIN_NODES, NotPositiveDefiniteError
 
 __all__ = ["COARSE_START_NODES", "GMRFFit", "coarser_problem", "fit_gmrf"]
 
@@ -41,11 +42,11 @@ TOL_NATS = 0.01  # the search stops when an iteration gains less log-likelihood 
 
 @dataclass
 class GMRFFit:
-    """Result of `fit_gmrf`.
+    r"""Result of `fit_gmrf`.
 
     Attributes:
         prior: the fitted `MaternGMRF`.
-        nugget: fitted :math:`\\eta^2` (0 unless fitted).
+        nugget: fitted :math:`\eta^2` (0 unless fitted).
         noise_std: the known observation noise std the fit assumed.
         log_likelihood: maximised log marginal likelihood (nats, all fields).
         params: the fitted parameters by name (`range`, `std` or `kappa`, `tau`; `nugget`).
@@ -70,7 +71,10 @@ class GMRFFit:
     def describe(self) -> str:
         """One line: the parameters and the data they came from."""
         parts = ", ".join(f"{k} {v:.4g}" for k, v in self.params.items())
-        return f"GMRF alpha={self.prior.alpha} fitted to {self.source} ({self.num_fields} fields): {parts}"
+        return (
+            f"GMRF alpha={self.prior.alpha} fitted to {self.source} ({self.num_fields} fields): "
+            f"{parts}"
+        )
 
 
 def _groups(values: np.ndarray, observed: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -78,7 +82,7 @@ def _groups(values: np.ndarray, observed: np.ndarray | None) -> list[tuple[np.nd
     if observed is None:
         return [(np.arange(values.shape[1]), values)]
     out: dict[bytes, tuple[np.ndarray, list]] = {}
-    for row, mask in zip(values, observed):
+    for row, mask in zip(values, observed, strict=True):
         idx = np.flatnonzero(mask)
         out.setdefault(idx.tobytes(), (idx, []))[1].append(row[idx])
     return [(idx, np.stack(rows)) for idx, rows in out.values()]
@@ -113,7 +117,8 @@ def fit_gmrf(
         std_errors: also compute standard errors (about 4 p^2 more evaluations, p parameters).
         progress: a tqdm bar over likelihood evaluations.
         threads: likelihood evaluations run at once (the forward-difference gradient's p + 1
-            points; SuperLU releases the GIL), default the CPU count up to p + 1; 1 = serial.
+            points; SuperLU releases the GIL), default the CPU count up to p + 1, or 1 from
+            `PARDISO_MIN_NODES` nodes where PARDISO factors (with every core); 1 = serial.
             The result does not depend on it.
 
     Returns:
@@ -147,12 +152,18 @@ def fit_gmrf(
     size = math.sqrt(domain.total_area)
     if observed is None and n > COARSE_START_NODES and not init and fit_nugget:
         init = _coarse_start(
-            domain, values, alpha=alpha, noise_std=noise_std, mean=template.mean, progress=progress,
+            domain,
+            values,
+            alpha=alpha,
+            noise_std=noise_std,
+            mean=template.mean,
+            progress=progress,
             threads=threads,
         )
     if exact_density and not {"range", "std", "kappa", "tau"} & init.keys():
-        # without a nugget the profile fit is the exact optimum's neighbourhood; with one it is not (a
-        # white nugget pulls the noise-free range towards the grid spacing: 215 km for 1000 km at 0.5 deg)
+        # without a nugget the profile fit is the exact optimum's neighbourhood; with one it is not
+        # (a white nugget pulls the noise-free range towards the grid spacing: 215 km for 1000 km at
+        # 0.5 deg)
         init.update(_profile_start(template, values, size))
     if alpha == 1:
         names = ["kappa", "tau"]
@@ -240,8 +251,12 @@ def fit_gmrf(
     # are also capped in total nats (TOL_NATS per iteration, 1 nat per unit). The difference step
     # 1e-4 keeps the likelihood's rounding (~1e-3 nats on a million cells) out of the gradient;
     # its bias moves the optimum by ~5e-5 in log-parameters.
-    options = {"maxiter": 200, "ftol": min(1e-7, TOL_NATS / num_values), "gtol": min(1e-4, 1.0 / num_values),
-               "eps": 1e-4}
+    options = {
+        "maxiter": 200,
+        "ftol": min(1e-7, TOL_NATS / num_values),
+        "gtol": min(1e-4, 1.0 / num_values),
+        "eps": 1e-4,
+    }
     if fit_nugget and noise_var == 0:  # the scale has a closed form: two parameters left, not three
         _, tau0, nugget0 = unpack(np.array(x0))
         phi0 = np.array([x0[0], math.log(nugget0 * tau0**2)])
@@ -250,7 +265,7 @@ def fit_gmrf(
             value = profiled(phi)[0]
             return 1e300 if not np.isfinite(value) else -value / num_values
 
-        res = _lbfgsb(objective2, phi0, options, threads)
+        res = _lbfgsb(objective2, phi0, options, _workers(n, threads))
         theta = profiled(res.x)[1]
     else:
 
@@ -258,7 +273,7 @@ def fit_gmrf(
             value = log_likelihood(theta)
             return 1e300 if not np.isfinite(value) else -value / num_values
 
-        res = _lbfgsb(objective, np.array(x0), options, threads)
+        res = _lbfgsb(objective, np.array(x0), options, _workers(n, threads))
         theta = res.x
     errors: dict = {}
     if std_errors:
@@ -271,7 +286,7 @@ def fit_gmrf(
     bar.close()
     kappa, tau, nugget = unpack(theta)
     prior = template.with_params(kappa=kappa, tau=tau)
-    params = {name: math.exp(v) for name, v in zip(names, theta)}
+    params = {name: math.exp(v) for name, v in zip(names, theta, strict=True)}
     return GMRFFit(
         prior=prior,
         nugget=nugget,
@@ -287,9 +302,23 @@ def fit_gmrf(
     )
 
 
+def _workers(num_nodes: int, threads: int | None) -> int | None:
+    """Likelihood evaluations at once, for `_lbfgsb`.
+
+    `threads` if given; else one where PARDISO factors (it threads over every core itself, and
+    two evaluations at once would oversubscribe them); else None (p + 1 up to the CPU count).
+    """
+    if threads is not None:
+        return threads
+    return 1 if num_nodes >= PARDISO_MIN_NODES and pardiso_available() else None
+
+
 def _lbfgsb(objective, x0: np.ndarray, options: dict, threads: int | None):
-    """L-BFGS-B on `objective` with its forward-difference gradient (absolute step `options["eps"]`,
-    as scipy's own) evaluated at the p + 1 points at once on `threads` threads."""
+    """L-BFGS-B on `objective` with its forward-difference gradient evaluated in parallel.
+
+    The gradient uses an absolute step `options["eps"]`, as scipy's own, and is evaluated at the
+    p + 1 points at once on `threads` threads.
+    """
     workers = min(x0.size + 1, os.cpu_count() or 1) if threads is None else max(1, int(threads))
     eps = options["eps"]
 
@@ -298,11 +327,15 @@ def _lbfgsb(objective, x0: np.ndarray, options: dict, threads: int | None):
 
         def value_and_gradient(x):
             points = [x] + [x + eps * np.eye(x.size)[i] for i in range(x.size)]
-            values = list(pool.map(objective, points)) if workers > 1 else [objective(p) for p in points]
+            values = (
+                list(pool.map(objective, points)) if workers > 1 else [objective(p) for p in points]
+            )
             steps = np.array([points[i + 1][i] - x[i] for i in range(x.size)])
             return values[0], (np.array(values[1:]) - values[0]) / steps
 
-        return scipy.optimize.minimize(value_and_gradient, x0, jac=True, method="L-BFGS-B", options=opts)
+        return scipy.optimize.minimize(
+            value_and_gradient, x0, jac=True, method="L-BFGS-B", options=opts
+        )
 
 
 def coarser_problem(domain: Domain, fields: np.ndarray, mean=0.0):
@@ -322,8 +355,12 @@ def coarser_problem(domain: Domain, fields: np.ndarray, mean=0.0):
 
     if isinstance(domain, SphereGrid) and min(domain.shape) >= 8:
         coarse_domain = SphereGrid(domain.lat_deg[::2], domain.lon_deg[::2])
-        coarse_fields = fields.reshape(fields.shape[0], *domain.shape)[:, ::2, ::2].reshape(fields.shape[0], -1)
-        coarse_mean = mean if np.ndim(mean) == 0 else np.asarray(mean).reshape(domain.shape)[::2, ::2].ravel()
+        coarse_fields = fields.reshape(fields.shape[0], *domain.shape)[:, ::2, ::2].reshape(
+            fields.shape[0], -1
+        )
+        coarse_mean = (
+            mean if np.ndim(mean) == 0 else np.asarray(mean).reshape(domain.shape)[::2, ::2].ravel()
+        )
         return coarse_domain, coarse_fields, coarse_mean, 1.0
     try:
         step = domain.coarsen()
@@ -331,16 +368,27 @@ def coarser_problem(domain: Domain, fields: np.ndarray, mean=0.0):
         return None
     pool = step.pool_signal
     coarse_fields = pool(torch.from_numpy(np.ascontiguousarray(fields.T))[None]).numpy()[0].T
-    coarse_mean = mean if np.ndim(mean) == 0 else pool(torch.from_numpy(np.asarray(mean)[None, :, None]))[0, :, 0].numpy()
+    coarse_mean = (
+        mean
+        if np.ndim(mean) == 0
+        else pool(torch.from_numpy(np.asarray(mean)[None, :, None]))[0, :, 0].numpy()
+    )
     return step.domain, coarse_fields, coarse_mean, domain.num_nodes / step.domain.num_nodes
 
 
 def _coarse_start(
-    domain: Domain, fields: np.ndarray, *, alpha: int, noise_std: float, mean, progress: bool,
+    domain: Domain,
+    fields: np.ndarray,
+    *,
+    alpha: int,
+    noise_std: float,
+    mean,
+    progress: bool,
     threads: int | None,
 ) -> dict:
-    """Starting values from a fit to `coarser_problem` (range and std carry over between resolutions,
-    the nugget with the problem's factor).
+    """Starting values from a fit to `coarser_problem`.
+
+    Range and std carry over between resolutions, the nugget with the problem's factor.
 
     (A BFGS search at the fine level started from the coarse fit's curvature was tried and dropped:
     no fewer evaluations at 1 degree, more at 0.5, and at 0.25 it stopped 41 nats short.)
@@ -350,7 +398,12 @@ def _coarse_start(
         return {}
     coarse_domain, coarse_fields, coarse_mean, nugget_factor = coarser
     coarse = fit_gmrf(
-        coarse_domain, coarse_fields, alpha=alpha, noise_std=noise_std, mean=coarse_mean, progress=progress,
+        coarse_domain,
+        coarse_fields,
+        alpha=alpha,
+        noise_std=noise_std,
+        mean=coarse_mean,
+        progress=progress,
         threads=threads,
     )
     start = {k: v for k, v in coarse.params.items() if k != "nugget"}
@@ -359,7 +412,9 @@ def _coarse_start(
 
 
 def _profile_start(template: MaternGMRF, fields: np.ndarray, size: float) -> dict:
-    r"""A cheap first fit to complete fields without nugget: the range by a 1-D search, :math:`\tau` in closed form.
+    r"""A cheap first fit to complete fields without nugget.
+
+    The range is found by a 1-D search, :math:`\tau` in closed form.
 
     With :math:`Q = \tau^2\tilde Q(\kappa)` the noise-free log-likelihood of `B` fields is maximised
     over :math:`\tau` by :math:`\tau^2 = BN / \sum_b r_b^T\tilde Q r_b`; what remains needs only the

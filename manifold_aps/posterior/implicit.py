@@ -1,4 +1,4 @@
-r"""Implicit generator distilled with an integral KL (DAVI-style): one network pass per sample, no density.
+r"""Implicit generator distilled with an integral KL (DAVI-style): one pass per sample, no density.
 
 The generator maps a perturbed, lifted observation to a posterior sample,
 
@@ -18,7 +18,8 @@ Training uses observations only (clean signals only simulate `y`). Per observati
 gradient of :math:`\mathbb E_q[-\log p(y\mid x)] + \mathrm{IKL}(q\,\|\,p)` where the integral KL
 
 .. math::
-    \mathrm{IKL} = \int_{t_0}^{t_1} \tfrac{1}{t_1 - t_0}\,\mathrm{KL}\big(q_t(\cdot\mid y)\,\|\,p_t\big)\,dt,
+    \mathrm{IKL} = \int_{t_0}^{t_1} \tfrac{1}{t_1 - t_0}\,
+    \mathrm{KL}\big(q_t(\cdot\mid y)\,\|\,p_t\big)\,dt,
     \qquad \nabla_z = \mathbb E_{t,\epsilon}\Big[\tfrac{\alpha_t}{\sigma_t}\big(\epsilon_p(z_t, t)
     - \epsilon_\psi(z_t, t \mid y)\big)\Big],\ z_t = \alpha_t z + \sigma_t\epsilon,
 
@@ -70,7 +71,8 @@ class ImplicitConfig:
         width, depth: hidden channels and residual blocks of the generator and auxiliary networks.
         num_modes: Laplace-Beltrami modes of their spectral filters.
         cg_iterations: iterations of the first estimate.
-        dense_limit: domains up to this many nodes use the dense (Cholesky) estimate and noise shape.
+        dense_limit: domains up to this many nodes use the dense (Cholesky) estimate and noise
+            shape.
         t_min, t_max: the diffusion-time window of the integral KL.
         samples_per_observation: generator samples per observation in each training step.
         aux_weight: weight of the auxiliary score's DSM loss (it only trains the auxiliary network).
@@ -98,7 +100,9 @@ class ImplicitConfig:
 
     def __post_init__(self):
         if not 0 < self.t_min < self.t_max <= 1:
-            raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
+            raise ValueError(
+                f"need 0 < t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}"
+            )
         if self.samples_per_observation < 1 or self.width < 1 or self.depth < 1:
             raise ValueError("samples_per_observation, width and depth must be >= 1")
 
@@ -136,16 +140,29 @@ class ImplicitGenerator(ConditionedEngine):
 
     AUX_CONTEXT = 2  # log sigma_t, alpha_t
 
-    def __init__(self, domain: Domain, channels: int, prior, noise: GaussianNoise, config: ImplicitConfig | None = None):
+    def __init__(
+        self,
+        domain: Domain,
+        channels: int,
+        prior,
+        noise: GaussianNoise,
+        config: ImplicitConfig | None = None,
+    ):
         config = config or ImplicitConfig()
         super().__init__(domain, channels, prior, noise, config.cg_iterations, config.dense_limit)
         self.config = config
         self.graph = DomainTensors(domain, config.num_modes, num_positional=0)
         feats = self.num_features + channels
         self.generator = GraphConditioner(feats, channels, self.CONTEXT, config.width, config.depth)
-        # the auxiliary score also sees z_t, its offset from the diffused estimate in noise units and
-        # the prior's own noise prediction, so that the residual it learns is nearly pointwise
-        self.aux = GraphConditioner(feats + 2 * channels, channels, self.CONTEXT + self.AUX_CONTEXT, config.width, config.depth)
+        # the auxiliary score also sees z_t, its offset from the diffused estimate in noise units
+        # and the prior's own noise prediction, so that the residual it learns is nearly pointwise
+        self.aux = GraphConditioner(
+            feats + 2 * channels,
+            channels,
+            self.CONTEXT + self.AUX_CONTEXT,
+            config.width,
+            config.depth,
+        )
 
     def generator_parameters(self):
         """Parameters of the generator (the first estimate included), not of the auxiliary score."""
@@ -153,10 +170,17 @@ class ImplicitGenerator(ConditionedEngine):
 
     def optimizer_groups(self):
         """For the `Trainer`: the generator at `generator_lr_scale`, the auxiliary score at 1."""
-        return [(self.generator_parameters(), self.config.generator_lr_scale), (list(self.aux.parameters()), 1.0)]
+        return [
+            (self.generator_parameters(), self.config.generator_lr_scale),
+            (list(self.aux.parameters()), 1.0),
+        ]
 
     def _shaped_noise(self, enc: ObservationEncoding, n: int, generator, dtype) -> torch.Tensor:
-        """`B xi` `(n, B, N, C)`: noise with the first estimate's posterior covariance (or its diagonal)."""
+        """`B xi` `(n, B, N, C)`: noise shaped by the first estimate's posterior covariance.
+
+        The full covariance where the estimate has Cholesky factors (dense), else its diagonal
+        (the log variance proxy), else white noise.
+        """
         b, nn_, c = enc.features.shape[0], self.domain.num_nodes, self.channels
         xi = torch.randn(n, b, nn_, c, generator=generator, dtype=dtype)
         if enc.cholesky is not None:
@@ -176,34 +200,60 @@ class ImplicitGenerator(ConditionedEngine):
         shaped = self._shaped_noise(enc, n, generator, dtype)
         base = shaped if enc.estimate is None else enc.estimate[None] + shaped
         b = enc.features.shape[0]
-        feats = torch.cat([enc.features[None].expand(n, -1, -1, -1), shaped], dim=-1).reshape(n * b, self.domain.num_nodes, -1)
+        feats = torch.cat([enc.features[None].expand(n, -1, -1, -1), shaped], dim=-1).reshape(
+            n * b, self.domain.num_nodes, -1
+        )
         context = enc.context.repeat(n, 1)
-        residual = self.generator(feats, context, self.graph).reshape(n, b, self.domain.num_nodes, self.channels)
+        residual = self.generator(feats, context, self.graph).reshape(
+            n, b, self.domain.num_nodes, self.channels
+        )
         return base + residual, enc
 
     def aux_residual(
-        self, z_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, eps_prior: torch.Tensor, enc: ObservationEncoding, n: int
+        self,
+        z_t: torch.Tensor,
+        alpha: torch.Tensor,
+        sigma: torch.Tensor,
+        eps_prior: torch.Tensor,
+        enc: ObservationEncoding,
+        n: int,
     ) -> torch.Tensor:
-        """:math:`r_\\psi = \\epsilon_\\psi - \\epsilon_p` `(n*B, N, C)` at `z_t` `(n*B, N, C)` (sample-major),
-        with the schedule's `alpha`, `sigma` `(n*B,)` and the prior's noise prediction there."""
-        est = enc.estimate.detach().repeat(n, 1, 1) if enc.estimate is not None else torch.zeros_like(z_t)
+        r"""The auxiliary residual :math:`r_\psi = \epsilon_\psi - \epsilon_p` `(n*B, N, C)`.
+
+        It is evaluated at `z_t` `(n*B, N, C)` (sample-major), with the schedule's `alpha`, `sigma`
+        `(n*B,)` and the prior's noise prediction there.
+        """
+        est = (
+            enc.estimate.detach().repeat(n, 1, 1)
+            if enc.estimate is not None
+            else torch.zeros_like(z_t)
+        )
         offset = (z_t - alpha[:, None, None] * est) / sigma[:, None, None]
         feats = torch.cat([enc.features.detach().repeat(n, 1, 1), z_t, offset, eps_prior], dim=-1)
-        context = torch.cat([enc.context.detach().repeat(n, 1), torch.log(sigma)[:, None], alpha[:, None]], dim=1)
+        context = torch.cat(
+            [enc.context.detach().repeat(n, 1), torch.log(sigma)[:, None], alpha[:, None]], dim=1
+        )
         return self.aux(feats, context, self.graph)
 
     @torch.no_grad()
-    def sample(self, y: torch.Tensor, operator: LinearOperator, n: int, *, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Posterior samples `(n, B, N, C)` in physical units (engine interface); one pass each."""
         return self.from_z(self.generate_z(y, operator, n, generator=rng)[0])
 
 
 class IntegralKLObjective(DistillationObjective):
-    """The implicit generator's training objective for the shared `Trainer`.
+    r"""The implicit generator's training objective for the shared `Trainer`.
 
     Each step draws simulated observations, `S` generator samples each, and returns (per dimension)
 
-    * the integral-KL surrogate :math:`\\langle \\mathrm{sg}[\\nabla_z\\mathrm{IKL}], z\\rangle` (its
+    * the integral-KL surrogate :math:`\langle \mathrm{sg}[\nabla_z\mathrm{IKL}], z\rangle` (its
       gradient is the integral-KL gradient, see the module docstring) minus `w` times the
       log-likelihood of the samples, for the generator;
     * `aux_weight` times the DSM loss of the auxiliary score on the detached samples, for it.
@@ -223,11 +273,16 @@ class IntegralKLObjective(DistillationObjective):
     def _times(self, count: int, generator, dtype) -> torch.Tensor:
         """Stratified uniform times in `[t_min, t_max]`, `(count,)`."""
         cfg = self.model.config
-        u = (torch.arange(count, dtype=dtype) + torch.rand(count, generator=generator, dtype=dtype)) / count
+        u = (
+            torch.arange(count, dtype=dtype) + torch.rand(count, generator=generator, dtype=dtype)
+        ) / count
         return cfg.t_min + (cfg.t_max - cfg.t_min) * u[torch.randperm(count, generator=generator)]
 
     def terms(self, y, operator, generator) -> dict[str, torch.Tensor]:
-        """Per-sample pieces `(S*B,)`: `ikl` surrogate, `loglik`, `dsm`, and the samples `x` (physical)."""
+        """Per-sample pieces `(S*B,)`: `ikl` surrogate, `loglik`, `dsm`; and the samples `x`.
+
+        The samples are in physical units.
+        """
         engine, sde = self.model, self.prior.sde
         s = engine.config.samples_per_observation
         z, enc = engine.generate_z(y, operator, s, generator=generator)
@@ -257,6 +312,7 @@ class IntegralKLObjective(DistillationObjective):
         return {"ikl": ikl, "loglik": loglik, "dsm": dsm, "x": x}
 
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
+        """The loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`."""
         g = step_generator(self.seed, step)
         batch = self.observations.batch(g, self.batch_size).slice(slice(start, stop))
         operator = batch.operator(self.model.domain)
@@ -277,8 +333,15 @@ def implicit_recipe():
         kind=KIND,
         config_key="implicit",
         config_cls=ImplicitConfig,
-        build=lambda domain, channels, prior, noise, settings, seed: ImplicitGenerator(domain, channels, prior, noise, settings),
+        build=lambda domain, channels, prior, noise, settings, seed: ImplicitGenerator(
+            domain, channels, prior, noise, settings
+        ),
         objective=lambda engine, prior, observations, config: IntegralKLObjective(
-            engine, prior, observations, total_steps=config.steps, batch_size=config.batch_size, seed=config.seed
+            engine,
+            prior,
+            observations,
+            total_steps=config.steps,
+            batch_size=config.batch_size,
+            seed=config.seed,
         ),
     )

@@ -128,8 +128,10 @@ def bridge_coefficients(lab_l, lab_t, lab_s, eta: float = 1.0):
     the DDPM posterior. Everything in float64 from the log-alpha-bars.
 
     Arguments:
-        lab_l, lab_t, lab_s: :math:`\log\bar\alpha` at the three times (0-d or `(B,)`;
-            :math:`\log\bar\alpha = 0` is the clean signal).
+        lab_l: :math:`\log\bar\alpha` at `l` (0-d or `(B,)`; :math:`\log\bar\alpha = 0` is the
+            clean signal).
+        lab_t: :math:`\log\bar\alpha` at `t` (likewise).
+        lab_s: :math:`\log\bar\alpha` at `s` (likewise).
         eta: 0 (deterministic, DDIM) to 1 (DDPM).
 
     Returns:
@@ -235,8 +237,10 @@ class MGDMProblem:
         """The inner VI loss of one Monte Carlo sample, per signal (see the module docstring).
 
         Arguments:
-            mu, rho: variational mean and log-std `(B', N, C)`.
-            m, sd: bridge prior mean `(B', N, C)` and std (0-d or `(B', 1, 1)`).
+            mu: variational mean `(B', N, C)`.
+            rho: variational log-std `(B', N, C)`.
+            m: bridge prior mean `(B', N, C)`.
+            sd: bridge prior std (0-d or `(B', 1, 1)`).
             s: the midpoint time (0-d or `(B',)`, float64).
             eps: standard normal noise `(B', N, C)`.
 
@@ -598,7 +602,6 @@ class MGDM(DrivenSampler):
         return rule
 
 
-
 def check_grid(steps: int, t_min: float) -> None:
     """Raise a clear ValueError for a bad grid."""
     if not isinstance(steps, int) or steps < 3:
@@ -614,8 +617,10 @@ def prior_dtype(prior, y: torch.Tensor) -> torch.dtype:
 
 
 def run_driver(sampler, y: torch.Tensor, operator: LinearOperator, n: int, generator) -> MGDMOutput:
-    """Run `mgdm_drive` for `n` samples of each observation with `sampler`'s `_init`,
-    `_inner_steps`, `_midpoint_rule`, `lr`, `timesteps()`, `prior`, `noise` and `max_batch`.
+    """Run `mgdm_drive` for `n` samples of each observation with `sampler`'s settings.
+
+    The settings are `sampler`'s `_init`, `_inner_steps`, `_midpoint_rule`, `lr`, `timesteps()`,
+    `prior`, `noise` and `max_batch`.
 
     The copies are batched sample-major (`n` copies of the batch of `y`) in chunks of at most
     `max_batch` signals (one by one when the operator cannot be repeated).

@@ -61,7 +61,7 @@ class ObservationBatch:
 
 
 class SimulatedObservations:
-    """Observations `y = m * (x + sigma * eps)` of signals from a source, with masks from a generator.
+    """Observations `y = m * (x + sigma * eps)` of signals from a source, masks from a generator.
 
     Arguments:
         source: an object with `batch(generator, n)` giving clean signals `(n, N, C)` (a

@@ -1,4 +1,4 @@
-"""Measure an engine against the exact Gaussian posterior: KL per dimension and interval coverage."""
+"""Measure an engine against the exact Gaussian posterior: KL per dimension, interval coverage."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from manifold_aps.posterior.gaussian import ExactGaussianPosterior
 from manifold_aps.posterior.observations import ObservationBatch
 from manifold_aps.priors.gaussian import GaussianPrior
 
-__all__ = ["SampleYardstick", "YardstickResult", "gaussian_w2", "gaussian_yardstick", "sample_yardstick"]
+__all__ = [
+    "SampleYardstick",
+    "YardstickResult",
+    "gaussian_w2",
+    "gaussian_yardstick",
+    "sample_yardstick",
+]
 
 
 @dataclass
@@ -37,16 +43,27 @@ class YardstickResult:
 
 @torch.no_grad()
 def gaussian_yardstick(
-    engine, prior: GaussianPrior, noise: GaussianNoise, batch: ObservationBatch, *, num_samples: int = 256,
-    generator=None, chunk: int = 32,
+    engine,
+    prior: GaussianPrior,
+    noise: GaussianNoise,
+    batch: ObservationBatch,
+    *,
+    num_samples: int = 256,
+    generator=None,
+    chunk: int = 32,
 ) -> YardstickResult:
-    r"""KL(q || p(x|y)) estimated as :math:`\frac{1}{D}\mathbb{E}_q[\log q(x|y) - \log p(x|y)]` with
-    `num_samples` draws of `q` per observation (needs `engine.sample_and_log_prob`), plus coverage."""
+    r"""KL(q || p(x|y)) per dimension and interval coverage of an engine on `batch`.
+
+    The KL is estimated as :math:`\frac{1}{D}\mathbb{E}_q[\log q(x|y) - \log p(x|y)]` with
+    `num_samples` draws of `q` per observation (needs `engine.sample_and_log_prob`).
+    """
     operator = batch.operator(prior.domain)
     exact = ExactGaussianPosterior(prior, noise).condition(batch.y.double(), operator)
     xs, lqs = [], []
     for start in range(0, num_samples, chunk):  # bounded memory: chunk samples per pass
-        x, logq = engine.sample_and_log_prob(batch.y, operator, min(chunk, num_samples - start), generator=generator)
+        x, logq = engine.sample_and_log_prob(
+            batch.y, operator, min(chunk, num_samples - start), generator=generator
+        )
         xs.append(x.double())
         lqs.append(logq.double())
     x, logq = torch.cat(xs), torch.cat(lqs)
@@ -75,7 +92,8 @@ def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
 def gaussian_w2(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     r"""Wasserstein-2 distance between the Gaussian fit of `samples` and :math:`N(\mu, \Sigma)`.
 
-    :math:`W_2^2 = \|m - \mu\|^2 + \mathrm{tr}\big(C + \Sigma - 2(\Sigma^{1/2}C\Sigma^{1/2})^{1/2}\big)`
+    :math:`W_2^2 = \|m - \mu\|^2
+    + \mathrm{tr}\big(C + \Sigma - 2(\Sigma^{1/2}C\Sigma^{1/2})^{1/2}\big)`
     with the samples' mean `m` and unbiased covariance `C` (Euclidean, on node values). The
     estimate is biased upwards by the sampling error of `m` and `C`: compare with the value for
     the same number of exact samples (`sample_yardstick` reports both).
@@ -105,7 +123,8 @@ class SampleYardstick:
             posterior, per observation `(B,)` (signal units).
         exact_w2_per_dim: the same for as many exact posterior samples: the estimator's floor.
         std_ratio: mean over nodes of the samples' std over the exact posterior std, `(B,)`.
-        coverage_90: area-weighted coverage of held-out truths by the samples' central 90 % interval.
+        coverage_90: area-weighted coverage of held-out truths by the samples' central 90 %
+            interval.
         exact_coverage_90: the same for exact samples.
         mean_rmse_vs_exact: RMSE between the sample mean and the exact posterior mean.
     """
@@ -120,22 +139,36 @@ class SampleYardstick:
 
 @torch.no_grad()
 def sample_yardstick(
-    engine, prior: GaussianPrior, noise: GaussianNoise, batch: ObservationBatch, *, num_samples: int = 1024,
-    generator=None, chunk: int = 64,
+    engine,
+    prior: GaussianPrior,
+    noise: GaussianNoise,
+    batch: ObservationBatch,
+    *,
+    num_samples: int = 1024,
+    generator=None,
+    chunk: int = 64,
 ) -> SampleYardstick:
-    """W2 of Gaussian fits, std ratio and coverage for any engine with `sample(y, A, n, rng=)`
-    (single channel). Use `num_samples` well above `N` for a meaningful covariance fit."""
+    """W2 of Gaussian fits, std ratio and coverage for any engine with `sample(y, A, n, rng=)`.
+
+    Single channel. Use `num_samples` well above `N` for a meaningful covariance fit.
+    """
     operator = batch.operator(prior.domain)
     exact = ExactGaussianPosterior(prior, noise).condition(batch.y.double(), operator)
-    x = torch.cat([
-        engine.sample(batch.y, operator, min(chunk, num_samples - s), rng=generator).double()
-        for s in range(0, num_samples, chunk)
-    ])
+    x = torch.cat(
+        [
+            engine.sample(batch.y, operator, min(chunk, num_samples - s), rng=generator).double()
+            for s in range(0, num_samples, chunk)
+        ]
+    )
     ex = exact.sample(num_samples, rng=generator)
     cov = exact.covariance()
     dims = x.shape[2]
-    w2 = torch.stack([gaussian_w2(x[:, b, :, 0], exact.mean[b, :, 0], cov[b, 0]) for b in range(x.shape[1])])
-    w2_ex = torch.stack([gaussian_w2(ex[:, b, :, 0], exact.mean[b, :, 0], cov[b, 0]) for b in range(x.shape[1])])
+    w2 = torch.stack(
+        [gaussian_w2(x[:, b, :, 0], exact.mean[b, :, 0], cov[b, 0]) for b in range(x.shape[1])]
+    )
+    w2_ex = torch.stack(
+        [gaussian_w2(ex[:, b, :, 0], exact.mean[b, :, 0], cov[b, 0]) for b in range(x.shape[1])]
+    )
     w = prior.domain.mass
     lo, hi = central_interval(x, 0.9)
     elo, ehi = central_interval(ex, 0.9)

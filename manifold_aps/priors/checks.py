@@ -24,7 +24,11 @@ def reference_in_normalized_space(reference: GaussianPrior, prior: ScorePrior) -
             "smoothness": reference.smoothness,
         }
     return GaussianPrior(
-        reference.domain, **shape, nugget=reference.nugget / sd**2, mean=(reference.mean - mu) / sd, sde=prior.sde
+        reference.domain,
+        **shape,
+        nugget=reference.nugget / sd**2,
+        mean=(reference.mean - mu) / sd,
+        sde=prior.sde,
     )
 
 
@@ -47,14 +51,18 @@ def score_relative_error(
     out = []
     for t in times:
         t = torch.as_tensor(t, dtype=torch.float64)
-        zt = exact.sde.scale_t(t) * z + exact.sde.sigma_t(t) * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        zt = exact.sde.scale_t(t) * z + exact.sde.sigma_t(t) * torch.randn(
+            z.shape, generator=generator, dtype=z.dtype
+        )
         s_true = exact.score(zt, t)
         s_model = prior.score(zt.float(), t.float()).double()
         out.append(((s_model - s_true).pow(2).sum() / s_true.pow(2).sum()).sqrt())
     return torch.stack(out)
 
 
-def band_power(domain, x: torch.Tensor, num_modes: int, bands: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def band_power(
+    domain, x: torch.Tensor, num_modes: int, bands: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Mean power of signals `x` `(B, N, 1)` in bands of Laplace-Beltrami modes 1..K-1.
 
     Coefficients :math:`a_k = \phi_k^T M x`; bands are equal-count groups of consecutive modes
@@ -65,4 +73,6 @@ def band_power(domain, x: torch.Tensor, num_modes: int, bands: int = 8) -> tuple
     coef = torch.einsum("nk,n,bn->bk", phi, domain.mass, x[..., 0].double())[:, 1:]
     power = coef.pow(2).mean(0)
     groups = torch.tensor_split(torch.arange(num_modes - 1), bands)
-    return torch.stack([lam[1:][g].mean() for g in groups]), torch.stack([power[g].mean() for g in groups])
+    return torch.stack([lam[1:][g].mean() for g in groups]), torch.stack(
+        [power[g].mean() for g in groups]
+    )

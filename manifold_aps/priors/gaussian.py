@@ -18,7 +18,14 @@ from torch import nn
 from manifold_aps.geometry import Domain
 from manifold_aps.priors.sde import VPSDE
 
-__all__ = ["DENSE_MAX_NODES", "MULTIPOLE_RULES", "GaussianPrior", "MaternFit", "fit_matern", "mode_multipoles"]
+__all__ = [
+    "DENSE_MAX_NODES",
+    "MULTIPOLE_RULES",
+    "GaussianPrior",
+    "MaternFit",
+    "fit_matern",
+    "mode_multipoles",
+]
 
 DENSE_MAX_NODES = 6000  # the dense representation needs O(N^2) memory and O(N^3) set-up
 
@@ -71,10 +78,10 @@ def mode_multipoles(eigenvalues: torch.Tensor, rule: str = "order") -> torch.Ten
 
     Rules (`MULTIPOLE_RULES`):
 
-    * ``"order"``: the `k`-th mode in ascending order of eigenvalue has :math:`l = \lfloor\sqrt k\rfloor`,
-      the count of spherical harmonics (:math:`(l+1)^2` of them up to degree `l`). It needs only
-      the order of the eigenvalues, so it stays right on a discrete sphere whose eigenvalues fall
-      below :math:`l(l+1)` as `l` grows.
+    * ``"order"``: the `k`-th mode in ascending order of eigenvalue has
+      :math:`l = \lfloor\sqrt k\rfloor`, the count of spherical harmonics (:math:`(l+1)^2` of them
+      up to degree `l`). It needs only the order of the eigenvalues, so it stays right on a
+      discrete sphere whose eigenvalues fall below :math:`l(l+1)` as `l` grows.
     * ``"eigenvalue"``: :math:`l = \mathrm{round}((\sqrt{1 + 4\lambda} - 1)/2)`, the inverse of
       :math:`\lambda = l(l+1)`; exact on the continuous sphere only. On HEALPix nside 16 the 81
       modes of degree 40 have eigenvalues 983-1006 instead of 1640, so this rule puts them near
@@ -101,8 +108,8 @@ class GaussianPrior(nn.Module):
     variance :math:`\sigma^2` (average over the surface), length scale :math:`\ell` (units of the
     domain's positions: radians on the unit sphere), smoothness :math:`\nu`, plus an optional
     white-noise component of variance `nugget` at a cell of average area (white with respect to
-    area: :math:`\tau^2\bar m M^{-1}`, so :math:`s_k \mathrel{+}= \tau^2 \bar m`). Densities are with
-    respect to Lebesgue measure on the node values :math:`\mathbb{R}^{N}` (per channel).
+    area: :math:`\tau^2\bar m M^{-1}`, so :math:`s_k \mathrel{+}= \tau^2 \bar m`). Densities are
+    with respect to Lebesgue measure on the node values :math:`\mathbb{R}^{N}` (per channel).
 
     Instead of the Matérn parameters, `spectrum` may give the variance :math:`s_k` of every mode
     directly (any isotropic law of the domain's geometry); `from_angular_power` builds it on the
@@ -167,30 +174,46 @@ class GaussianPrior(nn.Module):
         else:
             given = [k for k, v in matern.items() if v is not None]
             if given:
-                raise ValueError(f"spectrum replaces variance, length_scale and smoothness; got spectrum and {given}")
+                raise ValueError(
+                    "spectrum replaces variance, length_scale and smoothness; "
+                    f"got spectrum and {given}"
+                )
             spectrum = torch.as_tensor(spectrum, dtype=torch.float64).detach().clone()
             if spectrum.shape != (domain.num_nodes,):
-                raise ValueError(f"spectrum must have shape (N={domain.num_nodes},), got {tuple(spectrum.shape)}")
+                raise ValueError(
+                    f"spectrum must have shape (N={domain.num_nodes},), got {tuple(spectrum.shape)}"
+                )
             if not torch.all(torch.isfinite(spectrum)) or bool((spectrum < 0).any()):
                 raise ValueError("spectrum must be finite and >= 0 on every mode")
             self.custom_spectrum = spectrum
-        self.variance = float(spectrum.sum() / domain.total_area) if spectrum is not None else float(matern["variance"])
+        self.variance = (
+            float(spectrum.sum() / domain.total_area)
+            if spectrum is not None
+            else float(matern["variance"])
+        )
         self.length_scale = None if spectrum is not None else float(matern["length_scale"])
         self.smoothness = None if spectrum is not None else float(matern["smoothness"])
         self.sde = sde if sde is not None else VPSDE()
         mean = torch.as_tensor(mean, dtype=torch.float64)
         if mean.dim() not in (0, 2) or (mean.dim() == 2 and mean.shape[0] != domain.num_nodes):
-            raise ValueError(f"mean must be a number or a tensor (N={domain.num_nodes}, C), got {tuple(mean.shape)}")
+            raise ValueError(
+                f"mean must be a number or a tensor (N={domain.num_nodes}, C), "
+                f"got {tuple(mean.shape)}"
+            )
         self.register_buffer("mean", mean)
         lam, phi = domain.eigenbasis(domain.num_nodes)
         m = domain.mass
         if self.custom_spectrum is None:
-            s = matern_spectrum(lam, self.variance, self.length_scale, self.smoothness, domain.total_area)
+            s = matern_spectrum(
+                lam, self.variance, self.length_scale, self.smoothness, domain.total_area
+            )
         else:
             s = self.custom_spectrum.clone()
         s = s + self.nugget * m.mean()
         if not bool((s > 0).all()):
-            raise ValueError("spectrum + nugget must be > 0 on every mode (add a nugget for modes of variance 0)")
+            raise ValueError(
+                "spectrum + nugget must be > 0 on every mode (add a nugget for modes of variance 0)"
+            )
         # C = Phi diag(s) Phi^T = root root^T; sampling needs only `root`.
         self.register_buffer("root", phi * s.sqrt())
         self.register_buffer("spectrum", s)
@@ -258,7 +281,9 @@ class GaussianPrior(nn.Module):
             cl: :math:`C_l` for `l = 0, 1, ...`, at least up to the largest multipole of the
                 domain's modes, each >= 0.
             rule: a key of `MULTIPOLE_RULES`.
-            nugget, mean, sde: as for the constructor.
+            nugget: white-noise variance, as for the constructor.
+            mean: a number or a tensor `(N, C)`, as for the constructor.
+            sde: the diffusion, as for the constructor.
 
         Example:
             >>> from manifold_aps.geometry import HealpixSphere
@@ -268,21 +293,27 @@ class GaussianPrior(nn.Module):
             [1.0, 0.25, 0.25, 0.25, 0.1111]
         """
         if abs(domain.total_area - 4 * math.pi) > 1e-6 * 4 * math.pi:
-            raise ValueError(f"from_angular_power needs a unit sphere (area 4 pi), got {domain!r} of area {domain.total_area:.6g}")
+            raise ValueError(
+                "from_angular_power needs a unit sphere (area 4 pi), "
+                f"got {domain!r} of area {domain.total_area:.6g}"
+            )
         check_dense_size(domain)
         cl = torch.as_tensor(np.asarray(cl, dtype=np.float64))
         if cl.dim() != 1:
-            raise ValueError(f"cl must be one-dimensional (C_0, C_1, ...), got shape {tuple(cl.shape)}")
+            raise ValueError(
+                f"cl must be one-dimensional (C_0, C_1, ...), got shape {tuple(cl.shape)}"
+            )
         lam, _ = domain.eigenbasis(domain.num_nodes)
         ell = mode_multipoles(lam, rule)
         if int(ell.max()) >= cl.shape[0]:
             raise ValueError(
-                f"cl must cover l = 0..{int(ell.max())} for the {domain.num_nodes} modes of {domain!r}, "
-                f"got l = 0..{cl.shape[0] - 1}"
+                f"cl must cover l = 0..{int(ell.max())} "
+                f"for the {domain.num_nodes} modes of {domain!r}, got l = 0..{cl.shape[0] - 1}"
             )
         return cls(domain, spectrum=cl[ell], nugget=nugget, mean=mean, sde=sde)
 
     def extra_repr(self) -> str:
+        """The domain and the spectrum's parameters, for `repr`."""
         if self.custom_spectrum is not None:
             return (
                 f"domain={self.domain!r}, spectrum=({self.custom_spectrum.shape[0]} modes), "
@@ -295,7 +326,10 @@ class GaussianPrior(nn.Module):
         )
 
     def config(self) -> dict:
-        """Hyper-parameters, for checkpoints and `history` attributes (`GaussianPrior(domain, **config)`)."""
+        """Hyper-parameters, for checkpoints and `history` attributes.
+
+        `GaussianPrior(domain, **config)` rebuilds the prior.
+        """
         if self.custom_spectrum is not None:
             return {"spectrum": self.custom_spectrum.tolist(), "nugget": self.nugget}
         return {
@@ -312,7 +346,9 @@ class GaussianPrior(nn.Module):
         """The covariance `C` of one channel, shape `(N, N)`, float64."""
         return self.root @ self.root.T
 
-    def sample(self, n: int, *, channels: int = 1, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, *, channels: int = 1, rng: torch.Generator | None = None
+    ) -> torch.Tensor:
         """`n` independent draws, shape `(n, N, channels)`, float64."""
         z = torch.randn(n, self.domain.num_nodes, channels, generator=rng, dtype=torch.float64)
         x = torch.einsum("nk,bkc->bnc", self.root, z)
@@ -320,7 +356,10 @@ class GaussianPrior(nn.Module):
 
     def _diffused_log_prob_and_score(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
         u = self.cov_eigenvectors.to(x.dtype)
-        var = a[:, None, None] ** 2 * self.cov_eigenvalues.to(x.dtype)[None, :, None] + s[:, None, None] ** 2
+        var = (
+            a[:, None, None] ** 2 * self.cov_eigenvalues.to(x.dtype)[None, :, None]
+            + s[:, None, None] ** 2
+        )
         r = x - a[:, None, None] * self._mean_like(x)
         coef = torch.einsum("nk,bnc->bkc", u, r)
         score = -torch.einsum("nk,bkc->bnc", u, coef / var)
@@ -450,7 +489,11 @@ def fit_matern(
     k_nu = 2 if smoothness is None else None
 
     def unpack(theta):
-        nu = torch.tensor(smoothness, dtype=torch.float64) if k_nu is None else torch.exp(theta[k_nu])
+        nu = (
+            torch.tensor(smoothness, dtype=torch.float64)
+            if k_nu is None
+            else torch.exp(theta[k_nu])
+        )
         nugget = torch.exp(theta[-1]) if fit_nugget else torch.zeros((), dtype=torch.float64)
         return torch.exp(theta[0]), torch.exp(theta[1]), nu, nugget
 
@@ -470,7 +513,9 @@ def fit_matern(
     if fit_nugget:
         x0.append(math.log(max(var0, 1e-12) * 1e-2))
         bounds.append((math.log(max(var0, 1e-12) * 1e-8), None))
-    res = scipy.optimize.minimize(objective, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds)
+    res = scipy.optimize.minimize(
+        objective, np.array(x0), jac=True, method="L-BFGS-B", bounds=bounds
+    )
     var, ls, nu, nugget = (float(v) for v in unpack(torch.tensor(res.x)))
     prior = GaussianPrior(
         domain, variance=var, length_scale=ls, smoothness=nu, nugget=nugget, mean=mean, sde=sde

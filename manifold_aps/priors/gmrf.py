@@ -35,7 +35,9 @@ ALPHAS = (1, 2, 3)
 
 
 def matern_kappa_tau(range_: float, std: float, alpha: int) -> tuple[float, float]:
-    r""":math:`(\kappa, \tau)` of the field with practical range :math:`\rho` and marginal std :math:`\sigma` (:math:`\alpha \ge 2`).
+    r""":math:`(\kappa, \tau)` of the field of given practical range and marginal std.
+
+    The range :math:`\rho` and std :math:`\sigma` define fields with :math:`\alpha \ge 2`.
 
     Example:
         >>> kappa, tau = matern_kappa_tau(0.5, 2.0, 2)
@@ -53,7 +55,9 @@ def matern_kappa_tau(range_: float, std: float, alpha: int) -> tuple[float, floa
 
 
 class MaternGMRF:
-    r"""The Whittle-Matérn GMRF :math:`x \sim N(\mu, Q^{-1})` on a domain; channels independent and alike.
+    r"""The Whittle-Matérn GMRF :math:`x \sim N(\mu, Q^{-1})` on a domain.
+
+    Channels are independent and alike.
 
     Arguments:
         domain: any `Domain` (its `stiffness()` and `mass` define `K`).
@@ -88,12 +92,18 @@ class MaternGMRF:
         self.mean = mean
         self._mass = domain.mass.numpy()
         self._stiffness = domain.stiffness().tocsc()
+        # log det K by kappa, shared by `with_params` copies (a likelihood search varies the nugget
+        # at a fixed kappa); the same number either way, only the time differs
+        self._log_det_k: dict[float, float] = {}
 
     @classmethod
     def from_range(
         cls, domain: Domain, *, range_: float, std: float, alpha: int = 2, mean=0.0
     ) -> MaternGMRF:
-        r"""The field of practical range :math:`\rho` (domain length units) and marginal std :math:`\sigma` (:math:`\alpha \ge 2`)."""
+        r"""The field of practical range :math:`\rho` and marginal std :math:`\sigma`.
+
+        The range is in domain length units; :math:`\alpha \ge 2`.
+        """
         kappa, tau = matern_kappa_tau(range_, std, alpha)
         return cls(domain, alpha=alpha, kappa=kappa, tau=tau, mean=mean)
 
@@ -105,7 +115,10 @@ class MaternGMRF:
 
     @property
     def range(self) -> float:
-        r"""Practical range :math:`\sqrt{8\nu}/\kappa` (:math:`1/\kappa` for :math:`\alpha = 1`), domain length units."""
+        r"""Practical range :math:`\sqrt{8\nu}/\kappa`, domain length units.
+
+        It is :math:`1/\kappa` for :math:`\alpha = 1`.
+        """
         nu = self.smoothness
         return math.sqrt(8 * nu) / self.kappa if nu > 0 else 1.0 / self.kappa
 
@@ -131,7 +144,10 @@ class MaternGMRF:
         )
 
     def with_params(self, *, kappa: float, tau: float) -> MaternGMRF:
-        """The same field family on the same domain with other :math:`\\kappa, \\tau` (shares the FEM matrices)."""
+        r"""The same field family on the same domain with other :math:`\kappa, \tau`.
+
+        It shares the FEM matrices.
+        """
         other = object.__new__(type(self))
         other.__dict__.update(self.__dict__)
         if not (kappa > 0 and tau > 0 and math.isfinite(kappa) and math.isfinite(tau)):
@@ -155,9 +171,17 @@ class MaternGMRF:
         return ((q + q.T) * 0.5).tocsc()
 
     def log_det_precision(self) -> float:
-        r""":math:`\log\det Q = 2N\log\tau + \alpha\log\det K - (\alpha - 1)\log\det M` (one factorisation of `K`)."""
+        r""":math:`\log\det Q = 2N\log\tau + \alpha\log\det K - (\alpha - 1)\log\det M`.
+
+        It needs one factorisation of `K` per :math:`\kappa` (kept for the `with_params` family).
+        """
         n = self.domain.num_nodes
-        log_k = SparseCholesky(self.operator_k()).logdet()
+        log_k = self._log_det_k.get(self.kappa)
+        if log_k is None:
+            log_k = SparseCholesky(self.operator_k()).logdet()
+            if len(self._log_det_k) >= 64:
+                self._log_det_k.clear()
+            self._log_det_k[self.kappa] = log_k
         return (
             2 * n * math.log(self.tau)
             + self.alpha * log_k
@@ -165,7 +189,11 @@ class MaternGMRF:
         )
 
     def spectrum(self, eigenvalues) -> np.ndarray:
-        r"""Variances :math:`\tau^{-2}(\kappa^2 + \lambda_k)^{-\alpha}` of the mass-orthonormal eigenfunctions (for the dense `GaussianPrior(spectrum=...)`)."""
+        r"""Variances :math:`\tau^{-2}(\kappa^2 + \lambda_k)^{-\alpha}` of the eigenfunctions.
+
+        The eigenfunctions are mass-orthonormal; the variances are for the dense
+        `GaussianPrior(spectrum=...)`.
+        """
         lam = np.asarray(eigenvalues, dtype=np.float64)
         return 1.0 / (self.tau**2 * (self.kappa**2 + lam) ** self.alpha)
 
@@ -185,9 +213,12 @@ class MaternGMRF:
         return 0.5 * self.log_det_precision() - 0.5 * quad - 0.5 * n * math.log(2 * math.pi)
 
     def sample(self, n: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
-        r"""`n` exact draws `(n, N)`: :math:`x = \mu + Q^{-1} R z` with :math:`R R^T = Q`."""
+        r"""`n` exact draws `(n, N)`: :math:`x = \mu + Q^{-1} R z` with :math:`R R^T = Q`.
+
+        See `SparseCholesky.draw`.
+        """
         rng = np.random.default_rng() if rng is None else rng
         factor = SparseCholesky(self.precision())
         z = rng.standard_normal((self.domain.num_nodes, n))
-        x = factor.solve(factor.sqrt_times(z))
+        x = factor.draw(z)
         return (x.T + self._mean_vector()).reshape(n, -1)

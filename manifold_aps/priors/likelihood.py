@@ -15,7 +15,7 @@ __all__ = ["elbo", "importance_times", "ode_log_likelihood"]
 
 
 def _log_inv_snr(sde, t: torch.Tensor) -> torch.Tensor:
-    """:math:`\\ell(t) = \\log(\\sigma_t^2/\\alpha_t^2)`, increasing in `t`."""
+    r""":math:`\ell(t) = \log(\sigma_t^2/\alpha_t^2)`, increasing in `t`."""
     log_a2 = 2 * sde.log_scale_t(t)
     return torch.log(-torch.expm1(log_a2)) - log_a2
 
@@ -23,16 +23,19 @@ def _log_inv_snr(sde, t: torch.Tensor) -> torch.Tensor:
 def importance_times(sde, u: torch.Tensor, t_min: float = 1e-3, iters: int = 60):
     r"""Times with density :math:`p(t) = \beta(t)/(\sigma_t^2 Z)` on [t_min, 1] from uniforms `u`.
 
-    :math:`\beta/\sigma^2 = d\ell/dt` with :math:`\ell = \log(\sigma^2/\alpha^2)`, so `t` is found by
-    inverting :math:`\ell(t) = \ell(t_{min}) + u\,Z` (bisection); :math:`Z = \ell(1) - \ell(t_{min})`
-    (19.17 for the default linear schedule and `t_min = 1e-3`).
+    :math:`\beta/\sigma^2 = d\ell/dt` with :math:`\ell = \log(\sigma^2/\alpha^2)`, so `t` is found
+    by inverting :math:`\ell(t) = \ell(t_{min}) + u\,Z` (bisection);
+    :math:`Z = \ell(1) - \ell(t_{min})` (19.17 for the default linear schedule and `t_min = 1e-3`).
 
     Returns:
         `t` (same shape as `u`) and `Z` (a 0-d tensor).
     """
     lo_t = torch.full_like(u, t_min)
     hi_t = torch.ones_like(u)
-    l_min, l_max = _log_inv_snr(sde, lo_t[..., :1].reshape(-1)[:1]), _log_inv_snr(sde, hi_t.reshape(-1)[:1])
+    l_min, l_max = (
+        _log_inv_snr(sde, lo_t[..., :1].reshape(-1)[:1]),
+        _log_inv_snr(sde, hi_t.reshape(-1)[:1]),
+    )
     z = (l_max - l_min)[0]
     target = l_min[0] + u * z
     for _ in range(iters):
@@ -65,10 +68,10 @@ def elbo(
 
     where :math:`z_1 = \alpha_1 z + \sigma_1\epsilon_1` and the offset
     :math:`\Delta = -\log N(z; \mu, \tau^2) - H[N(\alpha_0 z, \sigma_0^2)]` uses the Tweedie mean
-    :math:`\mu = (z'_0 - \sigma_0\hat\epsilon(z'_0, t_{min}))/\alpha_0`, :math:`\tau = \sigma_0/\alpha_0`
-    at :math:`t_{min}`. Each term is an unbiased Monte Carlo estimate (one :math:`\epsilon` per
-    time), so the bound holds in expectation; a single draw is noisy. With `stratified`, batch
-    element `i` and draw `k` share one quantile stratum per `k`.
+    :math:`\mu = (z'_0 - \sigma_0\hat\epsilon(z'_0, t_{min}))/\alpha_0`,
+    :math:`\tau = \sigma_0/\alpha_0` at :math:`t_{min}`. Each term is an unbiased Monte Carlo
+    estimate (one :math:`\epsilon` per time), so the bound holds in expectation; a single draw is
+    noisy. With `stratified`, batch element `i` and draw `k` share one quantile stratum per `k`.
 
     Arguments:
         prior: the prior.
@@ -76,6 +79,8 @@ def elbo(
         num_times: `(t, epsilon)` pairs per signal.
         t_min: lower end of the time integral.
         generator: randomness.
+        stratified: draw the times' quantiles stratified over the batch (see above), else
+            independently.
     """
     z = prior.normalize(x)
     b, d = z.shape[0], z[0].numel()
@@ -111,7 +116,7 @@ def elbo(
 
 
 def _divergence(fn, z: torch.Tensor, exact: bool, probes: int, generator) -> torch.Tensor:
-    """Divergence of `fn` at `z` `(B, N, C)` per batch element: exact (one backward per entry) or Hutchinson."""
+    """Divergence `(B,)` of `fn` at `z` `(B, N, C)`, exact (a backward per entry) or Hutchinson."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         out = fn(z)
@@ -124,7 +129,10 @@ def _divergence(fn, z: torch.Tensor, exact: bool, probes: int, generator) -> tor
             return out.detach(), div
         div = torch.zeros(out.shape[0], dtype=z.dtype, device=z.device)
         for _ in range(probes):
-            v = torch.randint(0, 2, z.shape, generator=generator, device=z.device).to(z.dtype) * 2 - 1
+            v = (
+                torch.randint(0, 2, z.shape, generator=generator, device=z.device).to(z.dtype) * 2
+                - 1
+            )
             (g,) = torch.autograd.grad((out * v).sum(), z, retain_graph=True)
             div = div + (g * v).sum((1, 2))
         return out.detach(), div / probes
@@ -142,7 +150,8 @@ def ode_log_likelihood(
 ) -> torch.Tensor:
     r"""Log-likelihood of `x` under the probability-flow ODE of the prior at `t_min`; shape `(B,)`.
 
-    :math:`\log p_{t_{min}}(z) = \log N(z_1; 0, I) + \int_{t_{min}}^1 \nabla\cdot\tilde f(z_t, t)\,dt`
+    :math:`\log p_{t_{min}}(z) = \log N(z_1; 0, I)
+    + \int_{t_{min}}^1 \nabla\cdot\tilde f(z_t, t)\,dt`
     along the ODE :math:`dz/dt = \tilde f = -\tfrac12\beta(z + s_\theta)`, integrated with the
     classical Runge-Kutta scheme on a uniform grid. The divergence is exact (one backward pass per
     entry; the default when `N C <= 256`) or a Hutchinson estimate with Rademacher probes.
@@ -156,7 +165,9 @@ def ode_log_likelihood(
     logdet = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
 
     def f(zz, t):
-        return _divergence(lambda q: probability_flow_drift(prior, q, t), zz, exact, probes, generator)
+        return _divergence(
+            lambda q: probability_flow_drift(prior, q, t), zz, exact, probes, generator
+        )
 
     for i in range(steps):
         t0, t1 = ts[i], ts[i + 1]

@@ -37,7 +37,14 @@ class DenoisingObjective(nn.Module):
         t_min: smallest diffusion time trained on.
     """
 
-    def __init__(self, prior: ScorePrior, source: SignalSource, batch_size: int, seed: int = 0, t_min: float = 1e-3):
+    def __init__(
+        self,
+        prior: ScorePrior,
+        source: SignalSource,
+        batch_size: int,
+        seed: int = 0,
+        t_min: float = 1e-3,
+    ):
         super().__init__()
         self.model = prior
         self.source = source
@@ -46,6 +53,7 @@ class DenoisingObjective(nn.Module):
         self.t_min = t_min
 
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
+        """DSM loss (0-d) of the rows `start:stop` of the global batch of `step` (seeded by it)."""
         g = step_generator(self.seed, step)
         x = self.source.batch(g, self.batch_size)
         t, eps = dsm_noise(self.batch_size, tuple(x.shape[1:]), g, t_min=self.t_min)

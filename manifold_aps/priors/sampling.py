@@ -43,7 +43,14 @@ def _drift(prior, z, t):
 
 @torch.no_grad()
 def reverse_sde_sample(
-    prior, shape, *, steps: int = 500, t_min: float = 1e-3, generator=None, device=None, dtype=torch.float32
+    prior,
+    shape,
+    *,
+    steps: int = 500,
+    t_min: float = 1e-3,
+    generator=None,
+    device=None,
+    dtype=torch.float32,
 ) -> SamplerOutput:
     r"""Euler-Maruyama on the reverse-time SDE :math:`dz = [f - g^2 s_\theta]dt + g\,d\bar W`.
 
@@ -56,7 +63,12 @@ def reverse_sde_sample(
         t, dt = ts[i], ts[i] - ts[i + 1]
         f, beta = _drift(prior, z, t)
         score = prior.score(z, t)
-        z = z - (f - beta * score) * dt + torch.sqrt(beta * dt) * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        z = (
+            z
+            - (f - beta * score) * dt
+            + torch.sqrt(beta * dt)
+            * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        )
     t = ts[-1]
     z = (z + prior.sde.sigma_t(t) ** 2 * prior.score(z, t)) / prior.sde.scale_t(t)
     return SamplerOutput(z, steps + 1, ts)
@@ -70,7 +82,14 @@ def probability_flow_drift(prior, z, t):
 
 @torch.no_grad()
 def probability_flow_sample(
-    prior, shape, *, steps: int = 100, t_min: float = 1e-3, generator=None, device=None, dtype=torch.float32
+    prior,
+    shape,
+    *,
+    steps: int = 100,
+    t_min: float = 1e-3,
+    generator=None,
+    device=None,
+    dtype=torch.float32,
 ) -> SamplerOutput:
     """Heun's method (2nd order) on the probability-flow ODE from `t = 1` to `t_min`."""
     ts = time_grid(steps, t_min, dtype, device)

@@ -1,4 +1,4 @@
-r"""`ScorePrior`: a learned diffusion prior :math:`p_\theta(x)` on a domain (score network + VP-SDE)."""
+r"""`ScorePrior`: a learned diffusion prior :math:`p_\theta(x)` on a domain (score net + VP-SDE)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,21 @@ class ChannelNormalizer(nn.Module):
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
-        mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
+        mean, std = (
+            torch.as_tensor(mean, dtype=torch.float64),
+            torch.as_tensor(std, dtype=torch.float64),
+        )
         if mean.shape != std.shape or mean.dim() != 1 or torch.any(std <= 0):
-            raise ValueError(f"mean and std must be (C,) with std > 0, got {tuple(mean.shape)}, {tuple(std.shape)}")
+            raise ValueError(
+                "mean and std must be (C,) with std > 0, "
+                f"got {tuple(mean.shape)}, {tuple(std.shape)}"
+            )
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
     @classmethod
     def fit(cls, data: torch.Tensor) -> ChannelNormalizer:
-        """Mean and standard deviation of each channel of `data` `(B, N, C)` over batch and nodes."""
+        """Mean and standard deviation of each channel of `data` `(B, N, C)` (batch and nodes)."""
         flat = data.reshape(-1, data.shape[-1]).double()
         return cls(flat.mean(0), flat.std(0).clamp_min(1e-12))
 
@@ -52,7 +58,7 @@ class ChannelNormalizer(nn.Module):
 
 
 class ScorePrior(nn.Module):
-    r"""A diffusion prior on a domain: :math:`s_\theta(z_t, t) = -\hat\epsilon_\theta(z_t, t)/\sigma_t`.
+    r"""A diffusion prior on a domain, score :math:`-\hat\epsilon_\theta(z_t, t)/\sigma_t`.
 
     The diffusion runs on standardised signals `z = normalize(x)` (per-channel mean and std);
     `score`, `eps` and the samplers work in that space, `normalize`/`denormalize` convert. `t` is
@@ -83,7 +89,11 @@ class ScorePrior(nn.Module):
 
     def config(self) -> dict:
         """Everything needed to rebuild the module around a state dict (plain types)."""
-        return {"channels": self.channels, "net": self.net.config.to_dict(), "sde": self.sde.config()}
+        return {
+            "channels": self.channels,
+            "net": self.net.config.to_dict(),
+            "sde": self.sde.config(),
+        }
 
     @classmethod
     def from_config(cls, domain: Domain, config: dict) -> ScorePrior:
@@ -110,7 +120,7 @@ class ScorePrior(nn.Module):
         return self.net(z_t, t.expand(z_t.shape[0]) if t.dim() == 0 else t)
 
     def score(self, z_t: torch.Tensor, t) -> torch.Tensor:
-        r""":math:`\nabla_z \log p_t(z_t) \approx -\hat\epsilon_\theta(z_t, t)/\sigma_t`, `(B, N, C)`."""
+        r"""Score :math:`\nabla_z \log p_t(z_t) \approx -\hat\epsilon_\theta(z_t, t)/\sigma_t`."""
         t = torch.as_tensor(t, dtype=z_t.dtype, device=z_t.device)
         sigma = self.sde.sigma_t(t.expand(z_t.shape[0]) if t.dim() == 0 else t)
         return -self.eps(z_t, t) / sigma[:, None, None]
@@ -125,25 +135,35 @@ class ScorePrior(nn.Module):
 
 
 def dsm_noise(
-    batch_size: int, shape: tuple[int, ...], generator: torch.Generator | None, *, t_min: float = 1e-3,
-    dtype=torch.float32, device=None,
+    batch_size: int,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    t_min: float = 1e-3,
+    dtype=torch.float32,
+    device=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified times `(B,)` in [t_min, 1] and standard noise `(B, *shape)` for `dsm_loss`.
 
     Element `i` draws its time in the `i`-th of `B` equal sub-intervals (stratification lowers
     the variance of the loss without biasing it).
     """
-    u = (torch.arange(batch_size, dtype=dtype, device=device) + torch.rand(batch_size, generator=generator, dtype=dtype, device=device)) / batch_size
+    u = (
+        torch.arange(batch_size, dtype=dtype, device=device)
+        + torch.rand(batch_size, generator=generator, dtype=dtype, device=device)
+    ) / batch_size
     eps = torch.randn((batch_size, *shape), generator=generator, dtype=dtype, device=device)
     return t_min + (1 - t_min) * u, eps
 
 
-def dsm_loss(prior: ScorePrior, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def dsm_loss(
+    prior: ScorePrior, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
     r"""Denoising score matching with the standard (noise-prediction) weighting.
 
-    :math:`\mathbb{E}\|\hat\epsilon_\theta(\alpha_t z+\sigma_t\epsilon, t)-\epsilon\|^2`, averaged over
-    batch, nodes and channels, with `z = normalize(x)`; `t` `(B,)` and `eps` `(B, N, C)` come from
-    `dsm_noise`.
+    :math:`\mathbb{E}\|\hat\epsilon_\theta(\alpha_t z+\sigma_t\epsilon, t)-\epsilon\|^2`, averaged
+    over batch, nodes and channels, with `z = normalize(x)`; `t` `(B,)` and `eps` `(B, N, C)` come
+    from `dsm_noise`.
     """
     z = prior.normalize(x)
     a, s = prior.sde.scale_t(t)[:, None, None], prior.sde.sigma_t(t)[:, None, None]

@@ -1,4 +1,7 @@
-r"""The variance-preserving diffusion (VP-SDE) of Song et al. (2021): :math:`x_t = \alpha_t x_0 + \sigma_t \epsilon`."""
+r"""The variance-preserving diffusion (VP-SDE) of Song et al. (2021).
+
+Its marginals are :math:`x_t = \alpha_t x_0 + \sigma_t \epsilon`.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ SCHEDULES = ("linear", "cosine")
 
 
 class VPSDE:
-    r"""Variance-preserving SDE :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dW`, `t` in [0, 1].
+    r"""Variance-preserving SDE :math:`dx = -\tfrac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dW`.
 
-    `t` is dimensionless diffusion time: `t = 0` is the data, `t = 1` is close to `N(0, I)`.
+    `t` in [0, 1] is dimensionless diffusion time: `t = 0` is the data, `t = 1` is close to
+    `N(0, I)`.
     The marginal is :math:`x_t = \alpha_t x_0 + \sigma_t\epsilon` with :math:`\sigma_t^2 = 1 -
     \alpha_t^2`. The "linear" schedule has :math:`\beta(t) = \beta_0 + t(\beta_1 - \beta_0)` and
     :math:`\log\alpha_t = -\tfrac14 t^2(\beta_1-\beta_0) - \tfrac12 t\beta_0`; the "cosine" schedule
@@ -40,7 +44,9 @@ class VPSDE:
         self.beta_min, self.beta_max, self.schedule = float(beta_min), float(beta_max), schedule
 
     def __repr__(self) -> str:
-        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, schedule={self.schedule!r})"
+        return (
+            f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, schedule={self.schedule!r})"
+        )
 
     def config(self) -> dict:
         """Constructor arguments, for checkpoints."""

@@ -1,4 +1,4 @@
-"""Train a `ScorePrior` on a named dataset (what `manifold-aps train-prior` runs) and load it back."""
+"""Train a `ScorePrior` on a named dataset (what `manifold-aps train-prior` runs); load it back."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ __all__ = ["KIND", "embedded_prior", "load_prior", "make_prior", "prior_from_sta
 KIND = "score-prior"
 
 
-def make_prior(dataset: PriorDataset, net: ScoreNetConfig | None = None, sde: VPSDE | None = None, seed: int = 0) -> ScorePrior:
+def make_prior(
+    dataset: PriorDataset,
+    net: ScoreNetConfig | None = None,
+    sde: VPSDE | None = None,
+    seed: int = 0,
+) -> ScorePrior:
     """A fresh `ScorePrior` for `dataset`, normalised by its training statistics (seeded init)."""
     torch.manual_seed(seed)
     train = dataset.source.batch(torch.Generator().manual_seed(seed), 512)
@@ -53,8 +58,14 @@ def train_prior(
     objective = DenoisingObjective(prior, ds.source, config.batch_size, seed=config.seed)
     model_config = {"dataset": ds.name, **prior.config()}
     trainer = Trainer(
-        objective, config, out_dir, kind=KIND, domain=ds.domain, model_config=model_config,
-        described={"data": ds.description_dict()}, progress=progress,
+        objective,
+        config,
+        out_dir,
+        kind=KIND,
+        domain=ds.domain,
+        model_config=model_config,
+        described={"data": ds.description_dict()},
+        progress=progress,
     )
     result = trainer.fit(resume=resume, stop_after=stop_after)
     if trainer.ema is not None:
@@ -62,9 +73,14 @@ def train_prior(
     return prior, result
 
 
-def load_prior(path: str | os.PathLike, domain=None, *, ema: bool = True, device: str = "cpu") -> ScorePrior:
-    """Load a trained prior; `domain`: checked against the checkpoint's (refused if another), or
-    None: the domain the checkpoint describes (`checkpoint_domain`)."""
+def load_prior(
+    path: str | os.PathLike, domain=None, *, ema: bool = True, device: str = "cpu"
+) -> ScorePrior:
+    """Load a trained prior on `domain`, or on the domain its checkpoint describes (None).
+
+    A given `domain` is checked against the checkpoint's (refused if another); None takes the
+    domain the checkpoint describes (`checkpoint_domain`).
+    """
     ckpt = load_checkpoint(Path(path), kind=KIND)
     return prior_from_state(ckpt, checkpoint_domain(ckpt, path, domain), ema=ema).to(device).eval()
 
@@ -77,6 +93,9 @@ def prior_from_state(ckpt: dict, domain, *, ema: bool = True) -> ScorePrior:
 
 
 def embedded_prior(prior: ScorePrior) -> dict:
-    """What an engine's checkpoint stores of the prior it was distilled from: its config and
-    weights (loads with `prior_from_state`; no path to the prior's own file)."""
+    """What an engine's checkpoint stores of the prior it was distilled from.
+
+    That is its config and weights (loads with `prior_from_state`; no path to the prior's own
+    file).
+    """
     return {"kind": KIND, "model_config": prior.config(), "model": prior.state_dict(), "ema": None}
