@@ -23,24 +23,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
-import hashlib
 import os
 import sys
 import threading
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 import scipy.sparse as sp
+
+from manifold_aps.orderings import OrderingCache, pattern_key
 
 __all__ = ["PardisoCholesky", "PardisoError", "available"]
 
 _MTYPE_SPD = 2
 _LIB = None
 _LIB_LOCK = threading.Lock()
-_ORDERINGS: OrderedDict = OrderedDict()  # pattern digest -> PARDISO's fill-reducing permutation
-_ORDERINGS_KEPT = 16
-_ORDERINGS_LOCK = threading.Lock()
+_ORDERINGS = OrderingCache(16)  # sparsity pattern -> PARDISO's fill-reducing permutation
 _ERRORS = {
     -1: "input inconsistent",
     -2: "not enough memory",
@@ -122,13 +120,6 @@ def available() -> bool:
     return _library() is not None
 
 
-def _pattern_key(indptr: np.ndarray, indices: np.ndarray) -> tuple:
-    """A digest of a sparsity pattern (values do not matter): the key of the ordering cache."""
-    digest = hashlib.blake2b(indptr.tobytes(), digest_size=16)
-    digest.update(indices.tobytes())
-    return indptr.size, indices.size, digest.hexdigest()
-
-
 def _release(lib, pt: np.ndarray, iparm: np.ndarray, n: int, perm: np.ndarray) -> None:
     """Phase -1: free PARDISO's memory for handle `pt` (run by the finaliser)."""
     _call(lib, pt, iparm, -1, n, None, None, None, None, None, perm=perm, check=False)
@@ -198,9 +189,8 @@ class PardisoCholesky:
         iparm[17] = -1  # report the non-zeros of the factor (in iparm[17])
         iparm[34] = 1  # zero-based indices
         iparm[55] = 1  # keep the factor's diagonal for pardiso_getdiag
-        key = _pattern_key(self._ia, self._ja)
-        with _ORDERINGS_LOCK:
-            known = _ORDERINGS.get(key)
+        key = pattern_key(self._ia, self._ja)
+        known = _ORDERINGS.get(key)
         # the ordering of a pattern factored before is passed back (iparm[4] = 1: METIS skipped,
         # 3.9 -> 1.4 s of analysis at 1 M nodes), else computed and returned (iparm[4] = 2)
         iparm[4] = 2 if known is None else 1
@@ -209,10 +199,7 @@ class PardisoCholesky:
         self._finalizer = weakref.finalize(self, _release, lib, self._pt, iparm, n, self._perm)
         self._call(11)
         if known is None:
-            with _ORDERINGS_LOCK:
-                _ORDERINGS[key] = self._perm.copy()
-                while len(_ORDERINGS) > _ORDERINGS_KEPT:
-                    _ORDERINGS.popitem(last=False)
+            _ORDERINGS.put(key, self._perm)
         self._call(22)
         if iparm[29] > 0 or iparm[22] > 0:  # zero or negative pivot (iparm[29]: its row)
             raise PardisoError(-4, 22)

@@ -33,27 +33,22 @@ The Takahashi recursions run compiled by numba over the columns of `L` (cost
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
 import numba  # compiles the selected inversion (pure Python would be 100-1000x slower)
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from manifold_aps.orderings import OrderingCache, pattern_key
 from manifold_aps.pardiso import PardisoCholesky, PardisoError
 from manifold_aps.pardiso import available as pardiso_available
 
-__all__ = ["NotPositiveDefiniteError", "SparseCholesky"]
+__all__ = ["NotPositiveDefiniteError", "SparseCholesky", "uses_pardiso"]
 
 PARDISO_MIN_NODES = 100_000  # from here on "auto" factors with MKL PARDISO where it is installed
 MMD_ORDERING = (
     "MMD_AT_PLUS_A"  # minimum degree on A^T + A: the best of SuperLU's own orderings for SPD
 )
-_ORDERINGS: OrderedDict = OrderedDict()  # sparsity pattern digest -> nested-dissection permutation
-_ORDERINGS_KEPT = 16
-_ORDERINGS_LOCK = threading.Lock()
+_ORDERINGS = OrderingCache(16)  # sparsity pattern -> METIS nested-dissection permutation
 
 
 def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
@@ -72,26 +67,22 @@ def nested_dissection(matrix: sp.spmatrix) -> np.ndarray | None:
     except ImportError:
         return None
     a.sort_indices()
-    digest = hashlib.blake2b(a.indptr.tobytes(), digest_size=16)
-    digest.update(a.indices.tobytes())
-    key = (n, a.nnz, digest.hexdigest())
-    with _ORDERINGS_LOCK:  # fits factor in threads
-        if key in _ORDERINGS:
-            _ORDERINGS.move_to_end(key)
-            return _ORDERINGS[key]
+    key = pattern_key(a.indptr, a.indices)
+    known = _ORDERINGS.get(key)
+    if known is not None:
+        return known
     graph = a.copy()
     graph.data = np.ones_like(graph.data)
     graph.setdiag(0)
     graph.eliminate_zeros()
     adjacency = pymetis.CSRAdjacency(graph.indptr.astype(np.int64), graph.indices.astype(np.int64))
     perm, _ = pymetis.nested_dissection(adjacency)
-    perm = np.asarray(perm, dtype=np.int64)
-    perm.flags.writeable = False
-    with _ORDERINGS_LOCK:
-        _ORDERINGS[key] = perm
-        if len(_ORDERINGS) > _ORDERINGS_KEPT:
-            _ORDERINGS.popitem(last=False)
-    return perm
+    return _ORDERINGS.put(key, np.asarray(perm, dtype=np.int64))
+
+
+def uses_pardiso(num_rows: int) -> bool:
+    """Whether `SparseCholesky(A, backend="auto")` factors an `(N, N)` A with PARDISO."""
+    return num_rows >= PARDISO_MIN_NODES and pardiso_available()
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -136,9 +127,7 @@ class SparseCholesky:
         self._pardiso = None
         self._lu = None
         self._lower: sp.csc_matrix | None = None
-        if backend == "pardiso" or (
-            backend == "auto" and n >= PARDISO_MIN_NODES and pardiso_available()
-        ):
+        if backend == "pardiso" or (backend == "auto" and uses_pardiso(n)):
             try:
                 self._pardiso = PardisoCholesky(a)
             except PardisoError as err:

@@ -31,10 +31,9 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from manifold_aps.geometry import Domain, SphereGrid
-from manifold_aps.pardiso import available as pardiso_available
 from manifold_aps.posterior.gmrf import GMRFObservation
 from manifold_aps.priors.gmrf import MaternGMRF, matern_kappa_tau
-from manifold_aps.sparse_cholesky import PARDISO_MIN_NODES, NotPositiveDefiniteError
+from manifold_aps.sparse_cholesky import NotPositiveDefiniteError, uses_pardiso
 
 __all__ = ["COARSE_START_NODES", "GMRFFit", "coarser_problem", "fit_gmrf"]
 
@@ -312,7 +311,7 @@ def _workers(num_nodes: int, threads: int | None) -> int | None:
     """
     if threads is not None:
         return threads
-    return 1 if num_nodes >= PARDISO_MIN_NODES and pardiso_available() else None
+    return 1 if uses_pardiso(num_nodes) else None
 
 
 def _lbfgsb(objective, x0: np.ndarray, options: dict, threads: int | None):
