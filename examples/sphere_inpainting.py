@@ -77,9 +77,12 @@ from manifold_aps import (
     GaussianNoise,
     Mask,
     TrainConfig,
+    add_attribution,
     band_power_ratios,
     build_prior_dataset,
+    healpix_panel,
     load_prior,
+    place_suptitle,
     posterior_scores,
     reverse_sde_sample,
     train_prior,
@@ -144,38 +147,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 def save_maps(path: Path, panels: list[tuple[str, np.ndarray, str]], ncols: int, ranges: dict):
     """Save a grid of Mollweide panels `(title, map (N,) [mK] with NaN grey, "value" | "std")`.
 
-    Each kind is drawn over `ranges[kind] = (min, max)`; values beyond saturate.
+    Each kind is drawn over `ranges[kind] = (min, max)` [mK]; values beyond saturate. The maps
+    are drawn in uK, the unit of the scores.
     """
-    import healpy as hp
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nrows = math.ceil(len(panels) / ncols)
-    fig = plt.figure(figsize=(4.2 * ncols, 2.9 * nrows))
+    fig = plt.figure(figsize=(4.2 * ncols, 3.1 * nrows))
     for i, (title, values, kind) in enumerate(panels):
         lo, hi = ranges[kind]
-        cmap = "RdBu_r" if kind == "value" else "viridis"
-        hp.mollview(
-            np.where(np.isfinite(values), values, hp.UNSEEN),
-            fig=fig.number,
-            sub=(nrows, ncols, i + 1),
+        healpix_panel(
+            fig,
+            (nrows, ncols, i + 1),
+            1e3 * np.asarray(values),
             title=title,
-            min=lo,
-            max=hi,
-            cmap=cmap,
-            unit="mK",
-            notext=True,
-            hold=False,
-            badcolor="0.7",
+            vmin=1e3 * lo,
+            vmax=1e3 * hi,
+            cmap="RdBu_r" if kind == "value" else "viridis",
+            units="µK",
         )
-    fig.suptitle(
-        "WMAP 7-yr W band (NASA), HEALPix nside 16, monopole and dipole removed; grey: "
-        "not observed",
-        fontsize=10,
-        y=1.03,
+    place_suptitle(
+        fig,
+        "WMAP 7-year W band, HEALPix nside 16, monopole and dipole removed; grey: not observed",
     )
+    add_attribution(fig, "WMAP data: NASA, public domain")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 

@@ -29,7 +29,8 @@ building blocks behind it.
   `interval_coverage`, `spread_skill_ratio`, `posterior_scores`, `band_power_ratios`; on xarray
   fields `cell_area_weights`, `xr_rmse`, `xr_bias`, `xr_crps`, `xr_coverage`,
   `xr_spread_skill`.
-* Sparse linear algebra: `SparseCholesky`, `NotPositiveDefiniteError`. Figures: `plot_signals`.
+* Sparse linear algebra: `SparseCholesky`, `NotPositiveDefiniteError`. Figures: `plot_signals`,
+  `healpix_panel`, `place_suptitle`, `add_attribution`.
 
 The names whose modules load the graph networks (`torch_geometric`, over a second to import:
 the score prior, the flows and the distilled engines) are imported on first use, so that
@@ -94,7 +95,7 @@ from manifold_aps.operators import (
     Subsample,
     SwathMaskGenerator,
 )
-from manifold_aps.plotting import plot_signals
+from manifold_aps.plotting import add_attribution, healpix_panel, place_suptitle, plot_signals
 from manifold_aps.posterior import (
     DPS,
     DPSOutput,
@@ -217,6 +218,7 @@ __all__ = [
     "Trainer",
     "TriangleMesh",
     "VPSDE",
+    "add_attribution",
     "band_power_ratios",
     "build_prior_dataset",
     "cell_area_weights",
@@ -231,11 +233,13 @@ __all__ = [
     "engine_names",
     "fit_gmrf",
     "fit_matern",
+    "healpix_panel",
     "interval_coverage",
     "load_checkpoint",
     "load_engine",
     "load_prior",
     "load_trained_engine",
+    "place_suptitle",
     "plot_signals",
     "posterior_scores",
     "probability_flow_sample",

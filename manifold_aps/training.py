@@ -12,6 +12,7 @@ from `step_generator(seed, step)`, identically on every process, so that
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import hashlib
@@ -146,9 +147,21 @@ def _distributed() -> tuple[int, int]:
             else "gloo"
         )
         dist.init_process_group(backend)
+        # Ended before the interpreter's finalisation: gloo's worker threads may still hold
+        # tensors, and releasing them while the interpreter is torn down aborts the process
+        # (SIGABRT, seen on a loaded machine; pytorch/pytorch#179291).
+        atexit.register(_end_distributed)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _end_distributed() -> None:
+    """Destroy the process group `_distributed` created, if it is still there."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def read_weights_file(path: str | os.PathLike):
