@@ -79,6 +79,9 @@ class ImputeRequest:
         output: output netCDF path.
         plot: output PNG path, or None.
         plot_time: time to map, or None (the first).
+        attribution: the credit of the data, written as the output's `attribution` attribute and
+            under the `plot` map; None: the input file's own credit attributes (licence,
+            institution...), if any.
         progress: progress bars.
         scheduler: where the dask blocks run: None (this process, threads), "local:N" (a
             `LocalCluster` of N single-threaded worker processes on 127.0.0.1, closed at the end)
@@ -111,6 +114,7 @@ class ImputeRequest:
     output: str = "imputed.nc"
     plot: str | None = None
     plot_time: str | None = None
+    attribution: str | None = None
     progress: bool = True
     scheduler: str | None = None
 
@@ -775,6 +779,8 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
         result = _on_input_grid(result, native_target, masked, req.coarsen, req.variable)
     # the input file's credit (licence, institution) travels to the output and its --plot
     result.attrs.update({k: ds.attrs[k] for k in ATTRIBUTION_ATTRS if k in ds.attrs})
+    if req.attribution:
+        result.attrs["attribution"] = req.attribution
     result.attrs["source"] = Path(str(req.input)).name
     write_imputation(result, req.output)
     log(f"wrote {req.output}")

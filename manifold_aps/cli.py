@@ -184,6 +184,7 @@ def _impute(args: argparse.Namespace) -> int:
         output=args.output,
         plot=args.plot,
         plot_time=args.plot_time,
+        attribution=args.attribution,
         progress=not args.quiet,
         skip_corrupt_grib=args.skip_corrupt_grib,
         scheduler=args.scheduler,
@@ -938,6 +939,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG map of the first imputed time step (or --plot-time); not an input or --output",
     )
     im.add_argument("--plot-time", help="time step to map, e.g. 2019-03-28T12")
+    im.add_argument(
+        "--attribution",
+        metavar="TEXT",
+        help="credit of the data, written into the output's attributes and under the --plot map "
+        "(default: the input file's own licence/institution attributes; none if it has none), "
+        "e.g. 'Contains modified Copernicus Climate Change Service information 2024'",
+    )
     im.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
     im.add_argument(

@@ -198,3 +198,23 @@ def test_impute_carries_the_input_files_credit_to_its_output_and_plot(tmp_path):
         assert written.attrs["license"] == "CC0-1.0"
         assert data_attribution(written) == "Data: in.nc (Some Lab). CC0-1.0"
     assert png.stat().st_size > 5_000
+
+
+def test_impute_attribution_given_credits_a_file_that_names_none(tmp_path):
+    field = _earth_field().expand_dims(time=np.arange(6).astype("datetime64[h]"))
+    field = field + np.random.default_rng(1).normal(0, 1, field.shape)
+    field.attrs = {"units": "K"}
+    field.to_dataset(name="t2m").to_netcdf(tmp_path / "in.nc")
+    credit = "Contains modified Copernicus Climate Change Service information 2024"
+    out = tmp_path / "out.nc"
+    request = ImputeRequest(
+        input=str(tmp_path / "in.nc"),
+        masks=("random:0.5",),
+        samples=2,
+        output=str(out),
+        attribution=credit,
+        progress=False,
+    )
+    run_impute(request, log=lambda line: None)
+    with xr.open_dataset(out) as written:
+        assert data_attribution(written) == credit

@@ -6,9 +6,10 @@ is parsed, so the API reference renders what the docstring says:
 
 * ``Example:`` (singular) opens an examples section (griffe reads it as an admonition, whose
   ``>>>`` lines Markdown then renders as nested quotes);
-* ``:math:`x``` (reStructuredText) becomes the code span ```x```, and a ``.. math::`` block a
-  ``tex`` code block (the LaTeX source as written; the site loads no math renderer, so that it
-  works offline);
+* ``:math:`x``` (reStructuredText) and a ``.. math::`` block become MathML, converted at build
+  time by ``latex2mathml``: browsers typeset MathML themselves, so the site loads no math
+  renderer and works offline (LaTeX that the converter refuses is shown as its source, in a
+  code span or a ``tex`` block);
 * a reStructuredText simple table (columns under runs of ``=``) becomes a Markdown table;
 * ``a, b: text`` in an ``Args:``/``Arguments:`` section documents each of ``a`` and ``b``.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 
 import griffe
+from latex2mathml.converter import convert as latex_to_mathml
 
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
 _MATH = re.compile(r":math:`([^`]*)`")
@@ -87,8 +89,29 @@ def _math_blocks(text: str) -> str:
         depth = min((_indent(b) for b in body[1 if first.strip() else 0 :] if b.strip()), default=0)
         code = [body[0].strip()] if first.strip() else []
         code += [b[depth:] for b in body[1 if first.strip() else 0 :]]
-        out += [f"{pad}```tex", *(f"{pad}{c}" if c else "" for c in code), f"{pad}```", ""]
+        mathml = _mathml(" ".join(c.strip() for c in code if c.strip()), display="block")
+        if mathml is not None:
+            out += ["", f"{pad}{mathml}", ""]
+        else:
+            out += [f"{pad}```tex", *(f"{pad}{c}" if c else "" for c in code), f"{pad}```", ""]
     return "\n".join(out)
+
+
+def _mathml(latex: str, *, display: str = "inline") -> str | None:
+    """`latex` as one line of MathML, or None where the converter cannot read it."""
+    try:
+        # "~" in these docstrings means "distributed as" (LaTeX would print a space)
+        latex = latex.replace("~", r"\sim ")
+        mathml = latex_to_mathml(latex, display=display).replace("\n", "")
+    except Exception:  # noqa: BLE001 - any refusal of the converter: keep the source
+        return None
+    return None if "\\" in mathml else mathml  # a command it does not know, passed through
+
+
+def _inline_math(match: re.Match) -> str:
+    mathml = _mathml(match.group(1))
+    # in a span: Markdown reads a line that starts with <math> as a block of HTML of its own
+    return f'<span class="math">{mathml}</span>' if mathml is not None else f"`{match.group(1)}`"
 
 
 def _simple_tables(text: str) -> str:
@@ -134,7 +157,7 @@ def rewrite(text: str) -> str:
     """The docstring `text` with the project's conventions written as griffe reads them."""
     text = _EXAMPLE.sub(r"\1Examples:", text)
     text = _simple_tables(_math_blocks(text))
-    text = _MATH.sub(r"`\1`", text)
+    text = _MATH.sub(_inline_math, text)
     return _split_grouped_arguments(text)
 
 
