@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import (
     ENGINE_METHODS,
@@ -58,9 +59,11 @@ from common import (
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import (
+    bootstrap_interval,
     central_interval,
     crps_ensemble,
     interval_coverage,
+    rank_histogram,
     spread_skill_ratio,
     weighted_rmse,
 )
@@ -145,19 +148,75 @@ def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: in
 
 
 def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
-    """RMSE of the mean, one-sample RMSE, CRPS; spread/skill, coverage unless a point estimate."""
+    """RMSE of the mean, one-sample RMSE, CRPS; spread/skill, coverage unless a point estimate.
+
+    Each score of the ensemble also gets a 95 % percentile-bootstrap interval over the test
+    fields (`<score>_lo`, `<score>_hi`; 1000 resamples of the fields, with replacement), and a
+    probabilistic method its rank histogram (`rank_histogram`, the `S + 1` frequencies joined by
+    ";"). Samples `(S, B, N, C)`, truth and where `(B, N, C)`.
+    """
+    ensemble = samples[:1] if point else samples
+
+    def rmse(s, t, w):
+        return weighted_rmse(s.mean(0), t, weight, w)
+
+    def coverage(s, t, w):
+        return interval_coverage(*central_interval(s, 0.9), t, weight, w)
+
+    def spread_skill(s, t, w):
+        return spread_skill_ratio(s, t, weight, w)
+
+    def crps(s, t, w):
+        return crps_ensemble(s, t, weight, w)
+
+    metrics = {"rmse_mean": rmse, "crps": crps}
+    if not point:
+        metrics.update(spread_skill=spread_skill, coverage_90=coverage)
     out = {
-        "rmse_mean": float(weighted_rmse(samples.mean(0), truth, weight, where)),
         "rmse_single": float(weighted_rmse(samples[0], truth, weight, where)),
-        "crps": float(crps_ensemble(samples[:1] if point else samples, truth, weight, where)),
         "spread_skill": "",
         "coverage_90": "",
     }
+    for key, metric in metrics.items():
+        out[key] = float(metric(ensemble, truth, where))
+        if truth.shape[0] >= 2:
+            out[f"{key}_lo"], out[f"{key}_hi"] = bootstrap_interval(
+                lambda i, metric=metric: metric(ensemble[:, i], truth[i], where[i]),
+                truth.shape[0],
+            )
     if not point:
-        lo, hi = central_interval(samples, 0.9)
-        out["spread_skill"] = float(spread_skill_ratio(samples, truth, weight, where))
-        out["coverage_90"] = float(interval_coverage(lo, hi, truth, weight, where))
+        out["rank_histogram"] = ";".join(
+            f"{v:.5f}" for v in rank_histogram(samples, truth, weight, where).tolist()
+        )
     return out
+
+
+def save_rank_histograms(path: Path, label: str, rows: list[dict]) -> None:
+    """One panel per probabilistic method: its rank histogram, scaled so that flat is 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.get("rank_histogram")]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.3 * len(shown), 2.4), sharey=True)
+    for ax, r in zip(np.atleast_1d(axes), shown, strict=True):
+        freq = np.array([float(v) for v in r["rank_histogram"].split(";")])
+        ax.bar(np.arange(freq.size), freq * freq.size, width=1.0, color="tab:blue")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(r["method"], fontsize=9)
+        ax.set_xlabel("rank of the truth")
+    np.atleast_1d(axes)[0].set_ylabel("frequency × (S + 1)")
+    fig.suptitle(
+        f"{label}: rank histograms ({shown[0]['observations']} fields × "
+        f"{shown[0]['samples']} samples; flat = calibrated, U = over-confident)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def timed_sample(method: str, sampler, y, operator, n: int, seed: int):
@@ -275,6 +334,7 @@ def run_problem(name: str, args) -> list[dict]:
             "seconds_per_sample": round(per_sample, 6),
             "samples_per_second": round(rate, 2),
             "peak_memory_mb": round(mem, 1),
+            "load_average": round(os.getloadavg()[0], 2),
             "observations": args.observations,
             "samples": args.samples,
             "missing": args.missing,
@@ -322,10 +382,11 @@ def _seconds(v) -> str:
 def report(out: Path, rows: list[dict], machine_line: str) -> str:
     """Markdown tables (one per problem, in `PROBLEMS` order) of the suite's rows."""
     lines = [
-        f"Measured on {machine_line}. Each problem: {rows[0]['observations']} held-out test "
-        f"fields, {float(rows[0]['missing']):.0%} of cells hidden at random (WMAP: its analysis "
-        f"mask and held-out caps), {rows[0]['samples']} samples per field; "
-        "scores over the hidden cells, area-weighted (best RMSE and CRPS in bold). Training time "
+        f"Measured on {machine_line}. Each problem: held-out test fields (how many, and the "
+        f"machine's load, after its name), {float(rows[0]['missing']):.0%} of cells hidden at "
+        "random (WMAP: its analysis mask and held-out caps; its fields are one map with "
+        "independent noise); scores over the hidden cells, area-weighted (best RMSE and CRPS "
+        "in bold); in brackets, 95 % bootstrap intervals over the test fields. Training time "
         "includes the diffusion prior's for the engines distilled from it. "
         "`results/suite-*.csv` has every number.",
         "",
@@ -335,9 +396,15 @@ def report(out: Path, rows: list[dict], machine_line: str) -> str:
         if not prows:
             continue
         best = {k: min(float(r[k]) for r in prows) for k in ("rmse_mean", "crps")}
+        loads = [float(r["load_average"]) for r in prows if r.get("load_average") not in ("", None)]
+        setting = f"{prows[0]['observations']} test fields × {prows[0]['samples']} samples" + (
+            f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+        )
+        figure = out / f"rank-{name}.png"
         lines += [
-            f"**{problem.label}**",
+            f"**{problem.label}** ({setting})",
             "",
+            *([f"Rank histograms: `results/{figure.name}`.", ""] if figure.exists() else []),
             "| method | RMSE of mean | CRPS | spread/skill | 90 % coverage | training "
             "| s per sample | samples/s | peak memory | speed-up vs DPS |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -348,13 +415,17 @@ def report(out: Path, rows: list[dict], machine_line: str) -> str:
             rmse = f"**{rmse}**" if float(r["rmse_mean"]) == best["rmse_mean"] else rmse
             crps = f"**{crps}**" if float(r["crps"]) == best["crps"] else crps
             cov = "–" if r["coverage_90"] in ("", None) else f"{float(r['coverage_90']):.0%}"
+            spread = _fmt(r["spread_skill"], 2)
+            if r.get("coverage_90_lo") not in ("", None):  # a 95 % bootstrap interval
+                cov += f" [{float(r['coverage_90_lo']):.0%}–{float(r['coverage_90_hi']):.0%}]"
+                spread += f" [{_fmt(r['spread_skill_lo'], 2)}–{_fmt(r['spread_skill_hi'], 2)}]"
             extra = (
                 f" ({r['dps_steps']} steps, guidance {r['dps_guidance']})"
                 if r["method"] == "DPS"
                 else ""
             )
             lines.append(
-                f"| {r['method']}{extra} | {rmse} | {crps} | {_fmt(r['spread_skill'], 2)} | "
+                f"| {r['method']}{extra} | {rmse} | {crps} | {spread} | "
                 f"{cov} | {_seconds(r['train_seconds'])} | {_fmt(r['seconds_per_sample'])} | "
                 f"{_fmt(r['samples_per_second'])} | "
                 f"{_fmt(r['peak_memory_mb'])} MB | {_fmt(r['speedup_vs_dps'])}× |"
@@ -421,9 +492,11 @@ def main() -> None:
         "--engine-steps", type=int, default=300, help="training steps of each amortized engine"
     )
     parser.add_argument("--dps-steps", type=int, default=1000)
-    parser.add_argument("--observations", type=int, default=3, help="test fields per problem")
     parser.add_argument(
-        "--samples", type=int, default=8, help="samples per test field, every method"
+        "--observations", type=int, default=16, help="test fields per problem (default 16)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=16, help="samples per test field, every method (default 16)"
     )
     parser.add_argument(
         "--throughput", type=int, default=256, help="samples drawn in one call to measure samples/s"
@@ -438,12 +511,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.prior_steps, args.engine_steps, args.dps_steps = 4, 2, 4
-        args.observations, args.samples, args.throughput, args.fit_fields = 1, 2, 4, 16
+        args.observations, args.samples, args.throughput, args.fit_fields = 2, 2, 4, 16
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.problems:
-            write_csv(args.out / f"suite-{name}.csv", run_problem(name, args))
+            rows = run_problem(name, args)
+            write_csv(args.out / f"suite-{name}.csv", rows)
+            save_rank_histograms(args.out / f"rank-{name}.png", PROBLEMS[name].label, rows)
     rows = load_rows(args.out)
     if not rows:
         raise SystemExit(f"no results in {args.out}; run the suite first")

@@ -26,7 +26,8 @@ building blocks behind it.
 * Datasets: `build_prior_dataset`, `dataset_names`, `PriorDataset`, `TensorSource`,
   `GaussianSource`, `data_dir`, `wmap_masked_problem`.
 * Scores: `weighted_mean`, `weighted_rmse`, `crps_ensemble`, `central_interval`,
-  `interval_coverage`, `spread_skill_ratio`, `posterior_scores`, `band_power_ratios`; on xarray
+  `interval_coverage`, `spread_skill_ratio`, `rank_histogram`, `bootstrap_interval`,
+  `posterior_scores`, `band_power_ratios`; on xarray
   fields `cell_area_weights`, `xr_rmse`, `xr_bias`, `xr_crps`, `xr_coverage`,
   `xr_spread_skill`.
 * Sparse linear algebra: `SparseCholesky`, `NotPositiveDefiniteError`. Figures: `plot_signals`,
@@ -66,10 +67,12 @@ from manifold_aps.geometry import (
     domain_spec,
 )
 from manifold_aps.metrics import (
+    bootstrap_interval,
     cell_area_weights,
     central_interval,
     crps_ensemble,
     interval_coverage,
+    rank_histogram,
     spread_skill_ratio,
     weighted_mean,
     weighted_rmse,
@@ -220,6 +223,7 @@ __all__ = [
     "VPSDE",
     "add_attribution",
     "band_power_ratios",
+    "bootstrap_interval",
     "build_prior_dataset",
     "cell_area_weights",
     "central_interval",
@@ -243,6 +247,7 @@ __all__ = [
     "plot_signals",
     "posterior_scores",
     "probability_flow_sample",
+    "rank_histogram",
     "reconstruct",
     "reverse_sde_sample",
     "spread_skill_ratio",

@@ -22,10 +22,12 @@ import torch
 import xarray as xr
 
 __all__ = [
+    "bootstrap_interval",
     "cell_area_weights",
     "central_interval",
     "crps_ensemble",
     "interval_coverage",
+    "rank_histogram",
     "spread_skill_ratio",
     "weighted_mean",
     "weighted_rmse",
@@ -122,6 +124,70 @@ def spread_skill_ratio(
         raise ValueError("spread needs at least 2 samples")
     spread = ((s + 1) / s * weighted_mean(samples.var(0), weight, where)).sqrt()
     return spread / weighted_rmse(samples.mean(0), truth, weight, where)
+
+
+def rank_histogram(
+    samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
+) -> torch.Tensor:
+    """Area-weighted frequencies of the truth's rank among the ensemble (Talagrand, PIT).
+
+    The rank of an entry is the number of members below its truth, `0..S`. For a calibrated
+    ensemble (truth and members exchangeable) every rank is equally likely, `1 / (S + 1)`: a
+    U shape means the ensemble is too narrow (over-confident), a dome too wide, a slope biased.
+    Ties (a member equal to the truth, e.g. point masses) count half below, half above.
+
+    Arguments:
+        samples: `(S, *, N, C)`.
+        truth: `(*, N, C)`.
+        weight: area weights `(N,)`.
+        where: optional boolean, broadcastable to `(*, N, C)`; only True entries count.
+
+    Returns:
+        `(S + 1,)` frequencies summing to 1.
+    """
+    s = samples.shape[0]
+    below = (samples < truth).sum(0)
+    ties = (samples == truth).sum(0)
+    # a tie is split evenly between the ranks it spans: rank below + j for j in 0..ties
+    out = torch.zeros(s + 1, dtype=torch.float64)
+    for j in range(int(ties.max()) + 1):
+        share = torch.where(
+            ties >= j, 1.0 / (ties + 1).double(), torch.zeros((), dtype=torch.double)
+        )
+        rank = (below + j).clamp(max=s)
+        for r in range(s + 1):
+            hit = (rank == r).double() * share
+            if hit.any():
+                out[r] += weighted_mean(hit, weight.double(), where)
+    return out
+
+
+def bootstrap_interval(
+    statistic, n: int, *, draws: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a score over `n` independent units (e.g. test fields).
+
+    Arguments:
+        statistic: `index (n,) int64 tensor -> float`, the score recomputed on the units picked
+            by `index` (drawn with replacement), e.g. `lambda i: coverage(samples[:, i], ...)`.
+        n: number of units.
+        draws: bootstrap resamples.
+        level: the interval's probability.
+        seed: seed of the resampling.
+
+    Returns:
+        `(lower, upper)`, the `(1 - level) / 2` and `(1 + level) / 2` quantiles of the
+        resampled scores (NaN resamples are dropped).
+    """
+    if n < 2:
+        raise ValueError(f"a bootstrap needs at least 2 units, got {n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    g = torch.Generator().manual_seed(seed)
+    values = np.array([float(statistic(torch.randint(n, (n,), generator=g))) for _ in range(draws)])
+    values = values[np.isfinite(values)]
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,3 +110,23 @@ def test_holdout_datasets_are_observed_where_visible_and_scored_on_the_holdout()
         where[:, :, 0], holdout.expand(2, 48)
     )
     assert torch.all(y[:, ~visible] == 0) and t.shape == (2, 48, 1)
+
+
+def test_scores_carry_bootstrap_intervals_and_a_rank_histogram_the_table_shows(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(6, 40, 1, generator=g, dtype=torch.float64)
+    samples = truth + torch.randn(16, 6, 40, 1, generator=g, dtype=torch.float64)
+    where = torch.ones_like(truth, dtype=torch.bool)
+    out = suite.scores(samples, truth, where, torch.ones(40, dtype=torch.float64), point=False)
+    for key in ("rmse_mean", "crps", "spread_skill", "coverage_90"):
+        assert out[f"{key}_lo"] <= out[key] <= out[f"{key}_hi"], key
+    hist = [float(v) for v in out["rank_histogram"].split(";")]
+    assert len(hist) == 17 and sum(hist) == pytest.approx(1.0, abs=1e-4)
+    point = suite.scores(samples[:1], truth, where, torch.ones(40), point=True)
+    assert "rank_histogram" not in point and point["coverage_90"] == ""
+    row = _row("APS", 0.0, 0.0, 0.01)
+    row.update(out)
+    line = next(x for x in suite.report(tmp_path, [row], "m").splitlines() if x.startswith("| APS"))
+    assert f"{out['coverage_90']:.0%} [{out['coverage_90_lo']:.0%}–" in line
+    suite.save_rank_histograms(tmp_path / "rank.png", "test", [row])
+    assert (tmp_path / "rank.png").stat().st_size > 5_000

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from manifold_aps.metrics import (
+    bootstrap_interval,
     central_interval,
     crps_ensemble,
     interval_coverage,
+    rank_histogram,
     spread_skill_ratio,
     weighted_mean,
     weighted_rmse,
@@ -84,3 +86,38 @@ def test_coverage_and_spread_skill_of_a_calibrated_ensemble():
     assert spread_skill_ratio(0.5 * ens, truth, w).item() < 0.6  # under-dispersed
     with pytest.raises(ValueError, match="level must lie"):
         central_interval(ens, 1.5)
+
+
+def test_rank_histogram_is_flat_for_exchangeable_truth_and_members():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(9, 4000, 1, generator=g, dtype=torch.float64)  # 8 members + the truth
+    hist = rank_histogram(draws[:8], draws[8], torch.ones(4000))
+    assert hist.shape == (9,) and float(hist.sum()) == pytest.approx(1.0)
+    assert torch.allclose(hist, torch.full((9,), 1 / 9, dtype=torch.float64), atol=0.02)
+
+
+def test_rank_histogram_of_a_narrow_ensemble_is_u_shaped_and_weights_count():
+    g = torch.Generator().manual_seed(1)
+    truth = torch.randn(2000, 1, generator=g, dtype=torch.float64)
+    narrow = truth + 0.1 * torch.randn(4, 2000, 1, generator=g, dtype=torch.float64) + 1.0
+    assert rank_histogram(narrow, truth, torch.ones(2000))[0] > 0.99  # truth below every member
+    # two entries, rank 0 and rank 2 of 2 members, weights 3 and 1: (0.75, 0, 0.25)
+    samples = torch.tensor([[[1.0], [0.0]], [[2.0], [-1.0]]])
+    hist = rank_histogram(samples, torch.tensor([[0.0], [5.0]]), torch.tensor([3.0, 1.0]))
+    assert torch.allclose(hist, torch.tensor([0.75, 0.0, 0.25], dtype=torch.float64))
+    # a member equal to the truth: half a count below it, half above
+    tie = rank_histogram(torch.tensor([[[0.0]], [[1.0]]]), torch.tensor([[0.0]]), torch.ones(1))
+    assert torch.allclose(tie, torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_normal_theory_width():
+    values = torch.randn(64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    lo, hi = bootstrap_interval(lambda i: values[i].mean(), 64, draws=2000, level=0.9)
+    assert lo < float(values.mean()) < hi
+    width = 2 * 1.6449 * float(values.std()) / math.sqrt(64)
+    assert (hi - lo) == pytest.approx(width, rel=0.15)
+    assert bootstrap_interval(lambda i: values[i].mean(), 64, draws=50, seed=3) == (
+        bootstrap_interval(lambda i: values[i].mean(), 64, draws=50, seed=3)
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_interval(lambda i: 0.0, 1)
