@@ -26,29 +26,29 @@ Run (from the repository root; WMAP files in `$MANIFOLD_APS_DATA/sphere`, defaul
     python examples/sphere_inpainting.py --quick   # smoke test: a 5-step prior, 20 DPS steps
     python examples/sphere_inpainting.py           # prior 800 steps, DPS 1000 steps x 4 samples
 
-Time, on a 2-core CPU shared with two other trainings (one core for this, `--threads 1`):
-`--quick` 15 s of work (31 s wall with interpreter start and figures); the default run about
-14 min: 10.6 min to train the prior (800 steps of batch 32, 0.8 s each), then 2.7 min (DPS 1000
-steps for 4 samples in one batch: 103 s; 4 unconditional prior samples and spectra: about
-40 s). With `--prior CKPT` (e.g. from `manifold-aps train-prior --dataset wmap-masked --steps
-800 --out runs/wmap-masked`, the same training) or a finished `OUT/prior` the training is
-skipped.
+Time, on a 2-core CPU (one core for this, `--threads 1`, the other busy with a benchmark):
+`--quick` about 25 s of work (42 s wall with interpreter start and figures); the default run
+7 min: 5.7 min to train the prior (800 steps of batch 32), then DPS 1000 steps for 4 samples in
+one batch (52 s) and 4 unconditional prior samples with their spectra. With `--prior CKPT`
+(e.g. from `manifold-aps train-prior --dataset wmap-masked --steps 800 --out runs/wmap-masked`,
+the same training) or a finished `OUT/prior` the training is skipped.
 
-Measured with the default run (scores over the 216 held-out pixels, in uK):
+Measured with the default run (scores over the 216 held-out pixels, in uK; DPS with its
+clamped Tweedie estimate, `DPS_CLIP`):
 
     method                         RMSE of mean  RMSE of 1 sample  CRPS  90 % coverage  spread/skill
     mean of the visible pixels     43.3
-    Wiener filter, 64 samples      39.2          53.9              22.3  88.4 %         0.98
-    Wiener filter, 4 samples       42.6          53.4              22.1  57.9 %         1.01
-    DPS, 4 samples                 50.7          58.4              25.6  47.7 %         1.02
+    Wiener filter, 64 samples      39.9          55.1              22.6  84.7 %         0.97
+    Wiener filter, 4 samples       46.8          56.1              24.2  51.9 %         0.90
+    DPS, 4 samples                 47.8          57.7              25.5  48.6 %         0.88
 
 Read honestly: the caps are wide (about 14 degrees of radius) next to the correlation length of
-the CMB, so even the exact Wiener filter beats the visible-pixel mean by only 10 %; it is
-calibrated (88 % coverage). DPS under this prior is worse on every score, and one of its four
-samples carries far too much small-scale power in the hidden sky (full-sky C_l 1.8-7x the
-measured one per band against 1.0-1.4x for Wiener samples); unconditional samples of the prior
-already have 1.5-2.4x the map's power (800 training steps). Coverage from 4 samples is biased low
-for any method (compare the two Wiener rows).
+the CMB, so even the exact Wiener filter (its exact mean: 39.1) beats the visible-pixel mean by
+only 10 %; with 64 samples it is close to calibrated. DPS under this prior is about as good as
+4 Wiener samples (47.8 against 46.8) and worse than the Wiener filter on every score; its
+full-sky samples carry 0.9-2.0x the measured angular power per band (Wiener samples 1.0-1.6x),
+and unconditional samples of the prior 1.3-2.0x (800 training steps: the prior is too rough).
+Coverage from 4 samples is biased low for any method (compare the two Wiener rows).
 
 The DPS guidance (`--guidance`, in the prior's normalised units) was chosen with `--tuning`, on six
 other caps of the visible sky (seed 1, 218 pixels; the prior saw them in training, the scored
