@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = (args.file or data_dir() / FILE).resolve()
-    runs = args.runs
+    runs = args.runs.resolve()  # the commands run with it as their working directory
     runs.mkdir(parents=True, exist_ok=True)
     train = [
         "--steps",

@@ -31,6 +31,7 @@ also the section of FILE between the `benchmark-suite` markers.
 Usage:
   python benchmarks/suite.py                              # all problems (hours on a laptop CPU)
   python benchmarks/suite.py --problems era5-uk mesh-spot # some; suite.md keeps the others
+  python benchmarks/suite.py --problems mesh-spot --methods DPS   # one method; keeps the others
   python benchmarks/suite.py --report-only                # rebuild suite.md from the CSVs
   python benchmarks/suite.py --quick --runs /tmp/r --out /tmp/o --no-readme   # smoke test, ~1 min
 """
@@ -346,10 +347,34 @@ def run_problem(name: str, args) -> list[dict]:
         }
         print(row, flush=True)
         rows.append(row)
+    return rows
+
+
+def merged_rows(path: Path, new: list[dict]) -> list[dict]:
+    """`new` with the rows of `path` (the problem's CSV) of other methods, in `METHODS` order.
+
+    So `--methods DPS` reruns one method and keeps the rest; the speed-ups against DPS are
+    recomputed over the merged rows. Every method's `observations` and `samples` must agree.
+    """
+    kept = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            done = {r["method"] for r in new}
+            kept = [r for r in csv.DictReader(fh) if r["method"] not in done]
+    for r in kept:
+        for key in ("observations", "samples", "missing"):
+            if float(r[key]) != float(new[0][key]):
+                raise SystemExit(
+                    f"{path}: its {r['method']} row has {key}={r[key]}, this run "
+                    f"{new[0][key]}: rerun every method (or remove the file)"
+                )
+    rows = sorted(kept + new, key=lambda r: METHODS.index(r["method"]))
     dps = next((r for r in rows if r["method"] == "DPS"), None)
     for r in rows:
         r["speedup_vs_dps"] = (
-            round(dps["seconds_per_sample"] / max(r["seconds_per_sample"], 1e-9), 1) if dps else ""
+            round(float(dps["seconds_per_sample"]) / max(float(r["seconds_per_sample"]), 1e-9), 1)
+            if dps
+            else ""
         )
     return rows
 
@@ -424,11 +449,12 @@ def report(out: Path, rows: list[dict], machine_line: str) -> str:
                 if r["method"] == "DPS"
                 else ""
             )
+            speedup = "–" if r["speedup_vs_dps"] in ("", None) else f"{_fmt(r['speedup_vs_dps'])}×"
             lines.append(
                 f"| {r['method']}{extra} | {rmse} | {crps} | {spread} | "
                 f"{cov} | {_seconds(r['train_seconds'])} | {_fmt(r['seconds_per_sample'])} | "
                 f"{_fmt(r['samples_per_second'])} | "
-                f"{_fmt(r['peak_memory_mb'])} MB | {_fmt(r['speedup_vs_dps'])}× |"
+                f"{_fmt(r['peak_memory_mb'])} MB | {speedup} |"
             )
         lines.append("")
     text = "\n".join(lines)
@@ -516,8 +542,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.problems:
-            rows = run_problem(name, args)
-            write_csv(args.out / f"suite-{name}.csv", rows)
+            path = args.out / f"suite-{name}.csv"
+            rows = merged_rows(path, run_problem(name, args))
+            write_csv(path, rows)
             save_rank_histograms(args.out / f"rank-{name}.png", PROBLEMS[name].label, rows)
     rows = load_rows(args.out)
     if not rows:

@@ -22,7 +22,7 @@ from manifold_aps.posterior.aps import (
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import gaussian_yardstick
 from manifold_aps.priors import GaussianPrior
-from manifold_aps.training import TrainConfig, Trainer
+from manifold_aps.training import TrainConfig, Trainer, step_generator
 
 DOMAIN = HealpixSphere(2)
 PRIOR = GaussianPrior(DOMAIN, variance=1.0, length_scale=0.5, smoothness=1.5)
@@ -251,3 +251,51 @@ def test_prior_variance_of_the_estimator_matches_the_prior():
     assert torch.allclose(
         est.prior_variance(torch.float64), PRIOR.covariance().diagonal(), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("signals", ["data", "prior"])
+def test_forward_kl_term_adds_weight_times_minus_log_q_of_the_pairs(signals):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    on = replace(SMALL, forward_kl_weight=0.5, forward_kl_signals=signals, prior_bank=64)
+    engine = AmortizedFlowPosterior(DOMAIN, 1, PRIOR, NOISE, on).double()
+    obj = ReverseKLObjective(engine, PRIOR, _observations(), total_steps=10, batch_size=4)
+    with torch.no_grad():
+        with_term = obj(3, 0, 4)
+        engine.config = SMALL  # the same step without the term
+        alone = obj(3, 0, 4)
+        engine.config = on
+        # the pairs the term used: the step's own batch ("data") or the bank's, drawn after it
+        g = step_generator(obj.seed, 3)
+        batch = obj.observations.batch(g, 4)
+        if signals == "prior":
+            obj.terms(batch.y, batch.operator(DOMAIN), g)
+            batch = obj.pairs.batch(g, 4)
+        minus_logq = -engine.log_prob(batch.truth[None].double(), batch.y, batch.operator(DOMAIN))
+    dims = DOMAIN.num_nodes
+    assert float(with_term - alone) == pytest.approx(
+        0.5 * float(minus_logq.mean()) / dims, rel=1e-9
+    )
+
+
+def test_the_prior_bank_of_a_gaussian_prior_has_its_covariance():
+    from manifold_aps.posterior.aps import prior_signal_bank
+
+    bank = prior_signal_bank(PRIOR, DOMAIN, 1, 4000, seed=1).double()[..., 0]
+    assert bank.shape == (4000, DOMAIN.num_nodes)
+    cov = torch.cov(bank.T)
+    assert torch.allclose(cov, PRIOR.covariance(), atol=0.1)  # 4000 draws: max error ~0.07
+
+
+def test_forward_kl_settings_are_recorded_only_when_the_term_is_on():
+    from dataclasses import replace
+
+    assert "forward_kl_weight" not in SMALL.to_dict()  # old checkpoints' configs stay equal
+    on = replace(SMALL, forward_kl_weight=1.0, forward_kl_signals="data")
+    assert APSConfig.from_dict(on.to_dict()) == on
+    assert APSConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="forward_kl_signals"):
+        APSConfig(forward_kl_signals="truth")
+    with pytest.raises(ValueError, match="forward_kl_weight"):
+        APSConfig(forward_kl_weight=-1.0)

@@ -130,3 +130,14 @@ def test_scores_carry_bootstrap_intervals_and_a_rank_histogram_the_table_shows(t
     assert f"{out['coverage_90']:.0%} [{out['coverage_90_lo']:.0%}–" in line
     suite.save_rank_histograms(tmp_path / "rank.png", "test", [row])
     assert (tmp_path / "rank.png").stat().st_size > 5_000
+
+
+def test_a_rerun_of_one_method_keeps_the_others_and_recomputes_the_speed_ups(tmp_path):
+    path = tmp_path / "suite-era5-uk.csv"
+    common.write_csv(path, [_row("kriging", 0.3, 0.1, 0.5), _row("DPS", 0.4, 0.2, 1.0)])
+    rows = suite.merged_rows(path, [_row("DPS", 0.5, 0.3, 10.0), _row("harmonic", 0.6, 0.4, 0.1)])
+    assert [r["method"] for r in rows] == ["kriging", "harmonic", "DPS"]
+    assert [float(r["rmse_mean"]) for r in rows] == [0.3, 0.6, 0.5]  # DPS: the new row
+    assert [r["speedup_vs_dps"] for r in rows] == [20.0, 100.0, 1.0]
+    with pytest.raises(SystemExit, match="samples"):
+        suite.merged_rows(path, [_row("DPS", 0.5, 0.3, 10.0, samples=16)])

@@ -296,6 +296,9 @@ class TikhonovEstimate(SavedEigenpairs):
         return x, torch.log(var), None
 
 
+_FORWARD_KL_SETTINGS = ("forward_kl_weight", "forward_kl_signals", "prior_bank", "prior_bank_steps")
+
+
 @dataclass(frozen=True, kw_only=True)
 class APSConfig:
     """Settings of the APS engine.
@@ -308,6 +311,15 @@ class APSConfig:
         samples_per_observation: flow samples per observation in each training step.
         elbo_times: `(t, eps)` pairs of the ELBO per sample (score priors only).
         warmup_fraction: fraction of training over which the likelihood weight rises to 1.
+        forward_kl_weight: weight `lambda` of a forward-KL term added to the reverse KL,
+            `lambda * E[-log q(x | y)] / (N C)` over pairs `(x, y)` with `y` simulated from `x`
+            (mass-covering: it penalises a `q` too narrow to hold the `x`, where the reverse KL
+            alone seeks modes); 0 for the reverse KL alone (APS as published).
+        forward_kl_signals: where the forward term's `x` come from: "prior" (draws of the prior
+            itself, made once at the start: no data enters) or "data" (the training signals the
+            observations are simulated from, i.e. neural posterior estimation on them).
+        prior_bank: number of prior draws of "prior" (reverse SDE, `prior_bank_steps` steps).
+        prior_bank_steps: reverse-SDE steps of each prior draw.
     """
 
     flow: FlowConfig = FlowConfig()
@@ -316,11 +328,30 @@ class APSConfig:
     samples_per_observation: int = 1
     elbo_times: int = 1
     warmup_fraction: float = 0.2
+    forward_kl_weight: float = 0.0
+    forward_kl_signals: str = "prior"
+    prior_bank: int = 256
+    prior_bank_steps: int = 200
+
+    def __post_init__(self):
+        if self.forward_kl_weight < 0:
+            raise ValueError(f"forward_kl_weight must be >= 0, got {self.forward_kl_weight}")
+        if self.forward_kl_signals not in ("prior", "data"):
+            raise ValueError(
+                f"forward_kl_signals must be 'prior' or 'data', got {self.forward_kl_signals!r}"
+            )
 
     def to_dict(self) -> dict:
-        """Plain types, for checkpoints."""
+        """Plain types, for checkpoints.
+
+        The forward-KL settings are written only when the term is on: a checkpoint without
+        them (every one made before they existed) is the reverse KL alone, and resumes as such.
+        """
         d = asdict(self)
         d["flow"] = self.flow.to_dict()
+        if self.forward_kl_weight == 0:
+            for key in _FORWARD_KL_SETTINGS:
+                d.pop(key)
         return d
 
     @classmethod
@@ -582,12 +613,76 @@ class ReverseKLObjective(DistillationObjective):
         ).reshape(s, -1)
         return logq, loglik, logp
 
+    def __init__(self, engine, prior, observations, **kwargs):
+        super().__init__(engine, prior, observations, **kwargs)
+        config = engine.config
+        self.pairs = None  # the forward-KL term's (x, y) stream, if it has one
+        if config.forward_kl_weight > 0 and config.forward_kl_signals == "prior":
+            bank = prior_signal_bank(
+                prior,
+                engine.domain,
+                engine.channels,
+                config.prior_bank,
+                steps=config.prior_bank_steps,
+                seed=self.seed,
+            )
+            self.pairs = SimulatedObservations(
+                _SignalBank(bank), observations.masks, observations.noise
+            )
+
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
-        """Reverse-KL loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`."""
+        """Reverse-KL loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`.
+
+        Plus `forward_kl_weight` times the forward-KL term, when the engine's config has one.
+        """
         g = step_generator(self.seed, step)
-        batch = self.observations.batch(g, self.batch_size).slice(slice(start, stop))
+        rows = slice(start, stop)
+        batch = self.observations.batch(g, self.batch_size).slice(rows)
         operator = batch.operator(self.model.domain)
         w = data_weight(step, self.total_steps, self.model.config.warmup_fraction)
         logq, loglik, logp = self.terms(batch.y, operator, g)
         dims = self.model.domain.num_nodes * self.model.channels
-        return (logq - w * loglik - logp).mean() / dims
+        loss = (logq - w * loglik - logp).mean() / dims
+        weight = self.model.config.forward_kl_weight
+        if weight > 0:
+            pairs = (
+                batch if self.pairs is None else self.pairs.batch(g, self.batch_size).slice(rows)
+            )
+            x = pairs.truth[None].to(next(self.model.parameters()).dtype)
+            forward = -self.model.log_prob(x, pairs.y, pairs.operator(self.model.domain)).mean()
+            loss = loss + weight * forward / dims
+        return loss
+
+
+class _SignalBank:
+    """A fixed tensor of signals `(M, N, C)`, drawn from at random with replacement."""
+
+    def __init__(self, signals: torch.Tensor):
+        self.signals = signals
+
+    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        return self.signals[torch.randint(0, self.signals.shape[0], (n,), generator=generator)]
+
+
+@torch.no_grad()
+def prior_signal_bank(
+    prior, domain: Domain, channels: int, n: int, *, steps: int = 200, seed: int = 0
+) -> torch.Tensor:
+    """`n` draws of the prior in physical units, `(n, N, C)` float32.
+
+    Exact for a `GaussianPrior`; for a score prior, reverse-SDE samples of `steps` steps, drawn
+    in batches of 16 with a progress bar (minutes on a mesh of a few thousand vertices).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(prior, GaussianPrior):
+        return prior.sample(n, channels=channels, rng=g).float()
+    from tqdm.auto import tqdm
+
+    from manifold_aps.priors.sampling import reverse_sde_sample
+
+    draws = []
+    for start in tqdm(range(0, n, 16), desc="prior draws", leave=False):
+        m = min(16, n - start)
+        z = reverse_sde_sample(prior, (m, domain.num_nodes, channels), steps=steps, generator=g)
+        draws.append(prior.denormalize(z.sample).float())
+    return torch.cat(draws)

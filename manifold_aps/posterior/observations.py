@@ -44,7 +44,8 @@ class ObservationBatch:
     Attributes:
         y: observations `(B, N, C)` (zero where not observed), physical units.
         mask: boolean `(B, N, 1)` (True = observed).
-        truth: the clean signals `(B, N, C)`, for evaluation only; training never reads it.
+        truth: the clean signals `(B, N, C)`, for evaluation; the reverse-KL objectives never
+            read it (APS's optional forward-KL term on the training signals does).
     """
 
     y: torch.Tensor
