@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import training_seconds, write_csv
+from common import engine_train_config, training_seconds, write_csv
 from suite import PROBLEMS, prior_checkpoint, save_rank_histograms, scores, test_observations
 
 from manifold_aps.datasets import build_prior_dataset
@@ -41,7 +41,6 @@ from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.aps import APSConfig
 from manifold_aps.posterior.distill import resolve_prior
 from manifold_aps.posterior.engines import load_engine, train_engine
-from manifold_aps.training import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("reverse", "fkl-prior", "fkl-data", "reverse-long")
@@ -58,20 +57,6 @@ def settings(variant: str, weight: float, bank: int) -> APSConfig:
             prior_bank=bank,
         )
     return base
-
-
-def train_config(steps: int) -> TrainConfig:
-    """The suite's APS training settings (`common.train_amortized_engines`) for `steps` steps."""
-    return TrainConfig(
-        steps=steps,
-        batch_size=8,
-        lr=2e-3,
-        warmup=min(50, steps // 4),
-        ema_decay=0.0,
-        checkpoint_every=100,
-        validate_every=0,
-        log_every=25,
-    )
 
 
 def main() -> None:
@@ -121,7 +106,7 @@ def main() -> None:
                 ds,
                 prior_path,
                 run,
-                train_config(total),
+                engine_train_config(total),
                 settings=settings(variant, args.weight, args.bank),
                 masks="random",
                 noise_std=problem.noise_std,

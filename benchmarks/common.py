@@ -65,6 +65,25 @@ def target_verdict(
     )
 
 
+def engine_train_config(steps: int, *, aps: bool = True):
+    """The benchmarks' training settings of an amortized engine for `steps` steps (batch 8).
+
+    The APS flow trains at lr 2e-3 with 50 warm-up steps, the other engines at 1e-3 with 20.
+    """
+    from manifold_aps.training import TrainConfig
+
+    return TrainConfig(
+        steps=steps,
+        batch_size=8,
+        lr=2e-3 if aps else 1e-3,
+        warmup=min(50 if aps else 20, steps // 4),
+        ema_decay=0.0,
+        checkpoint_every=100,
+        validate_every=0,
+        log_every=25,
+    )
+
+
 def train_amortized_engines(
     ds, prior_arg, run_dir: Path, noise_std: float, steps: int, methods, *, progress: bool = False
 ) -> tuple[dict, dict]:
@@ -79,28 +98,8 @@ def train_amortized_engines(
     from manifold_aps.posterior.distill import resolve_prior
     from manifold_aps.posterior.engines import load_engine, train_engine
     from manifold_aps.posterior.implicit import ImplicitConfig
-    from manifold_aps.training import TrainConfig
 
-    aps_cfg = TrainConfig(
-        steps=steps,
-        batch_size=8,
-        lr=2e-3,
-        warmup=min(50, steps // 4),
-        ema_decay=0.0,
-        checkpoint_every=100,
-        validate_every=0,
-        log_every=25,
-    )
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=8,
-        lr=1e-3,
-        warmup=min(20, steps // 4),
-        ema_decay=0.0,
-        checkpoint_every=100,
-        validate_every=0,
-        log_every=25,
-    )
+    aps_cfg, cfg = engine_train_config(steps), engine_train_config(steps, aps=False)
     common = {"masks": "random", "noise_std": noise_std, "resume": True, "progress": progress}
     recipes = {  # method -> (registered engine, its training settings, settings)
         "APS": ("aps", aps_cfg, APSConfig(dense_limit=1000)),
