@@ -613,8 +613,24 @@ class ReverseKLObjective(DistillationObjective):
         ).reshape(s, -1)
         return logq, loglik, logp
 
-    def __init__(self, engine, prior, observations, **kwargs):
-        super().__init__(engine, prior, observations, **kwargs)
+    def __init__(
+        self,
+        engine: AmortizedFlowPosterior,
+        prior,
+        observations: SimulatedObservations,
+        *,
+        total_steps: int,
+        batch_size: int,
+        seed: int = 0,
+    ):
+        super().__init__(
+            engine,
+            prior,
+            observations,
+            total_steps=total_steps,
+            batch_size=batch_size,
+            seed=seed,
+        )
         config = engine.config
         self.pairs = None  # the forward-KL term's (x, y) stream, if it has one
         if config.forward_kl_weight > 0 and config.forward_kl_signals == "prior":
