@@ -243,3 +243,18 @@ def test_trainer_applies_the_generators_learning_rate_scale(tmp_path):
         if name.startswith("out."):  # zero-initialised, so comparable with a fresh generator
             assert torch.equal(p, q), name
     assert any(p.abs().sum() > 0 for n, p in eng.aux.named_parameters() if n.startswith("out."))
+
+
+def test_anchor_variances_from_signals_are_the_spectrum_of_the_fields_they_are_drawn_from():
+    from manifold_aps.nn import ScoreNetConfig
+    from manifold_aps.priors.score import ChannelNormalizer, ScorePrior
+
+    # a (here untrained) score prior standardising by mean 2, std 3: the variances are of z
+    net = ScoreNetConfig(channels=(8, 16), time_dim=8, num_modes=16, num_positional=4)
+    normalizer = ChannelNormalizer(torch.tensor([2.0]), torch.tensor([3.0]))
+    score = ScorePrior(DOMAIN, 1, net, normalizer=normalizer)
+    fields = 2.0 + 3.0 * PRIOR.sample(4000, rng=torch.Generator().manual_seed(0))
+    lam, var = prior_mode_variances(score, DOMAIN, 32, signals=fields)
+    exact_lam, exact = prior_mode_variances(PRIOR, DOMAIN, 32)
+    assert torch.allclose(lam, exact_lam)
+    assert torch.allclose(var, exact, rtol=0.1)  # 4000 fields: a few % sampling error per mode
