@@ -40,7 +40,7 @@ from manifold_aps.geometry import SphereGrid
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
 from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, sampler_scale, warn_if_diverged
-from manifold_aps.posterior.dps import DPS_CLIP
+from manifold_aps.posterior.dps import DPS_CLIP, guidance_text
 from manifold_aps.posterior.engines import ENGINES as REGISTRY
 from manifold_aps.posterior.engines import engine_for_checkpoint, engine_names
 from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
@@ -804,7 +804,7 @@ def load_model(
     engine: str | None = None,
     noise_std: float = 0.1,
     dps_steps: int = 1000,
-    guidance: float = 1.0,
+    guidance: float | str = "auto",
 ) -> ImputationModel:
     """Open an imputation model from a checkpoint.
 
@@ -814,7 +814,8 @@ def load_model(
         engine: check that the file is of this engine ("gaussian", "dps", "aps"); None accepts any.
         noise_std: observation error of DPS's likelihood, physical units (the others store theirs).
         dps_steps: DPS's number of reverse-diffusion steps.
-        guidance: DPS's guidance step size.
+        guidance: DPS's guidance step size, or "auto" (tuned on held-out observed cells of the
+            first fields it imputes: `manifold_aps.DPS`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -842,7 +843,8 @@ def load_model(
         prior = load_prior(path, dataset.domain)
         sampler = DPS(prior, GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
         desc = (
-            f"DPS ({dps_steps} steps, guidance {guidance:g}, clip {DPS_CLIP:g} std) with the score "
+            f"DPS ({dps_steps} steps, guidance {guidance_text(guidance)}, clip {DPS_CLIP:g} std) "
+            "with the score "
             f"prior {path.name} of {dataset.name}"
         )
         return ScoreImputer(

@@ -110,7 +110,7 @@ class ImputeRequest:
     variance_scale: str | None = None
     chunk_size: int | None = None
     dps_steps: int = 1000
-    guidance: float = 1.0
+    guidance: float | str = "auto"
     output: str = "imputed.nc"
     plot: str | None = None
     plot_time: str | None = None
@@ -783,6 +783,9 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
         result.attrs["attribution"] = req.attribution
     result.attrs["source"] = Path(str(req.input)).name
     write_imputation(result, req.output)
+    tuned = getattr(getattr(model, "sampler", None), "tuning_summary", lambda: "")()
+    if tuned:  # DPS with guidance "auto" (in this process; a cluster's workers tune their own)
+        log(tuned)
     log(f"wrote {req.output}")
     written = xr.open_dataset(req.output, engine="h5netcdf")
     try:

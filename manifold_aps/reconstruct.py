@@ -138,7 +138,7 @@ def _learned(
         )
     checkpoint_domain(ckpt, checkpoint, domain)  # another mesh or grid: refused, both named
     if engine == "dps":
-        from manifold_aps.posterior.dps import DPS, DPS_CLIP
+        from manifold_aps.posterior.dps import DPS, DPS_CLIP, guidance_text
         from manifold_aps.priors.train import load_prior
 
         sampler = DPS(
@@ -148,7 +148,7 @@ def _learned(
             guidance=guidance,
         )
         details = (
-            f"DPS ({dps_steps} steps, guidance {guidance:g}, clip {DPS_CLIP:g} std, "
+            f"DPS ({dps_steps} steps, guidance {guidance_text(guidance)}, clip {DPS_CLIP:g} std, "
             f"noise std {noise_std:g}) "
             f"with {checkpoint}"
         )
@@ -159,6 +159,8 @@ def _learned(
     y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
     drawn = sampler.sample(y, Mask(domain, mask), n, rng=torch.Generator().manual_seed(seed))
     warn_if_diverged(drawn, sampler, ENGINES[engine].title, hint=DIVERGENCE_HINTS.get(engine, ""))
+    if engine == "dps" and sampler.tuning_summary():
+        details += f"; {sampler.tuning_summary()}"
     samples = drawn.detach().double()[..., 0].numpy()
     return samples.mean(0), samples.std(0, ddof=1), samples, details
 
@@ -175,7 +177,7 @@ def reconstruct(
     alpha: int = 2,
     noise_std: float = 0.1,
     dps_steps: int = 1000,
-    guidance: float = 1.0,
+    guidance: float | str = "auto",
     progress: bool = False,
 ) -> Reconstruction:
     """Posterior mean, std and samples of signals on `domain` from their observed values.
@@ -192,7 +194,8 @@ def reconstruct(
         alpha: the gaussian engine's smoothness order (1, 2, 3; nu = alpha - 1).
         noise_std: DPS's observation noise std, signal units (the distilled engines keep theirs).
         dps_steps: DPS's reverse-diffusion steps.
-        guidance: DPS's guidance step size.
+        guidance: DPS's guidance step size, or "auto" (tuned on held-out observed values:
+            `manifold_aps.DPS`).
         progress: a bar over the gaussian engine's likelihood evaluations.
 
     Raises:

@@ -40,3 +40,31 @@ def test_dps_argument_errors():
     prior = GaussianPrior(HealpixSphere(1))
     with pytest.raises(ValueError, match="steps must be"):
         DPS(prior, GaussianNoise(0.1), steps=0)
+
+
+def test_auto_guidance_is_the_candidate_best_at_held_out_observed_entries_and_kept():
+    from manifold_aps.operators import HeatBlur
+    from manifold_aps.posterior.dps import GUIDANCE_CHOICES
+
+    domain = HealpixSphere(2)
+    prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
+    g = torch.Generator().manual_seed(0)
+    x = prior.sample(2, rng=g)
+    op = Mask(domain, RandomMaskGenerator(domain, missing=0.5).step(2, seed=0)["mask"])
+    noise = GaussianNoise(0.05)
+    y = noise(op(x), op.range_mask, rng=g)
+    dps = DPS(prior, noise, steps=30, guidance="auto", holdout=0.3)
+    first = dps.sample(y, op, 2, rng=torch.Generator().manual_seed(1))
+    assert sorted(dps.tuning) == sorted(GUIDANCE_CHOICES)
+    assert dps.guidance_used == min(dps.tuning, key=dps.tuning.get)
+    # the RMSEs differ between candidates: the choice is a real one
+    assert dps.tuning[0.01] > 1.1 * min(dps.tuning.values())  # ~unguided: worse
+    tuning = dict(dps.tuning)
+    again = dps.sample(y, op, 2, rng=torch.Generator().manual_seed(1))  # no tuning this time
+    assert torch.equal(first, again)  # tuning leaves the caller's generator alone
+    dps.sample(y[:1] * 0.5, Mask(domain, op.mask[:1]), 1)  # later calls keep the choice
+    assert dps.tuning == tuning and first.shape == (2, 2, domain.num_nodes, 1)
+    with pytest.raises(ValueError, match="Mask"):
+        DPS(prior, noise, steps=3, guidance="auto").sample(y, HeatBlur(domain, 0.1), 1)
+    with pytest.raises(ValueError, match="'auto'"):
+        DPS(prior, noise, guidance="fast")
