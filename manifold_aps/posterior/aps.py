@@ -590,7 +590,9 @@ class ReverseKLObjective(DistillationObjective):
 
     Each step draws a global batch of simulated observations (clean signals are used only to
     simulate `y` and are then dropped), draws flow samples, and returns the mean over the local
-    rows of `log q - w log p(y|x) - log p(x)`, divided by `N C` (nats per dimension).
+    rows of `log q - w log p(y|x) - log p(x)`, divided by `N C` (nats per dimension); with
+    `APSConfig.forward_kl_weight > 0` plus that weight times `-log q(x | y) / (N C)` of pairs
+    simulated from the prior's draws or the training signals (`APSConfig.forward_kl_signals`).
 
     Arguments:
         engine: the `AmortizedFlowPosterior` trained.
@@ -600,18 +602,6 @@ class ReverseKLObjective(DistillationObjective):
         batch_size: global batch size.
         seed: seed of the per-step randomness.
     """
-
-    def terms(self, y, operator, generator, weight: float = 1.0):
-        """Per-observation terms `(log q, log p(y|x), log p(x))`, each `(S, B)`."""
-        engine = self.model
-        s = engine.config.samples_per_observation
-        x, logq = engine.sample_and_log_prob(y, operator, s, generator=generator)
-        flat = x.reshape(-1, *x.shape[2:])
-        loglik = self.log_likelihood(y, operator, x).reshape(s, -1)
-        logp = prior_log_prob(
-            self.prior, flat, generator=generator, num_times=engine.config.elbo_times
-        ).reshape(s, -1)
-        return logq, loglik, logp
 
     def __init__(
         self,
@@ -645,6 +635,18 @@ class ReverseKLObjective(DistillationObjective):
             self.pairs = SimulatedObservations(
                 _SignalBank(bank), observations.masks, observations.noise
             )
+
+    def terms(self, y, operator, generator, weight: float = 1.0):
+        """Per-observation terms `(log q, log p(y|x), log p(x))`, each `(S, B)`."""
+        engine = self.model
+        s = engine.config.samples_per_observation
+        x, logq = engine.sample_and_log_prob(y, operator, s, generator=generator)
+        flat = x.reshape(-1, *x.shape[2:])
+        loglik = self.log_likelihood(y, operator, x).reshape(s, -1)
+        logp = prior_log_prob(
+            self.prior, flat, generator=generator, num_times=engine.config.elbo_times
+        ).reshape(s, -1)
+        return logq, loglik, logp
 
     def forward(self, step: int, start: int, stop: int) -> torch.Tensor:
         """Reverse-KL loss (0-d, per dimension) of the rows `start:stop` of the batch of `step`.
