@@ -28,6 +28,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,9 +94,19 @@ def main() -> None:
     )
     prior_path, _ = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
     prior = resolve_prior(ds, prior_path)
+    path = args.out / f"aps_calibration-{args.problem}.csv"
+    earlier = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for variant in args.variants:
-        run = args.runs / "aps-calibration" / args.problem / variant
+        weighted = variant.startswith("fkl-") and args.weight != 1.0
+        label = f"{variant}, lambda {args.weight:g}" if weighted else variant
+        run = (
+            args.runs
+            / "aps-calibration"
+            / args.problem
+            / (f"{variant}-w{args.weight:g}" if weighted else variant)
+        )
         total = args.long_steps if variant == "reverse-long" else args.steps
         stops = sorted({s for s in args.snapshots if s < total} | {total})
         stops = stops if variant == "reverse-long" else [total]
@@ -121,7 +132,7 @@ def main() -> None:
                 )
             row = {
                 "problem": args.problem,
-                "method": f"{variant} ({stop} steps)",
+                "method": f"{label} ({stop} steps)",
                 "variant": variant,
                 "steps": stop,
                 "schedule_steps": total,
@@ -134,12 +145,17 @@ def main() -> None:
             }
             print({k: v for k, v in row.items() if k != "rank_histogram"}, flush=True)
             rows.append(row)
-            # written after every row: a stopped run keeps what it measured
-            write_csv(args.out / f"aps_calibration-{args.problem}.csv", rows)
-            save_rank_histograms(
-                args.out / f"aps-calibration-{args.problem}.png", problem.label, rows
+            # written after every row (a stopped run keeps what it measured), beside the rows
+            # of other variants and weights from earlier runs
+            write_csv(
+                path, [r for r in earlier if r["method"] not in {x["method"] for x in rows}] + rows
             )
-    print(f"wrote {args.out / f'aps_calibration-{args.problem}.csv'}")
+            save_rank_histograms(
+                args.out / f"aps-calibration-{args.problem}.png",
+                problem.label,
+                list(csv.DictReader(open(path, newline=""))),
+            )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
