@@ -336,6 +336,7 @@ def run_problem(name: str, args) -> list[dict]:
             "samples_per_second": round(rate, 2),
             "peak_memory_mb": round(mem, 1),
             "load_average": round(os.getloadavg()[0], 2),
+            "machine": machine(),
             "observations": args.observations,
             "samples": args.samples,
             "missing": args.missing,
@@ -407,9 +408,9 @@ def _seconds(v) -> str:
 def report(out: Path, rows: list[dict], machine_line: str) -> str:
     """Markdown tables (one per problem, in `PROBLEMS` order) of the suite's rows."""
     lines = [
-        f"Measured on {machine_line}. Each problem: held-out test fields (how many, and the "
-        f"machine's load, after its name), {float(rows[0]['missing']):.0%} of cells hidden at "
-        "random (WMAP: its analysis mask and held-out caps; its fields are one map with "
+        "Each problem: held-out test fields (how many, the machine and its load after its name; "
+        f"{machine_line} where a row does not say), {float(rows[0]['missing']):.0%} of cells "
+        "hidden at random (WMAP: its analysis mask and held-out caps; its fields are one map with "
         "independent noise); scores over the hidden cells, area-weighted (best RMSE and CRPS "
         "in bold); in brackets, 95 % bootstrap intervals over the test fields. Training time "
         "includes the diffusion prior's for the engines distilled from it. "
@@ -422,8 +423,10 @@ def report(out: Path, rows: list[dict], machine_line: str) -> str:
             continue
         best = {k: min(float(r[k]) for r in prows) for k in ("rmse_mean", "crps")}
         loads = [float(r["load_average"]) for r in prows if r.get("load_average") not in ("", None)]
-        setting = f"{prows[0]['observations']} test fields × {prows[0]['samples']} samples" + (
-            f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+        setting = (
+            f"{prows[0]['observations']} test fields × {prows[0]['samples']} samples"
+            + (f"; {prows[0]['machine']}" if prows[0].get("machine") else "")
+            + (f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else "")
         )
         figure = out / f"rank-{name}.png"
         lines += [
