@@ -12,7 +12,10 @@ test fields (`suite.test_observations`, `suite.scores`: RMSE of the mean, CRPS, 
                      no data enters);
 * ``fkl-data``       plus the forward KL on the training signals the observations are simulated
                      from (neural posterior estimation on them; never a test field);
-* ``reverse-long``   the reverse KL for `--long-steps` steps (10x), scored at `--snapshots`.
+* ``reverse-long``   the reverse KL for `--long-steps` steps (10x), scored at `--snapshots`;
+* ``reverse-spread`` ``reverse``'s engine with a post-hoc spread factor
+                     (`manifold_aps.posterior.calibration`) fitted on observations simulated
+                     from the dataset's *validation* signals (never the test fields).
 
 Variants run one after another; each is resumable (`--runs/aps-calibration/<problem>/<variant>`).
 Results: `results/aps_calibration-<problem>.csv` (one row per variant and step count, written
@@ -37,14 +40,16 @@ import torch
 from common import engine_train_config, training_seconds, write_csv
 from suite import PROBLEMS, prior_checkpoint, save_rank_histograms, scores, test_observations
 
-from manifold_aps.datasets import build_prior_dataset
-from manifold_aps.operators import GaussianNoise
+from manifold_aps.datasets import TensorSource, build_prior_dataset
+from manifold_aps.operators import GaussianNoise, RandomMaskGenerator
 from manifold_aps.posterior.aps import APSConfig
+from manifold_aps.posterior.calibration import SpreadCalibrated, fit_spread_factor
 from manifold_aps.posterior.distill import resolve_prior
 from manifold_aps.posterior.engines import load_engine, train_engine
+from manifold_aps.posterior.observations import SimulatedObservations
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("reverse", "fkl-prior", "fkl-data", "reverse-long")
+VARIANTS = ("reverse", "fkl-prior", "fkl-data", "reverse-long", "reverse-spread")
 
 
 def settings(variant: str, weight: float, bank: int) -> APSConfig:
@@ -101,18 +106,19 @@ def main() -> None:
     for variant in args.variants:
         weighted = variant.startswith("fkl-") and args.weight != 1.0
         label = f"{variant}, lambda {args.weight:g}" if weighted else variant
+        folder = "reverse" if variant == "reverse-spread" else variant  # the same training
         run = (
             args.runs
             / "aps-calibration"
             / args.problem
-            / (f"{variant}-w{args.weight:g}" if weighted else variant)
+            / (f"{variant}-w{args.weight:g}" if weighted else folder)
         )
         total = args.long_steps if variant == "reverse-long" else args.steps
         stops = sorted({s for s in args.snapshots if s < total} | {total})
         stops = stops if variant == "reverse-long" else [total]
         for stop in stops:
             print(f"[{args.problem}] {variant}: distilling to step {stop} of {total}", flush=True)
-            train_engine(
+            _, result = train_engine(
                 "aps",
                 ds,
                 prior_path,
@@ -125,6 +131,16 @@ def main() -> None:
                 stop_after=stop,
             )
             engine = load_engine(run / "checkpoint.pt", ds, prior=prior)[0]
+            factor = ""
+            if variant == "reverse-spread":
+                val = ds.source.validation()
+                stream = SimulatedObservations(
+                    TensorSource(val, val), RandomMaskGenerator(ds.domain, args.missing), noise
+                )
+                batch = stream.batch(torch.Generator().manual_seed(11), args.observations)
+                factor = fit_spread_factor(engine, batch, ds.domain, samples=args.samples)
+                engine = SpreadCalibrated(engine, factor)
+                label = f"reverse + spread x {factor:.2f} (fitted on validation)"
             t0 = time.perf_counter()
             with torch.no_grad():
                 s = engine.sample(
@@ -132,11 +148,14 @@ def main() -> None:
                 )
             row = {
                 "problem": args.problem,
-                "method": f"{label} ({stop} steps)",
+                # the step reached, not the one asked for: an interrupted run (Ctrl-C, SIGTERM)
+                # stops early, checkpoints and is scored where it stopped
+                "method": f"{label} ({result.step} steps)",
                 "variant": variant,
-                "steps": stop,
+                "steps": result.step,
                 "schedule_steps": total,
                 "forward_kl_weight": args.weight if variant.startswith("fkl-") else 0.0,
+                "spread_factor": factor,
                 **scores(s.double(), truth, where, weight, point=False),
                 "train_seconds": round(training_seconds(run), 1),
                 "sample_seconds": round(time.perf_counter() - t0, 3),
