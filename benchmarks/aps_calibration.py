@@ -166,13 +166,10 @@ def main() -> None:
             rows.append(row)
             # written after every row (a stopped run keeps what it measured), beside the rows
             # of other variants and weights from earlier runs
-            write_csv(
-                path, [r for r in earlier if r["method"] not in {x["method"] for x in rows}] + rows
-            )
+            kept = [r for r in earlier if r["method"] not in {x["method"] for x in rows}]
+            write_csv(path, kept + rows)
             save_rank_histograms(
-                args.out / f"aps-calibration-{args.problem}.png",
-                problem.label,
-                list(csv.DictReader(open(path, newline=""))),
+                args.out / f"aps-calibration-{args.problem}.png", problem.label, kept + rows
             )
     print(f"wrote {path}")
 

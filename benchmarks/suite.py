@@ -75,6 +75,7 @@ from manifold_aps.posterior import (
     HarmonicInterpolation,
     NearestNeighbour,
 )
+from manifold_aps.posterior.dps import GUIDANCE_CHOICES
 from manifold_aps.priors import fit_matern
 from manifold_aps.priors.train import train_prior
 from manifold_aps.training import TrainConfig
@@ -83,8 +84,8 @@ HERE = Path(__file__).resolve().parent
 README_START, README_END = "<!-- benchmark-suite:start -->", "<!-- benchmark-suite:end -->"
 METHODS = ("kriging", "harmonic", "nearest", "APS", "APS-spectral", "implicit", "AVI", "DPS")
 POINT_ESTIMATES = ("harmonic", "nearest")
-# candidate step sizes, chosen per problem at the final step count
-DPS_GUIDANCE = (0.01, 0.03, 0.1, 0.3, 1.0)
+# candidate step sizes, chosen per problem at the final step count: those of DPS's "auto"
+DPS_GUIDANCE = GUIDANCE_CHOICES
 
 
 @dataclass(frozen=True)

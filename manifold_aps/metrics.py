@@ -148,18 +148,19 @@ def rank_histogram(
     s = samples.shape[0]
     below = (samples < truth).sum(0)
     ties = (samples == truth).sum(0)
+    w = weight.double()[:, None].expand(truth.shape[-2:]).expand(truth.shape)
+    if where is not None:
+        w = w * where.to(torch.double).expand(truth.shape)
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("where selects no entry (or all weights are zero)")
     # a tie is split evenly between the ranks it spans: rank below + j for j in 0..ties
     out = torch.zeros(s + 1, dtype=torch.float64)
+    share = (w / (ties + 1)).flatten()
     for j in range(int(ties.max()) + 1):
-        share = torch.where(
-            ties >= j, 1.0 / (ties + 1).double(), torch.zeros((), dtype=torch.double)
-        )
-        rank = (below + j).clamp(max=s)
-        for r in range(s + 1):
-            hit = (rank == r).double() * share
-            if hit.any():
-                out[r] += weighted_mean(hit, weight.double(), where)
-    return out
+        hit = (ties >= j).flatten()
+        out.index_add_(0, (below + j).flatten()[hit], share[hit])
+    return out / total
 
 
 def bootstrap_interval(

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from manifold_aps.datasets import TensorSource
 from manifold_aps.flows import ConditionalFlow, FlowCondition, FlowConfig
 from manifold_aps.geometry import Domain
 from manifold_aps.geometry.domain import sparse_to_torch
@@ -633,7 +634,7 @@ class ReverseKLObjective(DistillationObjective):
                 seed=self.seed,
             )
             self.pairs = SimulatedObservations(
-                _SignalBank(bank), observations.masks, observations.noise
+                TensorSource(bank, bank), observations.masks, observations.noise
             )
 
     def terms(self, y, operator, generator, weight: float = 1.0):
@@ -670,16 +671,6 @@ class ReverseKLObjective(DistillationObjective):
             forward = -self.model.log_prob(x, pairs.y, pairs.operator(self.model.domain)).mean()
             loss = loss + weight * forward / dims
         return loss
-
-
-class _SignalBank:
-    """A fixed tensor of signals `(M, N, C)`, drawn from at random with replacement."""
-
-    def __init__(self, signals: torch.Tensor):
-        self.signals = signals
-
-    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        return self.signals[torch.randint(0, self.signals.shape[0], (n,), generator=generator)]
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from manifold_aps.metrics import weighted_mean, weighted_rmse
+from manifold_aps.metrics import spread_skill_ratio
 from manifold_aps.operators import LinearOperator
 from manifold_aps.posterior.observations import ObservationBatch
 
@@ -51,10 +51,10 @@ class SpreadCalibrated:
 def fit_spread_factor(
     engine, batch: ObservationBatch, domain, *, samples: int = 16, seed: int = 0
 ) -> float:
-    r"""The factor making the engine's spread/skill 1 on `batch`'s hidden entries.
+    """The factor making the engine's spread/skill 1 on `batch`'s hidden entries.
 
-    :math:`k = \mathrm{RMSE}(\bar X) / \sqrt{\tfrac{S+1}{S}\overline{\mathrm{var}}}`, area-weighted
-    over the entries `batch.mask` hides (the same estimator as `spread_skill_ratio`).
+    The inverse of `spread_skill_ratio` of the engine's samples, area-weighted over the entries
+    `batch.mask` hides.
 
     Arguments:
         engine: the sampler.
@@ -72,7 +72,5 @@ def fit_spread_factor(
         else batch.y
     )
     s = engine.sample(y, operator, samples, rng=torch.Generator().manual_seed(seed)).double()
-    truth, hidden = batch.truth.double(), ~batch.mask.expand_as(batch.truth)
-    weight = domain.mass.double()
-    spread = ((samples + 1) / samples * weighted_mean(s.var(0), weight, hidden)).sqrt()
-    return float(weighted_rmse(s.mean(0), truth, weight, hidden) / spread)
+    hidden = ~batch.mask.expand_as(batch.truth)
+    return float(1.0 / spread_skill_ratio(s, batch.truth.double(), domain.mass.double(), hidden))
