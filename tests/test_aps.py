@@ -12,13 +12,9 @@ from manifold_aps.flows import FlowConfig
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator
 from manifold_aps.posterior import ExactGaussianPosterior
-from manifold_aps.posterior.aps import (
-    AmortizedFlowPosterior,
-    APSConfig,
-    ReverseKLObjective,
-    TikhonovEstimate,
-    data_weight,
-)
+from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, ReverseKLObjective
+from manifold_aps.posterior.first_estimate import TikhonovEstimate
+from manifold_aps.posterior.objective import data_weight
 from manifold_aps.posterior.observations import SimulatedObservations
 from manifold_aps.posterior.yardstick import gaussian_yardstick
 from manifold_aps.priors import GaussianPrior
@@ -280,7 +276,7 @@ def test_forward_kl_term_adds_weight_times_minus_log_q_of_the_pairs(signals):
 
 
 def test_the_prior_bank_of_a_gaussian_prior_has_its_covariance():
-    from manifold_aps.posterior.aps import prior_signal_bank
+    from manifold_aps.posterior.objective import prior_signal_bank
 
     bank = prior_signal_bank(PRIOR, DOMAIN, 1, 4000, seed=1).double()[..., 0]
     assert bank.shape == (4000, DOMAIN.num_nodes)

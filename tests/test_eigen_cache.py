@@ -16,7 +16,8 @@ from manifold_aps.geometry import HealpixSphere, PlanarGrid, eigen
 from manifold_aps.geometry.eigen import cache_path, cached_eigenbasis
 from manifold_aps.nn import DomainTensors, ScoreNetConfig
 from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
-from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig, TikhonovEstimate
+from manifold_aps.posterior.aps import AmortizedFlowPosterior, APSConfig
+from manifold_aps.posterior.first_estimate import TikhonovEstimate
 from manifold_aps.priors import GaussianPrior
 from manifold_aps.priors.score import ScorePrior
 from manifold_aps.priors.train import KIND, load_prior

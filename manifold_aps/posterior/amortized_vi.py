@@ -43,7 +43,7 @@ from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
 from manifold_aps.operators import GaussianNoise, LinearOperator
-from manifold_aps.posterior.aps import ConditionedEngine
+from manifold_aps.posterior.conditioned import ConditionedEngine
 from manifold_aps.posterior.mgdm import (
     Candidate,
     DrivenSampler,

@@ -50,12 +50,8 @@ from manifold_aps.flows.conditioner import GraphConditioner
 from manifold_aps.geometry import Domain
 from manifold_aps.nn import DomainTensors
 from manifold_aps.operators import GaussianNoise, LinearOperator
-from manifold_aps.posterior.aps import (
-    ConditionedEngine,
-    DistillationObjective,
-    ObservationEncoding,
-    data_weight,
-)
+from manifold_aps.posterior.conditioned import ConditionedEngine, ObservationEncoding
+from manifold_aps.posterior.objective import DistillationObjective, data_weight
 from manifold_aps.training import step_generator
 
 __all__ = ["KIND", "ImplicitConfig", "ImplicitGenerator", "IntegralKLObjective", "implicit_recipe"]
