@@ -128,6 +128,42 @@ def test_flow_sample_log_prob_agree_and_base_respects_area():
     assert torch.allclose(var_area, var_area.mean().expand_as(var_area), rtol=1e-6)
 
 
+@pytest.mark.parametrize("coupling", ["graph", "spectral"])
+def test_many_samples_in_chunks_are_the_one_batch_draw_with_one_conditioner_pass(
+    coupling, monkeypatch
+):
+    """A large draw without autograd runs in chunks, with the numbers of one batch.
+
+    The same samples and log q as one batch; each condition-only conditioner runs once (not once
+    per chunk).
+    """
+    import manifold_aps.flows.flow as flow_module
+    from manifold_aps.flows import FlowCondition
+
+    mesh_like = TriangleMesh(*_ellipsoid())
+    cfg = FlowConfig(couplings=2, width=8, depth=1, num_modes=8, coupling=coupling)
+    flow = _randomize(ConditionalFlow(mesh_like, 1, 2, 3, cfg), 0.1).double()
+    g = torch.Generator().manual_seed(5)
+    cond = FlowCondition(
+        torch.randn(2, mesh_like.num_nodes, 2, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, generator=g, dtype=torch.float64),
+        flow.graph,
+    )
+    with torch.enable_grad():  # autograd on: one batch, as in training
+        x1, lq1 = flow.sample_and_log_prob(cond, 7, generator=torch.Generator().manual_seed(1))
+    calls = []
+    first = flow.layers[0].net
+    first.register_forward_hook(lambda *a: calls.append(1))
+    # 3 samples of both conditions per chunk: chunks of 3, 3, 1
+    monkeypatch.setattr(flow_module, "SAMPLE_CHUNK_ELEMENTS", 3 * 2 * mesh_like.num_nodes)
+    with torch.no_grad():
+        x2, lq2 = flow.sample_and_log_prob(cond, 7, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1
+    torch.testing.assert_close(x2, x1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lq2, lq1, rtol=1e-12, atol=1e-9)
+    assert torch.allclose(flow.log_prob(x2, cond), lq2, atol=1e-8)
+
+
 def _ellipsoid():
     import trimesh
 

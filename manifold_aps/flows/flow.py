@@ -2,6 +2,7 @@ r"""`ConditionalFlow`: a normalizing flow :math:`q_\phi(x \mid c)` for signals o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -27,6 +28,9 @@ from manifold_aps.nn.unet import network_hierarchy
 __all__ = ["ConditionalFlow", "FlowConfig"]
 
 COUPLINGS = ("graph", "spectral")
+# Signal values per chunk when many samples are drawn without autograd (32 MB in float32: 128
+# samples of a 1-degree global grid); bigger batches run out of cache and are slower per sample.
+SAMPLE_CHUNK_ELEMENTS = 2**23
 TRANSFORMS = ("affine", "spline")
 
 
@@ -263,12 +267,21 @@ class ConditionalFlow(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""`n` samples per condition: `x` `(n, B, N, C)` and :math:`\log q(x \mid c)` `(n, B)`."""
         b = cond.features.shape[0] * cond.repeats
-        big = cond.repeat(n)
         shape = (n * b, self.domain.num_nodes, self.channels)
         dtype = cond.features.dtype
         z = torch.randn(shape, generator=generator, dtype=dtype, device=cond.features.device)
         z = z * self.base_std.to(dtype)[None, :, None]
-        x, logdet = self.transform(z, big)
+        per_chunk = max(1, SAMPLE_CHUNK_ELEMENTS // (b * shape[1] * shape[2]))
+        if torch.is_grad_enabled() or n <= per_chunk:
+            x, logdet = self.transform(z, cond.repeat(n))
+        else:
+            # without autograd, in chunks of samples that stay in cache, each conditioner run once
+            memo = dataclasses.replace(cond, memo={})
+            parts = [
+                self.transform(chunk, memo.repeat(chunk.shape[0] // b))
+                for chunk in z.split(per_chunk * b)
+            ]
+            x, logdet = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         logq = self.base_log_prob(z) - logdet
         return x.reshape(n, b, *shape[1:]), logq.reshape(n, b)
 

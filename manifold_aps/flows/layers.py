@@ -54,6 +54,9 @@ class FlowCondition:
         anchor_shift, anchor_log_scale: optional Gaussian anchor `(B0, N, C)` (see `AnchorAffine`).
         repeats: samples per condition in the signal batch.
         anchor_cholesky: optional Cholesky factors `(B0, C, N, N)` of the anchor's precision.
+        memo: None, or a dictionary in which layers keep what they compute from the condition
+            alone (`once`), so that a draw made in several chunks of samples runs each
+            conditioner once (`ConditionalFlow.sample_and_log_prob` sets it, without autograd).
     """
 
     features: torch.Tensor
@@ -63,6 +66,7 @@ class FlowCondition:
     anchor_log_scale: torch.Tensor | None = None
     repeats: int = 1
     anchor_cholesky: torch.Tensor | None = None
+    memo: dict | None = None
 
     def repeat(self, n: int) -> FlowCondition:
         """The condition for `n` samples of each of its conditions (no tensor is copied)."""
@@ -79,6 +83,22 @@ class FlowCondition:
         samples of one observation cost one conditioner pass, not `n`.
         """
         return self.tile(fn(self.features, self.context))
+
+    def once(self, layer: nn.Module, fn):
+        """`fn()`, a function of the condition only, computed once per `memo` for `layer`."""
+        if self.memo is None:
+            return fn()
+        if id(layer) not in self.memo:
+            self.memo[id(layer)] = fn()
+        return self.memo[id(layer)]
+
+    def per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """A signal batch `(repeats*B0, ...)` as the view `(repeats, B0, ...)` (no copy).
+
+        A per-condition tensor `(B0, ...)` then broadcasts against it, so layers whose parameters
+        depend on the condition only never tile them over the samples.
+        """
+        return x.view(self.repeats, -1, *x.shape[1:])
 
 
 class AnchorAffine(nn.Module):
@@ -119,23 +139,24 @@ class AnchorAffine(nn.Module):
         """`(y, log|det dy/dx|)`: `x` `(B, N, C)` moved to the anchor's Gaussian; `(B,)`."""
         if cond.anchor_shift is None:
             return x, x.new_zeros(x.shape[0])
-        ls = cond.tile(cond.anchor_log_scale.to(x.dtype))
-        v = x * torch.exp(ls)
+        ls = cond.anchor_log_scale.to(x.dtype)  # (B0, N, C), broadcast over the samples
+        v = (cond.per_sample(x) * torch.exp(ls)).view(x.shape)
         if cond.anchor_cholesky is not None:
             v = self._tri(cond, v, transpose_solve=True)
-        return add_per_condition(v, cond.anchor_shift.to(x.dtype)), ls.sum(
-            (1, 2)
+        return add_per_condition(v, cond.anchor_shift.to(x.dtype)), cond.tile(
+            ls.sum((1, 2))
         ) - self._logdet_chol(cond, x)
 
     def inverse(self, y, cond):
         """`(x, log|det dx/dy|)`: the inverse of `forward` for `y` `(B, N, C)`."""
         if cond.anchor_shift is None:
             return y, y.new_zeros(y.shape[0])
-        ls = cond.tile(cond.anchor_log_scale.to(y.dtype))
+        ls = cond.anchor_log_scale.to(y.dtype)  # (B0, N, C)
         v = add_per_condition(y, -cond.anchor_shift.to(y.dtype))
         if cond.anchor_cholesky is not None:
             v = self._tri(cond, v, transpose_solve=False)
-        return v * torch.exp(-ls), -ls.sum((1, 2)) + self._logdet_chol(cond, y)
+        x = (cond.per_sample(v) * torch.exp(-ls)).view(y.shape)
+        return x, -cond.tile(ls.sum((1, 2))) + self._logdet_chol(cond, y)
 
 
 class ConditionalAffine(nn.Module):
@@ -156,19 +177,25 @@ class ConditionalAffine(nn.Module):
         self.channels = channels
 
     def _params(self, cond: FlowCondition):
-        raw = cond.per_condition(lambda f, c: self.net(f, c, cond.graph))
-        s, t = raw.split(self.channels, dim=-1)
-        return bounded_log_scale(s), t
+        """Log-scale and shift `(B0, N, C)`, once per condition (broadcast over its samples)."""
+
+        def params():
+            s, t = self.net(cond.features, cond.context, cond.graph).split(self.channels, dim=-1)
+            return bounded_log_scale(s), t
+
+        return cond.once(self, params)
 
     def forward(self, x, cond):
         """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s, t = self._params(cond)
-        return x * torch.exp(s) + t, s.sum((1, 2))
+        y = cond.per_sample(x) * torch.exp(s) + t
+        return y.view(x.shape), cond.tile(s.sum((1, 2)))
 
     def inverse(self, y, cond):
         """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
         s, t = self._params(cond)
-        return (y - t) * torch.exp(-s), -s.sum((1, 2))
+        x = (cond.per_sample(y) - t) * torch.exp(-s)
+        return x.view(y.shape), -cond.tile(s.sum((1, 2)))
 
 
 class _PartitionLayer(nn.Module):
@@ -354,27 +381,50 @@ class SpectralCoupling(_Coupling):
             features, 2 * channels * (width + 1), context_dim, width, depth
         )
 
-    def _params(self, x, cond):
-        keep = (~self.part).to(x.dtype)[None, :, None]
+    def _part_params(self, x, cond):
+        """Log-scale and shift `(R, B0, P, C)` at the `P` transformed nodes only, and their indices.
+
+        Computed on the transformed nodes alone (the untouched ones keep their values), so the
+        per-sample work is one `(N, K)` product and a few passes over half the nodes.
+        """
         k = self.num_modes
+        untouched = (~self.part).to(x.dtype)
+        # the untouched nodes' coefficients: the indicator folded into the analysis operator
         coef = torch.einsum(
-            "kn,bnc->bkc", cond.graph.analysis[:k].to(x.dtype), x * keep
+            "kn,bnc->bkc", cond.graph.analysis[:k].to(x.dtype) * untouched, x
         )  # (B, K, C)
         h = self.summary(
             torch.cat([coef.flatten(1), cond.tile(cond.context).to(x.dtype)], dim=1)
         )  # (B, w)
-        load = self.loadings(
-            cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph
-        )  # (B0, N, 2C(w+1))
-        b0, n = load.shape[:2]
-        load = load.reshape(b0, n, 2 * self.channels, self.width + 1)
+        index = torch.nonzero(self.part).squeeze(1)  # (P,)
+
+        def loadings():  # (B0, P, 2C, w + 1): the loadings at the transformed nodes
+            load = self.loadings(cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph)
+            b0 = load.shape[0]
+            return load[:, index].reshape(b0, index.numel(), 2 * self.channels, self.width + 1)
+
+        load = cond.once(self, loadings)
+        b0 = load.shape[0]
         out = (
-            torch.einsum("bnjw,rbw->rbnj", load[..., :-1], h.reshape(-1, b0, self.width))
+            torch.einsum("bpjw,rbw->rbpj", load[..., :-1], h.reshape(-1, b0, self.width))
             + load[..., -1]
-        )
-        return self.on_part(
-            *out.reshape(x.shape[0], n, 2 * self.channels).split(self.channels, dim=-1)
-        )
+        )  # (R, B0, P, 2C)
+        s, t = out.split(self.channels, dim=-1)
+        return bounded_log_scale(s), t, index
+
+    def forward(self, x, cond):
+        """`(y, log|det dy/dx|)` for `x` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
+        s, t, index = self._part_params(x, cond)
+        xs = x.view(*s.shape[:2], *x.shape[1:])
+        y = xs.index_copy(2, index, xs.index_select(2, index) * torch.exp(s) + t)
+        return y.view(x.shape), s.sum((2, 3)).reshape(-1)
+
+    def inverse(self, y, cond):
+        """`(x, log|det dx/dy|)` for `y` `(B, N, C)`: `(B, N, C)` and `(B,)`."""
+        s, t, index = self._part_params(y, cond)  # the untouched nodes are the same in x and y
+        ys = y.view(*s.shape[:2], *y.shape[1:])
+        x = ys.index_copy(2, index, (ys.index_select(2, index) - t) * torch.exp(-s))
+        return x.view(y.shape), -s.sum((2, 3)).reshape(-1)
 
 
 class SpectralScale(nn.Module):
