@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from climate.demo import default_sample_path
-from climate.era5 import grid_domain, open_era5, to_signal
+from climate.era5 import grid_domain, open_era5, spatial_dims, to_signal
 from climate.regrid import latlon_to_healpix_matrix
-from climate.schema import LATITUDE, LONGITUDE, TIME
+from climate.schema import TIME
 from manifold_aps.datasets import (
     PriorDataset,
+    SO3Rotations,
     TensorSource,
     checked_digest,
     require_file,
@@ -34,7 +35,7 @@ from manifold_aps.geometry.domain import sparse_to_torch
 
 __all__ = ["AUGMENTATIONS", "era5_global", "era5_uk", "grid_file_dataset", "longitude_rolls"]
 
-AUGMENTATIONS = ("auto", "longitude", "none")  # grid_file_dataset's `augment`
+AUGMENTATIONS = ("auto", "longitude", "so3", "none")  # grid_file_dataset's `augment`
 
 
 def longitude_rolls(nlat: int, nlon: int):
@@ -61,9 +62,10 @@ def _rolls_exactly(domain) -> bool:
 
 def grid_file_dataset(
     path: str | Path,
-    var: str,
+    var: str | list[str],
     *,
     select: tuple[str, ...] = (),
+    channels_from: str | None = None,
     fit_period: str | None = None,
     coarsen: int = 1,
     val_fraction: float = 0.1,
@@ -71,31 +73,43 @@ def grid_file_dataset(
     sample_dim: str = "time",
     digest: str | None = None,
 ) -> PriorDataset:
-    """A user's gridded field as a prior's training data (``train-prior --input FILE --var VAR``).
+    """A user's gridded fields as a prior's training data (``train-prior --input FILE --var VAR``).
+
+    Several variables (``--var t2m msl``) and/or the values of a dimension (``--channels-from
+    level=500,850``) become the channels of the signals `(S, N, C)`, in the order of
+    `climate.workflow.channel_fields`: variable by variable, each at the values in the order
+    given. The prior standardises each channel by its own mean and std (`ChannelNormalizer`); the
+    dataset's `extra["channel_fields"]` (recorded in the checkpoint's `data`) lists each channel's
+    variable, units and value of `channels_from` (`climate.model.Channel.to_dict`).
 
     Arguments:
         path: a netCDF, GRIB or zarr file (`open_era5`: any variable, CF times, cftime calendars).
-        var: the variable.
+        var: the variable, or several (on the same grid and sample steps).
         select: `DIM=VALUE` items fixing other dimensions (e.g. `level=500`), as `impute --select`.
+        channels_from: `DIM=V1,V2,...` (each value of DIM a channel, in this order) or `DIM` (all
+            of its values, in the file's order), e.g. `level=500,850`; None: one channel per
+            variable.
         fit_period: time ranges trained on (`parse_period`), default all.
         coarsen: average blocks of `coarsen x coarsen` cells first (`coarsen_grid`).
         val_fraction: share of the time steps held out for validation (the last ones).
         augment: "longitude" (random rotations about the polar axis: global, evenly spaced grids
-            only), "none", or "auto" (longitude where it is exact, else none: regional grids).
+            only), "so3" (random rotations in SO(3): HEALPix fields, `SO3Rotations`), "none", or
+            "auto" (longitude where it is exact, so3 on HEALPix, else none: regional grids).
         sample_dim: the dimension whose entries are the training fields (default time; e.g.
             `month` for a file of monthly means indexed by month number, `number` for ensemble
             members). `fit_period` applies to time only.
         digest: the SHA-256 the file must have (a rebuilt dataset: the same file).
 
-    Time steps with any missing cell are left out (the prior learns complete fields); the log of
-    the dataset's `description` says how many.
+    Time steps with any missing cell (in any channel) are left out (the prior learns complete
+    fields); the log of the dataset's `description` says how many.
 
     Raises:
-        ValueError: dimensions left besides time/latitude/longitude (say `select`), no complete
-            time step, a file of another digest, `augment="longitude"` on a grid it would distort.
+        ValueError: dimensions left besides time/latitude/longitude (say `select` or
+            `channels_from`), variables of other grids or sample steps, no complete time step, a
+            file of another digest, `augment="longitude"` on a grid it would distort.
     """
-    from climate.impute import select_variable
-    from climate.workflow import coarsen_grid, parse_period, select_values
+    from climate.model import Channel
+    from climate.workflow import channel_fields
 
     path = Path(path)
     if augment not in AUGMENTATIONS:
@@ -104,19 +118,101 @@ def grid_file_dataset(
         raise FileNotFoundError(f"input file not found: {path}")
     # a zarr folder has no one digest
     found = checked_digest(path, digest) if path.is_file() else None
-    da = select_variable(open_era5(path), var)
-    da = select_values(da, tuple(select))
+    fields = channel_fields(open_era5(path), var, select=tuple(select), channels_from=channels_from)
+    fields = [_training_field(da, sample_dim, fit_period, coarsen) for da in fields]
+    first = fields[0]
+    for da in fields[1:]:
+        _same_steps_and_grid(da, first, sample_dim)
+    dim = None if channels_from is None else channels_from.partition("=")[0].strip()
+    channels = [Channel.of(da, dim) for da in fields]
+    labels = ", ".join(c.label for c in channels)
+    complete = np.logical_and.reduce([~da.isnull().any(spatial_dims(da)).values for da in fields])
+    if not complete.any():
+        raise ValueError(
+            f"no field of {labels} in {path.name} is complete"
+            f"{' in every channel' if len(fields) > 1 else ''}; a prior trains on complete fields"
+        )
+    left_out = int((~complete).sum())
+    fields = [da.isel({sample_dim: np.flatnonzero(complete)}) for da in fields]
+    domain = grid_domain(fields[0])
+    x = torch.cat([to_signal(da, dtype=torch.float32)[0] for da in fields], dim=-1)
+    train, val = split_train_validation(x, val_fraction)
+    if isinstance(domain, HealpixSphere):  # a HEALPix GRIB field: full-sky, so3 (or none)
+        if augment == "longitude":
+            raise ValueError(
+                "augment='longitude' rotates lat-lon grids; a HEALPix field takes so3 or none"
+            )
+        rotate = augment in ("auto", "so3")
+        augmentation = SO3Rotations(domain.nside, nest=domain.nest) if rotate else None
+        grid = f"HEALPix nside {domain.nside} ({'nested' if domain.nest else 'ring'}) pixels"
+        augmented = "random SO(3) rotations" if rotate else "none"
+    else:
+        if augment == "so3":
+            raise ValueError("augment='so3' rotates full-sky HEALPix fields, not lat-lon grids")
+        rolls = _rolls_exactly(domain)
+        if augment == "longitude" and not rolls:
+            raise ValueError(
+                "augment='longitude' needs a global grid of even longitude spacing (a roll is "
+                "then a rotation)"
+            )
+        use_rolls = augment == "longitude" or (augment == "auto" and rolls)
+        nlat, nlon = domain.shape
+        augmentation = longitude_rolls(nlat, nlon) if use_rolls else None
+        grid = f"{nlat} x {nlon} grid"
+        augmented = "random longitude rotations" if use_rolls else "none"
+    args = {
+        "path": str(path),
+        "var": var if isinstance(var, str) else list(var),
+        "select": list(select),
+        "fit_period": fit_period,
+        "coarsen": coarsen,
+        "val_fraction": val_fraction,
+        "augment": augment,
+        "sample_dim": sample_dim,
+        "digest": found,
+    }
+    if channels_from is not None:  # (a one-variable prior's record as it always was)
+        args["channels_from"] = channels_from
+    source = {"builder": "grid-file", "args": args}
+    steps = fields[0][sample_dim].values
+    span = f"{sample_dim} {str(steps[0])[:16]} .. {str(steps[-1])[:16]}"
+    variables = list(dict.fromkeys(c.variable for c in channels))
+    return PriorDataset(
+        f"{labels} of {path.name}",
+        domain,
+        TensorSource(train, val, augmentation),
+        torch.zeros(0, domain.num_nodes, len(channels)),
+        ", ".join(c.units for c in channels),
+        f"{labels} of {path.name} on its {grid}"
+        f"{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
+        f"{train.shape[0]} training + {val.shape[0]} validation fields ({span}"
+        f"{f'; {left_out} incomplete fields left out' if left_out else ''}); augmentation: "
+        f"{augmented}",
+        extra={
+            "variable": ", ".join(variables),
+            "source": source,
+            "channel_fields": [c.to_dict() for c in channels],
+        },
+    )
+
+
+def _training_field(da, sample_dim: str, fit_period: str | None, coarsen: int):
+    """One channel's field `(sample_dim, latitude, longitude)`, its period, coarsened, loaded."""
+    from climate.workflow import coarsen_grid, parse_period
+
+    name = da.name
     if sample_dim not in da.dims:
         if sample_dim != TIME:
             raise ValueError(
-                f"--sample-dim {sample_dim}: {var!r} has no such dimension; it has {list(da.dims)}"
+                f"--sample-dim {sample_dim}: {name!r} has no such dimension; it has {list(da.dims)}"
             )
         da = da.expand_dims(TIME)
-    extra_dims = [d for d in da.dims if d not in (sample_dim, LATITUDE, LONGITUDE)]
+    extra_dims = [d for d in da.dims if d not in (sample_dim, *spatial_dims(da))]
     if extra_dims:
         raise ValueError(
-            f"{var!r} has dimensions {extra_dims} besides {sample_dim}/latitude/longitude; "
-            "fix them with --select DIM=VALUE (or name the fields' dimension with --sample-dim)"
+            f"{name!r} has dimensions {extra_dims} besides {sample_dim}/latitude/longitude; "
+            "fix them with --select DIM=VALUE, make them channels with --channels-from DIM (or "
+            "name the fields' dimension with --sample-dim)"
         )
     if fit_period:
         if sample_dim != TIME:
@@ -126,54 +222,21 @@ def grid_file_dataset(
         da = parse_period(fit_period, "--fit-period").select(da)
     if coarsen > 1:
         da = coarsen_grid(da, coarsen)
-    da = da.load()
-    complete = ~da.isnull().any((LATITUDE, LONGITUDE)).values
-    if not complete.any():
-        raise ValueError(
-            f"no field of {var!r} in {path.name} is complete; a prior trains on complete fields"
+    return da.transpose(sample_dim, *spatial_dims(da)).load()
+
+
+def _same_steps_and_grid(da, first, sample_dim: str) -> None:
+    """Refuse a channel's field on another grid or at other steps than the first channel's."""
+    for dim in (sample_dim, *spatial_dims(first)):
+        a, b = np.asarray(da[dim].values), np.asarray(first[dim].values)
+        same = a.shape == b.shape and (
+            np.allclose(a, b, rtol=0, atol=1e-6) if a.dtype.kind in "fiu" else bool((a == b).all())
         )
-    left_out = int((~complete).sum())
-    da = da.isel({sample_dim: np.flatnonzero(complete)})
-    domain = grid_domain(da)
-    x, _ = to_signal(da, dtype=torch.float32)
-    train, val = split_train_validation(x, val_fraction)
-    rolls = _rolls_exactly(domain)
-    if augment == "longitude" and not rolls:
-        raise ValueError(
-            "augment='longitude' needs a global grid of even longitude spacing (a roll is then a "
-            "rotation)"
-        )
-    use_rolls = augment == "longitude" or (augment == "auto" and rolls)
-    nlat, nlon = domain.shape
-    source = {
-        "builder": "grid-file",
-        "args": {
-            "path": str(path),
-            "var": var,
-            "select": list(select),
-            "fit_period": fit_period,
-            "coarsen": coarsen,
-            "val_fraction": val_fraction,
-            "augment": augment,
-            "sample_dim": sample_dim,
-            "digest": found,
-        },
-    }
-    labels = da[sample_dim].values
-    span = f"{sample_dim} {str(labels[0])[:16]} .. {str(labels[-1])[:16]}"
-    return PriorDataset(
-        f"{var} of {path.name}",
-        domain,
-        TensorSource(train, val, longitude_rolls(nlat, nlon) if use_rolls else None),
-        torch.zeros(0, domain.num_nodes, 1),
-        str(da.attrs.get("units", "")),
-        f"{var} of {path.name} on its {nlat} x {nlon} grid"
-        f"{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
-        f"{train.shape[0]} training + {val.shape[0]} validation fields ({span}"
-        f"{f'; {left_out} incomplete fields left out' if left_out else ''}); augmentation: "
-        f"{'random longitude rotations' if use_rolls else 'none'}",
-        extra={"variable": var, "source": source},
-    )
+        if not same:
+            raise ValueError(
+                f"{da.name!r} and {first.name!r} have other {dim} values ({a.size} and {b.size}); "
+                "the channels of one prior share the grid and the steps"
+            )
 
 
 def era5_uk(root: Path) -> PriorDataset:

@@ -1,8 +1,11 @@
-"""The first demo: impute hidden cells of a real ERA5 field with the exact Gaussian posterior.
+"""The first demo: impute hidden cells of a real ERA5 field, the exact Gaussian beside the APS flow.
 
 Fits a Matérn prior (by maximum likelihood) to the anomalies of the training period about an
 hour-of-day climatology, hides a seeded part of each test field, and writes the posterior mean,
-standard deviation and samples to netCDF, a map to PNG and the scores to JSON.
+standard deviation and samples to netCDF, a map to PNG and the scores to JSON. On the shipped
+sample it also imputes the same hidden cells with the APS flow shipped in the package (a small
+diffusion prior and its distilled flow, trained on the sample's first 558 hours by `make
+demo-models`) and scores it beside the Gaussian and the nearest-neighbour fill.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 from scipy.spatial import cKDTree
 
 from climate.era5 import from_signal, grid_domain, open_era5, to_signal
 from climate.impute import impute, write_imputation
 from climate.masks import EARTH_RADIUS_KM
-from climate.model import GaussianImputer
+from climate.model import GaussianImputer, load_model
 from climate.plot import plot_imputation
 from climate.schema import TIME
+from climate.workflow import parse_period
 from manifold_aps.checkpoint import atomic_path
 from manifold_aps.metrics import crps_ensemble, interval_coverage, spread_skill_ratio, weighted_rmse
 from manifold_aps.operators import (
@@ -31,8 +36,16 @@ from manifold_aps.operators import (
     StationMaskGenerator,
     SwathMaskGenerator,
 )
+from manifold_aps.posterior.engines import ENGINES
 
-__all__ = ["MASK_KINDS", "DemoScores", "default_sample_path", "run_demo"]
+__all__ = [
+    "MASK_KINDS",
+    "DemoScores",
+    "EngineScores",
+    "default_learned_model_path",
+    "default_sample_path",
+    "run_demo",
+]
 
 Z90 = 1.6448536269514722  # standard normal 95 % quantile: mean +- Z90 * std is a 90 % interval
 
@@ -47,6 +60,24 @@ MASK_KINDS = {
 def default_sample_path() -> Path:
     """The ERA5 sample shipped inside the package (UK t2m, March 2019)."""
     return Path(str(resources.files("manifold_aps") / "data" / "era5_t2m_uk_2019-03.nc"))
+
+
+def default_learned_model_path() -> Path:
+    """The APS flow shipped for the sample (its checkpoint embeds the diffusion prior's weights)."""
+    return Path(str(resources.files("manifold_aps") / "data" / "demo_models" / "aps-t2m-uk.pt"))
+
+
+@dataclass
+class EngineScores:
+    """One engine's scores over the same hidden cells as the Gaussian's (units of the variable)."""
+
+    engine: str
+    checkpoint: str
+    rmse_posterior_mean: float
+    crps_posterior: float
+    coverage_90_analytic: float
+    spread_skill: float
+    seconds: float
 
 
 @dataclass
@@ -67,6 +98,65 @@ class DemoScores:
     alpha: int
     nugget: float
     seconds: float
+    units: str = ""
+    learned: EngineScores | None = None
+    learned_skipped: str | None = None
+
+
+def _learned_model_clash(path: Path, test_times) -> str | None:
+    """Why the learned model at `path` may not be scored on `test_times`, or None.
+
+    A model trained on a test hour would be scored on data it has seen: its checkpoint's
+    recorded `fit_period` must exclude every test time (a model without one is refused too).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = (state.get("data") or {}).get("source") or {}
+    period = (source.get("args") or {}).get("fit_period")
+    if not period:
+        return f"{path.name} records no training period, so the test hours may be in it"
+    positions = xr.DataArray(
+        np.arange(len(test_times)), coords={TIME: np.asarray(test_times)}, dims=TIME
+    )
+    trained = np.zeros(len(test_times), bool)
+    for _, label in parse_period(period, "fit_period").items:
+        trained[np.atleast_1d(positions.sel({TIME: label}).values)] = True
+    if trained.any():
+        return (
+            f"{path.name} was trained on {period}, which holds {int(trained.sum())} of the test "
+            "hours (give a larger train fraction's complement, or --no-learned)"
+        )
+    return None
+
+
+def _learned_checkpoint(given, input_path: Path, test_times) -> tuple[Path, str | None]:
+    """The learned engine's checkpoint to score and, when it is not to be scored, why not."""
+    if given is not None:
+        ckpt = Path(given)
+        if not ckpt.is_file():
+            raise FileNotFoundError(2, "no such checkpoint", str(ckpt))
+    else:
+        ckpt = default_learned_model_path()
+        if input_path.resolve() != default_sample_path().resolve():
+            return ckpt, "the shipped APS flow is for the shipped sample (give a checkpoint)"
+        if not ckpt.is_file():
+            return ckpt, f"this install ships no {ckpt.name} (`make demo-models` trains it)"
+    return ckpt, _learned_model_clash(ckpt, test_times)
+
+
+def _score_samples(ds, variable, truth, w, hidden) -> tuple[float, float, float, float]:
+    """RMSE of the mean, CRPS, 90 % coverage (mean +- Z90 std) and spread/skill of an imputation."""
+    samples = torch.from_numpy(
+        np.stack([to_signal(s)[0].numpy() for s in ds[f"{variable}_samples"]])
+    ).double()
+    mean = to_signal(ds[f"{variable}_mean"])[0]
+    std = to_signal(ds[f"{variable}_std"])[0]
+    lo, hi = mean - Z90 * std, mean + Z90 * std
+    return (
+        float(weighted_rmse(mean, truth, w, hidden)),
+        float(crps_ensemble(samples, truth, w, hidden)),
+        float(interval_coverage(lo, hi, truth, w, hidden)),
+        float(spread_skill_ratio(samples, truth, w, hidden)),
+    )
 
 
 def run_demo(
@@ -82,9 +172,17 @@ def run_demo(
     seed: int = 0,
     output_dir: str | Path = "demo_output",
     plot: bool = True,
+    learned: bool = True,
+    learned_checkpoint: str | Path | None = None,
     log=print,
 ) -> DemoScores:
     """Run the demo end to end: write `imputed.nc`, `map.png` and `scores.json`, return the scores.
+
+    With `learned`, the same hidden cells are also imputed by a learned engine (the APS flow
+    shipped for the sample, or `learned_checkpoint`): `imputed_<engine>.nc`, `map_<engine>.png`
+    and its scores in `scores.json`. It is skipped, with a log line saying why, on a file other
+    than the sample without `learned_checkpoint`, or when its recorded training period holds a
+    test hour.
 
     Arguments:
         input_path: an ERA5 file (netCDF/GRIB/zarr); default the shipped UK sample.
@@ -98,6 +196,9 @@ def run_demo(
         seed: seed of the masks and the samples.
         output_dir: where the outputs go.
         plot: write `map.png` (a cartopy map); False skips it.
+        learned: also score a learned engine (above).
+        learned_checkpoint: a `distill` (or `train-prior`, for DPS) checkpoint of a field on the
+            same grid; default the shipped APS flow (`default_learned_model_path`).
         log: callable for one progress line (e.g. `print`).
     """
     start = time.perf_counter()
@@ -137,29 +238,23 @@ def run_demo(
     observed = from_signal(mask, layout, name="observed").astype(bool)
     observed.attrs["description"] = f"{mask_kind} mask, {missing} missing, seed {seed}"
     ds = impute(test, observed, model, n_samples=num_samples, seed=seed, progress=False)
-    samples = torch.from_numpy(
-        np.stack([to_signal(s)[0].numpy() for s in ds[f"{variable}_samples"]])
-    ).double()
-    mean = to_signal(ds[f"{variable}_mean"])[0]
-    std = to_signal(ds[f"{variable}_std"])[0]
-
     hidden = ~mask
     w = domain.mass
+    rmse, crps, coverage, spread_skill = _score_samples(ds, variable, truth, w, hidden)
     pos = domain.positions.numpy()
     nn_fill = truth.clone()
     for b in range(truth.shape[0]):
         obs = mask[b, :, 0].numpy()
         idx = cKDTree(pos[obs]).query(pos[~obs])[1]
         nn_fill[b, ~obs, 0] = truth[b, obs, 0][idx]
-    lo, hi = mean - Z90 * std, mean + Z90 * std
     prior = model.prior
     scores = DemoScores(
-        rmse_posterior_mean=float(weighted_rmse(mean, truth, w, hidden)),
+        rmse_posterior_mean=rmse,
         rmse_climatology=float(weighted_rmse(clim, truth, w, hidden)),
         rmse_nearest_neighbour=float(weighted_rmse(nn_fill, truth, w, hidden)),
-        crps_posterior=float(crps_ensemble(samples, truth, w, hidden)),
-        coverage_90_analytic=float(interval_coverage(lo, hi, truth, w, hidden)),
-        spread_skill=float(spread_skill_ratio(samples, truth, w, hidden)),
+        crps_posterior=crps,
+        coverage_90_analytic=coverage,
+        spread_skill=spread_skill,
         missing_fraction=float(hidden.double().mean()),
         num_test_fields=truth.shape[0],
         num_train_fields=train.sizes[TIME],
@@ -168,7 +263,28 @@ def run_demo(
         alpha=prior.alpha,
         nugget=model.nugget,
         seconds=0.0,
+        units=str(test.attrs.get("units", "")),
     )
+    engine_ds = None
+    if learned:
+        ckpt, why_not = _learned_checkpoint(learned_checkpoint, path, test[TIME].values)
+        if why_not:
+            scores.learned_skipped = why_not
+            log(f"learned engine skipped: {why_not}")
+        else:
+            t0 = time.perf_counter()
+            learned_model = load_model(ckpt)
+            log(f"learned engine: {learned_model.describe()}")
+            engine_ds = impute(
+                test, observed, learned_model, n_samples=num_samples, seed=seed, progress=False
+            )
+            numbers = _score_samples(engine_ds, variable, truth, w, hidden)
+            scores.learned = EngineScores(
+                getattr(learned_model, "engine", "gaussian"),
+                ckpt.name,
+                *numbers,
+                seconds=time.perf_counter() - t0,
+            )
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +300,19 @@ def run_demo(
     write_imputation(ds, out / "imputed.nc")
     if plot:
         plot_imputation(ds, test, variable, out / "map.png", engine="exact Gaussian")
+    if engine_ds is not None:
+        name = scores.learned.engine
+        engine_ds[variable] = ds[variable]
+        engine_ds.attrs.update(
+            history=f"manifold-aps demo ({name}, {scores.learned.checkpoint}): the hidden cells of "
+            "imputed.nc\n" + engine_ds.attrs["history"],
+            source=ds.attrs["source"],
+            license=ds.attrs["license"],
+        )
+        write_imputation(engine_ds, out / f"imputed_{name}.nc")
+        if plot:
+            title = ENGINES[name].title if name in ENGINES else name
+            plot_imputation(engine_ds, test, variable, out / f"map_{name}.png", engine=title)
     scores.seconds = time.perf_counter() - start
     with atomic_path(out / "scores.json") as tmp:
         tmp.write_text(json.dumps(asdict(scores), indent=2))

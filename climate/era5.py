@@ -1,4 +1,11 @@
-"""Open ERA5 files with xarray; convert fields to and from `(B, N, C)` signals on a `SphereGrid`."""
+"""Open ERA5 files with xarray; convert fields to and from `(B, N, C)` signals on their domain.
+
+A field is on a latitude-longitude grid (dimensions `latitude`, `longitude`: a `SphereGrid`) or
+on HEALPix pixels (one dimension `values`, with `latitude`/`longitude` coordinates along it and
+the attributes `healpix_nside` and `healpix_ordering` "ring" or "nested": a `HealpixSphere`).
+`open_era5` gives a HEALPix-gridded GRIB field (``gridType = healpix``) those attributes from the
+keys `Nside` and `orderingConvention` of its first message, which cfgrib does not keep.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,23 @@ import numpy as np
 import torch
 import xarray as xr
 
-from climate.schema import ALIASES, LATITUDE, LONGITUDE, SAMPLE, TIME
-from manifold_aps.geometry import SphereGrid
+from climate.schema import ALIASES, LATITUDE, LONGITUDE, SAMPLE, TIME, VALUES
+from manifold_aps.geometry import HealpixSphere, SphereGrid
 
-__all__ = ["NETCDF_ENGINE", "FieldLayout", "from_signal", "grid_domain", "open_era5", "to_signal"]
+__all__ = [
+    "HEALPIX_NSIDE",
+    "HEALPIX_ORDERING",
+    "NETCDF_ENGINE",
+    "FieldLayout",
+    "from_signal",
+    "grid_domain",
+    "open_era5",
+    "spatial_dims",
+    "to_signal",
+]
+
+HEALPIX_NSIDE = "healpix_nside"  # attribute of a HEALPix field: its nside
+HEALPIX_ORDERING = "healpix_ordering"  # and its pixel ordering, "ring" or "nested"
 
 NETCDF_ENGINE = "h5netcdf"  # engine for writing netCDF-4 (see `_engine` for why not netCDF4)
 
@@ -71,11 +91,76 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.drop_vars(TIME)
     renames = {k: v for k, v in ALIASES.items() if k in ds.variables and v not in ds.variables}
     ds = ds.rename(renames)
-    if LATITUDE not in ds.dims or LONGITUDE not in ds.dims:
+    healpix = VALUES in ds.dims and all(
+        name in ds.coords and ds[name].dims == (VALUES,) for name in (LATITUDE, LONGITUDE)
+    )
+    if not healpix and (LATITUDE not in ds.dims or LONGITUDE not in ds.dims):
         raise ValueError(
-            f"expected latitude/longitude dimensions (or lat/lon), got dimensions {list(ds.dims)}"
+            f"expected latitude/longitude dimensions (or lat/lon), or HEALPix {VALUES!r} with "
+            f"latitude/longitude coordinates, got dimensions {list(ds.dims)}"
         )
     return ds
+
+
+def _grib_healpix(path: str) -> tuple[int, str] | None:
+    """`(Nside, orderingConvention)` of a GRIB file whose first message is HEALPix, else None."""
+    import eccodes
+
+    with open(path, "rb") as fh:
+        handle = eccodes.codes_grib_new_from_file(fh)
+        if handle is None:
+            return None
+        try:
+            if eccodes.codes_get(handle, "gridType") != "healpix":
+                return None
+            return int(eccodes.codes_get(handle, "Nside")), str(
+                eccodes.codes_get(handle, "orderingConvention")
+            )
+        finally:
+            eccodes.codes_release(handle)
+
+
+def _mark_healpix(ds: xr.Dataset, files: list[str]) -> xr.Dataset:
+    """Give the HEALPix variables of GRIB `files` their nside and ordering (`HEALPIX_NSIDE`, ...).
+
+    Raises:
+        ValueError: files of other HEALPix grids, a ring/nested ordering eccodes does not name, or
+            latitude/longitude coordinates that are not the pixel centres of that grid.
+    """
+    import healpy as hp
+
+    grids = {_grib_healpix(f) for f in files}
+    if grids == {None}:
+        return ds
+    if len(grids) > 1:
+        raise ValueError(
+            f"the GRIB files {files} are on different grids: {sorted(map(str, grids))}"
+        )
+    nside, ordering = grids.pop()
+    if ordering not in ("ring", "nested"):
+        raise ValueError(
+            f"{files[0]}: HEALPix orderingConvention {ordering!r}; expected 'ring' or 'nested'"
+        )
+    theta, phi = hp.pix2ang(nside, np.arange(hp.nside2npix(nside)), nest=ordering == "nested")
+    lat, lon = ds[LATITUDE].values, ds[LONGITUDE].values
+    if lat.shape != theta.shape or not (
+        np.allclose(lat, 90 - np.degrees(theta), atol=1e-6)
+        and np.allclose((lon - np.degrees(phi) + 180) % 360 - 180, 0, atol=1e-6)
+    ):
+        raise ValueError(
+            f"{files[0]}: the latitudes/longitudes of its {lat.size} values are not the pixel "
+            f"centres of HEALPix nside {nside} ({ordering})"
+        )
+    marks = {HEALPIX_NSIDE: nside, HEALPIX_ORDERING: ordering}
+    for name, var in ds.data_vars.items():
+        if VALUES in var.dims:
+            ds[name].attrs.update(marks)
+    return ds
+
+
+def spatial_dims(obj: xr.Dataset | xr.DataArray) -> tuple[str, ...]:
+    """The spatial dimensions of a field: `(latitude, longitude)`, or `(values,)` on HEALPix."""
+    return (VALUES,) if VALUES in obj.dims else (LATITUDE, LONGITUDE)
 
 
 _NO_MESSAGE = "it holds no GRIB message"
@@ -283,6 +368,8 @@ def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False
             stacklevel=2,
         )
     ds = normalise(ds)
+    if engine == "cfgrib":
+        ds = _mark_healpix(ds, files)
     if variables is not None:
         variables = [variables] if isinstance(variables, str) else list(variables)
         missing = [v for v in variables if v not in ds.data_vars]
@@ -292,14 +379,51 @@ def open_era5(paths, variables=None, *, chunks=None, allow_corrupt: bool = False
     return ds
 
 
-def grid_domain(obj: xr.Dataset | xr.DataArray) -> SphereGrid:
-    """The `SphereGrid` of a field's `latitude`/`longitude` coordinates (degrees)."""
+def grid_domain(obj: xr.Dataset | xr.DataArray) -> SphereGrid | HealpixSphere:
+    """The domain of a field: a `SphereGrid`, or a `HealpixSphere` along `values`.
+
+    The `SphereGrid` is that of the field's `latitude`/`longitude` coordinates (degrees); a
+    HEALPix field's is that of its `healpix_nside` and `healpix_ordering` attributes (a Dataset:
+    those of its variables).
+
+    Raises:
+        ValueError: no latitude/longitude coordinates; a HEALPix field without its nside and
+            ordering, or of another pixel count.
+    """
+    if VALUES in obj.dims:
+        return _healpix_domain(obj)
     for name in (LATITUDE, LONGITUDE):
         if name not in obj.coords:
             raise ValueError(
                 f"the field has no {name!r} coordinate; coordinates: {list(obj.coords)}"
             )
     return SphereGrid(obj[LATITUDE].values, obj[LONGITUDE].values)
+
+
+def _healpix_domain(obj: xr.Dataset | xr.DataArray) -> HealpixSphere:
+    """The `HealpixSphere` of a field along `values`, from its `HEALPIX_*` attributes."""
+    holders = [obj] if isinstance(obj, xr.DataArray) else [obj, *obj.data_vars.values()]
+    marks = {
+        (a.attrs[HEALPIX_NSIDE], a.attrs.get(HEALPIX_ORDERING))
+        for a in holders
+        if HEALPIX_NSIDE in a.attrs
+    }
+    if len(marks) != 1:
+        raise ValueError(
+            f"a field along {VALUES!r} needs the attributes {HEALPIX_NSIDE!r} and "
+            f"{HEALPIX_ORDERING!r} (ring or nested) to be read as HEALPix"
+            + (f"; found several grids {sorted(map(str, marks))}" if marks else "")
+        )
+    nside, ordering = marks.pop()
+    if ordering not in ("ring", "nested"):
+        raise ValueError(f"{HEALPIX_ORDERING} must be 'ring' or 'nested', got {ordering!r}")
+    domain = HealpixSphere(int(nside), nest=ordering == "nested")
+    if obj.sizes[VALUES] != domain.num_nodes:
+        raise ValueError(
+            f"HEALPix nside {int(nside)} has {domain.num_nodes} pixels, the field "
+            f"{obj.sizes[VALUES]} {VALUES}"
+        )
+    return domain
 
 
 @dataclass(frozen=True)
@@ -313,6 +437,7 @@ class FieldLayout:
         coords: its coordinates (no data is kept).
         name: its name.
         attrs: its attributes.
+        spatial_dims: the dimensions flattened into `N` (`spatial_dims`).
     """
 
     batch_dims: tuple[str, ...]
@@ -321,37 +446,43 @@ class FieldLayout:
     coords: dict
     name: str | None
     attrs: dict
+    spatial_dims: tuple[str, ...] = (LATITUDE, LONGITUDE)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """`(B, N, C)`."""
         b = int(np.prod([self.sizes[d] for d in self.batch_dims])) if self.batch_dims else 1
         c = self.sizes[self.channel_dim] if self.channel_dim else 1
-        return b, self.sizes[LATITUDE] * self.sizes[LONGITUDE], c
+        return b, int(np.prod([self.sizes[d] for d in self.spatial_dims])), c
 
 
 def to_signal(
     da: xr.DataArray, *, channel_dim: str | None = None, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, FieldLayout]:
-    """Flatten a field `(..., latitude, longitude)` into a signal `(B, N, C)`.
+    """Flatten a field `(..., latitude, longitude)` or `(..., values)` into a signal `(B, N, C)`.
 
     `N = nlat * nlon` in the DataArray's own latitude/longitude order (node `i * nlon + j`, as in
-    `SphereGrid`); every other dimension except `channel_dim` is stacked into `B`, in the
-    DataArray's order. NaN stays NaN.
+    `SphereGrid`), or the HEALPix pixels in the file's order (`grid_domain`'s ordering); every
+    other dimension except `channel_dim` is stacked into `B`, in the DataArray's order. NaN stays
+    NaN.
 
     Returns:
         the signal and the `FieldLayout` that `from_signal` needs to invert it exactly.
     """
     if not isinstance(da, xr.DataArray):
         raise TypeError(f"expected an xarray.DataArray, got {type(da).__name__}")
-    if LATITUDE not in da.dims or LONGITUDE not in da.dims:
-        raise ValueError(f"{da.name!r} needs latitude and longitude dimensions, got {da.dims}")
+    spatial = spatial_dims(da)
+    if any(d not in da.dims for d in spatial):
+        raise ValueError(
+            f"{da.name!r} needs latitude and longitude dimensions (or HEALPix {VALUES!r}), "
+            f"got {da.dims}"
+        )
     if channel_dim is not None and channel_dim not in da.dims:
         raise ValueError(
             f"channel_dim {channel_dim!r} is not a dimension of {da.name!r}: {da.dims}"
         )
-    batch_dims = tuple(d for d in da.dims if d not in (LATITUDE, LONGITUDE, channel_dim))
-    order = batch_dims + ((channel_dim,) if channel_dim else ()) + (LATITUDE, LONGITUDE)
+    batch_dims = tuple(d for d in da.dims if d not in (*spatial, channel_dim))
+    order = batch_dims + ((channel_dim,) if channel_dim else ()) + spatial
     layout = FieldLayout(
         batch_dims=batch_dims,
         channel_dim=channel_dim,
@@ -359,6 +490,7 @@ def to_signal(
         coords={k: v.variable.copy() for k, v in da.coords.items()},
         name=da.name,
         attrs=dict(da.attrs),
+        spatial_dims=spatial,
     )
     b, n, c = layout.shape
     arr = np.asarray(da.transpose(*order).values).reshape(b, c, n).transpose(0, 2, 1)
@@ -370,8 +502,8 @@ def from_signal(
 ) -> xr.DataArray:
     """Rebuild a DataArray from a signal `(B, N, C)`, or `(S, B, N, C)` with a leading `sample` dim.
 
-    The dimension order is `([sample,] *batch_dims, [channel_dim,] latitude, longitude)`; the
-    coordinates are those of the original field.
+    The dimension order is `([sample,] *batch_dims, [channel_dim,] latitude, longitude)` (or
+    `values` last for a HEALPix field); the coordinates are those of the original field.
     """
     b, n, c = layout.shape
     arr = signal.detach().cpu().numpy()
@@ -380,9 +512,9 @@ def from_signal(
     lead = (SAMPLE,) if arr.ndim == 4 else ()
     arr = np.swapaxes(arr, -1, -2)  # (..., B, C, N)
     channel = (layout.channel_dim,) if layout.channel_dim else ()
-    shape = [layout.sizes[d] for d in layout.batch_dims + channel + (LATITUDE, LONGITUDE)]
+    shape = [layout.sizes[d] for d in layout.batch_dims + channel + layout.spatial_dims]
     arr = arr.reshape(*arr.shape[: len(lead)], *shape)
-    dims = lead + layout.batch_dims + channel + (LATITUDE, LONGITUDE)
+    dims = lead + layout.batch_dims + channel + layout.spatial_dims
     return xr.DataArray(
         arr,
         dims=dims,

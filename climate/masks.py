@@ -20,8 +20,8 @@ import torch
 import xarray as xr
 from scipy.spatial import cKDTree
 
-from climate.era5 import grid_domain
-from climate.schema import LATITUDE, LONGITUDE, TIME
+from climate.era5 import grid_domain, spatial_dims
+from climate.schema import LATITUDE, LONGITUDE, TIME, VALUES
 from manifold_aps.geometry import Domain, SphereGrid
 from manifold_aps.geometry.grids import cell_bounds
 from manifold_aps.operators import Mask
@@ -158,9 +158,10 @@ def missing_mask(da: xr.DataArray) -> xr.DataArray:
     """
     if not isinstance(da, xr.DataArray):
         raise TypeError(f"da must be an xarray DataArray, got {type(da).__name__}")
-    if LATITUDE not in da.dims or LONGITUDE not in da.dims:
+    if VALUES not in da.dims and (LATITUDE not in da.dims or LONGITUDE not in da.dims):
         raise ValueError(
-            f"da must have {LATITUDE!r} and {LONGITUDE!r} dimensions, got {tuple(da.dims)}"
+            f"da must have {LATITUDE!r} and {LONGITUDE!r} dimensions (or HEALPix {VALUES!r}), "
+            f"got {tuple(da.dims)}"
         )
     out = da.notnull().rename(MASK_NAME)
     out.attrs = {"description": f"values present in {da.name or 'the field'}"}
@@ -529,25 +530,34 @@ def align_mask(observed: xr.DataArray, like, *, name: str = "observed") -> xr.Da
             f"{name} must be a boolean mask (True = observed), got dtype {observed.dtype}; "
             "use e.g. `da.notnull()` or `missing_mask(da)`"
         )
-    extra = [d for d in observed.dims if d not in (TIME, LATITUDE, LONGITUDE)]
-    if extra or LATITUDE not in observed.dims or LONGITUDE not in observed.dims:
+    spatial = spatial_dims(like)  # (latitude, longitude), or HEALPix (values,)
+    extra = [d for d in observed.dims if d not in (TIME, *spatial)]
+    if extra or any(d not in observed.dims for d in spatial):
+        where = ", ".join(spatial)
         raise ValueError(
-            f"{name} must have dims (latitude, longitude) or (time, latitude, longitude), "
+            f"{name} must have dims ({where}) or (time, {where}), "
             f"got {tuple(observed.dims)}" + (f" (extra dims {extra})" if extra else "")
         )
-    lat, lon = _grid(like)
-    m_lat, m_lon = _grid(observed, name)
-    same = (
-        m_lat.shape == lat.shape
-        and m_lon.shape == lon.shape
-        and np.allclose(m_lat, lat, atol=1e-6)
-        and np.allclose(m_lon, lon, atol=1e-6)
-    )
-    if not same:
-        raise ValueError(
-            f"the mask is on another grid: mask {_describe_grid(m_lat, m_lon)}, "
-            f"like {_describe_grid(lat, lon)}"
+    if spatial == (VALUES,):  # the pixels of one HEALPix grid: as many, in the same order
+        if observed.sizes[VALUES] != like.sizes[VALUES]:
+            raise ValueError(
+                f"the mask is on another grid: mask {observed.sizes[VALUES]} {VALUES}, "
+                f"like {like.sizes[VALUES]}"
+            )
+    else:
+        lat, lon = _grid(like)
+        m_lat, m_lon = _grid(observed, name)
+        same = (
+            m_lat.shape == lat.shape
+            and m_lon.shape == lon.shape
+            and np.allclose(m_lat, lat, atol=1e-6)
+            and np.allclose(m_lon, lon, atol=1e-6)
         )
+        if not same:
+            raise ValueError(
+                f"the mask is on another grid: mask {_describe_grid(m_lat, m_lon)}, "
+                f"like {_describe_grid(lat, lon)}"
+            )
     out = observed
     if TIME in observed.dims:
         if TIME in like.dims:
@@ -581,7 +591,7 @@ def align_mask(observed: xr.DataArray, like, *, name: str = "observed") -> xr.Da
             out = observed.isel({TIME: where}).assign_coords({TIME: like[TIME]})
         else:
             out = observed.isel({TIME: int(where[0])})
-    dims = (TIME, LATITUDE, LONGITUDE) if TIME in out.dims else (LATITUDE, LONGITUDE)
+    dims = (TIME, *spatial) if TIME in out.dims else spatial
     return out.transpose(*dims).assign_coords(
         {LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]}
     )

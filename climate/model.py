@@ -32,11 +32,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from climate.era5 import grid_domain, to_signal
+from climate.era5 import grid_domain, spatial_dims, to_signal
 from climate.masks import EARTH_RADIUS_KM, align_mask
-from climate.schema import LATITUDE, LONGITUDE, TIME
+from climate.schema import LATITUDE, TIME
 from manifold_aps.checkpoint import atomic_path
-from manifold_aps.geometry import SphereGrid
+from manifold_aps.geometry import HealpixSphere, SphereGrid
+from manifold_aps.geometry.spec import domain_from_spec, domain_spec
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
 from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, sampler_scale, warn_if_diverged
@@ -50,11 +51,13 @@ from manifold_aps.training import read_weights_file
 
 __all__ = [
     "ENGINES",
+    "Channel",
     "FieldStandardizer",
     "GaussianImputer",
     "ImputationModel",
     "Posterior",
     "ScoreImputer",
+    "channels_text",
     "load_model",
 ]
 
@@ -65,14 +68,78 @@ ENGINES = tuple(engine_names())  # the registry of manifold_aps.posterior.engine
 VARIANCE_SCALES = ("observed", "fitted", "refit")
 
 
+@dataclass(frozen=True)
+class Channel:
+    """One channel of a model's signals: a variable, its units, and where it was taken.
+
+    A prior trained with `train-prior --input FILE --var A B` has one channel per variable, in
+    the order given; `--channels-from level=500,850` makes one per variable and level (the
+    variable's levels in the order given, then the next variable's). The checkpoint's `data`
+    description lists them (`channel_fields`: `to_dict` of each).
+
+    Attributes:
+        variable: the variable's name in the file, e.g. "t2m".
+        units: its units, e.g. "K" ("" when the file gave none).
+        select: `(dim, value)` pairs of the dimension the channel was taken at, e.g.
+            `(("level", 500),)`; empty for a variable of its own.
+    """
+
+    variable: str
+    units: str = ""
+    select: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The channel in words: "t2m", or "t[level=500]"."""
+        at = ",".join(f"{dim}={value}" for dim, value in self.select)
+        return f"{self.variable}[{at}]" if at else self.variable
+
+    def to_dict(self) -> dict:
+        """Plain types for a checkpoint: `{"variable", "units", "select": {dim: value}}`."""
+        return {"variable": self.variable, "units": self.units, "select": dict(self.select)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Channel:
+        """Inverse of `to_dict`."""
+        return cls(
+            str(data["variable"]), str(data.get("units", "")), tuple(data.get("select", {}).items())
+        )
+
+    @classmethod
+    def of(cls, da: xr.DataArray, dim: str | None = None) -> Channel:
+        """The channel of a field `da` (its name and units) taken at its scalar coordinate `dim`."""
+        select = ()
+        if dim is not None:
+            value = da[dim].values.item()
+            select = ((dim, value if isinstance(value, (int, float, str)) else str(value)),)
+        return cls(str(da.name), str(da.attrs.get("units", "")), select)
+
+    def matches(self, other: Channel) -> bool:
+        """Whether `other` is this channel: the same variable and the same `select` values."""
+        if self.variable != other.variable or len(self.select) != len(other.select):
+            return False
+        for (dim, value), (dim2, value2) in zip(self.select, other.select, strict=True):
+            if dim != dim2:
+                return False
+            numbers = all(isinstance(v, (int, float)) for v in (value, value2))
+            if not (np.isclose(value, value2) if numbers else str(value) == str(value2)):
+                return False
+        return True
+
+
+def channels_text(channels) -> str:
+    """Channels in words for messages: "[t2m (K), msl (Pa)]"."""
+    return "[" + ", ".join(f"{c.label} ({c.units or 'no units'})" for c in channels) + "]"
+
+
 @dataclass
 class Posterior:
     """Posterior of a batch of fields, physical units; observed cells are not yet restored.
 
     Attributes:
-        samples: `(S, B, N, 1)`.
-        mean: `(B, N, 1)`; exact for the Gaussian engine, the sample mean otherwise.
-        std: `(B, N, 1)`; exact for the Gaussian engine, the sample standard deviation otherwise.
+        samples: `(S, B, N, C)`.
+        mean: `(B, N, C)`; exact for the Gaussian engine, the sample mean otherwise.
+        std: `(B, N, C)`; exact for the Gaussian engine, the sample standard deviation otherwise.
     """
 
     samples: torch.Tensor
@@ -191,28 +258,49 @@ class FieldStandardizer:
         return cls(state["mean"].numpy(), state["scale"].numpy())
 
 
+def _grid_text(domain) -> str:
+    """A grid in words: `nlat x nlon: latitude a..b, longitude c..d`, or the HEALPix sphere."""
+    if not isinstance(domain, SphereGrid):
+        return repr(domain)
+    return (
+        f"{domain.shape[0]} x {domain.shape[1]}: latitude {domain.lat_deg[0]:g}.."
+        f"{domain.lat_deg[-1]:g}, longitude {domain.lon_deg[0]:g}..{domain.lon_deg[-1]:g}"
+    )
+
+
 class ImputationModel:
-    """Base class: a posterior engine for one variable on one latitude-longitude grid.
+    """Base class: a posterior engine for `C` channels (variables) on one latitude-longitude grid.
 
     Subclasses implement `_posterior(y, mask, times, n, rng, done) -> Posterior` for physical
-    observations `y` `(B, N, 1)` (zeros where hidden) and a boolean `mask` `(B, N, 1)`, calling
+    observations `y` `(B, N, C)` (zeros where hidden) and a boolean `mask` `(B, N, C)`, calling
     `done(k)` as fields are finished (those not reported are counted when it returns).
 
     Attributes:
-        engine: "gaussian", "dps" or "aps".
-        variable: the variable name it was made for (e.g. "t2m").
-        units: its units (e.g. "K"); `impute` refuses a field in other units.
+        engine: "gaussian", "dps", "aps", "implicit" or "avi".
+        variable: the variable name it was made for (e.g. "t2m"; several channels: their
+            variables, comma-separated).
+        units: its units (e.g. "K"); `impute` refuses a field in other units (several channels:
+            comma-separated, one per channel; each channel's are in `channels`).
         domain: the `SphereGrid`.
-        noise_std: observation error standard deviation assumed by the likelihood, physical units.
+        noise_std: observation error standard deviation assumed by the likelihood, physical units
+            (of each channel).
+        channels: the `Channel`s, in the order of the signals' last axis (one: `variable`).
     """
 
     engine = ""
 
-    def __init__(self, variable: str, units: str, domain: SphereGrid, noise_std: float):
-        if not isinstance(domain, SphereGrid):
+    def __init__(
+        self,
+        variable: str,
+        units: str,
+        domain: SphereGrid,
+        noise_std: float,
+        channels: tuple[Channel, ...] | None = None,
+    ):
+        if not isinstance(domain, (SphereGrid, HealpixSphere)):
             raise TypeError(
-                f"an imputation model needs a latitude-longitude grid, got {domain!r}; train the "
-                "prior on the field's own grid"
+                f"an imputation model needs a latitude-longitude grid or HEALPix pixels, got "
+                f"{domain!r}; train the prior on the field's own grid"
             )
         # before any scaling to standardised units
         if not float(noise_std) > 0 or not np.isfinite(noise_std):
@@ -226,11 +314,12 @@ class ImputationModel:
             domain,
             float(noise_std),
         )
+        self.channels = tuple(channels) if channels else (Channel(variable, units),)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(engine={self.engine!r}, variable={self.variable!r}, "
-            f"units={self.units!r}, grid={self.domain.shape}, noise_std={self.noise_std:g})"
+            f"units={self.units!r}, grid={_grid_text(self.domain)}, noise_std={self.noise_std:g})"
         )
 
     def describe(self) -> str:
@@ -242,12 +331,8 @@ class ImputationModel:
         domain = grid_domain(field)
         if domain.fingerprint != self.domain.fingerprint:
             raise ValueError(
-                f"the field's grid ({domain.shape[0]} x {domain.shape[1]}: latitude "
-                f"{domain.lat_deg[0]:g}..{domain.lat_deg[-1]:g}, longitude {domain.lon_deg[0]:g}.."
-                f"{domain.lon_deg[-1]:g}) is not the model's ({self.domain.shape[0]} x "
-                f"{self.domain.shape[1]}: latitude {self.domain.lat_deg[0]:g}.."
-                f"{self.domain.lat_deg[-1]:g}, "
-                f"longitude {self.domain.lon_deg[0]:g}..{self.domain.lon_deg[-1]:g})"
+                f"the field's grid ({_grid_text(domain)}) is not the model's "
+                f"({_grid_text(self.domain)})"
             )
 
     def latitudes_reversed(self, field: xr.DataArray | xr.Dataset) -> bool:
@@ -256,8 +341,8 @@ class ImputationModel:
         `impute` then reverses the field on the way in and its result on the way out, so a model
         fitted on one latitude order imputes the other and the output keeps the input's order.
         """
-        if LATITUDE not in field.coords:
-            return False
+        if LATITUDE not in field.dims or not isinstance(self.domain, SphereGrid):
+            return False  # (HEALPix pixels have one order, the model's)
         lat = np.asarray(field[LATITUDE].values, dtype=np.float64)
         mine = self.domain.lat_deg
         return (
@@ -267,8 +352,8 @@ class ImputationModel:
             and np.allclose(lat[::-1], mine, rtol=0, atol=1e-6)
         )
 
-    def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
-        """Typical values of the variable: mean `(B, N)` at `times`, spread `(N,)`; physical units.
+    def reference(self, times, channel: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """Typical values of a channel: mean `(B, N)` at `times`, spread `(N,)`; physical units.
 
         The statistics the model normalises with (the climatology and per-cell scale of the
         Gaussian engine, the prior's channel mean and std otherwise); `impute` checks that the
@@ -276,6 +361,7 @@ class ImputationModel:
 
         Arguments:
             times: numpy datetime64 `(B,)` of the fields, or None (one field).
+            channel: the channel's index in `channels`.
         """
         return None
 
@@ -289,20 +375,22 @@ class ImputationModel:
         rng: torch.Generator | None = None,
         on_field=None,
     ) -> Posterior:
-        """Posterior samples, mean and std `(B, N, 1)` of fields observed at `mask`, physical units.
+        """Posterior samples, mean and std `(B, N, C)` of fields observed at `mask`, physical units.
 
         Arguments:
-            y: observations `(B, N, 1)`, physical units; values where `mask` is False are ignored.
-            mask: boolean `(B, N, 1)`, True = observed.
+            y: observations `(B, N, C)`, physical units (`C = len(channels)`); values where `mask`
+                is False are ignored.
+            mask: boolean `(B, N, C)`, True = observed.
             n: samples per field (>= 2 unless the engine has an exact std).
             times: numpy datetime64 `(B,)` of the fields (for diurnal climatologies), or None.
             rng: the generator of the samples.
             on_field: callable `on_field(k)` told each time `k` more fields are finished (e.g. a
                 progress bar's `update`), or None; the fields number `B` in all.
         """
-        if y.shape != mask.shape or y.dim() != 3 or y.shape[1:] != (self.domain.num_nodes, 1):
+        expected = (self.domain.num_nodes, len(self.channels))
+        if y.shape != mask.shape or y.dim() != 3 or y.shape[1:] != expected:
             raise ValueError(
-                f"y and mask must both be (B, {self.domain.num_nodes}, 1), got {tuple(y.shape)} "
+                f"y and mask must both be (B, {expected[0]}, {expected[1]}), got {tuple(y.shape)} "
                 f"and {tuple(mask.shape)}"
             )
         if n < 1:
@@ -326,7 +414,7 @@ class ImputationModel:
 
 
 def _summary(samples: torch.Tensor) -> Posterior:
-    """A `Posterior` whose mean and std are those of the samples `(S, B, N, 1)`, `S >= 2`.
+    """A `Posterior` whose mean and std are those of the samples `(S, B, N, C)`, `S >= 2`.
 
     Raises:
         ValueError: a single sample (its std would be NaN); every engine without an exact std
@@ -481,7 +569,7 @@ class GaussianImputer(ImputationModel):
         """
         if not isinstance(train, xr.DataArray):
             raise TypeError(f"train must be an xarray.DataArray, got {type(train).__name__}")
-        extra = [d for d in train.dims if d not in (TIME, LATITUDE, LONGITUDE)]
+        extra = [d for d in train.dims if d not in (TIME, *spatial_dims(train))]
         if extra:
             raise ValueError(
                 f"{train.name!r} has extra dimensions {extra}; select one level/member first"
@@ -605,8 +693,11 @@ class GaussianImputer(ImputationModel):
             f"noise_std {self.noise_std:g} {self.units}; variance scale {self.variance_scale}"
         )
 
-    def reference(self, times) -> tuple[np.ndarray, np.ndarray]:
-        """The hour-of-day climatology `(B, N)` at `times` and the per-cell anomaly std `(N,)`."""
+    def reference(self, times, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The hour-of-day climatology `(B, N)` at `times` and the per-cell anomaly std `(N,)`.
+
+        (One channel: `channel` is 0.)
+        """
         times = None if times is None else np.asarray(times)
         return self.standardizer.climatology(times)[:, :, 0].numpy(), self.standardizer.scale
 
@@ -682,8 +773,14 @@ class GaussianImputer(ImputationModel):
             "variable": self.variable,
             "units": self.units,
             "noise_std": self.noise_std,
-            "lat_deg": torch.tensor(self.domain.lat_deg),
-            "lon_deg": torch.tensor(self.domain.lon_deg),
+            **(
+                {
+                    "lat_deg": torch.tensor(self.domain.lat_deg),
+                    "lon_deg": torch.tensor(self.domain.lon_deg),
+                }
+                if isinstance(self.domain, SphereGrid)
+                else {"domain_spec": domain_spec(self.domain)}  # HEALPix: nside and ordering
+            ),
             "fingerprint": self.domain.fingerprint,
             "standardizer": self.standardizer.state_dict(),
             "gmrf": {
@@ -707,7 +804,11 @@ class GaussianImputer(ImputationModel):
                 "6000 cells); fit it again (manifold-aps impute --engine gaussian --fit-period ... "
                 "--save-model FILE)"
             )
-        domain = SphereGrid(state["lat_deg"].numpy(), state["lon_deg"].numpy())
+        domain = (
+            domain_from_spec(state["domain_spec"])
+            if "domain_spec" in state
+            else SphereGrid(state["lat_deg"].numpy(), state["lon_deg"].numpy())
+        )
         if domain.fingerprint != state["fingerprint"]:
             raise ValueError(
                 "the saved grid does not rebuild to the same domain (fingerprint mismatch)"
@@ -734,16 +835,29 @@ class GaussianImputer(ImputationModel):
 class ScoreImputer(ImputationModel):
     """DPS, APS or the implicit generator on the field's grid (`train-prior`/`distill` checkpoints).
 
+    A prior of several channels (`train-prior --var A B`) imputes them jointly: each channel's
+    hidden cells from its own and the other channels' observed ones.
+
     Arguments:
-        variable, units, domain, noise_std: as `ImputationModel`.
-        sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, 1)` in physical units
+        variable, units, domain, noise_std, channels: as `ImputationModel`.
+        sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, C)` in physical units
             (`manifold_aps.posterior.DPS`, `AmortizedFlowPosterior`, `ImplicitGenerator`).
         engine: "dps", "aps", "implicit" or "avi".
         description: for the `history` attribute.
     """
 
-    def __init__(self, variable, units, domain, noise_std, sampler, engine: str, description: str):
-        super().__init__(variable, units, domain, noise_std)
+    def __init__(
+        self,
+        variable,
+        units,
+        domain,
+        noise_std,
+        sampler,
+        engine: str,
+        description: str,
+        channels: tuple[Channel, ...] | None = None,
+    ):
+        super().__init__(variable, units, domain, noise_std, channels)
         sampling = [name for name, spec in REGISTRY.items() if not spec.exact_std]
         if engine not in sampling:
             raise ValueError(f"engine must be one of {sampling}, got {engine!r}")
@@ -753,12 +867,12 @@ class ScoreImputer(ImputationModel):
         """One line for the `history` attribute: the engine and its checkpoint."""
         return self._description
 
-    def reference(self, times) -> tuple[np.ndarray, np.ndarray] | None:
-        """The prior's channel mean `(B, N)` and std `(N,)` (None for an identity normaliser)."""
+    def reference(self, times, channel: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prior's mean `(B, N)` and std `(N,)` of `channel` (None: an identity normaliser)."""
         scale = sampler_scale(self.sampler)
         if scale is None:  # no statistics, or the identity: nothing to compare with
             return None
-        mean, std = float(scale[0][0]), float(scale[1][0])
+        mean, std = float(scale[0][channel]), float(scale[1][channel])
         n_fields, nodes = len(_hours(times)), self.domain.num_nodes
         return np.full((n_fields, nodes), mean), np.full(nodes, std)
 
@@ -785,7 +899,11 @@ class ScoreImputer(ImputationModel):
 
 
 def _trained_field(state: dict, path: Path):
-    """The dataset a prior or engine checkpoint describes, and its variable (a climate field's)."""
+    """The dataset a prior or engine checkpoint describes, its variable and its `Channel`s.
+
+    A checkpoint of several channels lists them in its data description (`channel_fields`); one
+    without (every single-variable checkpoint written before) has one, its variable and units.
+    """
     from manifold_aps.posterior.distill import checkpoint_dataset
 
     ds = checkpoint_dataset(state, path, None)
@@ -795,7 +913,16 @@ def _trained_field(state: dict, path: Path):
             f"{path} was trained on {ds.name!r}, not a climate field (no variable name); "
             "impute needs one"
         )
-    return ds, variable
+    fields = ds.extra.get("channel_fields")
+    channels = (
+        tuple(Channel.from_dict(f) for f in fields) if fields else (Channel(variable, ds.units),)
+    )
+    if len(channels) != ds.channels:
+        raise ValueError(
+            f"{path} describes {len(channels)} channel(s) {channels_text(channels)} but its "
+            f"signals have {ds.channels}"
+        )
+    return ds, variable, channels
 
 
 def load_model(
@@ -836,7 +963,7 @@ def load_model(
         raise ValueError(f"{path} holds a {found!r} model ({kind}), not a {engine!r} one")
     if found == "gaussian":
         return GaussianImputer.from_state(state)
-    dataset, variable = _trained_field(state, path)
+    dataset, variable, channels = _trained_field(state, path)
     if found == "dps":
         from manifold_aps.priors.train import load_prior
 
@@ -848,7 +975,7 @@ def load_model(
             f"prior {path.name} of {dataset.name}"
         )
         return ScoreImputer(
-            variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc
+            variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc, channels
         )
     from manifold_aps.posterior.engines import load_trained_engine
 
@@ -858,5 +985,12 @@ def load_model(
         f"{what} {path.name} distilled on {dataset.name} ({state['model_config']['masks']} masks)"
     )
     return ScoreImputer(
-        variable, dataset.units, dataset.domain, sampler.noise.sigma, sampler, found, desc
+        variable,
+        dataset.units,
+        dataset.domain,
+        sampler.noise.sigma,
+        sampler,
+        found,
+        desc,
+        channels,
     )

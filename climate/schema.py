@@ -9,6 +9,7 @@ __all__ = [
     "REALIZATION",
     "SAMPLE",
     "TIME",
+    "VALUES",
 ]
 
 LATITUDE = "latitude"
@@ -17,6 +18,9 @@ TIME = "time"
 LEVEL = "level"
 REALIZATION = "number"
 SAMPLE = "sample"
+# The one spatial dimension of an unstructured (HEALPix) field, as cfgrib names it: `latitude` and
+# `longitude` are then coordinates along it.
+VALUES = "values"
 # Scalar coordinate (the number of samples) of the statistics over the samples, `<var>_mean` and
 # `<var>_std`: CF 7.3 `cell_methods` names a dimension or scalar coordinate of the variable (or
 # a standard name, or "area"), and `sample` is not a dimension of theirs.

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from climate.era5 import _expand as input_files
-from climate.era5 import open_era5
+from climate.era5 import open_era5, spatial_dims
 from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
@@ -31,7 +31,9 @@ __all__ = [
     "OUTPUT_GRIDS",
     "ImputeRequest",
     "Period",
+    "channel_fields",
     "coarsen_grid",
+    "parse_channels_from",
     "parse_period",
     "run_impute",
     "upsample_blocks",
@@ -50,7 +52,10 @@ class ImputeRequest:
     Attributes:
         input: file, glob or zarr store.
         skip_corrupt_grib: read GRIB files with corrupted messages without them (else refused).
-        variable: variable name.
+        variable: variable name, or several (a tuple): imputed jointly as the channels of a
+            dps/aps/implicit/avi `checkpoint` trained on them, in its order.
+        channels_from: `DIM=V1,V2,...` or `DIM`: each value of DIM a channel of each variable, as
+            given to `train-prior --channels-from` (`parse_channels_from`), or None.
         masks: mask specs, combined with "and" (observed only where all observe).
         engine: "gaussian", "dps", "aps", "implicit" or "avi".
         checkpoint: model file (required for dps/aps).
@@ -91,7 +96,8 @@ class ImputeRequest:
 
     input: str
     skip_corrupt_grib: bool = False
-    variable: str = "t2m"
+    variable: str | tuple[str, ...] = "t2m"
+    channels_from: str | None = None
     masks: tuple[str, ...] = ("nan",)
     engine: str = "gaussian"
     checkpoint: str | None = None
@@ -118,9 +124,34 @@ class ImputeRequest:
     progress: bool = True
     scheduler: str | None = None
 
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The variables imputed, in the order given (one, or the channels of a checkpoint)."""
+        return (self.variable,) if isinstance(self.variable, str) else tuple(self.variable)
+
+    @property
+    def several(self) -> bool:
+        """Whether several channels are imputed jointly (several variables or --channels-from)."""
+        return len(self.variables) > 1 or self.channels_from is not None
+
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not self.variables:
+            raise ValueError("--var needs at least one variable")
+        if self.channels_from is not None:
+            parse_channels_from(self.channels_from)  # its syntax, before any work
+        if self.several and self.engine == "gaussian":
+            raise ValueError(
+                "the gaussian engine imputes one variable: give one --var (and no "
+                "--channels-from), or several with a dps/aps/implicit/avi --checkpoint trained on "
+                "them (train-prior --var A B)"
+            )
+        if self.several and (self.truth or self.output_grid == "native"):
+            raise ValueError(
+                f"{'--truth' if self.truth else '--output-grid native'} takes one variable; "
+                "impute several --var without it"
+            )
         if self.engine != "gaussian" and not self.checkpoint:
             raise ValueError(
                 f"--engine {self.engine} needs --checkpoint (a trained prior or distilled flow)"
@@ -324,29 +355,99 @@ def upsample_blocks(
     return coarse.isel(index).assign_coords({dim: like[dim] for dim in (LATITUDE, LONGITUDE)})
 
 
-def select_values(da: xr.DataArray, select: tuple[str, ...]) -> xr.DataArray:
-    """`da` at the `DIM=VALUE` items of `select` (`--select level=500`), each checked and named."""
+def select_values(
+    da: xr.DataArray, select: tuple[str, ...], option: str = "--select"
+) -> xr.DataArray:
+    """`da` at the `DIM=VALUE` items of `select` (`--select level=500`), each checked and named.
+
+    `option` names the option in messages.
+    """
     for item in select:
         if "=" not in item:
-            raise ValueError(f"--select takes DIM=VALUE, got {item!r}")
+            raise ValueError(f"{option} takes DIM=VALUE, got {item!r}")
         dim, value = item.split("=", 1)
         if dim not in da.dims:
             raise ValueError(
-                f"--select {item}: {da.name!r} has no dimension {dim!r}; it has {list(da.dims)}"
+                f"{option} {item}: {da.name!r} has no dimension {dim!r}; it has {list(da.dims)}"
             )
         coord = da[dim].values
         try:
             typed = coord.dtype.type(value)
         except ValueError as err:
             raise ValueError(
-                f"--select {item}: {value!r} is not a {coord.dtype} value of {dim}"
+                f"{option} {item}: {value!r} is not a {coord.dtype} value of {dim}"
             ) from err
         if typed not in coord:
             raise ValueError(
-                f"--select {item}: {dim} has no value {value}; it has {coord.tolist()[:12]}"
+                f"{option} {item}: {dim} has no value {value}; it has {coord.tolist()[:12]}"
             )
         da = da.sel({dim: typed})
     return da
+
+
+def parse_channels_from(text: str) -> tuple[str, tuple[str, ...]]:
+    """`--channels-from DIM=V1,V2,...` (those values, in this order) or `DIM` (all of its values).
+
+    Returns:
+        the dimension and the values as written (empty: all of them, in the file's order).
+
+    Raises:
+        ValueError: an empty dimension or value, or a value given twice.
+    """
+    dim, _, listed = text.partition("=")
+    values = tuple(v.strip() for v in listed.split(",")) if listed else ()
+    if not dim.strip() or (listed and not all(values)) or (not listed and "=" in text):
+        raise ValueError(
+            f"--channels-from takes DIM or DIM=V1,V2,... (e.g. level=500,850), got {text!r}"
+        )
+    if len(set(values)) != len(values):
+        raise ValueError(f"--channels-from {text}: a value is given twice")
+    return dim.strip(), values
+
+
+def channel_fields(
+    data: xr.Dataset | xr.DataArray,
+    variables: str | tuple[str, ...] | list[str],
+    *,
+    select: tuple[str, ...] = (),
+    channels_from: str | None = None,
+) -> list[xr.DataArray]:
+    """The fields of a model's channels: each variable at `select`, at each `channels_from` value.
+
+    The channels are in the order of `variables`, and for each variable, of the values of
+    `channels_from` (`parse_channels_from`): `("t", "u")` with `"level=500,850"` gives t at 500,
+    t at 850, u at 500, u at 850. Each field keeps its variable's name and attributes and the
+    `channels_from` dimension as a scalar coordinate (`Channel.of` reads it).
+
+    Raises:
+        KeyError: a variable not in `data`.
+        ValueError: a variable given twice, a `select` or `channels_from` value it lacks.
+    """
+    from climate.impute import select_variable
+
+    names = [variables] if isinstance(variables, str) else list(variables)
+    if not names:
+        raise ValueError("--var needs at least one variable")
+    twice = sorted({v for v in names if names.count(v) > 1})
+    if twice:
+        raise ValueError(f"--var names {twice} more than once; give each variable once")
+    fields = []
+    for name in names:
+        da = select_values(select_variable(data, name), tuple(select))
+        if channels_from is None:
+            fields.append(da)
+            continue
+        dim, values = parse_channels_from(channels_from)
+        if dim not in da.dims:
+            raise ValueError(
+                f"--channels-from {channels_from}: {name!r} has no dimension {dim!r}; it has "
+                f"{list(da.dims)}"
+            )
+        if values:
+            fields += [select_values(da, (f"{dim}={v}",), "--channels-from") for v in values]
+        else:
+            fields += [da.isel({dim: i}) for i in range(da.sizes[dim])]
+    return fields
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -391,7 +492,11 @@ def _check_paths(req: ImputeRequest) -> None:
 
 def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
     """`da` after `--select` and `--region` (on its own grid, before any `--coarsen`)."""
-    da = select_values(da, req.select)
+    return _crop_region(select_values(da, req.select), req)
+
+
+def _crop_region(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
+    """`da` cropped to `--region` (as given when there is none)."""
     if req.region:
         try:
             south, north, west, east = (float(v) for v in req.region.split(":"))
@@ -517,8 +622,9 @@ def _log_cost_per_field(
     if not isinstance(model, GaussianImputer):
         return
     first = {TIME: 0} if TIME in target.dims else {}
-    values = target.isel(first).transpose(LATITUDE, LONGITUDE)
-    seen = observed.broadcast_like(target).isel(first).transpose(LATITUDE, LONGITUDE)
+    spatial = spatial_dims(target)  # (latitude, longitude), or HEALPix (values,)
+    values = target.isel(first).transpose(*spatial)
+    seen = observed.broadcast_like(target).isel(first).transpose(*spatial)
     if model.latitudes_reversed(values):
         values, seen = (
             values.isel({LATITUDE: slice(None, None, -1)}),
@@ -614,7 +720,7 @@ def _model(
             inside = np.zeros(field.sizes[TIME], dtype=bool)
             inside[parse_period(req.period).indices(field[TIME])] = True
         candidates = field if inside is None else field.isel({TIME: ~inside})
-        complete = ~candidates.isnull().any((LATITUDE, LONGITUDE)).compute()
+        complete = ~candidates.isnull().any(spatial_dims(candidates)).compute()
         train = candidates.isel({TIME: np.flatnonzero(complete.values)})
         if inside is None:
             log(
@@ -728,7 +834,7 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
         try:
             ds = open_era5(
                 req.input,
-                req.variable,
+                list(req.variables),
                 chunks={TIME: req.chunk_size or 24},
                 allow_corrupt=req.skip_corrupt_grib,
             )
@@ -736,36 +842,49 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
             raise
         except OSError as err:  # e.g. a truncated netCDF file (HDF5: "truncated file")
             raise ValueError(f"cannot read --input {req.input}: {err}") from err
-    native = _crop(ds[req.variable], req)
-    field = coarsen_grid(native, req.coarsen) if req.coarsen > 1 else native
-    log(f"read {req.variable} {dict(field.sizes)} from {req.input}")
+    natives = [
+        _crop_region(da, req)
+        for da in channel_fields(
+            ds, req.variables, select=req.select, channels_from=req.channels_from
+        )
+    ]
+    fields = [coarsen_grid(n, req.coarsen) if req.coarsen > 1 else n for n in natives]
+    native, field = natives[0], fields[0]
+    along = f" at {req.channels_from}" if req.channels_from else ""
+    log(f"read {', '.join(req.variables)}{along} {dict(field.sizes)} from {req.input}")
     period = parse_period(req.period) if req.period and TIME in field.dims else None
-    target = field if period is None else period.select(field)
+    targets = fields if period is None else [period.select(f) for f in fields]
+    target = targets[0]
     if TIME in target.dims and target.sizes[TIME] == 0:
         raise ValueError(f"--period {req.period} selects no time step of {req.input}")
     on_input_grid = req.output_grid == "native" and req.coarsen > 1
     native_target = (
         (native if period is None else period.select(native)) if on_input_grid else target
     )
-    observed = missing_mask(target)
-    descriptions = [observed.attrs["description"]]
+    descriptions = []
     masked = None  # True where every --mask spec observes (the NaN cells aside)
     for spec in req.masks:
         if spec != "nan":
             mask = parse_mask_spec(spec, target, seed=req.seed)
             descriptions.append(mask.attrs.get("description", spec))
-            observed = observed & mask
             masked = mask if masked is None else masked & mask
-    observed.attrs["description"] = " & ".join(descriptions)
-    # its checks (e.g. repeated input times) before any fit
-    align_mask(observed, target, name="mask")
+    observed_each = []  # per channel: its own NaN cells, the --mask cells of every channel
+    for t in targets:
+        seen = missing_mask(t)
+        text = " & ".join([seen.attrs["description"], *descriptions])
+        seen = seen if masked is None else seen & masked
+        seen.attrs["description"] = text
+        # its checks (e.g. repeated input times) before any fit
+        align_mask(seen, t, name="mask")
+        observed_each.append(seen)
+    observed = observed_each[0]
     truth = (
         _truth_field(req, native_target, like_units=field.attrs.get("units")) if req.truth else None
     )
     model = _model(req, field, log, target, observed)
     result = impute(
-        target,
-        observed,
+        targets,
+        observed_each,
         model,
         n_samples=req.samples,
         seed=req.seed,
@@ -789,9 +908,12 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
     log(f"wrote {req.output}")
     written = xr.open_dataset(req.output, engine="h5netcdf")
     try:
-        scores = imputation_scores(written, native_target, req.variable)
-        if scores:
-            log(_scores_line(scores, "that have a value in the input", model.units))
+        if req.several:
+            scores = _channel_scores(written, targets, model, log)
+        else:
+            scores = imputation_scores(written, native_target, req.variable)
+            if scores:
+                log(_scores_line(scores, "that have a value in the input", model.units))
         if truth is not None:
             against = imputation_scores(written, truth.load(), req.variable)
             log(
@@ -800,19 +922,59 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
                 else f"no hidden cell has a value in --truth {req.truth}: nothing to score"
             )
             scores = {**scores, "truth": against}
-        if req.plot:
+        first = _channel_view(written, target) if req.several else written
+        if req.plot:  # several channels: the first
             when = req.plot_time
             plot_imputation(
-                written,
+                first,
                 native_target if truth is None else truth,
-                req.variable,
+                str(target.name),
                 req.plot,
                 time=when,
                 engine=model.engine,
             )
             log(f"wrote {req.plot}")
-        hidden = float((written[OBSERVED] == 0).mean())
+        flags = [
+            v for k, v in written.data_vars.items() if k == OBSERVED or k.endswith("_observed")
+        ]
+        hidden = float(np.mean([float((f == 0).mean()) for f in flags]))
     finally:
         written.close()
     log(f"{100 * hidden:.0f} % of cells imputed in {time.perf_counter() - start:.1f} s")
+    return scores
+
+
+def _channel_view(written: xr.Dataset, field: xr.DataArray) -> xr.Dataset:
+    """One channel of an imputation of several as an imputation of one variable.
+
+    That is the channel's `<var>_mean`, `_std`, `_samples`, `_quantiles` (at the channel's value
+    of the dimension its variable's channels are along) and its `<var>_observed` as `observed`,
+    what `imputation_scores` and `plot_imputation` read.
+
+    Arguments:
+        written: the output of `impute` for several channels.
+        field: the channel's input field (its name and scalar coordinates say which it is).
+    """
+    name = str(field.name)
+    keys = [f"{name}_{k}" for k in ("mean", "std", "samples", "quantiles")]
+    view = written[[k for k in keys if k in written]]
+    view[OBSERVED] = written[f"{name}_observed"]
+    at = {d: field[d].values for d in field.coords if field[d].ndim == 0 and d in view.dims}
+    return view.sel(at) if at else view
+
+
+def _channel_scores(
+    written: xr.Dataset, targets: list[xr.DataArray], model: ImputationModel, log
+) -> dict:
+    """The scores of each channel of an imputation of several, logged; keyed by channel label."""
+    scores = {}
+    for target, channel in zip(targets, model.channels, strict=True):
+        found = imputation_scores(_channel_view(written, target), target, str(target.name))
+        if found:
+            log(
+                _scores_line(
+                    found, f"of {channel.label} that have a value in the input", channel.units
+                )
+            )
+            scores[channel.label] = found
     return scores

@@ -71,14 +71,21 @@ GUIDANCE_HELP = (
 
 
 DEMO_HELP = """\
-Impute hidden cells of a real ERA5 field with the exact Gaussian (Matérn GMRF) posterior.
+Impute hidden cells of a real ERA5 field with the exact Gaussian (Matérn GMRF) posterior and,
+beside it on the same hidden cells, the APS flow shipped in the package.
 
 By default it reads the ERA5 2 m temperature sample shipped in the package (UK and Ireland,
 0.25 deg, hourly, March 2019), fits the prior on the first 75 % of the hours, hides 70 % of the
 cells of 8 held-out hours (seeded), and writes to --output-dir:
-  imputed.nc   truth, observed cells, posterior mean / std / samples (CF attributes)
-  map.png      truth, observed, posterior mean and std of the first test hour
-  scores.json  area-weighted RMSE, CRPS, 90 % coverage over the hidden cells
+  imputed.nc      truth, observed cells, posterior mean / std / samples (CF attributes)
+  map.png         truth, observed, posterior mean and std of the first test hour
+  imputed_aps.nc  the same from the shipped APS flow, and map_aps.png
+  scores.json     area-weighted RMSE, CRPS, 90 % coverage over the hidden cells, per engine
+
+The shipped flow (a small diffusion prior, 2000 steps, and the APS flow distilled from it, 600
+steps, trained on the sample's first 558 hours; `make demo-models` reproduces it) is scored only
+on hours it never saw; --learned-checkpoint scores another distill checkpoint of the same grid,
+--no-learned skips it.
 
 example:
   manifold-aps demo --mask stations --missing 0.9 --samples 32 --output-dir out/
@@ -103,18 +110,83 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         output_dir=args.output_dir,
         plot=not args.no_plot,
+        learned=not args.no_learned,
+        learned_checkpoint=args.learned_checkpoint,
     )
+    rows = [
+        (
+            "exact Gaussian",
+            s.rmse_posterior_mean,
+            s.crps_posterior,
+            s.coverage_90_analytic,
+            s.spread_skill,
+        ),
+    ]
+    if s.learned is not None:
+        e = s.learned
+        rows.append(
+            (
+                e.engine,
+                e.rmse_posterior_mean,
+                e.crps_posterior,
+                e.coverage_90_analytic,
+                e.spread_skill,
+            )
+        )
+    lines = [f"  {'':16}{'RMSE':>8}{'CRPS':>8}{'90 % cov.':>11}{'spread/skill':>14}"]
+    for name, rmse, crps, cov, ss in rows:
+        lines.append(f"  {name:16}{rmse:8.3f}{crps:8.3f}{100 * cov:9.1f} %{ss:14.2f}")
+    lines.append(f"  {'nearest cell':16}{s.rmse_nearest_neighbour:8.3f}")
+    lines.append(f"  {'climatology':16}{s.rmse_climatology:8.3f}")
+    table = "\n".join(lines)
+    written = "imputed.nc, map.png" + (
+        f", imputed_{s.learned.engine}.nc, map_{s.learned.engine}.png" if s.learned else ""
+    )
+    if args.no_plot:
+        written = ", ".join(w for w in written.split(", ") if not w.endswith(".png"))
     print(
         f"\nscores over the hidden cells ({100 * s.missing_fraction:.0f} % of "
-        f"{s.num_test_fields} test fields), "
-        "area-weighted:\n"
-        f"  RMSE posterior mean     {s.rmse_posterior_mean:.3f}\n"
-        f"  RMSE nearest neighbour  {s.rmse_nearest_neighbour:.3f}\n"
-        f"  RMSE climatology        {s.rmse_climatology:.3f}\n"
-        f"  CRPS ({args.samples} samples)     {s.crps_posterior:.3f}\n"
-        f"  90 % interval coverage  {100 * s.coverage_90_analytic:.1f} %\n"
-        f"  spread / skill          {s.spread_skill:.2f}\n"
-        f"wrote {args.output_dir}/imputed.nc, map.png, scores.json in {s.seconds:.1f} s"
+        f"{s.num_test_fields} test fields, {args.samples} samples), area-weighted, "
+        f"{s.units or 'units of the variable'}:\n{table}\n"
+        f"wrote {args.output_dir}/{written}, scores.json in {s.seconds:.1f} s"
+    )
+    return 0
+
+
+EXPORT_HELP = """\
+Write an inference copy of a prior or engine checkpoint: the weights it samples with (the EMA
+weights where the run kept them), its self-description (domain, variable, units, the embedded
+prior of an engine) and nothing else: no optimizer or EMA state, about a quarter of the size.
+
+The copy loads wherever the checkpoint does (`impute --checkpoint`, `reconstruct --checkpoint`,
+`distill --prior`) and samples the same numbers; it cannot resume training. An existing OUT is
+refused unless --overwrite (the file is written atomically).
+
+example:
+  manifold-aps export runs/aps/checkpoint.pt --out models/aps-t2m.pt
+"""
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from manifold_aps.checkpoint import atomic_path
+    from manifold_aps.training import inference_copy, load_checkpoint
+
+    source, out = Path(args.checkpoint), Path(args.out)
+    if not source.is_file():
+        raise FileNotFoundError(2, "no such checkpoint", str(source))
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the checkpoint itself; write the copy elsewhere")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; give --overwrite to replace it")
+    ckpt = load_checkpoint(source)
+    with atomic_path(out) as tmp:
+        torch.save(inference_copy(ckpt), tmp)
+    before, after = source.stat().st_size, out.stat().st_size
+    print(
+        f"wrote {out}: {ckpt['kind']} on {ckpt['domain']}, step {ckpt['step']}, "
+        f"{after / 1e6:.2f} MB (the checkpoint: {before / 1e6:.2f} MB)"
     )
     return 0
 
@@ -162,6 +234,13 @@ imputation against them are printed: area-weighted RMSE, CRPS, 90 % coverage, sp
 variable, on the same grid after --select/--region/--coarsen, with every imputed time step):
 over the cells hidden in the input that have a value in FILE.
 
+Several variables (--var t2m msl, and --channels-from level=500,850 for levels) are imputed
+jointly by a dps/aps/implicit/avi --checkpoint trained on them (train-prior --var t2m msl): give
+them in the checkpoint's order. Each variable's NaN cells are its own; a --mask hides the same
+cells in every variable. The output has each variable's <var>_mean, <var>_std, <var>_samples (with
+the --channels-from dimension) and its own <var>_observed flag; the scores are printed per
+channel. The gaussian engine imputes one variable.
+
 examples:
   manifold-aps impute --input era5.nc --var t2m --mask random:0.7 \\
       --fit-period 2019-03-01:2019-03-24 --period 2019-03-25:2019-03-31 \\
@@ -170,6 +249,8 @@ examples:
       --checkpoint runs/era5-uk/checkpoint.pt --samples 8 --output out.nc
   manifold-aps impute --input gappy.nc --var sst --coarsen 10 --output-grid native \\
       --period 2002-07-01,2002-07-11,2002-07-21 --truth complete.nc --output out.nc
+  manifold-aps impute --input era5.nc --var t2m msl --mask random:0.7 --engine aps \\
+      --checkpoint runs/aps-t2m-msl/checkpoint.pt --output out.nc
 """
 
 
@@ -181,7 +262,8 @@ def _impute(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     request = ImputeRequest(
         input=args.input,
-        variable=args.var,
+        variable=args.var[0] if len(args.var) == 1 else tuple(args.var),
+        channels_from=args.channels_from,
         masks=tuple(args.mask or ("nan",)),
         engine=args.engine,
         checkpoint=args.checkpoint,
@@ -217,7 +299,7 @@ TRAIN_PRIOR_HELP = """\
 Train a diffusion prior (score network + VP-SDE) on a named dataset or on your own data, with
 checkpoints. Exactly one of:
   --dataset NAME                    a named dataset (below)
-  --input FILE --var VAR            a gridded field (netCDF, GRIB, zarr) on its own lat-lon grid:
+  --input FILE --var VAR [VAR ...]  a gridded field (netCDF, GRIB, zarr) on its own lat-lon grid:
                                     [--select DIM=VALUE ...] [--fit-period RANGES] [--coarsen K];
                                     steps with missing cells are left out; the last --val-fraction
                                     of the steps validate; --augment auto rotates global evenly
@@ -225,6 +307,24 @@ checkpoints. Exactly one of:
   --mesh M.obj --signals S.npz      signals (S, V) on your mesh (OFF/OBJ/PLY/STL, vertex order as
                                     written); optional `positions` (V, 3) in the npz match rows to
                                     vertices, optional `units`; no augmentation
+  --healpix MAP.fits [MORE.fits ...]
+                                    HEALPix maps: every column of every file is a map, all of one
+                                    nside; each file's RING/NESTED ordering is read from its header
+                                    (the checkpoint's is the first file's, the others are
+                                    reordered); maps with UNSEEN/NaN pixels are left out (named)
+
+Channels (--input): several --var on one grid are the channels of one prior, in the order given;
+--channels-from DIM=V1,V2,... makes each listed value of DIM a channel of each variable (DIM
+alone: all its values), variable by variable: --var t u --channels-from level=500,850 gives t500,
+t850, u500, u850. --select DIM=VALUE still fixes the other dimensions. Each channel is standardised
+by its own mean and std; the checkpoint lists each channel's variable, units and DIM value, and
+`impute` needs the same --var (and --channels-from) in the same order.
+
+Augmentation (--augment), chosen from the domain when auto: a global, evenly spaced lat-lon grid is
+rotated about the polar axis (longitude: a random whole number of cells per batch); full-sky HEALPix
+maps (--healpix, or a HEALPix-gridded GRIB --input) by random rotations in SO(3) (so3: exact on
+their harmonics up to lmax = 3 nside - 1, which keeps the angular power spectrum); regional grids
+and meshes are not augmented (none). Give longitude, so3 or none to override where it applies.
 
 The checkpoint describes itself: its domain (grid coordinates, mesh vertices and faces), the
 variable, units and where the data came from (the file as given and its SHA-256), so `distill
@@ -253,7 +353,10 @@ torchrun --nproc_per_node 2 -m manifold_aps.cli train-prior ...
 examples:
   manifold-aps train-prior --dataset era5-uk --steps 2000 --out runs/era5-uk
   manifold-aps train-prior --input z500.nc --var z --select level=500 --out runs/z500
+  manifold-aps train-prior --input era5.nc --var t2m msl --out runs/t2m-msl
+  manifold-aps train-prior --input era5_pl.nc --var t u --channels-from level=500,850 --out runs/tu
   manifold-aps train-prior --mesh spot.obj --signals spot_signals.npz --out runs/spot
+  manifold-aps train-prior --healpix sky_a.fits sky_b.fits --augment so3 --out runs/sky
 """
 
 
@@ -261,12 +364,18 @@ def _training_data(args: argparse.Namespace):
     """The training data of `train-prior`: a dataset name, or the dataset of a user's files."""
     given = [
         opt
-        for opt, dest in (("--dataset", "dataset"), ("--input", "input"), ("--mesh", "mesh"))
+        for opt, dest in (
+            ("--dataset", "dataset"),
+            ("--input", "input"),
+            ("--mesh", "mesh"),
+            ("--healpix", "healpix"),
+        )
         if getattr(args, dest)
     ]
     if len(given) != 1:
         raise ValueError(
-            "give exactly one of --dataset NAME, --input FILE --var VAR, --mesh FILE --signals FILE"
+            "give exactly one of --dataset NAME, --input FILE --var VAR, "
+            "--mesh FILE --signals FILE, --healpix MAP.fits [...]"
             + (f" (got {' and '.join(given)})" if given else "")
         )
     if args.dataset:
@@ -278,13 +387,24 @@ def _training_data(args: argparse.Namespace):
 
         return grid_file_dataset(
             args.input,
-            args.var,
+            args.var[0] if len(args.var) == 1 else args.var,
             select=tuple(args.select or ()),
+            channels_from=args.channels_from,
             fit_period=args.fit_period,
             coarsen=args.coarsen,
             val_fraction=args.val_fraction,
             augment=args.augment,
             sample_dim=args.sample_dim,
+        )
+    if args.healpix:
+        from manifold_aps.datasets import healpix_maps_dataset
+
+        if args.augment == "longitude":
+            raise ValueError(
+                "--augment longitude rotates lat-lon grids; HEALPix maps take auto, so3 or none"
+            )
+        return healpix_maps_dataset(
+            args.healpix, val_fraction=args.val_fraction, augment=args.augment
         )
     if not args.signals:
         raise ValueError("--mesh needs --signals FILE (an .npz with `signals` of shape (S, V))")
@@ -399,7 +519,9 @@ engines:
   aps, implicit, avi  an engine from `distill` (--checkpoint); the checkpoint must be of this mesh
 
 --healpix MAP.fits [--mask MASK.fits] reads a map instead (healpy; the header's ordering; UNSEEN
-pixels and the mask's zeros are unobserved; a mask of another nside is refused).
+pixels and the mask's zeros are unobserved; a mask of another nside is refused). With a
+checkpoint trained on the other ordering of the same nside (train-prior --healpix), the map is
+reordered to the checkpoint's, and the output FITS is in that ordering (its header says which).
 
 Writes --output .npz: mean, std (S, V), samples (N, S, V), observed (S, V) [, hidden, truth], or
 for a map .fits (MEAN, STD, OBSERVED in the map's ordering); --ply a PLY of the mesh with the
@@ -418,6 +540,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from manifold_aps.checkpoint import atomic_path
     from manifold_aps.reconstruct import (
+        POINT_ESTIMATES,
+        in_checkpoint_ordering,
         parse_hiding,
         read_healpix_map,
         read_mesh_signals,
@@ -455,6 +579,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
     units = ""
     if args.healpix:
         domain, values, observed, units = read_healpix_map(args.healpix, mask_file)
+        if args.checkpoint and args.engine not in ("gaussian", *POINT_ESTIMATES):
+            domain, values, observed = in_checkpoint_ordering(
+                domain, values, observed, args.checkpoint
+            )  # a NESTED map for a RING model (or back): reordered, written in the model's
         order = np.arange(domain.num_nodes)
     else:
         domain, values, observed, order = read_mesh_signals(args.mesh, args.signals, args.observed)
@@ -611,6 +739,7 @@ def _distill_settings(args: argparse.Namespace):
             width=args.width,
             num_modes=min(args.modes, 64),
             cg_iterations=args.cg_iterations,
+            dense_limit=args.dense_limit,
             warmup_fraction=args.data_warmup or 0.0,
         ), " per dim"
     from manifold_aps.flows import FlowConfig
@@ -621,6 +750,8 @@ def _distill_settings(args: argparse.Namespace):
             couplings=args.couplings, width=args.width, num_modes=args.modes, coupling=args.coupling
         ),
         cg_iterations=args.cg_iterations,
+        dense_limit=args.dense_limit,
+        variance_modes=args.variance_modes,
         warmup_fraction=0.2 if args.data_warmup is None else args.data_warmup,
     ), " nats/dim"
 
@@ -820,7 +951,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--output-dir", default="demo_output", help="output folder (default: demo_output)"
     )
-    demo.add_argument("--no-plot", action="store_true", help="skip the PNG map")
+    demo.add_argument("--no-plot", action="store_true", help="skip the PNG maps")
+    demo.add_argument(
+        "--learned-checkpoint",
+        metavar="FILE",
+        help="score this distill checkpoint beside the Gaussian (default: the shipped APS flow, "
+        "on the shipped sample)",
+    )
+    demo.add_argument(
+        "--no-learned", action="store_true", help="only the Gaussian (skip the learned engine)"
+    )
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     demo.set_defaults(func=_demo)
 
@@ -831,7 +971,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     im.add_argument("--input", required=True, help="netCDF/GRIB/zarr file or glob of files")
-    im.add_argument("--var", default="t2m", help="variable to impute (default: t2m)")
+    im.add_argument(
+        "--var",
+        nargs="+",
+        default=["t2m"],
+        metavar="VAR",
+        help="variable to impute (default: t2m); several: jointly, by a checkpoint trained on "
+        "them, in its order (e.g. --var t2m msl)",
+    )
+    im.add_argument(
+        "--channels-from",
+        metavar="DIM[=V1,V2,...]",
+        help="the checkpoint's channels along DIM, as given to train-prior, e.g. level=500,850",
+    )
     im.add_argument(
         "--skip-corrupt-grib",
         action="store_true",
@@ -985,7 +1137,19 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument(
         "--input", metavar="FILE", help="your gridded field: netCDF, GRIB or zarr (with --var)"
     )
-    tp.add_argument("--var", help="--input: the variable to train on")
+    tp.add_argument(
+        "--var",
+        nargs="+",
+        metavar="VAR",
+        help="--input: the variable to train on; several (same grid): one channel each, in this "
+        "order, e.g. --var t2m msl",
+    )
+    tp.add_argument(
+        "--channels-from",
+        metavar="DIM[=V1,V2,...]",
+        help="--input: each listed value of DIM a channel (of each --var), e.g. level=500,850; "
+        "DIM alone: all of its values",
+    )
     tp.add_argument(
         "--select",
         nargs="+",
@@ -1005,10 +1169,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument(
         "--augment",
-        choices=["auto", "longitude", "none"],
+        choices=["auto", "longitude", "so3", "none"],
         default="auto",
-        help="--input: random rotations about the polar axis (longitude; global evenly spaced "
-        "grids), none, or auto: longitude where exact, else none (default: auto)",
+        help="--input/--healpix: random rotations about the polar axis (longitude: global evenly "
+        "spaced lat-lon grids), random rotations in SO(3) (so3: full-sky HEALPix), none, or auto: "
+        "the one that is exact for the domain, else none (default: auto; see above)",
     )
     tp.add_argument(
         "--sample-dim",
@@ -1026,11 +1191,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="--mesh: an .npz with signals (S, V) [, positions (V, 3), units]",
     )
     tp.add_argument(
+        "--healpix",
+        nargs="+",
+        metavar="MAP.fits",
+        help="your HEALPix maps: FITS files, every column a map, all of one nside",
+    )
+    tp.add_argument(
         "--val-fraction",
         type=float,
         default=0.1,
-        help="--input/--mesh: the last share of steps/signals held out for validation "
-        "(default 0.1)",
+        help="--input/--mesh/--healpix: the last share of steps/signals/maps held out for "
+        "validation (default 0.1)",
     )
     tp.add_argument(
         "--out", required=True, help="output folder (checkpoint.pt, log.csv, train.json)"
@@ -1112,6 +1283,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=30,
         help="iterations of the first estimate (default: 30)",
+    )
+    ds.add_argument(
+        "--dense-limit",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="aps/implicit: domains of at most N nodes take the dense first estimate (a Cholesky "
+        "factor per observation: an exact Gaussian anchor, but cubic in the nodes: 10-20 s per "
+        "training step at 1617 nodes on one CPU thread); above N the conjugate-gradient one "
+        "(default: 2000)",
+    )
+    ds.add_argument(
+        "--variance-modes",
+        type=int,
+        default=256,
+        metavar="K",
+        help="aps: Laplace-Beltrami modes of the first estimate's prior variance; their "
+        "eigenvectors are saved in the checkpoint (N x K float64), so fewer make a smaller model "
+        "(default: 256)",
     )
     ds.add_argument(
         "--data-warmup",
@@ -1202,6 +1392,17 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--plot", metavar="FILE", help="also write a PNG of the first signal")
     rc.add_argument("--quiet", action="store_true", help="no progress bar")
     rc.set_defaults(func=_reconstruct)
+
+    ex = sub.add_parser(
+        "export",
+        help="an inference copy of a checkpoint (weights only, for sharing or shipping)",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("checkpoint", help="a train-prior or distill checkpoint.pt")
+    ex.add_argument("--out", required=True, help="the copy to write (.pt)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ex.set_defaults(func=_export)
 
     sp = sub.add_parser(
         "sample",

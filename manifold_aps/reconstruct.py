@@ -31,7 +31,13 @@ from manifold_aps.geometry import Domain
 from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, warn_if_diverged
 
-__all__ = ["POINT_ESTIMATES", "Reconstruction", "reconstruct", "reconstruction_engines"]
+__all__ = [
+    "POINT_ESTIMATES",
+    "Reconstruction",
+    "in_checkpoint_ordering",
+    "reconstruct",
+    "reconstruction_engines",
+]
 
 POINT_ESTIMATES = ("harmonic", "nearest")
 
@@ -336,27 +342,12 @@ def read_healpix_map(path, mask=None, *, field: int = 0):
     """
     import healpy as hp
 
+    from manifold_aps.datasets import read_healpix_fits
     from manifold_aps.geometry import HealpixSphere
 
     def read(p, what):
-        from pathlib import Path
-
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"{what} not found: {p}")
-        try:
-            m, header = hp.read_map(
-                p, field=field if what == "map" else 0, nest=None, h=True, dtype=np.float64
-            )
-        except Exception as err:  # astropy/healpy raise many kinds for a file that is not a map
-            raise ValueError(
-                f"{p} is not a HEALPix FITS map ({type(err).__name__}: {err})"
-            ) from err
-        header = dict(header)
-        return (
-            np.asarray(m, dtype=np.float64),
-            str(header.get("ORDERING", "RING")).upper().startswith("NEST"),
-            header,
-        )
+        maps, nest, header = read_healpix_fits(p, what=what, field=field if what == "map" else 0)
+        return maps[0], nest, header
 
     values, nest, header = read(path, "map")
     nside = hp.npix2nside(values.size)
@@ -374,6 +365,39 @@ def read_healpix_map(path, mask=None, *, field: int = 0):
     values = np.where(observed, values, np.nan)
     units = str(header.get("TUNIT1", header.get("TUNIT", "")) or "")
     return HealpixSphere(nside, nest=nest), values[None], observed[None], units
+
+
+def in_checkpoint_ordering(domain, values, observed, checkpoint):
+    """A HEALPix map in the pixel ordering of the map a checkpoint was trained on.
+
+    A map of the checkpoint's nside in the other ordering (RING for NESTED or back) has its
+    pixels reordered, and the result is the checkpoint's domain; any other map or domain comes back
+    as it is (the engine then refuses another domain, naming both).
+
+    Arguments:
+        domain: the map's `HealpixSphere` (or any domain).
+        values: `(S, N)` in `domain`'s ordering.
+        observed: `(S, N)` boolean, likewise.
+        checkpoint: a `train-prior` or `distill` checkpoint.
+
+    Returns:
+        `(domain, values, observed)`, in the checkpoint's ordering where it applies.
+    """
+    import healpy as hp
+
+    from manifold_aps.geometry import HealpixSphere
+    from manifold_aps.training import checkpoint_domain, load_checkpoint
+
+    trained = checkpoint_domain(load_checkpoint(checkpoint), checkpoint)
+    if not (isinstance(domain, HealpixSphere) and isinstance(trained, HealpixSphere)):
+        return domain, values, observed
+    if trained.nside != domain.nside or trained.nest == domain.nest:
+        return domain, values, observed
+    pixels = np.arange(trained.num_nodes)
+    source = (
+        hp.nest2ring(trained.nside, pixels) if trained.nest else hp.ring2nest(trained.nside, pixels)
+    )  # the map's pixel of each of the checkpoint's pixels
+    return trained, values[:, source], observed[:, source]
 
 
 def write_healpix_fits(path, rec: Reconstruction, domain, units: str = "") -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "Trainer",
     "checkpoint_domain",
     "existing_run_files",
+    "inference_copy",
     "load_checkpoint",
     "read_weights_file",
     "resume_conflicts",
@@ -211,6 +212,48 @@ def load_checkpoint(
     if fingerprint is not None:
         _refuse_another_domain(ckpt, path, fingerprint, "this domain")
     return ckpt
+
+
+def inference_copy(ckpt: dict) -> dict:
+    """A checkpoint reduced to what sampling needs: the weights it samples with, no training state.
+
+    The EMA weights (or the raw ones without EMA) become the `model` entry; the optimizer and
+    EMA state go (about 3/4 of a trained file), and so does any embedded prior's EMA copy; the
+    embedded prior's tensors that equal the engine's (the eigenbasis both saved) are stored
+    once. The result loads wherever the full file does (`load_prior`, `load_engine`, `impute
+    --checkpoint`) and samples the same numbers; it cannot resume training (`Trainer.resume`
+    says so).
+
+    Arguments:
+        ckpt: a checkpoint dictionary as `load_checkpoint` returns it.
+
+    Returns:
+        A new dictionary (the tensors are shared with `ckpt`, not copied).
+    """
+    out = dict(ckpt)
+    out["model"] = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    out["ema"] = None
+    out["ema_state"] = None
+    out["optimizer"] = None
+    prior = ckpt.get("prior")
+    if isinstance(prior, dict):
+        weights = prior["ema"] if prior.get("ema") is not None else prior["model"]
+        # tensors the engine holds too (the same eigenbasis) are stored once
+        out["prior"] = {**prior, "model": _shared_with(weights, out["model"]), "ema": None}
+    return out
+
+
+def _shared_with(state: dict, other: dict) -> dict:
+    """`state` with each tensor equal to one of `other` replaced by that one (saved once)."""
+    pool: dict[tuple, list[torch.Tensor]] = {}
+    for t in other.values():
+        if torch.is_tensor(t):
+            pool.setdefault((t.shape, t.dtype), []).append(t)
+    out = {}
+    for key, t in state.items():
+        twins = pool.get((t.shape, t.dtype), []) if torch.is_tensor(t) else []
+        out[key] = next((u for u in twins if torch.equal(u, t)), t)
+    return out
 
 
 def _refuse_another_domain(ckpt: dict, path, fingerprint: str, other: str) -> None:
@@ -464,6 +507,11 @@ class Trainer:
         """
         path = Path(path or self.checkpoint_path)
         ckpt = load_checkpoint(path, fingerprint=self.domain.fingerprint, kind=self.kind)
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(
+                f"cannot resume {path}: it is an inference copy (`manifold-aps export`: weights "
+                "only, no optimizer state); resume from the training run's own checkpoint.pt"
+            )
         if ckpt["model_config"] != self.model_config:
             keys = list(dict.fromkeys([*ckpt["model_config"], *self.model_config]))
             raise CheckpointError(

@@ -295,3 +295,21 @@ def test_forward_kl_settings_are_recorded_only_when_the_term_is_on():
         APSConfig(forward_kl_signals="truth")
     with pytest.raises(ValueError, match="forward_kl_weight"):
         APSConfig(forward_kl_weight=-1.0)
+
+
+def test_fewer_variance_modes_make_a_smaller_engine_and_are_recorded_only_when_not_the_default():
+    from dataclasses import replace
+
+    iterative = replace(SMALL, dense_limit=0)  # 48 nodes: the iterative estimate, not the dense
+    assert "variance_modes" not in iterative.to_dict()  # old checkpoints' configs stay equal
+    fewer = replace(iterative, variance_modes=40)
+    assert fewer.to_dict()["variance_modes"] == 40 and APSConfig.from_dict(fewer.to_dict()) == fewer
+    default = AmortizedFlowPosterior(DOMAIN, 1, PRIOR, NOISE, iterative)
+    small = AmortizedFlowPosterior(DOMAIN, 1, PRIOR, NOISE, fewer)
+    assert default.estimate.variance_modes.shape == (48, 48)  # 256 clipped to the 48 nodes
+    assert small.estimate.variance_modes.shape == (48, 40)
+    # the prior-variance expansion is truncated, so the proxy changes, but stays positive
+    v_small = small.estimate.prior_variance(torch.float64)
+    assert (v_small > 0).all() and not torch.allclose(
+        v_small, default.estimate.prior_variance(torch.float64)
+    )

@@ -17,7 +17,9 @@ from manifold_aps.operators import GaussianNoise, LinearOperator
 from manifold_aps.posterior.first_estimate import TikhonovEstimate
 from manifold_aps.posterior.observations import check_observations
 
-__all__ = ["ConditionedEngine", "ObservationEncoding"]
+__all__ = ["VARIANCE_MODES", "ConditionedEngine", "ObservationEncoding"]
+
+VARIANCE_MODES = 256  # the first estimate's prior-variance modes unless an engine says otherwise
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ConditionedEngine(nn.Module):
         noise: the observation noise model (its sigma is in physical units).
         cg_iterations: iterations of the `TikhonovEstimate` (0: no first estimate).
         dense_limit: domains up to this many nodes use the dense estimate (Cholesky).
+        variance_modes: Laplace-Beltrami modes of the iterative estimate's prior-variance
+            expansion (`TikhonovEstimate`; saved with the weights, float64: `N x` this many).
     """
 
     CONTEXT = 3
@@ -66,6 +70,7 @@ class ConditionedEngine(nn.Module):
         noise: GaussianNoise,
         cg_iterations: int,
         dense_limit: int,
+        variance_modes: int = VARIANCE_MODES,
     ):
         super().__init__()
         self.domain, self.channels, self.noise = domain, channels, noise
@@ -78,7 +83,12 @@ class ConditionedEngine(nn.Module):
             "norm_mean", (mean if mean is not None else torch.zeros(channels)).double().clone()
         )
         self.estimate = (
-            TikhonovEstimate(domain, cg_iterations, dense=domain.num_nodes <= dense_limit)
+            TikhonovEstimate(
+                domain,
+                cg_iterations,
+                dense=domain.num_nodes <= dense_limit,
+                variance_modes=variance_modes,
+            )
             if cg_iterations
             else None
         )

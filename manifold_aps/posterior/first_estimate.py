@@ -189,13 +189,14 @@ class TikhonovEstimate(SavedEigenpairs):
         q = self.dense_precision(y.dtype)
         q = 0.5 * (q + q.T)
         b, n, c = y.shape
+        per_channel = inv_s2.reshape(-1, 1)  # (C or 1, 1): a channel's 1/sigma^2 on its rows
         if isinstance(operator, Mask):
             hth = obs.transpose(1, 2)  # (B, C, N): diagonal of H^T H
-            prec = q + torch.diag_embed(hth * inv_s2)
+            prec = q + torch.diag_embed(hth * per_channel)
         else:
             h = operator_matrix(operator).to(y.dtype)
             rows = obs.transpose(1, 2)[..., None] * h  # unobserved rows are zero
-            prec = q + inv_s2 * rows.transpose(-1, -2) @ rows
+            prec = q + per_channel[..., None] * rows.transpose(-1, -2) @ rows
         chol = torch.linalg.cholesky(prec)  # (B, C, N, N)
         rhs = operator.transpose(y) * inv_s2
         mean = torch.cholesky_solve(rhs.transpose(1, 2)[..., None], chol)[..., 0].transpose(1, 2)

@@ -1,0 +1,112 @@
+"""`manifold-aps export`: an inference copy of a checkpoint samples what the checkpoint samples.
+
+The copy keeps the weights it samples with and the self-description, drops the optimizer and EMA
+state, cannot resume training, and never overwrites a file without --overwrite.
+"""
+
+import numpy as np
+import pytest
+import torch
+from conftest import refused, run_cli
+from test_own_data_cli import TINY_APS, TINY_PRIOR, _field
+
+from manifold_aps.operators import Mask
+from manifold_aps.posterior.engines import load_engine
+from manifold_aps.priors.train import load_prior
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    _field(12, 0).to_netcdf(root / "z500.nc")
+    res = run_cli(
+        "train-prior",
+        "--input",
+        "z500.nc",
+        "--var",
+        "z",
+        "--select",
+        "level=500",
+        "--out",
+        "prior",
+        *TINY_PRIOR,
+        "--ema",
+        "0.9",
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr
+    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
+    assert res.returncode == 0, res.stderr
+    for run in ("prior", "aps"):
+        res = run_cli("export", f"{run}/checkpoint.pt", "--out", f"{run}.pt", cwd=root)
+        assert res.returncode == 0, res.stderr
+        assert f"wrote {run}.pt" in res.stdout
+    return root
+
+
+def test_the_copy_is_smaller_and_samples_the_same(runs):
+    # no optimizer state (the engine's copy still carries the prior's weights)
+    for run, share in (("prior", 0.6), ("aps", 0.9)):
+        full, copy = runs / run / "checkpoint.pt", runs / f"{run}.pt"
+        assert copy.stat().st_size < share * full.stat().st_size
+        state = torch.load(copy, weights_only=True)
+        assert state["optimizer"] is None and state["ema"] is None and state["ema_state"] is None
+        assert state["data"]["variable"] == "z"
+    # the prior: the copy's weights are the run's EMA weights (what load_prior uses)
+    a, b = load_prior(runs / "prior" / "checkpoint.pt"), load_prior(runs / "prior.pt")
+    x, t = torch.randn(3, a.domain.num_nodes, 1), torch.full((3,), 0.4)
+    with torch.no_grad():
+        torch.testing.assert_close(a.score(x, t), b.score(x, t), rtol=0, atol=0)
+        raw = load_prior(runs / "prior" / "checkpoint.pt", ema=False)
+        assert not torch.equal(b.score(x, t), raw.score(x, t))  # not the raw weights
+    # the engine: bit for bit the same samples for the same seed
+    full, _, _ = load_engine(runs / "aps" / "checkpoint.pt")
+    copy, _, _ = load_engine(runs / "aps.pt")
+    nodes = full.domain.num_nodes
+    mask = torch.from_numpy(np.random.default_rng(0).random((2, nodes, 1)) < 0.3)
+    y = torch.randn(2, nodes, 1) * mask
+    with torch.no_grad():
+        s1 = full.sample(y, Mask(full.domain, mask), 4, rng=torch.Generator().manual_seed(3))
+        s2 = copy.sample(y, Mask(copy.domain, mask), 4, rng=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+
+
+def test_the_copy_cannot_resume_training(runs, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes((runs / "prior.pt").read_bytes())
+    (tmp_path / "z500.nc").write_bytes((runs / "z500.nc").read_bytes())
+    res = run_cli(
+        "train-prior",
+        "--input",
+        "z500.nc",
+        "--var",
+        "z",
+        "--select",
+        "level=500",
+        "--out",
+        "run",
+        *TINY_PRIOR,
+        "--ema",
+        "0.9",
+        "--steps",
+        "4",
+        "--resume",
+        cwd=tmp_path,
+    )
+    refused(res, "inference copy", "export")
+
+
+def test_export_never_overwrites_without_being_told(runs, tmp_path):
+    target = tmp_path / "kept.pt"
+    target.write_bytes(b"a user's file")
+    res = run_cli("export", runs / "prior" / "checkpoint.pt", "--out", target, cwd=tmp_path)
+    refused(res, "exists", "--overwrite")
+    assert target.read_bytes() == b"a user's file"
+    res = run_cli("export", runs / "aps.pt", "--out", runs / "aps.pt", "--overwrite", cwd=tmp_path)
+    refused(res, "the checkpoint itself")
+    res = run_cli("export", tmp_path / "absent.pt", "--out", "x.pt", cwd=tmp_path)
+    refused(res, "absent.pt")
+    assert not (tmp_path / "x.pt").exists()
+    res = run_cli("export", runs / "prior.pt", "--out", target, "--overwrite", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert torch.load(target, weights_only=True)["kind"] == "score-prior"
