@@ -25,6 +25,10 @@ Laplace-Beltrami modes; at 65,160 cells that is 25,600 network evaluations of th
     # 1(b), a variable not used before, Part A only:
     python benchmarks/native_grid_engines.py --var msl --engines aps --skip-native \
         --out benchmarks/results/native_grid_engines_msl.csv
+
+    # Part A on HEALPix pixels instead of block means (`--grid healpix:32`: 12,288 pixels):
+    python benchmarks/native_grid_engines.py --grid healpix:32 --engines aps --skip-native \
+        --runs runs/native-hp32 --out benchmarks/results/native_grid_engines_hp32.csv
 """
 
 from __future__ import annotations
@@ -180,6 +184,13 @@ def main() -> None:
         choices=list(DISTILLED),
         help="distilled engines of Part A (default all)",
     )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        metavar="healpix:NSIDE",
+        help="Part A on HEALPix pixels of the field (train-prior/impute --grid) instead of its "
+        "4 x 4 block means",
+    )
     parser.add_argument("--skip-native", action="store_true", help="Part A only")
     parser.add_argument("--out", type=Path, default=RESULTS / "native_grid_engines.csv")
     args = parser.parse_args()
@@ -197,9 +208,15 @@ def main() -> None:
         "--quiet",
     ]
     rows: list[dict] = []
-    coarse = ["--coarsen", 4]
+    coarse = ["--grid", args.grid] if args.grid else ["--coarsen", 4]
+    if args.grid:
+        nside = int(args.grid.partition(":")[2])
+        part_a, nodes_a = f"A: HEALPix {nside} (--grid {args.grid})", 12 * nside**2
+    else:
+        part_a, nodes_a = "A: 45x90 (--coarsen 4)", 4050
     print(
-        f"A: train-prior on {path.name} (--coarsen 4, {FIT_PERIOD}), {args.prior_steps} steps",
+        f"A: train-prior on {path.name} ({' '.join(map(str, coarse))}, {FIT_PERIOD}), "
+        f"{args.prior_steps} steps",
         flush=True,
     )
     _, prior_s = cli(
@@ -279,10 +296,10 @@ def main() -> None:
             cwd=runs,
         )
         row = {
-            "part": "A: 45x90 (--coarsen 4)",
+            "part": part_a,
             "variable": args.var,
             "engine": name,
-            "nodes": 4050,
+            "nodes": nodes_a,
             "train_steps": ""
             if name == "gaussian"
             else (args.prior_steps if name == "dps" else args.engine_steps),

@@ -20,7 +20,7 @@ import torch
 
 from climate.demo import default_sample_path
 from climate.era5 import grid_domain, open_era5, spatial_dims, to_signal
-from climate.regrid import latlon_to_healpix_matrix
+from climate.regrid import healpix_field, latlon_to_healpix_matrix, parse_grid
 from climate.schema import TIME
 from manifold_aps.datasets import (
     PriorDataset,
@@ -71,6 +71,7 @@ def grid_file_dataset(
     val_fraction: float = 0.1,
     augment: str = "auto",
     sample_dim: str = "time",
+    grid: str = "native",
     digest: str | None = None,
 ) -> PriorDataset:
     """A user's gridded fields as a prior's training data (``train-prior --input FILE --var VAR``).
@@ -98,6 +99,9 @@ def grid_file_dataset(
         sample_dim: the dimension whose entries are the training fields (default time; e.g.
             `month` for a file of monthly means indexed by month number, `number` for ensemble
             members). `fit_period` applies to time only.
+        grid: "native" (the file's own grid) or "healpix:NSIDE": a global lat-lon field averaged
+            into HEALPix pixels first (`climate.regrid.healpix_field`; RING order), the prior's
+            domain then a `HealpixSphere` (and `augment="auto"` SO(3) rotations).
         digest: the SHA-256 the file must have (a rebuilt dataset: the same file).
 
     Time steps with any missing cell (in any channel) are left out (the prior learns complete
@@ -120,6 +124,9 @@ def grid_file_dataset(
     found = checked_digest(path, digest) if path.is_file() else None
     fields = channel_fields(open_era5(path), var, select=tuple(select), channels_from=channels_from)
     fields = [_training_field(da, sample_dim, fit_period, coarsen) for da in fields]
+    nside = parse_grid(grid)
+    if nside is not None:
+        fields = [healpix_field(da, nside) for da in fields]
     first = fields[0]
     for da in fields[1:]:
         _same_steps_and_grid(da, first, sample_dim)
@@ -144,7 +151,9 @@ def grid_file_dataset(
             )
         rotate = augment in ("auto", "so3")
         augmentation = SO3Rotations(domain.nside, nest=domain.nest) if rotate else None
-        grid = f"HEALPix nside {domain.nside} ({'nested' if domain.nest else 'ring'}) pixels"
+        grid_text = f"HEALPix nside {domain.nside} ({'nested' if domain.nest else 'ring'}) pixels"
+        if nside is not None:
+            grid_text += " (averaged from its lat-lon cells)"
         augmented = "random SO(3) rotations" if rotate else "none"
     else:
         if augment == "so3":
@@ -158,7 +167,7 @@ def grid_file_dataset(
         use_rolls = augment == "longitude" or (augment == "auto" and rolls)
         nlat, nlon = domain.shape
         augmentation = longitude_rolls(nlat, nlon) if use_rolls else None
-        grid = f"{nlat} x {nlon} grid"
+        grid_text = f"{nlat} x {nlon} grid"
         augmented = "random longitude rotations" if use_rolls else "none"
     args = {
         "path": str(path),
@@ -173,6 +182,8 @@ def grid_file_dataset(
     }
     if channels_from is not None:  # (a one-variable prior's record as it always was)
         args["channels_from"] = channels_from
+    if nside is not None:  # likewise
+        args["grid"] = grid
     source = {"builder": "grid-file", "args": args}
     steps = fields[0][sample_dim].values
     span = f"{sample_dim} {str(steps[0])[:16]} .. {str(steps[-1])[:16]}"
@@ -183,7 +194,7 @@ def grid_file_dataset(
         TensorSource(train, val, augmentation),
         torch.zeros(0, domain.num_nodes, len(channels)),
         ", ".join(c.units for c in channels),
-        f"{labels} of {path.name} on its {grid}"
+        f"{labels} of {path.name} on its {grid_text}"
         f"{f' coarsened {coarsen}x' if coarsen > 1 else ''}, "
         f"{train.shape[0]} training + {val.shape[0]} validation fields ({span}"
         f"{f'; {left_out} incomplete fields left out' if left_out else ''}); augmentation: "

@@ -168,6 +168,28 @@ def missing_mask(da: xr.DataArray) -> xr.DataArray:
     return out
 
 
+def _random_pixels(like, missing: float, seed: int, per_time: bool) -> xr.DataArray:
+    """`random_mask` on a HEALPix field: the same draws, over its pixels along `values`."""
+    n = like.sizes[VALUES]
+    k = min(round(missing * n), n - 1)
+    rng = np.random.default_rng(seed)
+    values = np.ones((_num_times(like, per_time), n), dtype=bool)
+    for row in values:
+        row[rng.permutation(n)[:k]] = False
+    description = f"random {100 * missing:g} % missing, seed {seed}"
+    coords = {name: like[name] for name in (LATITUDE, LONGITUDE) if name in like.coords}
+    if per_time:
+        description += ", one mask per time step"
+        coords[TIME] = like[TIME]
+    return xr.DataArray(
+        values if per_time else values[0],
+        dims=((TIME,) if per_time else ()) + (VALUES,),
+        coords=coords,
+        name=MASK_NAME,
+        attrs={"description": description},
+    )
+
+
 def random_mask(
     like, missing: float = 0.7, *, seed: int = 0, per_time: bool = False
 ) -> xr.DataArray:
@@ -176,17 +198,21 @@ def random_mask(
     At least one cell stays observed (the count is capped at `N - 1`).
 
     Arguments:
-        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees).
+        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), or a
+            HEALPix field (pixels along `values`, `climate.era5`).
         missing: fraction of cells hidden, in [0, 1).
         seed: seed of `numpy.random.default_rng`.
         per_time: draw one mask per time step of `like` (dims `(time, latitude, longitude)`).
 
     Returns:
-        boolean DataArray "observed", `(latitude, longitude)` or `(time, latitude, longitude)`.
+        boolean DataArray "observed", `(latitude, longitude)` or `(time, latitude, longitude)`
+        (`values` in place of both on HEALPix).
     """
-    lat, lon = _grid(like)
     if not np.isscalar(missing) or not 0 <= float(missing) < 1:
         raise ValueError(f"missing must be a fraction in [0, 1), got {missing!r}")
+    if isinstance(like, (xr.DataArray, xr.Dataset)) and spatial_dims(like) == (VALUES,):
+        return _random_pixels(like, float(missing), seed, per_time)
+    lat, lon = _grid(like)
     n = lat.size * lon.size
     k = min(round(float(missing) * n), n - 1)
     rng = np.random.default_rng(seed)

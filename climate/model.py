@@ -330,9 +330,15 @@ class ImputationModel:
         """Raise a clear ValueError unless `field` is on this model's grid."""
         domain = grid_domain(field)
         if domain.fingerprint != self.domain.fingerprint:
+            hint = (
+                f"; give --grid healpix:{self.domain.nside} (the model was trained on HEALPix "
+                "pixels of a lat-lon field)"
+                if isinstance(self.domain, HealpixSphere) and isinstance(domain, SphereGrid)
+                else ""
+            )
             raise ValueError(
                 f"the field's grid ({_grid_text(domain)}) is not the model's "
-                f"({_grid_text(self.domain)})"
+                f"({_grid_text(self.domain)}){hint}"
             )
 
     def latitudes_reversed(self, field: xr.DataArray | xr.Dataset) -> bool:

@@ -6,11 +6,18 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 
-from climate.era5 import grid_domain
-from climate.schema import LATITUDE, LONGITUDE
+from climate.era5 import HEALPIX_NSIDE, HEALPIX_ORDERING, grid_domain
+from climate.schema import LATITUDE, LONGITUDE, VALUES
 from manifold_aps.geometry import SphereGrid
 
-__all__ = ["PIXEL", "healpix_to_latlon_matrix", "latlon_to_healpix", "latlon_to_healpix_matrix"]
+__all__ = [
+    "PIXEL",
+    "healpix_field",
+    "healpix_to_latlon_matrix",
+    "latlon_to_healpix",
+    "latlon_to_healpix_matrix",
+    "parse_grid",
+]
 
 PIXEL = "pixel"  # the HEALPix pixel dimension of `latlon_to_healpix`'s output
 
@@ -125,3 +132,77 @@ def latlon_to_healpix(da: xr.DataArray, nside: int, *, nest: bool = False) -> xr
     order = "nested" if nest else "ring"
     pixel = xr.Variable(PIXEL, np.arange(npix), {"healpix_nside": nside, "healpix_order": order})
     return out.assign_coords({PIXEL: pixel})
+
+
+def parse_grid(text: str | None, option: str = "--grid") -> int | None:
+    """`"native"` (or None) -> None; `"healpix:NSIDE"` -> NSIDE (a power of 2, RING order).
+
+    Raises:
+        ValueError: anything else, naming `option`.
+    """
+    import healpy as hp
+
+    if text in (None, "native"):
+        return None
+    kind, _, nside = str(text).partition(":")
+    if kind == "healpix" and nside.isdigit() and hp.isnsideok(int(nside), nest=True):
+        return int(nside)
+    raise ValueError(
+        f"{option} must be 'native' or 'healpix:NSIDE' (NSIDE a power of 2), got {text!r}"
+    )
+
+
+def healpix_field(da: xr.DataArray, nside: int) -> xr.DataArray:
+    """A global lat-lon field `(..., latitude, longitude)` as HEALPix pixels `(..., values)`.
+
+    Each pixel is the area-weighted mean of the cells whose centres fall in it and that hold a
+    value (`latlon_to_healpix_matrix`), NaN where none does: a gap of the field stays a gap of
+    the pixels, and a pixel keeps the observed part of a partly observed neighbourhood. The
+    result has the layout of a HEALPix field read from GRIB (`climate.era5`): the dimension
+    `values` (RING order), `latitude`/`longitude` coordinates of the pixel centres along it
+    (degrees) and the attributes `healpix_nside`, `healpix_ordering`, so `grid_domain` gives its
+    `HealpixSphere`. Loads the field (numpy out).
+
+    Arguments:
+        da: the field on a regular global latitude-longitude grid.
+        nside: HEALPix resolution.
+
+    Raises:
+        ValueError: a regional grid (its cells do not cover the sphere: pixels outside it would
+            copy its edge cells), or not a lat-lon field.
+    """
+    import healpy as hp
+
+    if LATITUDE not in da.dims or LONGITUDE not in da.dims:
+        raise ValueError(f"--grid healpix needs a latitude-longitude field, got dims {da.dims}")
+    grid = grid_domain(da)
+    covered = float(grid.mass.sum()) / (4 * np.pi)
+    if abs(covered - 1) > 0.01:
+        raise ValueError(
+            f"--grid healpix:{nside} needs a global grid; this one covers {100 * covered:.1f} % "
+            "of the sphere (pixels outside it would copy its edge cells)"
+        )
+    mat = latlon_to_healpix_matrix(grid, nside)
+    da = da.transpose(..., LATITUDE, LONGITUDE).load()
+    lead = da.shape[:-2]
+    flat = da.values.reshape(-1, grid.num_nodes).astype(np.float64)
+    have = np.isfinite(flat)
+    total = np.asarray(mat @ np.where(have, flat, 0.0).T).T
+    weight = np.asarray(mat @ have.T.astype(np.float64)).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pixels = np.where(weight > 0, total / weight, np.nan)
+    dtype = da.dtype if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float64)
+    theta, phi = hp.pix2ang(nside, np.arange(mat.shape[0]))
+    coords = {
+        k: v for k, v in da.coords.items() if LATITUDE not in v.dims and LONGITUDE not in v.dims
+    }
+    coords[LATITUDE] = (VALUES, 90.0 - np.degrees(theta), {"units": "degrees_north"})
+    coords[LONGITUDE] = (VALUES, np.degrees(phi), {"units": "degrees_east"})
+    attrs = {**da.attrs, HEALPIX_NSIDE: int(nside), HEALPIX_ORDERING: "ring"}
+    return xr.DataArray(
+        pixels.reshape(*lead, mat.shape[0]).astype(dtype),
+        dims=(*da.dims[:-2], VALUES),
+        coords=coords,
+        name=da.name,
+        attrs=attrs,
+    )

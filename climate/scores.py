@@ -8,7 +8,7 @@ import scipy.stats
 import xarray as xr
 
 from climate.impute import OBSERVED
-from climate.schema import LATITUDE, SAMPLE
+from climate.schema import LATITUDE, SAMPLE, VALUES
 from manifold_aps.metrics import (
     cell_area_weights,
     xr_bias,
@@ -43,7 +43,11 @@ def imputation_scores(result: xr.Dataset, truth: xr.DataArray, variable: str) ->
     where = (result[OBSERVED] == 0) & truth.notnull()
     if not bool(where.any()):
         return {}
-    weights = cell_area_weights(truth[LATITUDE])
+    weights = (
+        xr.ones_like(truth[LATITUDE], dtype=float)  # HEALPix pixels (along `values`): equal areas
+        if VALUES in truth.dims
+        else cell_area_weights(truth[LATITUDE])
+    )
     dims = tuple(result[f"{variable}_mean"].dims)
     samples = result[f"{variable}_samples"]
     mean = result[f"{variable}_mean"]

@@ -21,6 +21,7 @@ from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
 from climate.plot import ATTRIBUTION_ATTRS, plot_imputation
+from climate.regrid import healpix_field, parse_grid
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 from manifold_aps.posterior.engines import ENGINES
@@ -67,6 +68,10 @@ class ImputeRequest:
         coarsen: average blocks of `coarsen x coarsen` cells first (1: keep the grid).
         output_grid: "coarse" (the result on the `coarsen` grid) or "native" (brought back to the
             input grid, piecewise constant per block, the input's observed cells kept exactly).
+        grid: "native" (impute on the file's grid) or "healpix:NSIDE": the global lat-lon field
+            averaged into HEALPix pixels first (`climate.regrid.healpix_field`: a pixel observed
+            where any of its cells holds a value), the imputation on the pixels (the grid of a
+            prior trained with `train-prior --grid healpix:NSIDE`).
         truth: a file to score the imputation against (the same variable and grid, e.g. the
             complete field behind real gaps), or None.
         save_model: where to save a fitted gaussian model, or None.
@@ -107,6 +112,7 @@ class ImputeRequest:
     region: str | None = None
     coarsen: int = 1
     output_grid: str = "coarse"
+    grid: str = "native"
     truth: str | None = None
     save_model: str | None = None
     samples: int = 16
@@ -158,6 +164,21 @@ class ImputeRequest:
             )
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
+        if parse_grid(self.grid) is not None:
+            lat_lon_only = [
+                option
+                for option, given in (
+                    ("--truth", self.truth),
+                    ("--output-grid native", self.output_grid == "native"),
+                    ("--plot", self.plot),
+                )
+                if given
+            ]
+            if lat_lon_only:
+                raise ValueError(
+                    f"--grid {self.grid} imputes on HEALPix pixels: {', '.join(lat_lon_only)} "
+                    "takes lat-lon results (leave it out)"
+                )
         if self.variance_scale not in (None, *VARIANCE_SCALES):
             raise ValueError(
                 f"--variance-scale must be one of {', '.join(VARIANCE_SCALES)}, "
@@ -849,6 +870,9 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
         )
     ]
     fields = [coarsen_grid(n, req.coarsen) if req.coarsen > 1 else n for n in natives]
+    nside = parse_grid(req.grid)
+    if nside is not None:  # the pixels of a prior trained with train-prior --grid healpix:NSIDE
+        fields = [healpix_field(f, nside) for f in fields]
     native, field = natives[0], fields[0]
     along = f" at {req.channels_from}" if req.channels_from else ""
     log(f"read {', '.join(req.variables)}{along} {dict(field.sizes)} from {req.input}")

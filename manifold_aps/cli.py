@@ -273,6 +273,7 @@ def _impute(args: argparse.Namespace) -> int:
         region=args.region,
         coarsen=args.coarsen,
         output_grid=args.output_grid,
+        grid=args.grid,
         truth=args.truth,
         save_model=args.save_model,
         samples=args.samples,
@@ -300,10 +301,13 @@ Train a diffusion prior (score network + VP-SDE) on a named dataset or on your o
 checkpoints. Exactly one of:
   --dataset NAME                    a named dataset (below)
   --input FILE --var VAR [VAR ...]  a gridded field (netCDF, GRIB, zarr) on its own lat-lon grid:
-                                    [--select DIM=VALUE ...] [--fit-period RANGES] [--coarsen K];
-                                    steps with missing cells are left out; the last --val-fraction
-                                    of the steps validate; --augment auto rotates global evenly
-                                    spaced grids about the polar axis, leaves regional ones as is
+                                    [--select DIM=VALUE ...] [--fit-period RANGES] [--coarsen K]
+                                    [--grid healpix:NSIDE] (a global field's cells averaged into
+                                    HEALPix pixels, trained with SO(3) rotations; impute then
+                                    takes the same --grid); steps with missing cells are left out;
+                                    the last --val-fraction of the steps validate; --augment auto
+                                    rotates global evenly spaced grids about the polar axis, leaves
+                                    regional ones as is
   --mesh M.obj --signals S.npz      signals (S, V) on your mesh (OFF/OBJ/PLY/STL, vertex order as
                                     written); optional `positions` (V, 3) in the npz match rows to
                                     vertices, optional `units`; no augmentation
@@ -395,6 +399,7 @@ def _training_data(args: argparse.Namespace):
             val_fraction=args.val_fraction,
             augment=args.augment,
             sample_dim=args.sample_dim,
+            grid=args.grid,
         )
     if args.healpix:
         from manifold_aps.datasets import healpix_maps_dataset
@@ -1044,6 +1049,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: coarse)",
     )
     im.add_argument(
+        "--grid",
+        default="native",
+        metavar="native|healpix:NSIDE",
+        help="impute on the file's grid, or on HEALPix pixels of a global lat-lon field (each "
+        "the area-weighted mean of its cells that hold a value; a pixel is observed where any "
+        "of them is): the grid of a train-prior --grid healpix:NSIDE checkpoint; --mask nan and "
+        "random:F then act on the pixels, the output is on them (default: native)",
+    )
+    im.add_argument(
         "--truth",
         metavar="FILE",
         help="score the imputation against FILE's values at the hidden cells (same variable and "
@@ -1181,6 +1195,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIM",
         help="--input: the dimension whose entries are the training fields, e.g. month or number "
         "(default: time)",
+    )
+    tp.add_argument(
+        "--grid",
+        default="native",
+        metavar="native|healpix:NSIDE",
+        help="--input: train on the file's own grid, or on HEALPix pixels of a global lat-lon "
+        "field (each pixel the area-weighted mean of its cells; SO(3) rotations with --augment "
+        "auto); impute then takes the same --grid (default: native)",
     )
     tp.add_argument(
         "--mesh", metavar="FILE", help="your mesh: OFF, OBJ, PLY or STL (with --signals)"
