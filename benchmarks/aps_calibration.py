@@ -15,7 +15,9 @@ test fields (`suite.test_observations`, `suite.scores`: RMSE of the mean, CRPS, 
 * ``reverse-long``   the reverse KL for `--long-steps` steps (10x), scored at `--snapshots`;
 * ``reverse-spread`` ``reverse``'s engine with a post-hoc spread factor
                      (`manifold_aps.posterior.calibration`) fitted on observations simulated
-                     from the dataset's *validation* signals (never the test fields).
+                     from the dataset's *validation* signals (never the test fields);
+* ``implicit-spread`` the suite's implicit generator (`--runs/<problem>/implicit`, as trained
+                     there; not retrained) with the same post-hoc factor (it is too wide).
 
 Variants run one after another; each is resumable (`--runs/aps-calibration/<problem>/<variant>`).
 Results: `results/aps_calibration-<problem>.csv` (one row per variant and step count, written
@@ -49,7 +51,14 @@ from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.observations import SimulatedObservations
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("reverse", "fkl-prior", "fkl-data", "reverse-long", "reverse-spread")
+VARIANTS = (
+    "reverse",
+    "fkl-prior",
+    "fkl-data",
+    "reverse-long",
+    "reverse-spread",
+    "implicit-spread",
+)
 
 
 def settings(variant: str, weight: float, bank: int) -> APSConfig:
@@ -116,23 +125,29 @@ def main() -> None:
         total = args.long_steps if variant == "reverse-long" else args.steps
         stops = sorted({s for s in args.snapshots if s < total} | {total})
         stops = stops if variant == "reverse-long" else [total]
+        if variant == "implicit-spread":  # the suite's trained generator, as it is
+            run = args.runs / args.problem / "implicit"
+            stops = [int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])]
         for stop in stops:
-            print(f"[{args.problem}] {variant}: distilling to step {stop} of {total}", flush=True)
-            _, result = train_engine(
-                "aps",
-                ds,
-                prior_path,
-                run,
-                engine_train_config(total),
-                settings=settings(variant, args.weight, args.bank),
-                masks="random",
-                noise_std=problem.noise_std,
-                resume=True,
-                stop_after=stop,
-            )
+            reached = stop  # the implicit generator: the step it was trained to
+            if variant != "implicit-spread":
+                print(f"[{args.problem}] {variant}: distilling to step {stop} of {total}")
+                _, result = train_engine(
+                    "aps",
+                    ds,
+                    prior_path,
+                    run,
+                    engine_train_config(total),
+                    settings=settings(variant, args.weight, args.bank),
+                    masks="random",
+                    noise_std=problem.noise_std,
+                    resume=True,
+                    stop_after=stop,
+                )
+                reached = result.step
             engine = load_engine(run / "checkpoint.pt", ds, prior=prior)[0]
             factor = ""
-            if variant == "reverse-spread":
+            if variant.endswith("-spread"):
                 val = ds.source.validation()
                 stream = SimulatedObservations(
                     TensorSource(val, val), RandomMaskGenerator(ds.domain, args.missing), noise
@@ -140,7 +155,8 @@ def main() -> None:
                 batch = stream.batch(torch.Generator().manual_seed(11), args.observations)
                 factor = fit_spread_factor(engine, batch, ds.domain, samples=args.samples)
                 engine = SpreadCalibrated(engine, factor)
-                label = f"reverse + spread x {factor:.2f} (fitted on validation)"
+                what = "implicit" if variant == "implicit-spread" else "reverse"
+                label = f"{what} + spread x {factor:.2f} (fitted on validation)"
             t0 = time.perf_counter()
             with torch.no_grad():
                 s = engine.sample(
@@ -150,9 +166,9 @@ def main() -> None:
                 "problem": args.problem,
                 # the step reached, not the one asked for: an interrupted run (Ctrl-C, SIGTERM)
                 # stops early, checkpoints and is scored where it stopped
-                "method": f"{label} ({result.step} steps)",
+                "method": f"{label} ({reached} steps)",
                 "variant": variant,
-                "steps": result.step,
+                "steps": reached,
                 "schedule_steps": total,
                 "forward_kl_weight": args.weight if variant.startswith("fkl-") else 0.0,
                 "spread_factor": factor,

@@ -168,15 +168,21 @@ def missing_mask(da: xr.DataArray) -> xr.DataArray:
     return out
 
 
-def _random_pixels(like, missing: float, seed: int, per_time: bool) -> xr.DataArray:
-    """`random_mask` on a HEALPix field: the same draws, over its pixels along `values`."""
-    n = like.sizes[VALUES]
+def _random_draws(n: int, missing: float, seed: int, times: int) -> tuple[np.ndarray, str]:
+    """Observed flags `(times, n)`, `round(missing * n)` hidden per row, and their description."""
     k = min(round(missing * n), n - 1)
     rng = np.random.default_rng(seed)
-    values = np.ones((_num_times(like, per_time), n), dtype=bool)
+    values = np.ones((times, n), dtype=bool)
     for row in values:
         row[rng.permutation(n)[:k]] = False
-    description = f"random {100 * missing:g} % missing, seed {seed}"
+    return values, f"random {100 * missing:g} % missing, seed {seed}"
+
+
+def _random_pixels(like, missing: float, seed: int, per_time: bool) -> xr.DataArray:
+    """`random_mask` on a HEALPix field: the same draws, over its pixels along `values`."""
+    values, description = _random_draws(
+        like.sizes[VALUES], missing, seed, _num_times(like, per_time)
+    )
     coords = {name: like[name] for name in (LATITUDE, LONGITUDE) if name in like.coords}
     if per_time:
         description += ", one mask per time step"
@@ -213,15 +219,9 @@ def random_mask(
     if isinstance(like, (xr.DataArray, xr.Dataset)) and spatial_dims(like) == (VALUES,):
         return _random_pixels(like, float(missing), seed, per_time)
     lat, lon = _grid(like)
-    n = lat.size * lon.size
-    k = min(round(float(missing) * n), n - 1)
-    rng = np.random.default_rng(seed)
     t = _num_times(like, per_time)
-    values = np.ones((t, n), dtype=bool)
-    for row in values:
-        row[rng.permutation(n)[:k]] = False
+    values, description = _random_draws(lat.size * lon.size, float(missing), seed, t)
     values = values.reshape(t, lat.size, lon.size)
-    description = f"random {100 * float(missing):g} % missing, seed {seed}"
     if per_time:
         description += ", one mask per time step"
     return _result(values if per_time else values[0], like, description, per_time=per_time)
