@@ -10,6 +10,7 @@ import torch
 from conftest import refused, run_cli
 from test_own_data_cli import TINY_APS, TINY_PRIOR, _field
 
+from manifold_aps.cli import main
 from manifold_aps.operators import Mask
 from manifold_aps.posterior.engines import load_engine
 from manifold_aps.priors.train import load_prior
@@ -96,17 +97,19 @@ def test_the_copy_cannot_resume_training(runs, tmp_path):
     refused(res, "inference copy", "export")
 
 
-def test_export_never_overwrites_without_being_told(runs, tmp_path):
+def test_export_never_overwrites_without_being_told(runs, tmp_path, capsys):
+    def refused_here(argv, *words):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+
     target = tmp_path / "kept.pt"
     target.write_bytes(b"a user's file")
-    res = run_cli("export", runs / "prior" / "checkpoint.pt", "--out", target, cwd=tmp_path)
-    refused(res, "exists", "--overwrite")
+    refused_here(["export", str(runs / "prior" / "checkpoint.pt"), "--out", str(target)], "exists")
     assert target.read_bytes() == b"a user's file"
-    res = run_cli("export", runs / "aps.pt", "--out", runs / "aps.pt", "--overwrite", cwd=tmp_path)
-    refused(res, "the checkpoint itself")
-    res = run_cli("export", tmp_path / "absent.pt", "--out", "x.pt", cwd=tmp_path)
-    refused(res, "absent.pt")
+    copy = str(runs / "aps.pt")
+    refused_here(["export", copy, "--out", copy, "--overwrite"], "the checkpoint itself")
+    refused_here(["export", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x.pt")], "absent")
     assert not (tmp_path / "x.pt").exists()
-    res = run_cli("export", runs / "prior.pt", "--out", target, "--overwrite", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    assert main(["export", str(runs / "prior.pt"), "--out", str(target), "--overwrite"]) == 0
     assert torch.load(target, weights_only=True)["kind"] == "score-prior"

@@ -162,6 +162,7 @@ def test_so3_batches_keep_the_angular_power_spectrum_and_none_keeps_the_maps(tmp
         np.testing.assert_array_equal(m, expected)
 
 
+@pytest.mark.slow  # five refused runs from subprocesses, ~25 s on 2 cores
 def test_bad_maps_are_one_line_and_write_nothing(sky_runs, tmp_path):
     root, maps = sky_runs
     _one_map_file(tmp_path / "a8.fits", maps[0])
