@@ -192,6 +192,8 @@ def test_grib_input_is_imputed_like_netcdf(model, data):
     np.testing.assert_array_equal(a.t2m_samples.values, b.t2m_samples.values)
 
 
+# ~60 s on 2 cores; the engines through impute: also test_self_describing, test_engine_contract
+@pytest.mark.slow
 def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     """A barely trained score prior and flow on the UK grid go through `load_model` and `impute`."""
     from manifold_aps.flows import FlowConfig

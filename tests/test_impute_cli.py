@@ -117,6 +117,8 @@ def test_grib_with_random_and_box_masks_writes_netcdf_map_and_scores(data, tmp_p
     b.close()
 
 
+# ~50 s on 2 cores; masks through impute: also test_grib_with_random_and_box_masks
+@pytest.mark.slow
 def test_stations_swaths_and_levels(data, tmp_path):
     nc = require(data / "era5" / "era5-2mt-2019-03-uk.nc")
     csv = tmp_path / "stations.csv"
