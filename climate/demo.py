@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 from scipy.spatial import cKDTree
 
 from climate.era5 import from_signal, grid_domain, open_era5, to_signal
@@ -37,6 +36,7 @@ from manifold_aps.operators import (
     SwathMaskGenerator,
 )
 from manifold_aps.posterior.engines import ENGINES
+from manifold_aps.training import read_weights_file
 
 __all__ = [
     "MASK_KINDS",
@@ -109,17 +109,12 @@ def _learned_model_clash(path: Path, test_times) -> str | None:
     A model trained on a test hour would be scored on data it has seen: its checkpoint's
     recorded `fit_period` must exclude every test time (a model without one is refused too).
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights_file(path)
     source = (state.get("data") or {}).get("source") or {}
     period = (source.get("args") or {}).get("fit_period")
     if not period:
         return f"{path.name} records no training period, so the test hours may be in it"
-    positions = xr.DataArray(
-        np.arange(len(test_times)), coords={TIME: np.asarray(test_times)}, dims=TIME
-    )
-    trained = np.zeros(len(test_times), bool)
-    for _, label in parse_period(period, "fit_period").items:
-        trained[np.atleast_1d(positions.sel({TIME: label}).values)] = True
+    trained = parse_period(period, "fit_period").contains(test_times)
     if trained.any():
         return (
             f"{path.name} was trained on {period}, which holds {int(trained.sum())} of the test "

@@ -6,6 +6,12 @@ longitude)` for one that varies in time, with the coordinates of `like` and a sh
 `attrs["description"]`. Masks combine with plain xarray: `a & b` observes where both observe,
 `a | b` where either does, `~a` swaps observed and hidden. `mask_operator` turns a mask into the
 `manifold_aps.operators.Mask` on `climate.era5.grid_domain(like)`.
+
+The shapes are those of `manifold_aps.operators.masks` (the training generators' too):
+`random_mask` draws a permutation for `random_observed`, `box_mask` and `crop_region` use
+`lat_lon_box`, `swath_mask` draws circles for `great_circle_bands`; the builders here add the
+xarray side (validation of the grid, coordinates, time steps, descriptions). The masks that only
+a geographic grid has (`missing_mask`, `station_mask`, `land_mask`, `sea_mask`) live here alone.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from climate.schema import LATITUDE, LONGITUDE, TIME, VALUES
 from manifold_aps.geometry import Domain, SphereGrid
 from manifold_aps.geometry.grids import cell_bounds
 from manifold_aps.operators import Mask
+from manifold_aps.operators.masks import (
+    great_circle_bands,
+    lat_lon_box,
+    pole_through,
+    random_observed,
+)
 
 __all__ = [
     "EARTH_RADIUS_KM",
@@ -170,11 +182,13 @@ def missing_mask(da: xr.DataArray) -> xr.DataArray:
 
 def _random_draws(n: int, missing: float, seed: int, times: int) -> tuple[np.ndarray, str]:
     """Observed flags `(times, n)`, `round(missing * n)` hidden per row, and their description."""
-    k = min(round(missing * n), n - 1)
     rng = np.random.default_rng(seed)
-    values = np.ones((times, n), dtype=bool)
-    for row in values:
-        row[rng.permutation(n)[:k]] = False
+    values = np.stack(
+        [
+            random_observed(torch.from_numpy(rng.permutation(n)), missing).numpy()
+            for _ in range(times)
+        ]
+    )
     return values, f"random {100 * missing:g} % missing, seed {seed}"
 
 
@@ -350,62 +364,23 @@ def swath_mask(
         )
     half = 0.5 * float(width_km) / EARTH_RADIUS_KM  # radians
     grid = SphereGrid(lat, lon)  # the cell centres and areas of the grid the engines use
-    vecs, area = grid.positions.numpy(), grid.mass.numpy()
+    area = grid.mass.numpy()
     prob = area / area.sum()
     rng = np.random.default_rng(seed)
-    t = _num_times(like, per_time)
-    values = np.zeros((t, vecs.shape[0]), dtype=bool)
-    for row in values:
-        through = rng.choice(vecs.shape[0], size=int(num_swaths), p=prob)
+    rows = []
+    for _ in range(_num_times(like, per_time)):
+        through = rng.choice(area.size, size=int(num_swaths), p=prob)
         heading = rng.uniform(0.0, 2 * np.pi, size=int(num_swaths))
-        for node, theta in zip(through, heading, strict=True):
-            p = vecs[node]
-            lam = np.arctan2(p[1], p[0])
-            east = np.array([-np.sin(lam), np.cos(lam), 0.0])
-            north = np.cross(p, east)
-            pole = np.cross(p, np.cos(theta) * north + np.sin(theta) * east)
-            row |= np.abs(vecs @ pole) <= np.sin(half) + 1e-12
-    values = values.reshape(t, lat.size, lon.size)
+        poles = [
+            pole_through(grid.positions[node], float(theta))
+            for node, theta in zip(through, heading, strict=True)
+        ]
+        rows.append(great_circle_bands(grid.positions, torch.stack(poles), half).numpy())
+    values = np.stack(rows).reshape(len(rows), lat.size, lon.size)
     description = f"{num_swaths} swath(s) of {float(width_km):g} km, seed {seed}"
     if per_time:
         description += ", drawn per time step"
     return _result(values if per_time else values[0], like, description, per_time=per_time)
-
-
-def _pair(value, name: str) -> tuple[float, float]:
-    """Two finite numbers from a `(a, b)` sequence."""
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (degrees), got {value!r}") from None
-    if not (np.isfinite(a) and np.isfinite(b)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return a, b
-
-
-def _box(grid_lat, grid_lon, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows and columns inside a `(south, north)`, `(west, east)` box, and column offsets.
-
-    The offsets are each column's distance eastwards from the west edge in degrees `[0, 360)`.
-    """
-    south, north = _pair(lat, "lat")
-    if not -90 <= south <= north <= 90:
-        raise ValueError(
-            f"lat must be (south, north) with -90 <= south <= north <= 90, got {lat!r}"
-        )
-    west, east = _pair(lon, "lon")
-    if abs(west) > 360 or abs(east) > 360:
-        raise ValueError(f"lon must be (west, east) in degrees within [-360, 360], got {lon!r}")
-    eps = 1e-9
-    in_lat = (grid_lat >= south - eps) & (grid_lat <= north + eps)
-    x = np.mod(grid_lon, 360.0)
-    w, e = np.mod(west, 360.0), np.mod(east, 360.0)
-    offset = np.mod(x - w + eps, 360.0)  # distance eastwards from the west edge, in [0, 360)
-    if east - west >= 360:
-        in_lon = np.ones(grid_lon.shape, dtype=bool)
-    else:
-        in_lon = offset <= np.mod(e - w, 360.0) + 2 * eps
-    return in_lat, in_lon, offset
 
 
 def crop_region(da: xr.DataArray, *, lat, lon) -> xr.DataArray:
@@ -418,7 +393,7 @@ def crop_region(da: xr.DataArray, *, lat, lon) -> xr.DataArray:
         ValueError: the box contains no row or no column of the grid.
     """
     grid_lat, grid_lon = _grid(da)
-    in_lat, in_lon, offset = _box(grid_lat, grid_lon, lat, lon)
+    in_lat, in_lon, offset = lat_lon_box(grid_lat, grid_lon, lat, lon)
     rows, cols = np.flatnonzero(in_lat), np.flatnonzero(in_lon)
     if rows.size == 0 or cols.size == 0:
         raise ValueError(
@@ -446,9 +421,8 @@ def box_mask(like, *, lat, lon, hide: bool = True) -> xr.DataArray:
         boolean DataArray "observed" `(latitude, longitude)`.
     """
     grid_lat, grid_lon = _grid(like)
-    in_lat, in_lon, _ = _box(grid_lat, grid_lon, lat, lon)
-    south, north = _pair(lat, "lat")
-    west, east = _pair(lon, "lon")
+    in_lat, in_lon, _ = lat_lon_box(grid_lat, grid_lon, lat, lon)
+    (south, north), (west, east) = map(float, lat), map(float, lon)
     inside = in_lat[:, None] & in_lon[None, :]
     what = "hidden" if hide else "observed only"
     description = f"box lat {south:g}..{north:g}, lon {west:g}..{east:g} {what}"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from climate.schema import LATITUDE, LONGITUDE
+from manifold_aps.geometry import SphereGrid
 
 __all__ = ["synthetic_stations"]
 
@@ -19,8 +20,9 @@ def synthetic_stations(like, fraction: float, seed: int = 0) -> pd.DataFrame:
     """A made-up station network: one station at a random point inside a share of the cells.
 
     The cells are drawn without replacement with probability proportional to their area (the
-    cosine of latitude); each station lies at a uniform random offset of up to 0.3 grid spacings
-    from its cell's centre, so that `climate.station_mask` maps it back to that cell.
+    grid's own, `SphereGrid.mass`, polar rows included); each station lies at a uniform random
+    offset of up to 0.3 grid spacings from its cell's centre, so that `climate.station_mask` maps
+    it back to that cell.
 
     Args:
         like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), at
@@ -45,7 +47,7 @@ def synthetic_stations(like, fraction: float, seed: int = 0) -> pd.DataFrame:
             f"got {lat.size} x {lon.size}"
         )
     rng = np.random.default_rng(seed)
-    area = np.repeat(np.cos(np.deg2rad(lat)).clip(1e-6), lon.size)
+    area = SphereGrid(lat, lon).mass.numpy()
     count = max(1, round(fraction * area.size))
     cells = rng.choice(area.size, size=count, replace=False, p=area / area.sum())
     i, j = np.divmod(cells, lon.size)

@@ -232,6 +232,25 @@ class Period:
     option: str
     items: tuple[tuple[str, slice], ...]
 
+    def _picks(self, times) -> list[tuple[str, np.ndarray]]:
+        """Each item with the positions `(k,)` of the steps of `times` `(T,)` it selects."""
+        values = np.asarray(getattr(times, "values", times))
+        positions = xr.DataArray(np.arange(values.size), coords={TIME: values}, dims=TIME)
+        return [
+            (item, np.atleast_1d(positions.sel({TIME: label}).values)) for item, label in self.items
+        ]
+
+    def contains(self, times) -> np.ndarray:
+        """Whether each step of `times` `(T,)` (DataArray or array of datetimes) is in the period.
+
+        Unlike `indices`, an item may select none of `times`: this asks which of them a period
+        recorded elsewhere (a checkpoint's training period) holds. Returns bool `(T,)`.
+        """
+        inside = np.zeros(np.size(getattr(times, "values", times)), dtype=bool)
+        for _, picked in self._picks(times):
+            inside[picked] = True
+        return inside
+
     def indices(self, times: xr.DataArray) -> np.ndarray:
         """Positions `(T_selected,)`, in time order, of the steps of `times` `(T,)` selected.
 
@@ -239,10 +258,8 @@ class Period:
             ValueError: an item selects no time step, or two items select a common one (naming
                 them).
         """
-        positions = xr.DataArray(np.arange(times.size), coords={TIME: times.values}, dims=TIME)
         chosen: dict[str, np.ndarray] = {}
-        for item, label in self.items:
-            picked = np.atleast_1d(positions.sel({TIME: label}).values)
+        for item, picked in self._picks(times):
             if picked.size == 0:
                 span = (
                     f"{_stamp(times.values[0])} .. {_stamp(times.values[-1])}"

@@ -106,6 +106,15 @@ def test_a_period_list_selects_the_union_of_its_items_in_time_order():
     ]  # one range, as before
 
 
+def test_period_contains_marks_the_times_it_holds_and_allows_items_that_hold_none():
+    times = np.arange("2019-03-01T00", "2019-03-04T00", dtype="datetime64[h]")
+    period = parse_period("2019-03-01T22:2019-03-02T01,2019-03-10", "fit_period")
+    inside = period.contains(times)  # 2019-03-10 holds none of them: no error here
+    assert np.flatnonzero(inside).tolist() == [22, 23, 24, 25]
+    assert np.array_equal(period.contains(xr.DataArray(times, dims="time")), inside)
+    with pytest.raises(ValueError, match="selects no time step"):
+        period.indices(xr.DataArray(times, dims="time"))  # indices asks every item to select
+
 def test_overlapping_period_items_are_refused_by_the_cli(files, tmp_path):
     out = tmp_path / "out.nc"
     res = _cli(

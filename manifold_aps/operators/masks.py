@@ -1,4 +1,10 @@
-"""Seeded random mask generators on any domain: fractions, caps, boxes, stations, swaths.
+"""Observation masks on any domain: the regions they hide, and seeded random generators of them.
+
+The regions (pure functions, True = observed or inside): `random_observed` (a fraction hidden at
+random), `lat_lon_box` (a latitude-longitude box), `great_circle_bands` (satellite swaths about
+great circles, with `pole_through` for a circle through a point at a heading). They are the one
+implementation of these shapes: the training generators below draw their parameters and call
+them, and `climate.masks` wraps them as xarray masks on a user's grid.
 
 Every generator has `param_keys = ("mask",)`, the keyword of `Mask.update`, and
 `step(batch_size, seed=None) -> {"mask": bool tensor (B, N, 1)}` with True = observed. A seed may
@@ -24,6 +30,10 @@ __all__ = [
     "StationMaskGenerator",
     "SwathMaskGenerator",
     "directions",
+    "great_circle_bands",
+    "lat_lon_box",
+    "pole_through",
+    "random_observed",
 ]
 
 
@@ -42,6 +52,106 @@ def directions(domain: Domain) -> torch.Tensor:
     if not isinstance(domain, SphericalDomain):
         pos = pos - (domain.mass[:, None] * pos).sum(0) / domain.mass.sum()
     return pos / pos.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def random_observed(permutation: torch.Tensor, missing: float) -> torch.Tensor:
+    """Observed flags `(N,)`: the first `round(missing * N)` nodes of `permutation` hidden.
+
+    At most `N - 1` are hidden, so one node stays observed. The caller draws the permutation, so
+    each keeps its own random stream (`torch.randperm` in training, numpy in `climate.masks`).
+
+    Arguments:
+        permutation: a permutation of `0..N-1`, integer tensor `(N,)`.
+        missing: fraction hidden, in [0, 1].
+    """
+    n = permutation.numel()
+    hidden = min(int(round(missing * n)), n - 1)
+    observed = torch.ones(n, dtype=torch.bool)
+    observed[permutation[:hidden]] = False
+    return observed
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    """Two finite numbers from a `(a, b)` sequence."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers (degrees), got {value!r}") from None
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return a, b
+
+
+def lat_lon_box(lat_deg, lon_deg, lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which latitudes and longitudes lie in a box `(south, north)` x `(west, east)`, edges in.
+
+    Longitudes are compared modulo 360, so `lon=(-10, 2)` and `(350, 2)` are the same box on any
+    grid convention; a box runs eastwards from `west` to `east` (west > east crosses 0/360 or the
+    dateline) and `east - west >= 360` holds every longitude. Elementwise: give the rows and
+    columns of a grid, or the latitude and longitude of every node.
+
+    Arguments:
+        lat_deg: latitudes in degrees, any shape.
+        lon_deg: longitudes in degrees, any shape.
+        lat: `(south, north)` in degrees, -90 <= south <= north <= 90.
+        lon: `(west, east)` in degrees, each within [-360, 360].
+
+    Returns:
+        `(in_lat, in_lon, offset)`: boolean arrays of `lat_deg`'s and `lon_deg`'s shapes, and each
+        longitude's distance eastwards from `west` in degrees, in [0, 360).
+
+    Raises:
+        ValueError: the box is not two pairs of finite numbers in those ranges.
+    """
+    south, north = _pair(lat, "lat")
+    if not -90 <= south <= north <= 90:
+        raise ValueError(
+            f"lat must be (south, north) with -90 <= south <= north <= 90, got {lat!r}"
+        )
+    west, east = _pair(lon, "lon")
+    if abs(west) > 360 or abs(east) > 360:
+        raise ValueError(f"lon must be (west, east) in degrees within [-360, 360], got {lon!r}")
+    lat_deg, lon_deg = np.asarray(lat_deg, dtype=np.float64), np.asarray(lon_deg, dtype=np.float64)
+    eps = 1e-9
+    in_lat = (lat_deg >= south - eps) & (lat_deg <= north + eps)
+    w, e = np.mod(west, 360.0), np.mod(east, 360.0)
+    offset = np.mod(np.mod(lon_deg, 360.0) - w + eps, 360.0)  # eastwards from the west edge
+    if east - west >= 360:
+        in_lon = np.ones(lon_deg.shape, dtype=bool)
+    else:
+        in_lon = offset <= np.mod(e - w, 360.0) + 2 * eps
+    return in_lat, in_lon, offset
+
+
+def pole_through(point: torch.Tensor, heading: float) -> torch.Tensor:
+    """The pole `(3,)` of the great circle through a unit vector `point` at `heading` (radians).
+
+    The heading is measured from local north towards east; the pole is a unit vector when `point`
+    is one and off the geographic poles.
+    """
+    lam = torch.atan2(point[1], point[0])
+    east = torch.stack([-torch.sin(lam), torch.cos(lam), torch.zeros_like(lam)])
+    north = torch.linalg.cross(point, east)
+    return torch.linalg.cross(point, math.cos(heading) * north + math.sin(heading) * east)
+
+
+def great_circle_bands(dirs: torch.Tensor, poles: torch.Tensor, half_width) -> torch.Tensor:
+    """Nodes within angular half-widths of great circles: bool `(N,)`, True inside any band.
+
+    A node is inside the band of pole `p` when the angle between its direction and the circle's
+    plane is at most the half-width: `|d . p| <= sin(half_width)` (1e-12 slack at the edge).
+
+    Arguments:
+        dirs: unit vectors of the nodes `(N, 3)` (`directions(domain)`).
+        poles: unit poles of the great circles `(K, 3)`.
+        half_width: half-widths in radians, a number or one per circle `(K,)`, in [0, pi/2].
+    """
+    poles = torch.as_tensor(poles, dtype=dirs.dtype).reshape(-1, 3)
+    sin_half = torch.sin(torch.as_tensor(half_width, dtype=dirs.dtype)).expand(poles.shape[0])
+    inside = torch.zeros(dirs.shape[0], dtype=torch.bool)
+    for pole, limit in zip(poles, sin_half, strict=True):
+        inside |= (dirs @ pole).abs() <= limit + 1e-12
+    return inside
 
 
 def _range(value, name: str) -> tuple[float, float]:
@@ -111,11 +221,7 @@ class RandomMaskGenerator(MaskGenerator):
 
     def _one(self, rng):
         frac = self._uniform(*self.missing, rng)
-        n = self.domain.num_nodes
-        n_missing = min(int(round(frac * n)), n - 1)
-        mask = torch.ones(n, dtype=torch.bool)
-        mask[torch.randperm(n, generator=rng)[:n_missing]] = False
-        return mask
+        return random_observed(torch.randperm(self.domain.num_nodes, generator=rng), frac)
 
 
 class CapMaskGenerator(MaskGenerator):
@@ -165,18 +271,23 @@ class BoxMaskGenerator(MaskGenerator):
         if not 0 < lo <= hi <= 180:
             raise ValueError(f"half_width_deg must lie in (0, 180], got {half_width_deg!r}")
         self.num_boxes, self.half_width_deg = int(num_boxes), (float(lo), float(hi))
-        x, y, z = self._dirs.T
-        self._lat = torch.rad2deg(torch.asin(z.clamp(-1, 1)))
-        self._lon = torch.rad2deg(torch.atan2(y, x))
+        x, y, z = self._dirs.T.numpy()
+        self._lat = np.rad2deg(np.arcsin(np.clip(z, -1, 1)))
+        self._lon = np.rad2deg(np.arctan2(y, x))
 
     def _one(self, rng):
         mask = torch.ones(self.domain.num_nodes, dtype=torch.bool)
         for centre in self._area_weighted_nodes(self.num_boxes, rng).tolist():
             h_lat = self._uniform(*self.half_width_deg, rng)
             h_lon = self._uniform(*self.half_width_deg, rng)
-            dlon = (self._lon - self._lon[centre] + 180.0) % 360.0 - 180.0
-            inside = ((self._lat - self._lat[centre]).abs() <= h_lat) & (dlon.abs() <= h_lon)
-            mask[inside] = False
+            c_lat, c_lon = self._lat[centre], self._lon[centre]
+            in_lat, in_lon, _ = lat_lon_box(
+                self._lat,
+                self._lon,
+                (max(c_lat - h_lat, -90.0), min(c_lat + h_lat, 90.0)),
+                (c_lon - h_lon, c_lon + h_lon),
+            )
+            mask[torch.from_numpy(in_lat & in_lon)] = False
         return mask
 
 
@@ -229,13 +340,12 @@ class SwathMaskGenerator(MaskGenerator):
 
     def _one(self, rng):
         k = int(torch.randint(self.num_swaths[0], self.num_swaths[1] + 1, (), generator=rng))
-        mask = torch.zeros(self.domain.num_nodes, dtype=torch.bool)
+        poles, halves = [], []
         for _ in range(k):
             pole = torch.randn(3, generator=rng, dtype=torch.float64)
-            pole = pole / pole.norm()
-            half = math.radians(self._uniform(*self.half_width_deg, rng))
-            mask |= (self._dirs @ pole).abs() <= math.sin(half)
-        return mask
+            poles.append(pole / pole.norm())
+            halves.append(math.radians(self._uniform(*self.half_width_deg, rng)))
+        return great_circle_bands(self._dirs, torch.stack(poles), halves)
 
 
 class MixtureMaskGenerator(MaskGenerator):
