@@ -388,22 +388,22 @@ class SpectralCoupling(_Coupling):
         per-sample work is one `(N, K)` product and a few passes over half the nodes.
         """
         k = self.num_modes
-        untouched = (~self.part).to(x.dtype)
-        # the untouched nodes' coefficients: the indicator folded into the analysis operator
-        coef = torch.einsum(
-            "kn,bnc->bkc", cond.graph.analysis[:k].to(x.dtype) * untouched, x
-        )  # (B, K, C)
+
+        def condition_terms():  # what depends on the condition and the layer, not on x
+            untouched = (~self.part).to(x.dtype)
+            # the untouched nodes' coefficients: the indicator folded into the analysis operator
+            masked_analysis = cond.graph.analysis[:k].to(x.dtype) * untouched  # (K, N)
+            index = torch.nonzero(self.part).squeeze(1)  # (P,)
+            load = self.loadings(cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph)
+            b0 = load.shape[0]  # (B0, P, 2C, w + 1): the loadings at the transformed nodes
+            load = load[:, index].reshape(b0, index.numel(), 2 * self.channels, self.width + 1)
+            return masked_analysis, index, load
+
+        masked_analysis, index, load = cond.once(self, condition_terms)
+        coef = torch.einsum("kn,bnc->bkc", masked_analysis, x)  # (B, K, C)
         h = self.summary(
             torch.cat([coef.flatten(1), cond.tile(cond.context).to(x.dtype)], dim=1)
         )  # (B, w)
-        index = torch.nonzero(self.part).squeeze(1)  # (P,)
-
-        def loadings():  # (B0, P, 2C, w + 1): the loadings at the transformed nodes
-            load = self.loadings(cond.features.to(x.dtype), cond.context.to(x.dtype), cond.graph)
-            b0 = load.shape[0]
-            return load[:, index].reshape(b0, index.numel(), 2 * self.channels, self.width + 1)
-
-        load = cond.once(self, loadings)
         b0 = load.shape[0]
         out = (
             torch.einsum("bpjw,rbw->rbpj", load[..., :-1], h.reshape(-1, b0, self.width))
