@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("MANIFOLD_APS_TEST_SEED", "0"))
@@ -84,3 +85,88 @@ def np_rng():
 def _doctest_seed(doctest_namespace):
     torch.manual_seed(SEED)
     doctest_namespace["torch"] = torch
+
+
+# Tiny command-line trainings on a small global field, shared by the own-data tests.
+TINY_PRIOR = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--channels",
+    "8",
+    "--modes",
+    "8",
+    "--validate-every",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--quiet",
+]
+TINY_APS = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--couplings",
+    "1",
+    "--width",
+    "8",
+    "--modes",
+    "8",
+    "--cg-iterations",
+    "2",
+    "--quiet",
+]
+LAT, LON = np.arange(90.0, -91.0, -15.0), np.arange(0.0, 360.0, 15.0)  # global 13 x 24
+
+
+def _field(steps: int, seed: int, name: str = "z") -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    lat = np.deg2rad(LAT)[:, None]
+    base = 5500 + 200 * np.cos(lat) ** 2 + 30 * np.sin(np.deg2rad(LON))[None, :] * np.cos(lat)
+    values = base[None] + rng.normal(0, 5, (steps, LAT.size, LON.size))
+    times = np.datetime64("2020-01-01T00") + np.arange(steps) * np.timedelta64(6, "h")
+    da = xr.DataArray(
+        values[:, None],
+        dims=("time", "level", "latitude", "longitude"),
+        name=name,
+        coords={
+            "time": times.astype("datetime64[ns]"),
+            "level": [500],
+            "latitude": LAT,
+            "longitude": LON,
+        },
+        attrs={"units": "m"},
+    )
+    return da.to_dataset()
+
+
+@pytest.fixture(scope="session")
+def grid_runs(tmp_path_factory):
+    """A tiny prior (with EMA weights) and APS flow trained from the CLI on `_field(12, 0)`.
+
+    Shared by the own-data, export and HEALPix tests (one training for the session); tests copy
+    what they change and never write into it, except export's copies beside the runs.
+    """
+    root = tmp_path_factory.mktemp("grid")
+    _field(12, 0).to_netcdf(root / "z500.nc")
+    res = run_cli(
+        "train-prior",
+        "--input",
+        "z500.nc",
+        "--var",
+        "z",
+        "--select",
+        "level=500",
+        "--out",
+        "prior",
+        *TINY_PRIOR,
+        "--ema",
+        "0.9",
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stderr
+    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
+    assert res.returncode == 0, res.stderr
+    return root

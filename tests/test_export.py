@@ -7,8 +7,7 @@ state, cannot resume training, and never overwrites a file without --overwrite.
 import numpy as np
 import pytest
 import torch
-from conftest import refused, run_cli
-from test_own_data_cli import TINY_APS, TINY_PRIOR, _field
+from conftest import TINY_PRIOR, refused, run_cli
 
 from manifold_aps.cli import main
 from manifold_aps.operators import Mask
@@ -17,27 +16,9 @@ from manifold_aps.priors.train import load_prior
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    _field(12, 0).to_netcdf(root / "z500.nc")
-    res = run_cli(
-        "train-prior",
-        "--input",
-        "z500.nc",
-        "--var",
-        "z",
-        "--select",
-        "level=500",
-        "--out",
-        "prior",
-        *TINY_PRIOR,
-        "--ema",
-        "0.9",
-        cwd=root,
-    )
-    assert res.returncode == 0, res.stderr
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
-    assert res.returncode == 0, res.stderr
+def runs(grid_runs):
+    """The shared tiny prior (with EMA) and APS runs, and their exports beside them."""
+    root = grid_runs
     for run in ("prior", "aps"):
         res = run_cli("export", f"{run}/checkpoint.pt", "--out", f"{run}.pt", cwd=root)
         assert res.returncode == 0, res.stderr

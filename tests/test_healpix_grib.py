@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import refused, run_cli
-from test_own_data_cli import TINY_APS, TINY_PRIOR
+from conftest import TINY_APS, TINY_PRIOR, refused, run_cli
 
 NSIDE = 4
 MISSING = 9999.0

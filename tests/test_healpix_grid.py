@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import refused, run_cli
-from test_own_data_cli import TINY_APS, TINY_PRIOR, _field
+from conftest import TINY_APS, TINY_PRIOR, _field, refused, run_cli
 
 from climate.era5 import grid_domain, to_signal
 from climate.masks import random_mask

@@ -10,8 +10,7 @@ import healpy as hp
 import numpy as np
 import pytest
 import torch
-from conftest import refused, run_cli
-from test_own_data_cli import TINY_APS, TINY_PRIOR
+from conftest import TINY_APS, TINY_PRIOR, refused, run_cli
 
 NSIDE = 8
 CL = 1.0 / (1.0 + np.arange(3 * NSIDE)) ** 2  # a red spectrum, band-limited to lmax = 3 nside - 1

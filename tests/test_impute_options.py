@@ -115,6 +115,7 @@ def test_period_contains_marks_the_times_it_holds_and_allows_items_that_hold_non
     with pytest.raises(ValueError, match="selects no time step"):
         period.indices(xr.DataArray(times, dims="time"))  # indices asks every item to select
 
+
 def test_overlapping_period_items_are_refused_by_the_cli(files, tmp_path):
     out = tmp_path / "out.nc"
     res = _cli(
