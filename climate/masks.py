@@ -1,10 +1,13 @@
-"""Observation masks on latitude-longitude grids as boolean DataArrays, and their `Mask` operator.
+"""Observation masks on lat-lon and HEALPix grids as boolean DataArrays, and their `Mask` operator.
 
 Every builder returns a boolean `xr.DataArray` named "observed" (True = observed, False = hidden)
 on the grid of `like`: dims `(latitude, longitude)` for a static mask, `(time, latitude,
 longitude)` for one that varies in time, with the coordinates of `like` and a short
-`attrs["description"]`. Masks combine with plain xarray: `a & b` observes where both observe,
-`a | b` where either does, `~a` swaps observed and hidden. `mask_operator` turns a mask into the
+`attrs["description"]`. On a HEALPix field (pixels along `values`, with their centres as
+`latitude`/`longitude` coordinates: a HEALPix GRIB or `climate.regrid.healpix_field`) every
+builder acts on the pixel centres and returns dims `(values,)` or `(time, values)`. Masks
+combine with plain xarray: `a & b` observes where both observe, `a | b` where either does, `~a`
+swaps observed and hidden. `mask_operator` turns a mask into the
 `manifold_aps.operators.Mask` on `climate.era5.grid_domain(like)`.
 
 The shapes are those of `manifold_aps.operators.masks` (the training generators' too):
@@ -89,19 +92,66 @@ def _grid(like, what: str = "like") -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def _coords(like, with_time: bool) -> dict:
-    """Coordinates of the result: `like`'s latitude, longitude (and time) variables."""
-    names = ((TIME,) if with_time else ()) + (LATITUDE, LONGITUDE)
-    return {name: like.coords[name].variable.copy() for name in names}
+def _is_pixels(like) -> bool:
+    """Whether `like` is a HEALPix field (its pixels along `values`, `climate.era5`)."""
+    return isinstance(like, (xr.DataArray, xr.Dataset)) and spatial_dims(like) == (VALUES,)
+
+
+def _pixel_lat_lon(like) -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes and longitudes `(P,)` in degrees of the pixel centres of a HEALPix field."""
+    out = []
+    for name in (LATITUDE, LONGITUDE):
+        if name not in like.coords or like[name].dims != (VALUES,):
+            raise ValueError(
+                f"a HEALPix field needs {name!r} coordinates along {VALUES!r} (its pixel "
+                f"centres, as `climate.open_era5` and `climate.regrid.healpix_field` give them); "
+                f"got coords {list(like.coords)}"
+            )
+        out.append(np.asarray(like[name].values, dtype=np.float64))
+    return out[0], out[1]
+
+
+def _node_lat_lon(like) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude `(N,)` in degrees of every node, in `to_signal` order.
+
+    The cells of a lat-lon grid row by row (node `i_lat * nlon + j_lon`), or the pixels of a
+    HEALPix field along `values`.
+    """
+    if _is_pixels(like):
+        return _pixel_lat_lon(like)
+    lat, lon = _grid(like)
+    return np.repeat(lat, lon.size), np.tile(lon, lat.size)
+
+
+def _node_geometry(like) -> tuple[torch.Tensor, np.ndarray]:
+    """Unit vectors `(N, 3)` and areas `(N,)` of every node: the engines' own grid.
+
+    The cell centres and areas of `SphereGrid` on a lat-lon grid; the pixel centres and their
+    equal areas on HEALPix.
+    """
+    if _is_pixels(like):
+        lat, lon = _pixel_lat_lon(like)
+        return torch.from_numpy(_unit_vectors(lat, lon)), np.ones(lat.size)
+    grid = SphereGrid(*_grid(like))
+    return grid.positions, grid.mass.numpy()
 
 
 def _result(values: np.ndarray, like, description: str, *, per_time: bool = False, **attrs):
-    """A boolean DataArray "observed" on `like`'s grid (and times when `per_time`)."""
-    dims = ((TIME,) if per_time else ()) + (LATITUDE, LONGITUDE)
+    """A boolean DataArray "observed" on `like`'s grid (and times when `per_time`).
+
+    `values` is `(N,)` or `(T, N)` in node order (or already of the grid's shape): the result has
+    dims `(latitude, longitude)`, or `(values,)` on HEALPix with the pixel centres as
+    coordinates, `time` first when `per_time`.
+    """
+    if _is_pixels(like):
+        spatial, shape = (VALUES,), (like.sizes[VALUES],)
+    else:
+        spatial, shape = (LATITUDE, LONGITUDE), (like.sizes[LATITUDE], like.sizes[LONGITUDE])
+    names = ((TIME,) if per_time else ()) + (LATITUDE, LONGITUDE)
     return xr.DataArray(
-        np.asarray(values, dtype=bool),
-        dims=dims,
-        coords=_coords(like, per_time),
+        np.asarray(values, dtype=bool).reshape(((-1,) if per_time else ()) + shape),
+        dims=((TIME,) if per_time else ()) + spatial,
+        coords={name: like.coords[name].variable.copy() for name in names},
         name=MASK_NAME,
         attrs={"description": description, **attrs},
     )
@@ -192,24 +242,6 @@ def _random_draws(n: int, missing: float, seed: int, times: int) -> tuple[np.nda
     return values, f"random {100 * missing:g} % missing, seed {seed}"
 
 
-def _random_pixels(like, missing: float, seed: int, per_time: bool) -> xr.DataArray:
-    """`random_mask` on a HEALPix field: the same draws, over its pixels along `values`."""
-    values, description = _random_draws(
-        like.sizes[VALUES], missing, seed, _num_times(like, per_time)
-    )
-    coords = {name: like[name] for name in (LATITUDE, LONGITUDE) if name in like.coords}
-    if per_time:
-        description += ", one mask per time step"
-        coords[TIME] = like[TIME]
-    return xr.DataArray(
-        values if per_time else values[0],
-        dims=((TIME,) if per_time else ()) + (VALUES,),
-        coords=coords,
-        name=MASK_NAME,
-        attrs={"description": description},
-    )
-
-
 def random_mask(
     like, missing: float = 0.7, *, seed: int = 0, per_time: bool = False
 ) -> xr.DataArray:
@@ -230,12 +262,8 @@ def random_mask(
     """
     if not np.isscalar(missing) or not 0 <= float(missing) < 1:
         raise ValueError(f"missing must be a fraction in [0, 1), got {missing!r}")
-    if isinstance(like, (xr.DataArray, xr.Dataset)) and spatial_dims(like) == (VALUES,):
-        return _random_pixels(like, float(missing), seed, per_time)
-    lat, lon = _grid(like)
-    t = _num_times(like, per_time)
-    values, description = _random_draws(lat.size * lon.size, float(missing), seed, t)
-    values = values.reshape(t, lat.size, lon.size)
+    n = _node_lat_lon(like)[0].size
+    values, description = _random_draws(n, float(missing), seed, _num_times(like, per_time))
     if per_time:
         description += ", one mask per time step"
     return _result(values if per_time else values[0], like, description, per_time=per_time)
@@ -285,17 +313,27 @@ def station_mask(like, stations) -> xr.DataArray:
     spacing) lies outside the grid and is dropped.
 
     Arguments:
-        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees).
+        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), or a
+            HEALPix field (pixels along `values` with their centres as coordinates).
         stations: a CSV path with columns `lat`/`latitude` and `lon`/`longitude` (any case, other
             columns ignored), a DataFrame with such columns, or an array `(K, 2)` of
             (lat, lon) in degrees.
 
     Returns:
-        boolean DataArray "observed" `(latitude, longitude)`; `attrs["num_stations"]` is the
+        boolean DataArray "observed" `(latitude, longitude)` (HEALPix: `(values,)`, each
+        station at its nearest pixel centre, none dropped); `attrs["num_stations"]` is the
         number of stations used, `attrs["num_dropped"]` the number outside the grid.
     """
-    lat, lon = _grid(like)
     points, source = _read_stations(stations)
+    if _is_pixels(like):  # the whole sphere: every station has a nearest pixel centre
+        tree = cKDTree(_node_geometry(like)[0].numpy())
+        _, node = tree.query(_unit_vectors(points[:, 0], points[:, 1]))
+        values = np.zeros(like.sizes[VALUES], dtype=bool)
+        values[node] = True
+        used = int(np.unique(node).size)
+        description = f"{len(points)} stations on {used} pixels"
+        return _result(values, like, description, num_stations=len(points), num_dropped=0)
+    lat, lon = _grid(like)
     tree = cKDTree(SphereGrid(lat, lon).positions.numpy())  # the grid's own cell centres
     station_vecs = _unit_vectors(points[:, 0], points[:, 1])
     _, node = tree.query(station_vecs)
@@ -342,16 +380,17 @@ def swath_mask(
     (`width_km / 2 / EARTH_RADIUS_KM` radians).
 
     Arguments:
-        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees).
+        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), or a
+            HEALPix field (pixels along `values` with their centres as coordinates).
         num_swaths: great circles per mask (>= 1).
         width_km: full width of a swath in km, in (0, pi * EARTH_RADIUS_KM].
         seed: seed of `numpy.random.default_rng`.
         per_time: draw one mask per time step of `like` (dims `(time, latitude, longitude)`).
 
     Returns:
-        boolean DataArray "observed", `(latitude, longitude)` or `(time, latitude, longitude)`.
+        boolean DataArray "observed", `(latitude, longitude)` or `(time, latitude, longitude)`
+        (`values` in place of both on HEALPix).
     """
-    lat, lon = _grid(like)
     if (
         isinstance(num_swaths, bool)
         or not isinstance(num_swaths, (int, np.integer))
@@ -363,8 +402,7 @@ def swath_mask(
             f"width_km must lie in (0, {np.pi * EARTH_RADIUS_KM:.0f}] km, got {width_km!r}"
         )
     half = 0.5 * float(width_km) / EARTH_RADIUS_KM  # radians
-    grid = SphereGrid(lat, lon)  # the cell centres and areas of the grid the engines use
-    area = grid.mass.numpy()
+    positions, area = _node_geometry(like)  # the nodes and areas of the grid the engines use
     prob = area / area.sum()
     rng = np.random.default_rng(seed)
     rows = []
@@ -372,11 +410,11 @@ def swath_mask(
         through = rng.choice(area.size, size=int(num_swaths), p=prob)
         heading = rng.uniform(0.0, 2 * np.pi, size=int(num_swaths))
         poles = [
-            pole_through(grid.positions[node], float(theta))
+            pole_through(positions[node], float(theta))
             for node, theta in zip(through, heading, strict=True)
         ]
-        rows.append(great_circle_bands(grid.positions, torch.stack(poles), half).numpy())
-    values = np.stack(rows).reshape(len(rows), lat.size, lon.size)
+        rows.append(great_circle_bands(positions, torch.stack(poles), half).numpy())
+    values = np.stack(rows)
     description = f"{num_swaths} swath(s) of {float(width_km):g} km, seed {seed}"
     if per_time:
         description += ", drawn per time step"
@@ -412,18 +450,18 @@ def box_mask(like, *, lat, lon, hide: bool = True) -> xr.DataArray:
     e.g. `(350, 2)`, or the dateline, e.g. `(170, -170)`). Edges are inclusive.
 
     Arguments:
-        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees).
+        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), or a
+            HEALPix field (pixels along `values` with their centres as coordinates).
         lat: `(south, north)` in degrees, -90 <= south <= north <= 90.
         lon: `(west, east)` in degrees; `east - west >= 360` covers every longitude.
         hide: True hides the box (observed outside); False observes only the box.
 
     Returns:
-        boolean DataArray "observed" `(latitude, longitude)`.
+        boolean DataArray "observed" `(latitude, longitude)` (HEALPix: `(values,)`).
     """
-    grid_lat, grid_lon = _grid(like)
-    in_lat, in_lon, _ = lat_lon_box(grid_lat, grid_lon, lat, lon)
+    in_lat, in_lon, _ = lat_lon_box(*_node_lat_lon(like), lat, lon)
     (south, north), (west, east) = map(float, lat), map(float, lon)
-    inside = in_lat[:, None] & in_lon[None, :]
+    inside = in_lat & in_lon
     what = "hidden" if hide else "observed only"
     description = f"box lat {south:g}..{north:g}, lon {west:g}..{east:g} {what}"
     return _result(~inside if hide else inside, like, description)
@@ -447,7 +485,7 @@ def _land(like) -> np.ndarray:
 
     from climate.plot import configure_cartopy_offline
 
-    lat, lon = _grid(like)
+    lat, lon = _node_lat_lon(like)
     configure_cartopy_offline()
     folder = cartopy.config["pre_existing_data_dir"]
     path = Path(folder) / LAND_SHAPEFILE
@@ -458,10 +496,8 @@ def _land(like) -> np.ndarray:
             "(e.g. ../shared/data/natural_earth)"
         )
     geometry = _land_geometry(str(path.resolve()))
-    x = np.mod(lon + 180.0, 360.0) - 180.0
-    xx, yy = np.meshgrid(x, lat)
     # Points on a polygon edge count as land (the dateline cut, the south pole row).
-    return shapely.intersects_xy(geometry, xx, yy)
+    return shapely.intersects_xy(geometry, np.mod(lon + 180.0, 360.0) - 180.0, lat)
 
 
 def land_mask(like) -> xr.DataArray:
@@ -472,10 +508,11 @@ def land_mask(like) -> xr.DataArray:
     `shapefiles/natural_earth/physical/ne_110m_land.shp`.
 
     Arguments:
-        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees).
+        like: a DataArray or Dataset with `latitude`/`longitude` coordinates (degrees), or a
+            HEALPix field (pixels along `values` with their centres as coordinates).
 
     Returns:
-        boolean DataArray "observed" `(latitude, longitude)`.
+        boolean DataArray "observed" `(latitude, longitude)` (HEALPix: `(values,)`).
 
     Raises:
         FileNotFoundError: the land shapefile is not in the configured folder.
@@ -602,13 +639,14 @@ def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None)
 
     The mask has shape `(B, N, 1)` with `B` the number of time steps of `like` (1 without a time
     dimension) and `N = nlat * nlon` in the order of `climate.era5.to_signal` (node
-    `i_lat * nlon + j_lon`, in `like`'s own latitude/longitude order). A static mask is repeated
+    `i_lat * nlon + j_lon`, in `like`'s own latitude/longitude order), or `N` the pixels of a
+    HEALPix field along `values`, in its order. A static mask is repeated
     over time; a time-varying one is matched to `like[time]` (its time steps may be a superset,
     in any order).
 
     Arguments:
-        observed: boolean DataArray with dims `latitude`, `longitude` and optionally `time`, on
-            the grid of `like` (True = observed).
+        observed: boolean DataArray with dims `latitude`, `longitude` (HEALPix: `values`) and
+            optionally `time`, on the grid of `like` (True = observed).
         like: the field(s) the operator applies to (DataArray or Dataset).
         domain: a domain to reuse (e.g. one already built with `grid_domain(like)`); it must have
             `N` nodes. Default `grid_domain(like)`.
@@ -621,9 +659,12 @@ def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None)
             `like`, observes nothing at some time, or `domain` does not fit (see `align_mask`).
     """
     aligned = align_mask(observed, like)
-    lat, lon = _grid(like)
-    nlat, nlon = lat.size, lon.size
-    n = nlat * nlon
+    shape = (
+        (like.sizes[VALUES],)
+        if _is_pixels(like)
+        else tuple(a.size for a in _grid(like))  # (nlat, nlon)
+    )
+    n = int(np.prod(shape))
     b = int(like.sizes[TIME]) if TIME in like.dims else 1
     values = np.asarray(aligned.values, dtype=bool).reshape(-1, n)
     values = np.repeat(values, b, axis=0) if values.shape[0] == 1 else values
@@ -641,11 +682,11 @@ def mask_operator(observed: xr.DataArray, like, *, domain: Domain | None = None)
 
     if domain is None:
         domain = grid_domain(like)
-    elif domain.num_nodes != n or getattr(domain, "shape", (nlat, nlon)) != (nlat, nlon):
+    elif domain.num_nodes != n or (len(shape) == 2 and getattr(domain, "shape", shape) != shape):
         raise ValueError(
             f"domain does not fit the grid: it has {domain.num_nodes} nodes"
             + (f" (shape {domain.shape})" if hasattr(domain, "shape") else "")
-            + f", the grid has {n} ({nlat} x {nlon})"
+            + f", the grid has {n} ({' x '.join(map(str, shape))})"
         )
     mask = torch.from_numpy(np.ascontiguousarray(values))[:, :, None]
     return Mask(domain, mask)

@@ -1054,8 +1054,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="native|healpix:NSIDE",
         help="impute on the file's grid, or on HEALPix pixels of a global lat-lon field (each "
         "the area-weighted mean of its cells that hold a value; a pixel is observed where any "
-        "of them is): the grid of a train-prior --grid healpix:NSIDE checkpoint; --mask nan and "
-        "random:F then act on the pixels, the output is on them (default: native)",
+        "of them is): the grid of a train-prior --grid healpix:NSIDE checkpoint; every --mask "
+        "then acts on the pixel centres, the output is on them (default: native)",
     )
     im.add_argument(
         "--truth",

@@ -70,6 +70,15 @@ def require(path: Path) -> Path:
 
 
 @pytest.fixture
+def natural_earth(monkeypatch):
+    """Point CARTOPY_DATA_DIR at the real Natural Earth folder (with the land polygons)."""
+    folder = data_dir() / "natural_earth"
+    require(folder / "shapefiles" / "natural_earth" / "physical" / "ne_110m_land.shp")
+    monkeypatch.setenv("CARTOPY_DATA_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
 def rng():
     """A seeded torch generator (override the seed with MANIFOLD_APS_TEST_SEED)."""
     return torch.Generator().manual_seed(SEED)

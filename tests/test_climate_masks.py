@@ -45,15 +45,6 @@ def world() -> xr.DataArray:
     return open_era5(path, "t2m")["t2m"].isel({TIME: slice(0, 2)}).load()
 
 
-@pytest.fixture
-def natural_earth(monkeypatch):
-    """Point CARTOPY_DATA_DIR at the real Natural Earth folder (with the land polygons)."""
-    folder = data_dir() / "natural_earth"
-    require(folder / "shapefiles" / "natural_earth" / "physical" / "ne_110m_land.shp")
-    monkeypatch.setenv("CARTOPY_DATA_DIR", str(folder))
-    return folder
-
-
 def area_fraction(mask: xr.DataArray) -> float:
     """Observed fraction of the area, cos(latitude) weights."""
     weights = np.cos(np.deg2rad(mask[LATITUDE]))

@@ -5,6 +5,7 @@ rotations); `distill --prior` rebuilds the same pixels; `impute --grid healpix:N
 pixels of a new field. The averaging is checked against closed forms; bad input is one line.
 """
 
+import healpy as hp
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,14 @@ import xarray as xr
 from conftest import TINY_APS, TINY_PRIOR, _field, refused, run_cli
 
 from climate.era5 import grid_domain, to_signal
-from climate.masks import random_mask
+from climate.masks import (
+    land_mask,
+    mask_operator,
+    parse_mask_spec,
+    random_mask,
+    sea_mask,
+    swath_mask,
+)
 from climate.regrid import healpix_field, latlon_to_healpix, parse_grid
 from manifold_aps.cli import main
 from manifold_aps.geometry import HealpixSphere
@@ -62,6 +70,41 @@ def test_a_random_mask_on_pixels_hides_the_fraction_asked():
     assert mask.dims == ("time", "values")
     assert (mask.sum("values").values == 192 - round(0.7 * 192)).all()
     assert not (mask.isel(time=0) == mask.isel(time=1)).all()  # one draw per time step
+
+
+def test_every_mask_acts_on_pixels_with_their_centres(tmp_path):
+    pixels = healpix_field(_global(), 8)  # 768 pixels
+    lat, lon = pixels["latitude"].values, pixels["longitude"].values
+    # a box: exactly the pixels whose centres lie in it, across 0/360
+    box = parse_mask_spec("box:-30:30:350:20", pixels)
+    assert box.dims == ("values",) and box.sizes["values"] == 768
+    dlon = (lon - 350.0) % 360.0
+    np.testing.assert_array_equal(~box.values, (np.abs(lat) <= 30 + 1e-9) & (dlon <= 30 + 1e-9))
+    # stations at pixel centres observe exactly those pixels (healpy's own pixel numbering)
+    chosen = np.array([0, 100, 383, 767])
+    theta, phi = hp.pix2ang(8, chosen)
+    table = tmp_path / "stations.csv"
+    rows = [f"{90 - np.degrees(t)},{np.degrees(f)}" for t, f in zip(theta, phi, strict=True)]
+    table.write_text("lat,lon\n" + "\n".join(rows) + "\n")
+    stations = parse_mask_spec(f"stations:{table}", pixels)
+    assert np.flatnonzero(stations.values).tolist() == chosen.tolist()
+    # a swath on equal-area pixels observes about sin(half-width) of the sphere, per time step
+    swath = swath_mask(pixels, num_swaths=1, width_km=3000.0, seed=2, per_time=True)
+    assert swath.dims == ("time", "values")
+    share = swath.values.mean(axis=1)
+    np.testing.assert_allclose(share, np.sin(1500.0 / 6371.0), rtol=0.2)
+    assert not (swath.isel(time=0) == swath.isel(time=1)).all()
+    # the masks carry the pixel centres, so they align with the field and make its operator
+    op = mask_operator(box & stations, pixels)
+    assert op.mask.shape == (2, 768, 1)
+
+
+def test_land_and_sea_on_pixels(natural_earth):
+    pixels = healpix_field(_global(), 16)
+    land = land_mask(pixels)
+    assert land.dims == ("values",)
+    assert 0.25 < float(land.mean()) < 0.33  # Earth's land share at 1:110m, equal-area pixels
+    np.testing.assert_array_equal(sea_mask(pixels).values, ~land.values)
 
 
 @pytest.fixture(scope="module")
