@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from climate.schema import LATITUDE, LONGITUDE, TIME
-from manifold_aps.plotting import ATTRIBUTION_GID, add_round_colorbar, natural_earth_dir
+from climate.schema import LATITUDE, LONGITUDE, TIME, VALUES
+from manifold_aps.plotting import (
+    ATTRIBUTION_GID,
+    add_attribution,
+    add_round_colorbar,
+    healpix_panel,
+    natural_earth_dir,
+    place_suptitle,
+)
 
 __all__ = [
     "ATTRIBUTION_ATTRS",
@@ -79,7 +86,9 @@ def panels_figure(
 
     Fields with `shared_scale[i]` True share one colour range (e.g. truth, observed, mean);
     the others (e.g. a standard deviation) get their own. NaN cells are left blank. A global
-    grid is drawn in the Robinson projection, a regional one in plate carrée.
+    grid is drawn in the Robinson projection, a regional one in plate carrée; HEALPix fields
+    (pixels along `values`, RING unless their `healpix_ordering` attribute says "nested") in
+    healpy's Mollweide view with east to the right, NaN pixels grey.
 
     Arguments:
         panels: `(panel title, field)` pairs; the fields share one grid.
@@ -109,6 +118,29 @@ def panels_figure(
     first = panels[0][1]
     units = str(first.attrs.get("units", "")) if units is None else units
     attribution = data_attribution(first) if attribution is None else attribution
+    if VALUES in first.dims:
+        fig = plt.figure(figsize=(4.2 * n, 3.0))
+        nest = str(first.attrs.get("healpix_ordering", "ring")).lower() == "nested"
+        for i, ((label, field), share, cmap) in enumerate(
+            zip(panels, shared_scale, cmaps, strict=True)
+        ):
+            healpix_panel(
+                fig,
+                (1, n, i + 1),
+                np.asarray(field.transpose(VALUES), dtype=float),
+                nest=nest,
+                title=label,
+                vmin=vmin if share else None,
+                vmax=vmax if share else None,
+                cmap=cmap,
+                units=units,
+                coastlines=True,
+            )
+        if title:
+            place_suptitle(fig, title, fontsize=11)
+        if attribution:
+            add_attribution(fig, attribution)
+        return fig
     lon = first[LONGITUDE].values
     lat = first[LATITUDE].values
     extent = [lon.min(), lon.max(), lat.min(), lat.max()]

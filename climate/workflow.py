@@ -170,7 +170,6 @@ class ImputeRequest:
                 for option, given in (
                     ("--truth", self.truth),
                     ("--output-grid native", self.output_grid == "native"),
-                    ("--plot", self.plot),
                 )
                 if given
             ]

@@ -146,10 +146,13 @@ def test_train_distil_and_impute_on_the_pixels_of_a_lat_lon_file(runs, tmp_path)
         "3",
         "--output",
         "out.nc",
+        "--plot",
+        "map.png",
         "--quiet",
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
+    assert (tmp_path / "map.png").stat().st_size > 10_000  # four Mollweide panels
     pixels = healpix_field(day.z, 4).values
     with xr.open_dataset(tmp_path / "out.nc") as out:
         assert out.z_mean.dims == ("time", "values")
@@ -169,8 +172,15 @@ def test_a_lat_lon_field_for_a_pixel_model_and_bad_grids_are_one_line(runs, tmp_
         (
             base
             + ckpt
-            + ["--grid", "healpix:4", "--plot", "p.png", "--output", str(tmp_path / "c.nc")],
-            "--plot",
+            + [
+                "--grid",
+                "healpix:4",
+                "--output-grid",
+                "native",
+                "--output",
+                str(tmp_path / "c.nc"),
+            ],
+            "--output-grid native",
         ),
     ]
     for argv, words in cases:
