@@ -533,7 +533,25 @@ def _crop(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
 
 
 def _crop_region(da: xr.DataArray, req: ImputeRequest) -> xr.DataArray:
-    """`da` cropped to `--region` (as given when there is none)."""
+    """`da` cropped to `--region` (as given when there is none).
+
+    Raises:
+        ValueError: `--region` or `--coarsen` given for a field on HEALPix pixels (a HEALPix
+            GRIB): both take lat-lon grids.
+    """
+    lat_lon_only = [
+        option
+        for option, given in (("--region", req.region), ("--coarsen", req.coarsen > 1))
+        if given
+    ]
+    if lat_lon_only and spatial_dims(da) != (LATITUDE, LONGITUDE):
+        nside = da.attrs.get("healpix_nside", "?")
+        several = len(lat_lon_only) > 1
+        raise ValueError(
+            f"{' and '.join(lat_lon_only)} {'take' if several else 'takes'} a lat-lon grid; "
+            f"this field is on HEALPix pixels (nside {nside}): leave {'them' if several else 'it'} "
+            "out"
+        )
     if req.region:
         try:
             south, north, west, east = (float(v) for v in req.region.split(":"))

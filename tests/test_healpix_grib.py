@@ -13,6 +13,8 @@ import torch
 import xarray as xr
 from conftest import TINY_APS, TINY_PRIOR, refused, run_cli
 
+from manifold_aps.cli import main
+
 NSIDE = 4
 MISSING = 9999.0
 
@@ -166,3 +168,27 @@ def test_a_healpix_grib_of_another_grid_than_the_model_is_one_line(grib_runs, tm
         "nest=True",
     )
     assert not (tmp_path / "out.nc").exists()
+
+
+def test_a_box_mask_and_a_map_on_a_healpix_grib_and_lat_lon_options_refused(tmp_path, capsys):
+    fields = _fields(2, nest=True, seed=3)
+    write_healpix_grib(tmp_path / "full.grib2", fields, ordering="nested")
+    base = ["impute", "--input", str(tmp_path / "full.grib2"), "--var", "t2m", "--quiet"]
+    out, png = tmp_path / "out.nc", tmp_path / "map.png"
+    argv = base + ["--mask", "box:-20:40:0:90", "--samples", "2", "--output", str(out)]
+    assert main([*argv, "--plot", str(png)]) == 0
+    theta, phi = hp.pix2ang(NSIDE, np.arange(12 * NSIDE**2), nest=True)
+    lat, lon = 90.0 - np.degrees(theta), np.degrees(phi)
+    box = (lat >= -20 - 1e-9) & (lat <= 40 + 1e-9) & (lon <= 90 + 1e-9)  # the pixels' centres
+    with xr.open_dataset(out) as res:
+        hidden = res["observed"].values == 0
+        np.testing.assert_array_equal(hidden, np.broadcast_to(box, hidden.shape))
+    assert png.stat().st_size > 10_000
+    for extra, words in (
+        (["--coarsen", "2"], "--coarsen takes a lat-lon grid"),
+        (["--region", "0:10:0:10"], "--region takes a lat-lon grid"),
+    ):
+        assert main(base + extra + ["--output", str(tmp_path / "x.nc")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "x.nc").exists()
