@@ -13,6 +13,7 @@ from manifold_aps.geometry import SphereGrid
 __all__ = [
     "PIXEL",
     "healpix_field",
+    "healpix_to_cells",
     "healpix_to_latlon_matrix",
     "latlon_to_healpix",
     "latlon_to_healpix_matrix",
@@ -72,6 +73,37 @@ def healpix_to_latlon_matrix(grid: SphereGrid, nside: int, *, nest: bool = False
         (np.ones(grid.num_nodes), (np.arange(grid.num_nodes), pix)),
         shape=(grid.num_nodes, hp.nside2npix(nside)),
     )
+
+
+def healpix_to_cells(pixels, like: xr.DataArray):
+    """HEALPix pixels `(..., values)` back on a lat-lon grid: each cell its centre's pixel's value.
+
+    The piecewise-constant inverse of `healpix_field` (the same cell-to-pixel assignment, RING
+    order): a field that is constant on each pixel comes back exactly. Dask-backed input stays
+    lazy (it is an indexing).
+
+    Arguments:
+        pixels: a DataArray or Dataset with the dimension `values` (RING order, `12 nside^2`
+            pixels), e.g. an imputation on `--grid healpix:NSIDE`.
+        like: a field on the lat-lon grid to map to `(..., latitude, longitude)`.
+
+    Returns:
+        `pixels` with `values` replaced by `like`'s `(latitude, longitude)` (their coordinates),
+        the pixel centres and HEALPix attributes dropped.
+    """
+    import healpy as hp
+
+    nside = hp.npix2nside(pixels.sizes[VALUES])
+    grid = grid_domain(like)
+    lat, lon = grid.lat_lon_rad()
+    pix = hp.ang2pix(nside, np.pi / 2 - lat, lon)
+    index = xr.DataArray(pix.reshape(grid.shape), dims=(LATITUDE, LONGITUDE))
+    out = pixels.drop_vars([LATITUDE, LONGITUDE], errors="ignore").isel({VALUES: index})
+    out = out.assign_coords({LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]})
+    for var in out.data_vars.values() if isinstance(out, xr.Dataset) else [out]:
+        for key in (HEALPIX_NSIDE, HEALPIX_ORDERING):
+            var.attrs.pop(key, None)
+    return out
 
 
 def latlon_to_healpix(da: xr.DataArray, nside: int, *, nest: bool = False) -> xr.DataArray:

@@ -21,7 +21,7 @@ from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
 from climate.plot import ATTRIBUTION_ATTRS, plot_imputation
-from climate.regrid import healpix_field, parse_grid
+from climate.regrid import healpix_field, healpix_to_cells, parse_grid
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 from manifold_aps.posterior.engines import ENGINES
@@ -66,8 +66,9 @@ class ImputeRequest:
         select: "DIM=VALUE" selections of extra dimensions.
         region: "S:N:W:E" box to crop the field to (degrees), or None.
         coarsen: average blocks of `coarsen x coarsen` cells first (1: keep the grid).
-        output_grid: "coarse" (the result on the `coarsen` grid) or "native" (brought back to the
-            input grid, piecewise constant per block, the input's observed cells kept exactly).
+        output_grid: "coarse" (the result on the grid imputed: the `coarsen` blocks or the
+            `grid` pixels) or "native" (brought back to the input grid, piecewise constant per
+            block or pixel, the input's observed cells kept exactly).
         grid: "native" (impute on the file's grid) or "healpix:NSIDE": the global lat-lon field
             averaged into HEALPix pixels first (`climate.regrid.healpix_field`: a pixel observed
             where any of its cells holds a value), the imputation on the pixels (the grid of a
@@ -164,20 +165,11 @@ class ImputeRequest:
             )
         if self.coarsen < 1:
             raise ValueError(f"--coarsen must be >= 1, got {self.coarsen}")
-        if parse_grid(self.grid) is not None:
-            lat_lon_only = [
-                option
-                for option, given in (
-                    ("--truth", self.truth),
-                    ("--output-grid native", self.output_grid == "native"),
-                )
-                if given
-            ]
-            if lat_lon_only:
-                raise ValueError(
-                    f"--grid {self.grid} imputes on HEALPix pixels: {', '.join(lat_lon_only)} "
-                    "takes lat-lon results (leave it out)"
-                )
+        if parse_grid(self.grid) is not None and self.truth and self.output_grid != "native":
+            raise ValueError(
+                f"--grid {self.grid} imputes on HEALPix pixels: --truth takes lat-lon results "
+                "(add --output-grid native, or leave it out)"
+            )
         if self.variance_scale not in (None, *VARIANCE_SCALES):
             raise ValueError(
                 f"--variance-scale must be one of {', '.join(VARIANCE_SCALES)}, "
@@ -620,29 +612,32 @@ def _on_input_grid(
     result: xr.Dataset,
     native: xr.DataArray,
     masked: xr.DataArray | None,
-    factor: int,
+    upsample,
+    how: str,
     variable: str,
 ) -> xr.Dataset:
-    """`--output-grid native`: an imputation on the `--coarsen` grid brought back to the input's.
+    """`--output-grid native`: an imputation on a coarser grid brought back to the input's.
 
-    The mean, std, samples and quantiles are repeated over each block (`upsample_blocks`); a cell
+    The coarse grid is the `--coarsen` blocks or the `--grid healpix` pixels; `upsample` gives
+    each input cell its block's or pixel's values (`upsample_blocks`, `healpix_to_cells`). A cell
     is observed where the input has a value and the `--mask` specs (on the coarse grid) observe
-    its block: there the mean, samples and quantiles are the input's value bit for bit and the
-    std is 0, as at the observed cells of any imputation. A hidden cell of a block that has
-    observed cells takes the block's value, their average, with std 0 (the coarse posterior has
-    no variability within a block).
+    its block or pixel: there the mean, samples and quantiles are the input's value bit for bit
+    and the std is 0, as at the observed cells of any imputation. A hidden cell of a block or
+    pixel that has observed cells takes its value, their average, with std 0 (the coarse
+    posterior has no variability within a block or pixel).
 
     Arguments:
         result: `impute`'s output on the coarse grid.
         native: the imputed input times on the input grid `([time,] latitude, longitude)`.
         masked: True where every `--mask` spec observes, on the coarse grid; None: no spec.
-        factor: `--coarsen`.
+        upsample: coarse DataArray or Dataset -> the same on the input grid.
+        how: what `upsample` does, for the output's history.
         variable: the variable name.
     """
-    out = upsample_blocks(result, native, factor)
+    out = upsample(result)
     observed = native.notnull()
     if masked is not None:
-        observed = observed & upsample_blocks(masked, native, factor)
+        observed = observed & upsample(masked)
     observed = observed.transpose(*native.dims)
     for name in (f"{variable}_mean", f"{variable}_samples", f"{variable}_quantiles"):
         if name in out:
@@ -659,9 +654,8 @@ def _on_input_grid(
     out[OBSERVED] = observed.astype(np.int8).assign_attrs(result[OBSERVED].attrs)
     first, _, rest = out.attrs.get("history", "").partition("\n")
     out.attrs["history"] = (
-        f"{first}; on the input grid (--output-grid native): each {factor}x{factor} block's "
-        "values repeated over its cells, the input's observed cells kept as given"
-        + (f"\n{rest}" if rest else "")
+        f"{first}; on the input grid (--output-grid native): {how}, the input's observed cells "
+        "kept as given" + (f"\n{rest}" if rest else "")
     )
     return out
 
@@ -915,7 +909,7 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
     target = targets[0]
     if TIME in target.dims and target.sizes[TIME] == 0:
         raise ValueError(f"--period {req.period} selects no time step of {req.input}")
-    on_input_grid = req.output_grid == "native" and req.coarsen > 1
+    on_input_grid = req.output_grid == "native" and (req.coarsen > 1 or nside is not None)
     native_target = (
         (native if period is None else period.select(native)) if on_input_grid else target
     )
@@ -952,8 +946,24 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
         progress=req.progress,
     )
     _log_cost_per_field(model, target, observed, req.samples, log)
-    if on_input_grid:
-        result = _on_input_grid(result, native_target, masked, req.coarsen, req.variable)
+    if on_input_grid and nside is not None:
+        result = _on_input_grid(
+            result,
+            native_target,
+            masked,
+            lambda coarse: healpix_to_cells(coarse, native_target),
+            f"each HEALPix pixel's values (nside {nside}) on the cells whose centres it holds",
+            req.variable,
+        )
+    elif on_input_grid:
+        result = _on_input_grid(
+            result,
+            native_target,
+            masked,
+            lambda coarse: upsample_blocks(coarse, native_target, req.coarsen),
+            f"each {req.coarsen}x{req.coarsen} block's values repeated over its cells",
+            req.variable,
+        )
     # the input file's credit (licence, institution) travels to the output and its --plot
     result.attrs.update({k: ds.attrs[k] for k in ATTRIBUTION_ATTRS if k in ds.attrs})
     if req.attribution:

@@ -1044,8 +1044,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-grid",
         choices=["coarse", "native"],
         default="coarse",
-        help="with --coarsen: write the result on the coarse grid, or on the input's (native: "
-        "piecewise constant per block, the input's observed cells exact, std 0 there) "
+        help="with --coarsen or --grid healpix: write the result on the grid imputed (the "
+        "blocks or pixels), or on the input's (native: piecewise constant per block or pixel, the "
+        "input's observed cells exact, std 0 there; --truth and --plot then on the input grid) "
         "(default: coarse)",
     )
     im.add_argument(

@@ -21,7 +21,7 @@ from climate.masks import (
     sea_mask,
     swath_mask,
 )
-from climate.regrid import healpix_field, latlon_to_healpix, parse_grid
+from climate.regrid import healpix_field, healpix_to_cells, latlon_to_healpix, parse_grid
 from manifold_aps.cli import main
 from manifold_aps.geometry import HealpixSphere
 
@@ -107,6 +107,35 @@ def test_land_and_sea_on_pixels(natural_earth):
     np.testing.assert_array_equal(sea_mask(pixels).values, ~land.values)
 
 
+def test_pixels_come_back_on_the_cells_whose_centres_they_hold():
+    da = _global(lat=np.arange(89.0, -90.0, -2.0), lon=np.arange(0.0, 360.0, 2.0))
+    pixels = healpix_field(da, 4)
+    cells = healpix_to_cells(pixels, da)
+    assert cells.dims == ("time", "latitude", "longitude") and "healpix_nside" not in cells.attrs
+    np.testing.assert_array_equal(cells.latitude.values, da.latitude.values)
+    # constant on each pixel: averaging the cells back into pixels gives the pixels exactly
+    np.testing.assert_allclose(healpix_field(cells, 4).values, pixels.values, rtol=1e-12)
+
+
+def test_output_grid_native_brings_the_pixels_back_to_the_input_cells(tmp_path, capsys):
+    day = _field(2, 5).isel(level=0)
+    day.to_netcdf(tmp_path / "day.nc")
+    out = tmp_path / "out.nc"
+    argv = ["impute", "--input", str(tmp_path / "day.nc"), "--var", "z", "--grid", "healpix:4"]
+    argv += ["--mask", "random:0.6", "--output-grid", "native", "--truth", str(tmp_path / "day.nc")]
+    assert main([*argv, "--samples", "3", "--output", str(out), "--quiet"]) == 0
+    with xr.open_dataset(out) as res:
+        assert res.z_mean.dims == ("time", "latitude", "longitude")
+        seen = res.observed.values == 1
+        assert 0.25 < seen.mean() < 0.55  # the cells of the 40 % observed pixels
+        np.testing.assert_array_equal(res.z_mean.values[seen], day.z.values[seen])  # bit for bit
+        assert (res.z_std.values[seen] == 0).all() and (res.z_std.values[~seen] > 0).all()
+        # a hidden cell carries its pixel's posterior mean
+        hidden_pixels = healpix_to_cells(healpix_field(day.z, 4), day.z).values[~seen]
+        assert np.abs(res.z_mean.values[~seen] - hidden_pixels).max() < 50  # m, on a 5500 m field
+        assert "HEALPix pixel's values (nside 4)" in res.attrs["history"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("healpix-grid")
@@ -172,15 +201,9 @@ def test_a_lat_lon_field_for_a_pixel_model_and_bad_grids_are_one_line(runs, tmp_
         (
             base
             + ckpt
-            + [
-                "--grid",
-                "healpix:4",
-                "--output-grid",
-                "native",
-                "--output",
-                str(tmp_path / "c.nc"),
-            ],
-            "--output-grid native",
+            + ["--grid", "healpix:4", "--truth", str(tmp_path / "day.nc")]
+            + ["--output", str(tmp_path / "c.nc")],
+            "add --output-grid native",
         ),
     ]
     for argv, words in cases:
