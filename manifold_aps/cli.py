@@ -778,6 +778,7 @@ def _distill(args: argparse.Namespace) -> int:
         settings=settings,
         masks=args.masks,
         noise_std=args.noise_std,
+        anchor=args.anchor,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -1316,6 +1317,16 @@ def build_parser() -> argparse.ArgumentParser:
         "factor per observation: an exact Gaussian anchor, but cubic in the nodes: 10-20 s per "
         "training step at 1617 nodes on one CPU thread); above N the conjugate-gradient one "
         "(default: 2000)",
+    )
+    ds.add_argument(
+        "--anchor",
+        choices=["auto", "prior-samples", "signals"],
+        default="auto",
+        help="aps/implicit: where the first estimate's per-mode prior variances come from: 128 "
+        "reverse-SDE samples of the prior (25,600 network evaluations: about 25 min at 12,288 "
+        "nodes on one CPU thread), or 128 training signals standardised by the prior (seconds); "
+        "auto: signals above 20,000 nodes (ANCHOR_SAMPLING_LIMIT), samples below "
+        "(default: auto)",
     )
     ds.add_argument(
         "--variance-modes",

@@ -145,7 +145,9 @@ def runs(tmp_path_factory):
         "train-prior", "--input", "z500.nc", *common, "--out", "prior", *TINY_PRIOR, cwd=root
     )
     assert res.returncode == 0, res.stderr
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
+    # the anchor from training signals (seconds) instead of prior samples: recorded when chosen
+    distill = ["distill", "--prior", "prior/checkpoint.pt", "--anchor", "signals"]
+    res = run_cli(*distill, "--out", "aps", *TINY_APS, cwd=root)
     assert res.returncode == 0, res.stderr
     return root
 
@@ -155,6 +157,8 @@ def test_train_distil_and_impute_on_the_pixels_of_a_lat_lon_file(runs, tmp_path)
     assert ckpt["domain_spec"]["type"] == "HealpixSphere"
     assert ckpt["data"]["source"]["args"]["grid"] == "healpix:4"
     assert "random SO(3) rotations" in ckpt["data"]["description"]
+    engine = torch.load(runs / "aps" / "checkpoint.pt", weights_only=True)
+    assert engine["model_config"]["anchor"] == "signals"
     day = _field(2, 5).isel(level=0)
     day.to_netcdf(tmp_path / "day.nc")
     res = run_cli(

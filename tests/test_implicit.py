@@ -258,3 +258,19 @@ def test_anchor_variances_from_signals_are_the_spectrum_of_the_fields_they_are_d
     exact_lam, exact = prior_mode_variances(PRIOR, DOMAIN, 32)
     assert torch.allclose(lam, exact_lam)
     assert torch.allclose(var, exact, rtol=0.1)  # 4000 fields: a few % sampling error per mode
+
+
+def test_an_unknown_anchor_is_refused_before_any_training(tmp_path):
+    cfg = TrainConfig(steps=1, batch_size=2, validate_every=0, log_every=1)
+    with pytest.raises(ValueError, match="anchor must be one of"):
+        ds = PriorDataset(
+            "tiny-h4",
+            DOMAIN,
+            GaussianSource(PRIOR, num_val=4),
+            torch.zeros(0, DOMAIN.num_nodes, 1),
+            "1",
+            "test",
+            PRIOR,
+        )
+        train_engine("implicit", ds, "exact", tmp_path, cfg, anchor="nope", progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
