@@ -9,43 +9,16 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import refused, run_cli
+from conftest import TINY_APS, TINY_PRIOR, refused, run_cli
 
 from climate.datasets import grid_file_dataset
 from climate.impute import impute
 from climate.model import Channel, ScoreImputer, load_model
 from manifold_aps.geometry import SphereGrid
 
-TINY_PRIOR = [
-    "--steps",
-    "30",
-    "--batch-size",
-    "4",
-    "--channels",
-    "8",
-    "--modes",
-    "8",
-    "--validate-every",
-    "0",
-    "--checkpoint-every",
-    "30",
-    "--quiet",
-]
-TINY_APS = [
-    "--steps",
-    "5",
-    "--batch-size",
-    "2",
-    "--couplings",
-    "1",
-    "--width",
-    "8",
-    "--modes",
-    "8",
-    "--cg-iterations",
-    "2",
-    "--quiet",
-]
+# the shared tiny settings, trained a little longer (argparse: the last value given wins)
+TRAIN_PRIOR = [*TINY_PRIOR, "--steps", "30", "--batch-size", "4", "--checkpoint-every", "30"]
+TRAIN_APS = [*TINY_APS, "--steps", "5"]
 LAT = np.linspace(78.75, -78.75, 8)  # a global 8 x 16 grid (22.5 degrees)
 LON = np.arange(0.0, 360.0, 22.5)
 STEPS = 40
@@ -92,11 +65,11 @@ def runs(tmp_path_factory):
         "msl",
         "--out",
         "prior",
-        *TINY_PRIOR,
+        *TRAIN_PRIOR,
         cwd=root,
     )
     assert res.returncode == 0, res.stderr
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
+    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TRAIN_APS, cwd=root)
     assert res.returncode == 0, res.stderr
     return root
 

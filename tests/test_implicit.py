@@ -90,13 +90,9 @@ def test_objective_splits_gradients_and_warms_up_the_auxiliary_score():
     )
 
 
-def _pair():
-    batch = _observations(2, seed=5)
-    return batch.y, batch.operator(DOMAIN)
-
-
-def test_train_load_and_unseen_operators(tmp_path):
-    ds = PriorDataset(
+def _dataset() -> PriorDataset:
+    """The Gaussian prior's signals as a tiny dataset (its exact prior as the reference)."""
+    return PriorDataset(
         "tiny-h4",
         DOMAIN,
         GaussianSource(PRIOR, num_val=4),
@@ -105,6 +101,15 @@ def test_train_load_and_unseen_operators(tmp_path):
         "test",
         PRIOR,
     )
+
+
+def _pair():
+    batch = _observations(2, seed=5)
+    return batch.y, batch.operator(DOMAIN)
+
+
+def test_train_load_and_unseen_operators(tmp_path):
+    ds = _dataset()
     cfg = TrainConfig(
         steps=3,
         batch_size=2,
@@ -210,15 +215,7 @@ def test_trainer_applies_the_generators_learning_rate_scale(tmp_path):
 
     Its auxiliary score learns meanwhile.
     """
-    ds = PriorDataset(
-        "tiny-h4",
-        DOMAIN,
-        GaussianSource(PRIOR, num_val=4),
-        torch.zeros(0, DOMAIN.num_nodes, 1),
-        "1",
-        "test",
-        PRIOR,
-    )
+    ds = _dataset()
     cfg = TrainConfig(
         steps=4,
         batch_size=2,
@@ -263,14 +260,5 @@ def test_anchor_variances_from_signals_are_the_spectrum_of_the_fields_they_are_d
 def test_an_unknown_anchor_is_refused_before_any_training(tmp_path):
     cfg = TrainConfig(steps=1, batch_size=2, validate_every=0, log_every=1)
     with pytest.raises(ValueError, match="anchor must be one of"):
-        ds = PriorDataset(
-            "tiny-h4",
-            DOMAIN,
-            GaussianSource(PRIOR, num_val=4),
-            torch.zeros(0, DOMAIN.num_nodes, 1),
-            "1",
-            "test",
-            PRIOR,
-        )
-        train_engine("implicit", ds, "exact", tmp_path, cfg, anchor="nope", progress=False)
+        train_engine("implicit", _dataset(), "exact", tmp_path, cfg, anchor="nope", progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
