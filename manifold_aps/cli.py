@@ -779,6 +779,7 @@ def _distill(args: argparse.Namespace) -> int:
         masks=args.masks,
         noise_std=args.noise_std,
         anchor=args.anchor,
+        anchor_samples=args.anchor_samples,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -1327,6 +1328,14 @@ def build_parser() -> argparse.ArgumentParser:
         "nodes on one CPU thread), or 128 training signals standardised by the prior (seconds); "
         "auto: signals above 20,000 nodes (ANCHOR_SAMPLING_LIMIT), samples below "
         "(default: auto)",
+    )
+    ds.add_argument(
+        "--anchor-samples",
+        type=int,
+        default=128,
+        metavar="N",
+        help="aps/implicit: prior samples or training signals the anchor's variances are "
+        "estimated from (default: 128; the prior samples' cost is linear in N)",
     )
     ds.add_argument(
         "--variance-modes",

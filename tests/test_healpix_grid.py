@@ -147,6 +147,7 @@ def runs(tmp_path_factory):
     assert res.returncode == 0, res.stderr
     # the anchor from training signals (seconds) instead of prior samples: recorded when chosen
     distill = ["distill", "--prior", "prior/checkpoint.pt", "--anchor", "signals"]
+    distill += ["--anchor-samples", "8"]
     res = run_cli(*distill, "--out", "aps", *TINY_APS, cwd=root)
     assert res.returncode == 0, res.stderr
     return root
@@ -159,6 +160,7 @@ def test_train_distil_and_impute_on_the_pixels_of_a_lat_lon_file(runs, tmp_path)
     assert "random SO(3) rotations" in ckpt["data"]["description"]
     engine = torch.load(runs / "aps" / "checkpoint.pt", weights_only=True)
     assert engine["model_config"]["anchor"] == "signals"
+    assert engine["model_config"]["anchor_samples"] == 8
     day = _field(2, 5).isel(level=0)
     day.to_netcdf(tmp_path / "day.nc")
     res = run_cli(

@@ -103,13 +103,15 @@ def prior_mode_variances(
     steps: int = 200,
     seed: int = 0,
     signals: torch.Tensor | None = None,
+    progress: bool = False,
 ):
     """Per-mode prior variances of the standardised signal on the first `num_modes` LB modes.
 
     Exact for a `GaussianPrior`; for a score prior, from `num_samples` reverse-SDE samples, or,
     given `signals` `(M, N, C)` in physical units (e.g. the training fields the prior learnt,
     which its samples imitate), from those, standardised with the prior's normaliser: one
-    projection instead of `num_samples * steps` network evaluations.
+    projection instead of `num_samples * steps` network evaluations. `progress`: a bar over the
+    reverse-SDE steps.
     Returns `(eigenvalues (K,), variances (K,))`.
     """
     lam, phi = domain.eigenbasis(num_modes)
@@ -120,7 +122,11 @@ def prior_mode_variances(
     else:
         g = torch.Generator().manual_seed(seed)
         z = reverse_sde_sample(
-            prior, (num_samples, domain.num_nodes, prior.channels), steps=steps, generator=g
+            prior,
+            (num_samples, domain.num_nodes, prior.channels),
+            steps=steps,
+            generator=g,
+            progress=f"anchor: {num_samples} prior samples" if progress else None,
         ).sample
     coef = torch.einsum("nk,n,bnc->bkc", phi, domain.mass, z.double())
     return lam, coef.pow(2).mean((0, 2))
@@ -158,6 +164,7 @@ def train_with_recipe(
     masks: str = "random",
     noise_std: float = 0.1,
     anchor: str = "auto",
+    anchor_samples: int = 128,
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
@@ -172,7 +179,8 @@ def train_with_recipe(
     (`prior_mode_variances`): "prior-samples" (128 reverse-SDE draws of the prior, 200 steps
     each: 25,600 network evaluations, ~25 min at 12,288 nodes on one CPU thread), "signals" (128
     training signals standardised by the prior: one projection, seconds), or "auto" (signals
-    above `ANCHOR_SAMPLING_LIMIT` nodes, prior samples below).
+    above `ANCHOR_SAMPLING_LIMIT` nodes, prior samples below); `anchor_samples` how many
+    (default 128; the cost of prior samples is linear in it).
     """
     ds = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
     p = resolve_prior(ds, prior)
@@ -193,10 +201,18 @@ def train_with_recipe(
         from_signals = anchor == "signals" or (
             anchor == "auto" and ds.domain.num_nodes > ANCHOR_SAMPLING_LIMIT
         )  # sampling the prior would take hours above the limit
+        if anchor_samples < 2:
+            raise ValueError(f"anchor_samples must be >= 2, got {anchor_samples}")
         if from_signals:
-            signals = ds.source.batch(torch.Generator().manual_seed(config.seed), 128)
+            signals = ds.source.batch(torch.Generator().manual_seed(config.seed), anchor_samples)
         lam, var = prior_mode_variances(
-            p, ds.domain, min(ds.domain.num_nodes, 512), seed=config.seed, signals=signals
+            p,
+            ds.domain,
+            min(ds.domain.num_nodes, 512),
+            num_samples=anchor_samples,
+            seed=config.seed,
+            signals=signals,
+            progress=progress,
         )
         engine.estimate.fit_to_spectrum(lam, var)
     observations = SimulatedObservations(ds.source, mask_family(masks, ds.domain), noise)
@@ -216,6 +232,8 @@ def train_with_recipe(
     }
     if anchor != "auto":  # recorded when chosen: earlier checkpoints resume unchanged
         model_config["anchor"] = anchor
+    if anchor_samples != 128:
+        model_config["anchor_samples"] = anchor_samples
     trainer = Trainer(
         objective,
         config,

@@ -51,15 +51,22 @@ def reverse_sde_sample(
     generator=None,
     device=None,
     dtype=torch.float32,
+    progress: str | None = None,
 ) -> SamplerOutput:
     r"""Euler-Maruyama on the reverse-time SDE :math:`dz = [f - g^2 s_\theta]dt + g\,d\bar W`.
 
     Starts from :math:`N(0, I)` at `t = 1`; the last step returns the Tweedie denoised mean
-    :math:`(z + \sigma^2 s)/\alpha` at `t_min` (no noise added there).
+    :math:`(z + \sigma^2 s)/\alpha` at `t_min` (no noise added there). `progress`: a tqdm bar of
+    the steps with this description (None: none).
     """
     ts = time_grid(steps, t_min, dtype, device)
     z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    for i in range(steps):
+    step_range = range(steps)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        step_range = tqdm(step_range, desc=progress, dynamic_ncols=True)
+    for i in step_range:
         t, dt = ts[i], ts[i] - ts[i + 1]
         f, beta = _drift(prior, z, t)
         score = prior.score(z, t)
