@@ -1326,7 +1326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="aps/implicit: where the first estimate's per-mode prior variances come from: 128 "
         "reverse-SDE samples of the prior (25,600 network evaluations: about 25 min at 12,288 "
         "nodes on one CPU thread), or 128 training signals standardised by the prior (seconds); "
-        "auto: signals above 20,000 nodes (ANCHOR_SAMPLING_LIMIT), samples below "
+        "auto: signals above 5,000 nodes (ANCHOR_SAMPLING_LIMIT), samples below "
         "(default: auto)",
     )
     ds.add_argument(
