@@ -125,6 +125,10 @@ TINY_APS = [
     "8",
     "--cg-iterations",
     "2",
+    # the anchor from the training signals: seconds, where 128 prior samples take ~20 s at 768
+    # pixels (test_own_data_cli's mesh run keeps the prior-sample path, with 8 of them)
+    "--anchor",
+    "signals",
     "--quiet",
 ]
 LAT, LON = np.arange(90.0, -91.0, -15.0), np.arange(0.0, 360.0, 15.0)  # global 13 x 24

@@ -270,6 +270,7 @@ MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 45 s: a memory claim (the benchmarks' kind); make test-slow runs it
 def test_long_dask_series_is_imputed_in_bounded_memory(tmp_path):
     """5952 fields x 64 samples (~300 MB of output) are written with < 100 MB of memory growth."""
     budget = 100 * 2**20

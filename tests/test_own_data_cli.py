@@ -146,8 +146,19 @@ def mesh_runs(tmp_path_factory):
         cwd=root,
     )
     assert res.returncode == 0, res.stderr
-    res = run_cli("distill", "--prior", "prior/checkpoint.pt", "--out", "aps", *TINY_APS, cwd=root)
+    res = run_cli(
+        "distill",
+        "--prior",
+        "prior/checkpoint.pt",
+        "--out",
+        "aps",
+        *TINY_APS,
+        *("--anchor", "prior-samples", "--anchor-samples", "8"),  # the reverse-SDE anchor path
+        cwd=root,
+    )
     assert res.returncode == 0, res.stderr
+    recorded = torch.load(root / "aps" / "checkpoint.pt", weights_only=True)["model_config"]
+    assert (recorded["anchor"], recorded["anchor_samples"]) == ("prior-samples", 8)
     return root, mesh, signals
 
 
