@@ -93,6 +93,13 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=16)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--missing", type=float, default=0.7)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed of the distilled variants (default 0; another one trains its own run, "
+        "named with the seed, to see how much one run differs from the next)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (numbers meaningless)")
     args = parser.parse_args()
     if args.quick:
@@ -116,12 +123,10 @@ def main() -> None:
         weighted = variant.startswith("fkl-") and args.weight != 1.0
         label = f"{variant}, lambda {args.weight:g}" if weighted else variant
         folder = "reverse" if variant == "reverse-spread" else variant  # the same training
-        run = (
-            args.runs
-            / "aps-calibration"
-            / args.problem
-            / (f"{variant}-w{args.weight:g}" if weighted else folder)
-        )
+        folder = f"{variant}-w{args.weight:g}" if weighted else folder
+        if args.seed and variant != "implicit-spread":
+            label, folder = f"{label}, seed {args.seed}", f"{folder}-s{args.seed}"
+        run = args.runs / "aps-calibration" / args.problem / folder
         total = args.long_steps if variant == "reverse-long" else args.steps
         stops = sorted({s for s in args.snapshots if s < total} | {total})
         stops = stops if variant == "reverse-long" else [total]
@@ -137,7 +142,7 @@ def main() -> None:
                     ds,
                     prior_path,
                     run,
-                    engine_train_config(total),
+                    replace(engine_train_config(total), seed=args.seed),
                     settings=settings(variant, args.weight, args.bank),
                     masks="random",
                     noise_std=problem.noise_std,
