@@ -28,20 +28,13 @@ from common import write_csv
 from suite import PROBLEMS
 
 from manifold_aps.datasets import build_prior_dataset
+from manifold_aps.metrics import central_interval, interval_coverage
 from manifold_aps.priors.checks import band_power
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior
 
 HERE = Path(__file__).resolve().parent
 MODES, BANDS = 257, 4  # modes 0..256; band_power skips the mean (mode 0)
-
-
-def marginal_coverage(samples: torch.Tensor, fields: torch.Tensor, mass: torch.Tensor) -> float:
-    """Area-weighted share of `fields` `(M, N, C)` in the samples' `(S, N, C)` central 90 %."""
-    lo, hi = torch.quantile(samples, torch.tensor([0.05, 0.95], dtype=samples.dtype), dim=0)
-    inside = ((fields >= lo) & (fields <= hi)).double()  # (M, N, C)
-    weight = mass.reshape(1, -1, 1).double().expand_as(inside)
-    return float((inside * weight).sum() / weight.sum())
 
 
 def main() -> None:
@@ -93,7 +86,7 @@ def main() -> None:
             "sample_seconds": round(time.perf_counter() - t0, 1),
         }
         samples = prior.denormalize(z).double()
-        coverage = marginal_coverage(samples, test, mass)
+        coverage = float(interval_coverage(*central_interval(samples, 0.9), test, mass))
         expected = 0.9 * (args.samples - 1) / (args.samples + 1)  # of a calibrated prior
         rows.append(
             {

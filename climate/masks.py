@@ -325,18 +325,15 @@ def station_mask(like, stations) -> xr.DataArray:
         number of stations used, `attrs["num_dropped"]` the number outside the grid.
     """
     points, source = _read_stations(stations)
+    station_vecs = _unit_vectors(points[:, 0], points[:, 1])
+    _, node = cKDTree(_node_geometry(like)[0].numpy()).query(station_vecs)  # the grid's nodes
     if _is_pixels(like):  # the whole sphere: every station has a nearest pixel centre
-        tree = cKDTree(_node_geometry(like)[0].numpy())
-        _, node = tree.query(_unit_vectors(points[:, 0], points[:, 1]))
         values = np.zeros(like.sizes[VALUES], dtype=bool)
         values[node] = True
         used = int(np.unique(node).size)
         description = f"{len(points)} stations on {used} pixels"
         return _result(values, like, description, num_stations=len(points), num_dropped=0)
     lat, lon = _grid(like)
-    tree = cKDTree(SphereGrid(lat, lon).positions.numpy())  # the grid's own cell centres
-    station_vecs = _unit_vectors(points[:, 0], points[:, 1])
-    _, node = tree.query(station_vecs)
     i, j = np.divmod(node, lon.size)
     # Angle from each station to its cell centre vs from the centre to the farthest cell corner.
     h_lat, h_lon = _half_sizes(lat, lon)

@@ -12,6 +12,7 @@ from manifold_aps.geometry import SphereGrid
 
 __all__ = [
     "PIXEL",
+    "healpix_cell_index",
     "healpix_field",
     "healpix_to_cells",
     "healpix_to_latlon_matrix",
@@ -21,6 +22,14 @@ __all__ = [
 ]
 
 PIXEL = "pixel"  # the HEALPix pixel dimension of `latlon_to_healpix`'s output
+
+
+def _cell_pixels(grid: SphereGrid, nside: int, *, nest: bool = False) -> np.ndarray:
+    """The HEALPix pixel `(nlat*nlon,)` of each lat-lon cell's centre (RING unless `nest`)."""
+    import healpy as hp
+
+    lat, lon = grid.lat_lon_rad()
+    return hp.ang2pix(nside, np.pi / 2 - lat, lon, nest=nest)
 
 
 def latlon_to_healpix_matrix(grid: SphereGrid, nside: int, *, nest: bool = False) -> sp.csr_matrix:
@@ -41,8 +50,7 @@ def latlon_to_healpix_matrix(grid: SphereGrid, nside: int, *, nest: bool = False
     """
     import healpy as hp
 
-    lat, lon = grid.lat_lon_rad()
-    pix = hp.ang2pix(nside, np.pi / 2 - lat, lon, nest=nest)
+    pix = _cell_pixels(grid, nside, nest=nest)
     npix = hp.nside2npix(nside)
     area = grid.mass.numpy()
     mat = sp.csr_matrix((area, (pix, np.arange(grid.num_nodes))), shape=(npix, grid.num_nodes))
@@ -67,15 +75,20 @@ def healpix_to_latlon_matrix(grid: SphereGrid, nside: int, *, nest: bool = False
     """Sparse `(nlat*nlon, 12 nside^2)` matrix: each cell takes the value of its pixel."""
     import healpy as hp
 
-    lat, lon = grid.lat_lon_rad()
-    pix = hp.ang2pix(nside, np.pi / 2 - lat, lon, nest=nest)
+    pix = _cell_pixels(grid, nside, nest=nest)
     return sp.csr_matrix(
         (np.ones(grid.num_nodes), (np.arange(grid.num_nodes), pix)),
         shape=(grid.num_nodes, hp.nside2npix(nside)),
     )
 
 
-def healpix_to_cells(pixels, like: xr.DataArray):
+def healpix_cell_index(like: xr.DataArray, nside: int) -> xr.DataArray:
+    """The RING pixel of each cell of `like`'s lat-lon grid, `(latitude, longitude)` int."""
+    grid = grid_domain(like)
+    return xr.DataArray(_cell_pixels(grid, nside).reshape(grid.shape), dims=(LATITUDE, LONGITUDE))
+
+
+def healpix_to_cells(pixels, like: xr.DataArray, *, index: xr.DataArray | None = None):
     """HEALPix pixels `(..., values)` back on a lat-lon grid: each cell its centre's pixel's value.
 
     The piecewise-constant inverse of `healpix_field` (the same cell-to-pixel assignment, RING
@@ -86,6 +99,7 @@ def healpix_to_cells(pixels, like: xr.DataArray):
         pixels: a DataArray or Dataset with the dimension `values` (RING order, `12 nside^2`
             pixels), e.g. an imputation on `--grid healpix:NSIDE`.
         like: a field on the lat-lon grid to map to `(..., latitude, longitude)`.
+        index: `healpix_cell_index(like, nside)`, when already at hand (several calls).
 
     Returns:
         `pixels` with `values` replaced by `like`'s `(latitude, longitude)` (their coordinates),
@@ -93,11 +107,8 @@ def healpix_to_cells(pixels, like: xr.DataArray):
     """
     import healpy as hp
 
-    nside = hp.npix2nside(pixels.sizes[VALUES])
-    grid = grid_domain(like)
-    lat, lon = grid.lat_lon_rad()
-    pix = hp.ang2pix(nside, np.pi / 2 - lat, lon)
-    index = xr.DataArray(pix.reshape(grid.shape), dims=(LATITUDE, LONGITUDE))
+    if index is None:
+        index = healpix_cell_index(like, hp.npix2nside(pixels.sizes[VALUES]))
     out = pixels.drop_vars([LATITUDE, LONGITUDE], errors="ignore").isel({VALUES: index})
     out = out.assign_coords({LATITUDE: like[LATITUDE], LONGITUDE: like[LONGITUDE]})
     for var in out.data_vars.values() if isinstance(out, xr.Dataset) else [out]:

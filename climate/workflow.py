@@ -21,7 +21,7 @@ from climate.impute import OBSERVED, _same_units, impute, write_imputation
 from climate.masks import _describe_grid, align_mask, crop_region, missing_mask, parse_mask_spec
 from climate.model import VARIANCE_SCALES, GaussianImputer, ImputationModel, load_model
 from climate.plot import ATTRIBUTION_ATTRS, plot_imputation
-from climate.regrid import healpix_field, healpix_to_cells, parse_grid
+from climate.regrid import healpix_cell_index, healpix_field, healpix_to_cells, parse_grid
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
 from manifold_aps.posterior.engines import ENGINES
@@ -947,11 +947,12 @@ def _run_impute_here(req: ImputeRequest, *, log) -> dict:
     )
     _log_cost_per_field(model, target, observed, req.samples, log)
     if on_input_grid and nside is not None:
+        cells = healpix_cell_index(native_target, nside)  # shared by the result and the mask
         result = _on_input_grid(
             result,
             native_target,
             masked,
-            lambda coarse: healpix_to_cells(coarse, native_target),
+            lambda coarse: healpix_to_cells(coarse, native_target, index=cells),
             f"each HEALPix pixel's values (nside {nside}) on the cells whose centres it holds",
             req.variable,
         )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import TINY_APS, TINY_PRIOR, _field, refused, run_cli
+from conftest import LAT, LON, TINY_APS, TINY_PRIOR, _field, refused, run_cli
 
 from climate.era5 import grid_domain, to_signal
 from climate.masks import (
@@ -24,8 +24,6 @@ from climate.masks import (
 from climate.regrid import healpix_field, healpix_to_cells, latlon_to_healpix, parse_grid
 from manifold_aps.cli import main
 from manifold_aps.geometry import HealpixSphere
-
-LAT, LON = np.arange(90.0, -91.0, -15.0), np.arange(0.0, 360.0, 15.0)  # global 13 x 24
 
 
 def _global(values=None, *, lat=LAT, lon=LON):
