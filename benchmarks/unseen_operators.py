@@ -13,12 +13,16 @@ all with noise 0.1. Scores per engine and operator, over the hidden cells (every
 blur), area-weighted: RMSE of the mean of S samples and of one sample, fair CRPS, coverage of
 the samples' central 90 % interval, and seconds per sample measured in this run. DPS (1000 steps)
 is the zero-shot baseline; its guidance step is chosen among 0.1, 0.3, 1 on separate validation
-observations. Where the prior is Gaussian the exact posterior is scored too.
+observations. MGDM, the zero-shot sampler the amortized VI accelerates, runs at the amortizer's
+own grid (``MGDM-8``: K = 8, one Adam step per iteration, what an untrained amortizer samples)
+and at the yardstick's best setting (``MGDM-20``: K = 20, 10 Adam steps at lr 0.05;
+`amortized_vi_yardstick.py`). Where the prior is Gaussian the exact posterior is scored too.
 
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
-redo; the speed-ups use the DPS rows of the file). Usage:
+redo, a row being a problem, operator, method and training length; the speed-ups use the DPS rows
+of the file). Usage:
   python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
-      [--methods AVI]
+      [--methods AVI] [--avi-steps 2500]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from manifold_aps.posterior.distill import (
     held_out_observations,
     resolve_prior,
 )
+from manifold_aps.posterior.mgdm import MGDM
 from manifold_aps.priors.gaussian import GaussianPrior
 
 # score priors are checkpoints below --runs
@@ -48,7 +53,12 @@ PRIORS = {
     "mesh-spot": "suite/mesh-spot/prior/checkpoint.pt",
 }
 OPERATORS = ("random", "caps", "swaths", "blur")
-METHODS = ("APS", "implicit", "AVI", "DPS", "exact")
+METHODS = ("APS", "implicit", "AVI", "MGDM-8", "MGDM-20", "DPS", "exact")
+MGDM_SETTINGS = {  # zero-shot MGDM: (K, Adam steps M, lr)
+    "MGDM-8": (8, 1, 0.01),  # the amortizer's grid and outer-window steps: AVI untrained
+    "MGDM-20": (20, 10, 0.05),  # the best fixed-cost setting of amortized_vi_yardstick.py
+}
+GRADIENT_METHODS = ("DPS", "AVI", *MGDM_SETTINGS)  # they differentiate the likelihood
 
 
 def observations(ds, noise, kind: str, n: int, seed: int):
@@ -67,13 +77,30 @@ def observations(ds, noise, kind: str, n: int, seed: int):
 
 
 def scores(samples, truth, where, weight):
+    """RMSE of the mean, of the first sample and its median over the samples, CRPS, coverage."""
     lo, hi = central_interval(samples, 0.9)
+    single = torch.stack([weighted_rmse(s, truth, weight, where) for s in samples])
     return {
         "rmse_mean": float(weighted_rmse(samples.mean(0), truth, weight, where)),
-        "rmse_single": float(weighted_rmse(samples[0], truth, weight, where)),
+        "rmse_single": float(single[0]),
+        "rmse_single_median": float(single.median()),
         "crps": float(crps_ensemble(samples, truth, weight, where)),
         "coverage_90": float(interval_coverage(lo, hi, truth, weight, where)),
     }
+
+
+def denoiser_passes(sampler, method: str) -> dict:
+    """Forward and backward passes of the score network per sample (blank: not a diffusion loop).
+
+    The amortized VI's and MGDM's come from their `cost()`; DPS makes one of each per step.
+    """
+    if hasattr(sampler, "cost"):
+        forward, backward = sampler.cost()
+    elif method == "DPS":
+        forward = backward = sampler.steps
+    else:
+        forward = backward = ""
+    return {"denoiser_forward": forward, "denoiser_backward": backward}
 
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
@@ -86,11 +113,13 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
 
     if not path.exists():
         return rows
-    new = {(r["problem"], r["operator"], r["method"]) for r in rows}
+
+    def key(r):
+        return r["problem"], r["operator"], r["method"], str(r.get("engine_steps", ""))
+
+    new = {key(r) for r in rows}
     with open(path, newline="") as fh:
-        old = [
-            r for r in csv.DictReader(fh) if (r["problem"], r["operator"], r["method"]) not in new
-        ]
+        old = [r for r in csv.DictReader(fh) if key(r) not in new]
     return old + rows
 
 
@@ -104,6 +133,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--steps", type=int, default=400, help="training steps of each amortized engine"
+    )
+    parser.add_argument(
+        "--avi-steps",
+        type=int,
+        default=None,
+        help="training steps of the amortized VI (default: --steps; another count trains it "
+        "into its own folder)",
     )
     parser.add_argument("--observations", type=int, default=4)
     parser.add_argument(
@@ -132,10 +168,20 @@ def main() -> None:
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
-        engines, train_s = train_amortized_engines(
-            ds, prior_arg, args.runs / "unseen" / name, 0.1, args.steps, args.methods
-        )
+        avi_steps = args.avi_steps or args.steps
+        run_dir = args.runs / "unseen" / name
+        methods = [m for m in args.methods if m != "AVI" or avi_steps == args.steps]
+        engines, train_s = train_amortized_engines(ds, prior_arg, run_dir, 0.1, args.steps, methods)
+        if "AVI" in args.methods and avi_steps != args.steps:
+            more, more_s = train_amortized_engines(
+                ds, prior_arg, run_dir / f"{avi_steps}-steps", 0.1, avi_steps, ["AVI"]
+            )
+            engines, train_s = {**engines, **more}, {**train_s, **more_s}
+        engine_steps = {m: (avi_steps if m == "AVI" else args.steps) for m in engines}
         samplers = dict(engines)
+        for method, (k, m, lr) in MGDM_SETTINGS.items():
+            if method in args.methods:
+                samplers[method] = MGDM(prior, noise, steps=k, inner_steps=m, lr=lr)
         zeta = ""
         if "DPS" in args.methods:
             zeta = tune_dps(prior, noise, ds, weight, steps=args.dps_steps)
@@ -148,7 +194,7 @@ def main() -> None:
                 g = torch.Generator().manual_seed(11)
                 t0 = time.perf_counter()
                 yin = y.float() if method == "DPS" and not isinstance(prior, GaussianPrior) else y
-                with torch.no_grad() if method not in ("DPS", "AVI") else torch.enable_grad():
+                with torch.enable_grad() if method in GRADIENT_METHODS else torch.no_grad():
                     s = sampler.sample(yin, op, args.samples, rng=g).double()
                 sec = (time.perf_counter() - t0) / (args.samples * args.observations)
                 row = {
@@ -160,6 +206,8 @@ def main() -> None:
                     **{k: round(v, 5) for k, v in scores(s, truth.double(), where, weight).items()},
                     "seconds_per_sample": round(sec, 5),
                     "samples": args.samples,
+                    "engine_steps": engine_steps.get(method, ""),
+                    **denoiser_passes(sampler, method),
                     "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
                     "dps_guidance": zeta if method == "DPS" else "",
                 }
