@@ -31,7 +31,7 @@ demo-models: $(STAMP)
 	    --out manifold_aps/data/demo_models/aps-t2m-uk.pt --overwrite
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --doctest-modules manifold_aps climate tests; \
+	$(VENV)/bin/python -m pytest -q --durations=15 --doctest-modules manifold_aps climate tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)

@@ -27,6 +27,7 @@ as each is scored) and
 Usage:
   python benchmarks/aps_calibration.py                        # mesh-spot, every variant
   python benchmarks/aps_calibration.py --variants reverse fkl-prior --steps 300
+  python benchmarks/aps_calibration.py --variants reverse --elbo-times 4   # a less noisy ELBO
   python benchmarks/aps_calibration.py --quick --runs /tmp/r --out /tmp/o   # smoke test
 """
 
@@ -61,9 +62,12 @@ VARIANTS = (
 )
 
 
-def settings(variant: str, weight: float, bank: int) -> APSConfig:
-    """The APS settings of a variant (the suite's, `dense_limit=1000`, plus the forward term)."""
-    base = APSConfig(dense_limit=1000)
+def settings(variant: str, weight: float, bank: int, elbo_times: int = 1) -> APSConfig:
+    """The APS settings of a variant (the suite's, `dense_limit=1000`, plus the forward term).
+
+    `elbo_times`: the (t, eps) pairs of the prior's ELBO per flow sample (the suite's: 1).
+    """
+    base = APSConfig(dense_limit=1000, elbo_times=elbo_times)
     if variant.startswith("fkl-"):
         return replace(
             base,
@@ -100,6 +104,13 @@ def main() -> None:
         help="training seed of the distilled variants (default 0; another one trains its own run, "
         "named with the seed, to see how much one run differs from the next)",
     )
+    parser.add_argument(
+        "--elbo-times",
+        type=int,
+        default=1,
+        help="(t, eps) pairs of the prior's ELBO per flow sample in the reverse KL (default 1, "
+        "the suite's; another count trains its own run, named with it)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (numbers meaningless)")
     args = parser.parse_args()
     if args.quick:
@@ -124,6 +135,9 @@ def main() -> None:
         label = f"{variant}, lambda {args.weight:g}" if weighted else variant
         folder = "reverse" if variant == "reverse-spread" else variant  # the same training
         folder = f"{variant}-w{args.weight:g}" if weighted else folder
+        if args.elbo_times != 1 and variant != "implicit-spread":
+            label = f"{label}, {args.elbo_times} ELBO times"
+            folder = f"{folder}-t{args.elbo_times}"
         if args.seed and variant != "implicit-spread":
             label, folder = f"{label}, seed {args.seed}", f"{folder}-s{args.seed}"
         run = args.runs / "aps-calibration" / args.problem / folder
@@ -143,7 +157,7 @@ def main() -> None:
                     prior_path,
                     run,
                     replace(engine_train_config(total), seed=args.seed),
-                    settings=settings(variant, args.weight, args.bank),
+                    settings=settings(variant, args.weight, args.bank, args.elbo_times),
                     masks="random",
                     noise_std=problem.noise_std,
                     resume=True,
@@ -177,6 +191,7 @@ def main() -> None:
                 "schedule_steps": total,
                 "forward_kl_weight": args.weight if variant.startswith("fkl-") else 0.0,
                 "spread_factor": factor,
+                "elbo_times": args.elbo_times if variant != "implicit-spread" else "",
                 **scores(s.double(), truth, where, weight, point=False),
                 "train_seconds": round(training_seconds(run), 1),
                 "sample_seconds": round(time.perf_counter() - t0, 3),

@@ -44,6 +44,7 @@ def test_help_explains_every_option():
         assert word in res.stdout, word
 
 
+@pytest.mark.slow  # ~25 s; GRIB input also in test_era5_reader, test_climate, test_healpix_grib
 def test_grib_with_random_and_box_masks_writes_netcdf_map_and_scores(data, tmp_path):
     grib = require(data / "era5" / "era5-2mt-2019-03-uk.grib")
     out, png, model = tmp_path / "out.nc", tmp_path / "map.png", tmp_path / "model.pt"
@@ -117,7 +118,7 @@ def test_grib_with_random_and_box_masks_writes_netcdf_map_and_scores(data, tmp_p
     b.close()
 
 
-# ~50 s on 2 cores; masks through impute: also test_grib_with_random_and_box_masks
+# ~50 s on 2 cores; lat-lon masks as parsed from --mask: test_climate_masks
 @pytest.mark.slow
 def test_stations_swaths_and_levels(data, tmp_path):
     nc = require(data / "era5" / "era5-2mt-2019-03-uk.nc")
