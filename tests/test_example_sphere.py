@@ -107,6 +107,7 @@ def test_from_angular_power_errors():
         GaussianPrior(DOMAIN, spectrum=torch.ones(10))
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: the example end to end (its priors: tested above)
 def test_sphere_inpainting_example_quick(data, tmp_path):
     require(data / "sphere" / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits")
     require(data / "sphere" / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits")

@@ -210,6 +210,7 @@ def test_score_prior_config_round_trip():
     assert torch.equal(p.score(x, 0.5), q.score(x, 0.5))
 
 
+@pytest.mark.slow  # ~40 s on 2 cores, trains a network (closed-form ELBO, ODE: above)
 def test_elbo_of_a_trained_network_is_below_its_ode_likelihood(tmp_path):
     """A briefly trained score network: the ELBO's Monte Carlo mean lies below the log-likelihood.
 
