@@ -89,17 +89,12 @@ def scores(samples, truth, where, weight):
     }
 
 
-def denoiser_passes(sampler, method: str) -> dict:
-    """Forward and backward passes of the score network per sample (blank: not a diffusion loop).
+def denoiser_passes(sampler) -> dict:
+    """Forward and backward passes of the score network per sample, from the sampler's `cost()`.
 
-    The amortized VI's and MGDM's come from their `cost()`; DPS makes one of each per step.
+    DPS, MGDM and the amortized VI have one; the flows and the exact posterior leave it blank.
     """
-    if hasattr(sampler, "cost"):
-        forward, backward = sampler.cost()
-    elif method == "DPS":
-        forward = backward = sampler.steps
-    else:
-        forward = backward = ""
+    forward, backward = sampler.cost() if hasattr(sampler, "cost") else ("", "")
     return {"denoiser_forward": forward, "denoiser_backward": backward}
 
 
@@ -207,7 +202,7 @@ def main() -> None:
                     "seconds_per_sample": round(sec, 5),
                     "samples": args.samples,
                     "engine_steps": engine_steps.get(method, ""),
-                    **denoiser_passes(sampler, method),
+                    **denoiser_passes(sampler),
                     "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
                     "dps_guidance": zeta if method == "DPS" else "",
                 }

@@ -32,7 +32,7 @@ def test_dps_mean_approaches_exact_posterior_mean():
     exact = ExactGaussianPosterior(prior, noise).condition(y, op)
     out = DPS(prior, noise, steps=100, guidance=1.0).run(y, op, 32, generator=g)
     assert out.sample.shape == (32, 2, domain.num_nodes, 1)
-    assert out.nfe == 101
+    assert out.nfe == 101 and DPS(prior, noise, steps=100).cost() == (101, 100)
     err = (out.sample.mean(0) - exact.mean).pow(2).mean().sqrt()
     prior_err = exact.mean.pow(2).mean().sqrt()
     assert err < 0.3 * prior_err, (err, prior_err)

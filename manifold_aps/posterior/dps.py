@@ -139,6 +139,14 @@ class DPS:
             z0 = (z - sde.sigma_t(t) * self.prior.eps(z, t)) / sde.scale_t(t)
             return self.prior.denormalize(self._clipped(z0))
 
+    def cost(self) -> tuple[int, int]:
+        """`(forward, backward)` denoiser passes per sample: `steps + 1` and `steps`.
+
+        One forward and one backward (the likelihood's gradient) per step, and a last forward
+        for the final Tweedie estimate; "auto" guidance's one-off tuning is not counted.
+        """
+        return self.steps + 1, self.steps
+
     def _clipped(self, z0: torch.Tensor) -> torch.Tensor:
         return z0 if self.clip is None else z0.clamp(-self.clip, self.clip)
 
@@ -162,7 +170,7 @@ class DPS:
                 for _ in range(n)
             ]
         )
-        return DPSOutput(samples, self.steps + 1, time_grid(self.steps, self.t_min))
+        return DPSOutput(samples, self.cost()[0], time_grid(self.steps, self.t_min))
 
     def tuning_summary(self) -> str:
         """What guidance="auto" chose and why (one line), or "" before it ran or without it."""
