@@ -17,7 +17,13 @@ test fields (`suite.test_observations`, `suite.scores`: RMSE of the mean, CRPS, 
                      (`manifold_aps.posterior.calibration`) fitted on observations simulated
                      from the dataset's *validation* signals (never the test fields);
 * ``implicit-spread`` the suite's implicit generator (`--runs/<problem>/implicit`, as trained
-                     there; not retrained) with the same post-hoc factor (it is too wide).
+                     there; not retrained) with the same post-hoc factor (it is too wide);
+* ``aps-spread``, ``aps-spectral-spread``  the suite's APS and APS-spectral engines
+                     (`--runs/<problem>/aps`, `.../aps-spectral`), as trained there, with it.
+
+A prior trained to another step count than the suite's 1000 (`--prior-steps`, or a run trained
+longer) names its rows and runs (`, prior 3000 steps`); `--prior-run` notes which training run of
+it the rows used.
 
 Variants run one after another; each is resumable (`--runs/aps-calibration/<problem>/<variant>`).
 Results: `results/aps_calibration-<problem>.csv` (one row per variant and step count, written
@@ -40,7 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import engine_train_config, training_seconds, write_csv
+from common import engine_train_config, trained_steps, training_seconds, write_csv
 from suite import PROBLEMS, prior_checkpoint, save_rank_histograms, scores, test_observations
 
 from manifold_aps.datasets import TensorSource, build_prior_dataset
@@ -52,6 +58,7 @@ from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.observations import SimulatedObservations
 
 HERE = Path(__file__).resolve().parent
+SUITE_PRIOR_STEPS = 1000  # the prior the earlier rows were distilled from
 VARIANTS = (
     "reverse",
     "fkl-prior",
@@ -59,7 +66,16 @@ VARIANTS = (
     "reverse-long",
     "reverse-spread",
     "implicit-spread",
+    "aps-spread",
+    "aps-spectral-spread",
 )
+# the variants that score one of the suite's trained engines (`--runs/<problem>/<engine>`) as it
+# is, with the post-hoc spread factor, instead of distilling one here
+SUITE_ENGINES = {
+    "implicit-spread": "implicit",
+    "aps-spread": "APS",
+    "aps-spectral-spread": "APS-spectral",
+}
 
 
 def settings(variant: str, weight: float, bank: int, elbo_times: int = 1) -> APSConfig:
@@ -111,6 +127,12 @@ def main() -> None:
         help="(t, eps) pairs of the prior's ELBO per flow sample in the reverse KL (default 1, "
         "the suite's; another count trains its own run, named with it)",
     )
+    parser.add_argument(
+        "--prior-run",
+        default="",
+        help="a note on the prior's training run written into the rows' prior_run column "
+        "(e.g. 'retrained 2026-12-03'; default: none)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (numbers meaningless)")
     args = parser.parse_args()
     if args.quick:
@@ -126,6 +148,8 @@ def main() -> None:
     )
     prior_path, _ = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
     prior = resolve_prior(ds, prior_path)
+    # the step the prior reached (a run trained longer than --prior-steps is used as it is)
+    prior_steps = trained_steps(prior_path)
     path = args.out / f"aps_calibration-{args.problem}.csv"
     earlier = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -135,21 +159,25 @@ def main() -> None:
         label = f"{variant}, lambda {args.weight:g}" if weighted else variant
         folder = "reverse" if variant == "reverse-spread" else variant  # the same training
         folder = f"{variant}-w{args.weight:g}" if weighted else folder
-        if args.elbo_times != 1 and variant != "implicit-spread":
-            label = f"{label}, {args.elbo_times} ELBO times"
+        trained = variant not in SUITE_ENGINES  # distilled here, else the suite's engine as it is
+        suffix = ""  # what names the run beyond the variant, kept through the spread's relabel
+        if args.elbo_times != 1 and trained:
+            suffix = f"{suffix}, {args.elbo_times} ELBO times"
             folder = f"{folder}-t{args.elbo_times}"
-        if args.seed and variant != "implicit-spread":
-            label, folder = f"{label}, seed {args.seed}", f"{folder}-s{args.seed}"
+        if prior_steps != SUITE_PRIOR_STEPS:  # the suite's prior stays unnamed, as before
+            suffix, folder = f"{suffix}, prior {prior_steps} steps", f"{folder}-p{prior_steps}"
+        if args.seed and trained:
+            suffix, folder = f"{suffix}, seed {args.seed}", f"{folder}-s{args.seed}"
         run = args.runs / "aps-calibration" / args.problem / folder
         total = args.long_steps if variant == "reverse-long" else args.steps
         stops = sorted({s for s in args.snapshots if s < total} | {total})
         stops = stops if variant == "reverse-long" else [total]
-        if variant == "implicit-spread":  # the suite's trained generator, as it is
-            run = args.runs / args.problem / "implicit"
-            stops = [int(torch.load(run / "checkpoint.pt", weights_only=True)["step"])]
+        if not trained:
+            run = args.runs / args.problem / SUITE_ENGINES[variant].lower()
+            stops = [trained_steps(run)]
         for stop in stops:
-            reached = stop  # the implicit generator: the step it was trained to
-            if variant != "implicit-spread":
+            reached = stop  # a suite engine: the step it was trained to
+            if trained:
                 print(f"[{args.problem}] {variant}: distilling to step {stop} of {total}")
                 _, result = train_engine(
                     "aps",
@@ -174,8 +202,9 @@ def main() -> None:
                 batch = stream.batch(torch.Generator().manual_seed(11), args.observations)
                 factor = fit_spread_factor(engine, batch, ds.domain, samples=args.samples)
                 engine = SpreadCalibrated(engine, factor)
-                what = "implicit" if variant == "implicit-spread" else "reverse"
+                what = SUITE_ENGINES.get(variant, "reverse")
                 label = f"{what} + spread x {factor:.2f} (fitted on validation)"
+            label_run = f"{label}{suffix}"
             t0 = time.perf_counter()
             with torch.no_grad():
                 s = engine.sample(
@@ -185,13 +214,15 @@ def main() -> None:
                 "problem": args.problem,
                 # the step reached, not the one asked for: an interrupted run (Ctrl-C, SIGTERM)
                 # stops early, checkpoints and is scored where it stopped
-                "method": f"{label} ({reached} steps)",
+                "method": f"{label_run} ({reached} steps)",
                 "variant": variant,
                 "steps": reached,
                 "schedule_steps": total,
                 "forward_kl_weight": args.weight if variant.startswith("fkl-") else 0.0,
                 "spread_factor": factor,
-                "elbo_times": args.elbo_times if variant != "implicit-spread" else "",
+                "elbo_times": args.elbo_times if trained else "",
+                "prior_steps": prior_steps,
+                "prior_run": args.prior_run,
                 **scores(s.double(), truth, where, weight, point=False),
                 "train_seconds": round(training_seconds(run), 1),
                 "sample_seconds": round(time.perf_counter() - t0, 3),
@@ -202,7 +233,9 @@ def main() -> None:
             rows.append(row)
             # written after every row (a stopped run keeps what it measured), beside the rows
             # of other variants and weights from earlier runs
-            kept = [r for r in earlier if r["method"] not in {x["method"] for x in rows}]
+            # (a row of the same label from another prior run, `--prior-run`, is kept)
+            ran = {(x["method"], x["prior_run"]) for x in rows}
+            kept = [r for r in earlier if (r["method"], r.get("prior_run", "")) not in ran]
             write_csv(path, kept + rows)
             save_rank_histograms(
                 args.out / f"aps-calibration-{args.problem}.png", problem.label, kept + rows

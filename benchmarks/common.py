@@ -139,6 +139,13 @@ def training_seconds(run: Path) -> float:
     return float(json.loads((Path(run) / "train.json").read_text())["seconds_this_run"])
 
 
+def trained_steps(run: Path) -> int:
+    """The step a `Trainer` run (its folder, or its `checkpoint.pt`) has reached (`train.json`)."""
+    run = Path(run)
+    run = run.parent if run.suffix == ".pt" else run
+    return int(json.loads((run / "train.json").read_text())["step"])
+
+
 def tune_dps(
     prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), samples: int = 2
 ) -> float:

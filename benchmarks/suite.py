@@ -43,6 +43,7 @@ import csv
 import json
 import os
 import platform
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from common import (
     ENGINE_METHODS,
     PeakMemory,
     train_amortized_engines,
+    trained_steps,
     training_seconds,
     tune_dps,
     write_csv,
@@ -193,8 +195,8 @@ def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
     return out
 
 
-def save_rank_histograms(path: Path, label: str, rows: list[dict]) -> None:
-    """One panel per probabilistic method: its rank histogram, scaled so that flat is 1."""
+def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int = 5) -> None:
+    """One panel per probabilistic method (`per_row` a row): its rank histogram, flat = 1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,14 +205,21 @@ def save_rank_histograms(path: Path, label: str, rows: list[dict]) -> None:
     shown = [r for r in rows if r.get("rank_histogram")]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(2.3 * len(shown), 2.4), sharey=True)
-    for ax, r in zip(np.atleast_1d(axes), shown, strict=True):
+    cols = min(len(shown), per_row)
+    rows_ = -(-len(shown) // cols)
+    fig, axes = plt.subplots(
+        rows_, cols, figsize=(2.6 * cols, 0.4 + 2.3 * rows_), sharey=True, squeeze=False
+    )
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, shown, strict=False):
         freq = np.array([float(v) for v in r["rank_histogram"].split(";")])
         ax.bar(np.arange(freq.size), freq * freq.size, width=1.0, color="tab:blue")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_title(r["method"], fontsize=9)
-        ax.set_xlabel("rank of the truth")
-    np.atleast_1d(axes)[0].set_ylabel("frequency × (S + 1)")
+        ax.set_title(textwrap.fill(r["method"], 30), fontsize=8)
+        ax.set_xlabel("rank of the truth", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("frequency × (S + 1)", fontsize=8)
     fig.suptitle(
         f"{label}: rank histograms ({shown[0]['observations']} fields × "
         f"{shown[0]['samples']} samples; flat = calibrated, U = over-confident)",
@@ -345,7 +354,7 @@ def run_problem(name: str, args) -> list[dict]:
             "dps_steps": args.dps_steps if method == "DPS" else "",
             "dps_guidance": guidance if method == "DPS" else "",
             "engine_steps": args.engine_steps if method in ENGINE_METHODS else "",
-            "prior_steps": args.prior_steps if method in ENGINE_METHODS + ("DPS",) else "",
+            "prior_steps": trained_steps(prior_path) if method in ENGINE_METHODS + ("DPS",) else "",
         }
         print(row, flush=True)
         rows.append(row)

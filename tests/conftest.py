@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +33,67 @@ def pytest_configure(config):
 
 
 def run_cli(*args, cwd) -> subprocess.CompletedProcess:
-    """`python -m manifold_aps.cli ARGS` from a subprocess, as a user runs it (one torch thread)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "manifold_aps.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    """`manifold-aps ARGS` run in `cwd` as a user runs it: its exit code, stdout and stderr.
+
+    By default in this process: the command's `main` (what the installed `manifold-aps` script
+    and `python -m manifold_aps.cli` call), which saves an interpreter start and its imports
+    (~4 s a call, ~50 calls in the suite). What a fresh interpreter would differ in is set up
+    and restored around the call: the working directory, torch's thread count (one, as below),
+    stdout/stderr (captured), and the warning filters (Python's defaults: each warning once per
+    place, on stderr; deprecations hidden); an uncaught exception is exit 1 with its traceback on
+    stderr, as the interpreter prints it. `MANIFOLD_APS_TEST_SUBPROCESS=1` runs every call in a
+    subprocess instead (`python -m manifold_aps.cli ARGS`, one torch thread): the same tests, as
+    the process a user starts.
+    """
+    argv = [str(a) for a in args]
+    if os.environ.get("MANIFOLD_APS_TEST_SUBPROCESS") == "1":
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        return subprocess.run(
+            [sys.executable, "-m", "manifold_aps.cli", *argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    from manifold_aps.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        os.chdir(cwd)
+        torch.set_num_threads(1)
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+        ):
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+                warnings.filterwarnings("ignore", category=quiet)
+            warnings.showwarning = _warning_on_stderr
+            try:
+                code = main(argv)
+            except SystemExit as stop:  # argparse: a usage error (2), --help (0)
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+            except Exception:  # what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(
+        ["manifold-aps", *argv], code, out.getvalue(), err.getvalue()
     )
+
+
+def _warning_on_stderr(message, category, filename, lineno, file=None, line=None):
+    """`warnings.showwarning` as a fresh interpreter has it, writing to the current stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def refused(res, *words: str) -> str:

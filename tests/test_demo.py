@@ -1,4 +1,4 @@
-"""The demo as a user runs it: the CLI in a subprocess, outputs checked."""
+"""The demo as a user runs it: end to end in a subprocess, its options through `run_cli`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import REPO
+from conftest import REPO, run_cli
 
 
-def _cli(*args, cwd):
+def _subprocess_cli(*args, cwd):
+    """`python -m manifold_aps.cli ARGS`: the process a user starts (the end-to-end test)."""
     return subprocess.run(
         [sys.executable, "-m", "manifold_aps.cli", *args],
         cwd=cwd,
@@ -24,7 +25,9 @@ def _cli(*args, cwd):
 
 def test_demo_cli_end_to_end(tmp_path):
     out = tmp_path / "out"
-    res = _cli("demo", "--times", "3", "--samples", "8", "--output-dir", str(out), cwd=tmp_path)
+    res = _subprocess_cli(
+        "demo", "--times", "3", "--samples", "8", "--output-dir", str(out), cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     assert "exact Gaussian" in res.stdout and "aps" in res.stdout
     scores = json.loads((out / "scores.json").read_text())
@@ -71,7 +74,7 @@ def test_demo_cli_end_to_end(tmp_path):
     ],
 )
 def test_demo_other_masks(tmp_path, mask):
-    res = _cli(
+    res = run_cli(
         "demo",
         "--mask",
         mask,
@@ -90,7 +93,7 @@ def test_demo_other_masks(tmp_path, mask):
 
 def test_the_shipped_model_is_scored_only_on_hours_it_never_saw(tmp_path):
     """With half the hours as training, test hours fall in the shipped model's training period."""
-    res = _cli(
+    res = run_cli(
         "demo",
         "--train-fraction",
         "0.5",
@@ -125,14 +128,14 @@ def test_the_shipped_model_is_small_and_reproducible_from_the_makefile():
 
 
 def test_demo_bad_input_is_a_clear_error(tmp_path):
-    res = _cli("demo", "--var", "z500", "--output-dir", str(tmp_path), cwd=tmp_path)
+    res = run_cli("demo", "--var", "z500", "--output-dir", str(tmp_path), cwd=tmp_path)
     assert res.returncode == 2
     assert "z500" in res.stderr and "Traceback" not in res.stderr
-    res = _cli("demo", "--missing", "1.0", "--output-dir", str(tmp_path), cwd=tmp_path)
+    res = run_cli("demo", "--missing", "1.0", "--output-dir", str(tmp_path), cwd=tmp_path)
     assert res.returncode == 2 and "missing must lie" in res.stderr
 
 
 def test_help_explains_the_demo():
-    res = _cli("demo", "--help", cwd=REPO)
+    res = run_cli("demo", "--help", cwd=REPO)
     assert res.returncode == 0
     assert "example:" in res.stdout and "--mask" in res.stdout

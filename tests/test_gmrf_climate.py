@@ -5,13 +5,10 @@ Beyond the dense limit, and fitted to gappy fields alone.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import REPO, require
+from conftest import REPO, require, run_cli
 
 import climate
 from climate.demo import default_sample_path
@@ -50,25 +47,17 @@ def test_cli_fits_to_the_observed_values_when_no_complete_field_exists(tmp_path)
     src = tmp_path / "gappy.nc"
     gappy.to_dataset(name="t2m").to_netcdf(src, engine="h5netcdf")
     out = tmp_path / "out.nc"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "manifold_aps.cli",
-            "impute",
-            "--input",
-            src,
-            "--var",
-            "t2m",
-            "--samples",
-            "4",
-            "--output",
-            out,
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = run_cli(
+        "impute",
+        "--input",
+        src,
+        "--var",
+        "t2m",
+        "--samples",
+        "4",
+        "--output",
+        out,
+        "--quiet",
         cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-2000:]

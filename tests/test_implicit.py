@@ -156,54 +156,41 @@ def test_distill_and_sample_cli_for_the_sibling_engines(tmp_path, engine):
 
     The settings are tiny.
     """
-    import subprocess
-    import sys
-
     import numpy as np
+    from conftest import run_cli
 
-    exe = [sys.executable, "-m", "manifold_aps.cli"]
     out = tmp_path / engine
-    res = subprocess.run(
-        exe
-        + [
-            "distill",
-            "--engine",
-            engine,
-            "--dataset",
-            "gaussian-healpix8",
-            "--prior",
-            "exact",
-            "--steps",
-            "2",
-            "--width",
-            "8",
-            "--out",
-            str(out),
-            "--quiet",
-            "--log-every",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = run_cli(
+        "distill",
+        "--engine",
+        engine,
+        "--dataset",
+        "gaussian-healpix8",
+        "--prior",
+        "exact",
+        "--steps",
+        "2",
+        "--width",
+        "8",
+        "--out",
+        out,
+        "--quiet",
+        "--log-every",
+        "1",
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
-    res = subprocess.run(
-        exe
-        + [
-            "sample",
-            "--checkpoint",
-            str(out / "checkpoint.pt"),
-            "--out",
-            str(tmp_path / "s.npz"),
-            "--n",
-            "3",
-            "--observations",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = run_cli(
+        "sample",
+        "--checkpoint",
+        out / "checkpoint.pt",
+        "--out",
+        tmp_path / "s.npz",
+        "--n",
+        "3",
+        "--observations",
+        "2",
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
     z = np.load(tmp_path / "s.npz")

@@ -1,31 +1,24 @@
-"""`manifold-aps impute` end to end, from a subprocess as a user runs it, on the real ERA5 files."""
+"""`manifold-aps impute` end to end as a user runs it (`run_cli`), on the real ERA5 files."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import REPO, require
+from conftest import REPO, require, run_cli
 
 from climate import open_era5
 
-EXE = [sys.executable, "-m", "manifold_aps.cli", "impute"]
-
 
 def _run(*args, ok=True):
-    res = subprocess.run(
-        EXE + [str(a) for a in args], capture_output=True, text=True, timeout=600, cwd=REPO
-    )
+    res = run_cli("impute", *args, cwd=REPO)
     if ok:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
 def test_help_explains_every_option():
-    res = subprocess.run(EXE + ["--help"], capture_output=True, text=True, timeout=120)
+    res = run_cli("impute", "--help", cwd=REPO)
     assert res.returncode == 0
     for word in (
         "--mask",

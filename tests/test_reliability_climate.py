@@ -6,8 +6,6 @@ aliases are handled with clear errors, never silently.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 from types import SimpleNamespace
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import REPO, require
+from conftest import REPO, require, run_cli
 
 from climate import open_era5
 from climate.demo import default_sample_path
@@ -170,9 +168,6 @@ def test_grib_with_an_unreadable_message_inside_is_refused(data, tmp_path):
 
 def _impute_cli(grib, out, *extra):
     args = [
-        sys.executable,
-        "-m",
-        "manifold_aps.cli",
         "impute",
         "--input",
         str(grib),
@@ -189,7 +184,7 @@ def _impute_cli(grib, out, *extra):
         "--quiet",
         *extra,
     ]
-    return subprocess.run(args, check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return run_cli(*args, cwd=REPO)
 
 
 def test_cli_refuses_a_truncated_grib(truncated, tmp_path):

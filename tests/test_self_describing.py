@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import run_cli
 
 from manifold_aps.datasets import PriorDataset, SignalsNotStored, TensorSource
 from manifold_aps.flows import FlowConfig
@@ -144,28 +145,21 @@ def test_impute_runs_a_user_trained_engine_from_the_command_line(trained, tmp_pa
     ):
         out = tmp_path / f"{engine}.nc"
         extra = ["--dps-steps", "3"] if engine == "dps" else []
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "manifold_aps.cli",
-                "impute",
-                "--input",
-                str(tmp_path / "field.nc"),
-                "--engine",
-                engine,
-                "--checkpoint",
-                str(ckpt),
-                "--samples",
-                "2",
-                "--output",
-                str(out),
-                "--quiet",
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+        res = run_cli(
+            "impute",
+            "--input",
+            tmp_path / "field.nc",
+            "--engine",
+            engine,
+            "--checkpoint",
+            ckpt,
+            "--samples",
+            "2",
+            "--output",
+            out,
+            "--quiet",
+            *extra,
+            cwd=tmp_path,
         )
         assert res.returncode == 0, res.stderr
         with xr.open_dataset(out) as result:
