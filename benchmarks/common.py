@@ -140,10 +140,17 @@ def training_seconds(run: Path) -> float:
 
 
 def trained_steps(run: Path) -> int:
-    """The step a `Trainer` run (its folder, or its `checkpoint.pt`) has reached (`train.json`)."""
+    """The step a `Trainer` run (its folder, or its `checkpoint.pt`) has reached.
+
+    From the run's `train.json`; a checkpoint file without one beside it: its own `step`.
+    """
     run = Path(run)
-    run = run.parent if run.suffix == ".pt" else run
-    return int(json.loads((run / "train.json").read_text())["step"])
+    folder = run.parent if run.suffix == ".pt" else run
+    if (folder / "train.json").exists():
+        return int(json.loads((folder / "train.json").read_text())["step"])
+    import torch
+
+    return int(torch.load(run, weights_only=True, map_location="cpu")["step"])
 
 
 def tune_dps(

@@ -12,7 +12,8 @@ problem's held-out test fields (the suite's, never seen in training):
   `prior_checks.py` computes it on modes 1-64): of the samples and of the test fields on modes
   1-256 in four bands of 64, and their ratio (1 for a prior with the data's spectrum).
 
-Writes `results/prior_calibration-<problem>.csv`. Usage:
+Writes `results/prior_calibration-<problem>.csv`, keeping its rows of other priors (another
+training length, or another `--prior-run` note) and replacing those of this one. Usage:
   python benchmarks/prior_calibration.py --problem mesh-spot [--samples 64 --steps 200 1000]
   [--out DIR]   (the CSV's name carries the problem; give another --out to keep a second run)
 """
@@ -20,11 +21,12 @@ Writes `results/prior_calibration-<problem>.csv`. Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
 import torch
-from common import write_csv
+from common import trained_steps, write_csv
 from suite import PROBLEMS
 
 from manifold_aps.datasets import build_prior_dataset
@@ -55,6 +57,12 @@ def main() -> None:
         "own discretisation error shows as the difference)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prior-run",
+        default="",
+        help="a note on the prior's training run, in the rows' prior_run column (rows of another "
+        "prior length or note are kept in the CSV beside this run's)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,6 +92,8 @@ def main() -> None:
             "samples": args.samples,
             "test_fields": test.shape[0],
             "sample_seconds": round(time.perf_counter() - t0, 1),
+            "prior_steps": trained_steps(ckpt),
+            "prior_run": args.prior_run,
         }
         samples = prior.denormalize(z).double()
         coverage = float(interval_coverage(*central_interval(samples, 0.9), test, mass))
@@ -115,7 +125,14 @@ def main() -> None:
             )
     for row in rows:
         print(row, flush=True)
-    write_csv(args.out / f"prior_calibration-{args.problem}.csv", rows)
+    path = args.out / f"prior_calibration-{args.problem}.csv"
+    earlier = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+
+    def key(row: dict) -> tuple:
+        return tuple(str(row.get(k, "")) for k in ("sde_steps", "prior_steps", "prior_run"))
+
+    ran = {key(r) for r in rows}
+    write_csv(path, [r for r in earlier if key(r) not in ran] + rows)
 
 
 if __name__ == "__main__":

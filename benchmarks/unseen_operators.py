@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import train_amortized_engines, tune_dps, write_csv
+from common import train_amortized_engines, trained_steps, tune_dps, write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
@@ -99,7 +99,9 @@ def denoiser_passes(sampler) -> dict:
 
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
-    """Rows of an earlier run at `path` not replaced by `rows` (same problem, operator, method).
+    """Earlier rows at `path` that `rows` do not redo (same problem, operator, method, lengths).
+
+    A row's lengths: its engine's and its score prior's training steps.
 
     Returns:
         Those earlier rows, then `rows`.
@@ -110,7 +112,8 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
         return rows
 
     def key(r):
-        return r["problem"], r["operator"], r["method"], str(r.get("engine_steps", ""))
+        steps = str(r.get("engine_steps", "")), str(r.get("prior_steps", ""))
+        return r["problem"], r["operator"], r["method"], *steps
 
     new = {key(r) for r in rows}
     with open(path, newline="") as fh:
@@ -164,7 +167,10 @@ def main() -> None:
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
         avi_steps = args.avi_steps or args.steps
+        # a score prior's training length names its rows and, off the suite's 1000, its engines'
+        prior_steps = "" if prior_arg == "exact" else trained_steps(prior_arg)
         run_dir = args.runs / "unseen" / name
+        run_dir = run_dir if prior_steps in ("", 1000) else run_dir / f"prior-{prior_steps}-steps"
         methods = [m for m in args.methods if m != "AVI" or avi_steps == args.steps]
         engines, train_s = train_amortized_engines(ds, prior_arg, run_dir, 0.1, args.steps, methods)
         if "AVI" in args.methods and avi_steps != args.steps:
@@ -202,6 +208,7 @@ def main() -> None:
                     "seconds_per_sample": round(sec, 5),
                     "samples": args.samples,
                     "engine_steps": engine_steps.get(method, ""),
+                    "prior_steps": prior_steps,
                     **denoiser_passes(sampler),
                     "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
                     "dps_guidance": zeta if method == "DPS" else "",
@@ -210,13 +217,13 @@ def main() -> None:
                 rows.append(row)
     out = args.out / "unseen_operators.csv"
     rows = merge_rows(out, rows) if args.merge else rows
-    dps = {
-        (r["problem"], r["operator"]): float(r["seconds_per_sample"])
+    dps = {  # DPS's time on the same problem, operator and prior
+        (r["problem"], r["operator"], str(r.get("prior_steps", ""))): float(r["seconds_per_sample"])
         for r in rows
         if r["method"] == "DPS"
     }
     for r in rows:
-        key = (r["problem"], r["operator"])
+        key = (r["problem"], r["operator"], str(r.get("prior_steps", "")))
         r["speedup_vs_dps"] = (
             round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
         )
