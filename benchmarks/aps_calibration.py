@@ -21,7 +21,7 @@ test fields (`suite.test_observations`, `suite.scores`: RMSE of the mean, CRPS, 
 * ``aps-spread``, ``aps-spectral-spread``  the suite's APS and APS-spectral engines
                      (`--runs/<problem>/aps`, `.../aps-spectral`), as trained there, with it.
 
-A prior trained to another step count than the suite's 1000 (`--prior-steps`, or a run trained
+A prior trained to another step count than the first rows' 1000 (`--prior-steps`, or a run trained
 longer) names its rows and runs (`, prior 3000 steps`); `--prior-run` notes which training run of
 it the rows used.
 
@@ -47,7 +47,14 @@ from pathlib import Path
 
 import torch
 from common import engine_train_config, trained_steps, training_seconds, write_csv
-from suite import PROBLEMS, prior_checkpoint, save_rank_histograms, scores, test_observations
+from suite import (
+    PRIOR_STEPS,
+    PROBLEMS,
+    prior_checkpoint,
+    save_rank_histograms,
+    scores,
+    test_observations,
+)
 
 from manifold_aps.datasets import TensorSource, build_prior_dataset
 from manifold_aps.operators import GaussianNoise, RandomMaskGenerator
@@ -58,7 +65,7 @@ from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.observations import SimulatedObservations
 
 HERE = Path(__file__).resolve().parent
-SUITE_PRIOR_STEPS = 1000  # the prior the earlier rows were distilled from
+UNNAMED_PRIOR_STEPS = 1000  # the prior the first rows were distilled from (not named in them)
 VARIANTS = (
     "reverse",
     "fkl-prior",
@@ -109,7 +116,9 @@ def main() -> None:
     )
     parser.add_argument("--weight", type=float, default=1.0, help="forward-KL weight lambda")
     parser.add_argument("--bank", type=int, default=256, help="prior draws of fkl-prior")
-    parser.add_argument("--prior-steps", type=int, default=1000)
+    parser.add_argument(
+        "--prior-steps", type=int, default=PRIOR_STEPS, help="the suite prior's (default 3000)"
+    )
     parser.add_argument("--observations", type=int, default=16)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--missing", type=float, default=0.7)
@@ -164,7 +173,7 @@ def main() -> None:
         if args.elbo_times != 1 and trained:
             suffix = f"{suffix}, {args.elbo_times} ELBO times"
             folder = f"{folder}-t{args.elbo_times}"
-        if prior_steps != SUITE_PRIOR_STEPS:  # the suite's prior stays unnamed, as before
+        if prior_steps != UNNAMED_PRIOR_STEPS:
             suffix, folder = f"{suffix}, prior {prior_steps} steps", f"{folder}-p{prior_steps}"
         if args.seed and trained:
             suffix, folder = f"{suffix}, seed {args.seed}", f"{folder}-s{args.seed}"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from common import write_csv
-from suite import PROBLEMS, prior_checkpoint, test_observations
+from suite import PRIOR_STEPS, PROBLEMS, prior_checkpoint, test_observations
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.operators import GaussianNoise
@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--elbo-repeats", type=int, default=4)
     parser.add_argument("--ode-fields", type=int, default=4, help="fields per group for the ODE")
     parser.add_argument("--ode-steps", type=int, default=50, help="RK4 steps of the ODE")
-    parser.add_argument("--prior-steps", type=int, default=1000, help="the suite prior's steps")
+    parser.add_argument(
+        "--prior-steps", type=int, default=PRIOR_STEPS, help="the suite prior's (default 3000)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="tiny settings (numbers meaningless)")
     args = parser.parse_args()
