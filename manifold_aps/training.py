@@ -558,17 +558,25 @@ class Trainer:
                 writer.writeheader()
             writer.writerows(rows)
 
-    def _truncate_log(self) -> None:
-        """Drop log rows past the resumed step (they belong to work that was lost)."""
+    def _truncate_log(self) -> float:
+        """Drop log rows past the resumed step (they belong to work that was lost).
+
+        Returns the training seconds logged up to that step (the last kept row's; 0 without one),
+        from which a resumed invocation's rows continue, so `seconds` is the run's total.
+        """
         path = self.out_dir / "log.csv"
-        if self.rank != 0 or not path.exists():
-            return
+        if not path.exists():
+            return 0.0
         with open(path) as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.step]
+        earlier = float(rows[-1]["seconds"]) if rows else 0.0
+        if self.rank != 0:
+            return earlier
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["step", "loss", "val_loss", "lr", "seconds"])
             writer.writeheader()
             writer.writerows(rows)
+        return earlier
 
     def _global_mean(self, value: torch.Tensor) -> float:
         """Mean of a per-process loss over processes (equal slices: the global batch's loss)."""
@@ -619,9 +627,10 @@ class Trainer:
         """
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        earlier = 0.0  # seconds of the invocations before this one (the log's time is cumulative)
         if resume and self.checkpoint_path.exists():
             self.resume()
-            self._truncate_log()
+            earlier = self._truncate_log()
         elif not resume and (self.out_dir / "log.csv").exists() and self.rank == 0:
             (self.out_dir / "log.csv").unlink()
         last = min(cfg.steps, stop_after or cfg.steps)
@@ -672,7 +681,7 @@ class Trainer:
                         "loss": sum(window) / len(window),
                         "val_loss": val,
                         "lr": cfg.learning_rate(step),
-                        "seconds": round(time.perf_counter() - t_start, 3),
+                        "seconds": round(earlier + time.perf_counter() - t_start, 3),
                     }
                     history.append(row)
                     self._log_rows([row])

@@ -171,8 +171,12 @@ def test_interrupted_cli_run_saves_and_resumes(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert load_checkpoint(out / "checkpoint.pt")["step"] == reached + 3
-    steps = [int(r["step"]) for r in csv.DictReader(open(log))]
+    rows = list(csv.DictReader(open(log)))
+    steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == reached + 3
+    # the time column is the run's total: the resumed rows continue from the interrupted one's
+    seconds = [float(r["seconds"]) for r in rows]
+    assert seconds == sorted(seconds) and seconds[-1] > seconds[steps.index(reached)] > 0
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
