@@ -31,11 +31,12 @@ Writes `results/posterior_density-<problem>.csv`. Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
 import torch
-from common import write_csv
+from common import trained_steps, write_csv
 from suite import PRIOR_STEPS, PROBLEMS, prior_checkpoint, test_observations
 
 from manifold_aps.datasets import build_prior_dataset
@@ -123,6 +124,7 @@ def main() -> None:
         per_field = reps.mean(0)
         row = {
             "problem": args.problem,
+            "prior_steps": trained_steps(prior_path),
             "engine": str(engine_path),
             "group": name,
             "fields": x.shape[0],
@@ -146,7 +148,10 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     out = args.out / f"posterior_density-{args.problem}.csv"
-    write_csv(out, rows)
+    # rows of another prior length or engine from earlier runs stay beside this run's
+    earlier = list(csv.DictReader(open(out, newline=""))) if out.exists() else []
+    ran = {(str(r["prior_steps"]), r["engine"]) for r in rows}
+    write_csv(out, [r for r in earlier if (r["prior_steps"], r["engine"]) not in ran] + rows)
     print(f"wrote {out}")
 
 
