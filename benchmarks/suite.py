@@ -207,8 +207,8 @@ def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int 
     shown = [r for r in rows if r.get("rank_histogram")]
     if not shown:
         return
-    cols = min(len(shown), per_row)
-    rows_ = -(-len(shown) // cols)
+    rows_ = -(-len(shown) // per_row)  # as few rows as `per_row` allows, filled evenly
+    cols = -(-len(shown) // rows_)
     fig, axes = plt.subplots(
         rows_, cols, figsize=(2.6 * cols, 0.4 + 2.3 * rows_), sharey=True, squeeze=False
     )
@@ -222,11 +222,11 @@ def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int 
         ax.set_xlabel("rank of the truth", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("frequency × (S + 1)", fontsize=8)
-    fig.suptitle(
+    title = (
         f"{label}: rank histograms ({shown[0]['observations']} fields × "
-        f"{shown[0]['samples']} samples; flat = calibrated, U = over-confident)",
-        fontsize=9,
+        f"{shown[0]['samples']} samples; flat = calibrated, U = over-confident)"
     )
+    fig.suptitle(textwrap.fill(title, 45 * cols), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
