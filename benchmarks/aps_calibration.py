@@ -40,13 +40,20 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import engine_train_config, trained_steps, training_seconds, write_csv
+from common import (
+    FIRST_PRIOR_STEPS,
+    engine_train_config,
+    keep_earlier,
+    read_csv,
+    trained_steps,
+    training_seconds,
+    write_csv,
+)
 from suite import (
     PRIOR_STEPS,
     PROBLEMS,
@@ -65,7 +72,6 @@ from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.observations import SimulatedObservations
 
 HERE = Path(__file__).resolve().parent
-UNNAMED_PRIOR_STEPS = 1000  # the prior the first rows were distilled from (not named in them)
 VARIANTS = (
     "reverse",
     "fkl-prior",
@@ -160,7 +166,7 @@ def main() -> None:
     # the step the prior reached (a run trained longer than --prior-steps is used as it is)
     prior_steps = trained_steps(prior_path)
     path = args.out / f"aps_calibration-{args.problem}.csv"
-    earlier = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+    earlier = read_csv(path)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for variant in args.variants:
@@ -173,7 +179,7 @@ def main() -> None:
         if args.elbo_times != 1 and trained:
             suffix = f"{suffix}, {args.elbo_times} ELBO times"
             folder = f"{folder}-t{args.elbo_times}"
-        if prior_steps != UNNAMED_PRIOR_STEPS:
+        if prior_steps != FIRST_PRIOR_STEPS:  # the first rows name no prior
             suffix, folder = f"{suffix}, prior {prior_steps} steps", f"{folder}-p{prior_steps}"
         if args.seed and trained:
             suffix, folder = f"{suffix}, seed {args.seed}", f"{folder}-s{args.seed}"
@@ -243,11 +249,10 @@ def main() -> None:
             # written after every row (a stopped run keeps what it measured), beside the rows
             # of other variants and weights from earlier runs
             # (a row of the same label from another prior run, `--prior-run`, is kept)
-            ran = {(x["method"], x["prior_run"]) for x in rows}
-            kept = [r for r in earlier if (r["method"], r.get("prior_run", "")) not in ran]
-            write_csv(path, kept + rows)
+            merged = keep_earlier(earlier, rows, ("method", "prior_run"))
+            write_csv(path, merged)
             save_rank_histograms(
-                args.out / f"aps-calibration-{args.problem}.png", problem.label, kept + rows
+                args.out / f"aps-calibration-{args.problem}.png", problem.label, merged
             )
     print(f"wrote {path}")
 

@@ -15,14 +15,42 @@ import torch
 
 __all__ = [
     "ENGINE_METHODS",
+    "FIRST_PRIOR_STEPS",
     "PeakMemory",
+    "keep_earlier",
+    "read_csv",
     "train_amortized_engines",
+    "trained_steps",
     "training_seconds",
     "tune_dps",
     "write_csv",
 ]
 
 ENGINE_METHODS = ("APS", "APS-spectral", "implicit", "AVI")
+# the score prior's training steps in the first result rows, which do not name it (others do)
+FIRST_PRIOR_STEPS = 1000
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of the CSV at `path` (none if there is no file)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def keep_earlier(earlier: list[dict], rows: list[dict], columns: tuple[str, ...]) -> list[dict]:
+    """`earlier` rows that `rows` do not redo, then `rows`: a results file merged with a rerun.
+
+    A row is redone when one of `rows` has the same values in `columns` (compared as text, a
+    missing column as empty), so rows of other settings from earlier runs stay beside new ones.
+    """
+
+    def key(row: dict) -> tuple[str, ...]:
+        return tuple(str(row.get(c, "")) for c in columns)
+
+    redone = {key(r) for r in rows}
+    return [r for r in earlier if key(r) not in redone] + rows
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -148,8 +176,6 @@ def trained_steps(run: Path) -> int:
     folder = run.parent if run.suffix == ".pt" else run
     if (folder / "train.json").exists():
         return int(json.loads((folder / "train.json").read_text())["step"])
-    import torch
-
     return int(torch.load(run, weights_only=True, map_location="cpu")["step"])
 
 

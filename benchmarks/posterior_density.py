@@ -31,12 +31,11 @@ Writes `results/posterior_density-<problem>.csv`. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
-from common import trained_steps, write_csv
+from common import keep_earlier, read_csv, trained_steps, write_csv
 from suite import PRIOR_STEPS, PROBLEMS, prior_checkpoint, test_observations
 
 from manifold_aps.datasets import build_prior_dataset
@@ -93,6 +92,7 @@ def main() -> None:
     y, operator, truth, _ = test_observations(ds, noise, args.fields, args.missing, seed=2024)
     prior_path, _ = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
     prior = resolve_prior(ds, prior_path)
+    prior_steps = trained_steps(prior_path)
     engine_path = args.engine or args.runs / "aps-calibration" / args.problem / "reverse"
     engine_path = engine_path / "checkpoint.pt" if engine_path.is_dir() else engine_path
     engine = load_engine(engine_path, ds, prior=prior)[0]
@@ -124,7 +124,7 @@ def main() -> None:
         per_field = reps.mean(0)
         row = {
             "problem": args.problem,
-            "prior_steps": trained_steps(prior_path),
+            "prior_steps": prior_steps,
             "engine": str(engine_path),
             "group": name,
             "fields": x.shape[0],
@@ -149,9 +149,7 @@ def main() -> None:
         rows.append(row)
     out = args.out / f"posterior_density-{args.problem}.csv"
     # rows of another prior length or engine from earlier runs stay beside this run's
-    earlier = list(csv.DictReader(open(out, newline=""))) if out.exists() else []
-    ran = {(str(r["prior_steps"]), r["engine"]) for r in rows}
-    write_csv(out, [r for r in earlier if (r["prior_steps"], r["engine"]) not in ran] + rows)
+    write_csv(out, keep_earlier(read_csv(out), rows, ("prior_steps", "engine")))
     print(f"wrote {out}")
 
 

@@ -21,12 +21,11 @@ training length, or another `--prior-run` note) and replacing those of this one.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
-from common import trained_steps, write_csv
+from common import keep_earlier, read_csv, trained_steps, write_csv
 from suite import PROBLEMS
 
 from manifold_aps.datasets import build_prior_dataset
@@ -72,6 +71,7 @@ def main() -> None:
         raise SystemExit(f"no trained prior at {ckpt}: run benchmarks/suite.py first")
     ds = build_prior_dataset(problem.dataset)
     prior = load_prior(ckpt, ds.domain)
+    prior_steps = trained_steps(ckpt)
     test = (ds.test if ds.test.numel() else ds.source.validation()).double()
     mass = ds.domain.mass
     _, power_data = band_power(ds.domain, test, MODES, BANDS)
@@ -92,7 +92,7 @@ def main() -> None:
             "samples": args.samples,
             "test_fields": test.shape[0],
             "sample_seconds": round(time.perf_counter() - t0, 1),
-            "prior_steps": trained_steps(ckpt),
+            "prior_steps": prior_steps,
             "prior_run": args.prior_run,
         }
         samples = prior.denormalize(z).double()
@@ -126,13 +126,7 @@ def main() -> None:
     for row in rows:
         print(row, flush=True)
     path = args.out / f"prior_calibration-{args.problem}.csv"
-    earlier = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
-
-    def key(row: dict) -> tuple:
-        return tuple(str(row.get(k, "")) for k in ("sde_steps", "prior_steps", "prior_run"))
-
-    ran = {key(r) for r in rows}
-    write_csv(path, [r for r in earlier if key(r) not in ran] + rows)
+    write_csv(path, keep_earlier(read_csv(path), rows, ("sde_steps", "prior_steps", "prior_run")))
 
 
 if __name__ == "__main__":

@@ -295,9 +295,10 @@ def run_problem(name: str, args) -> list[dict]:
         if method in args.methods:
             samplers[method], train_s[method] = cls(ds.domain), 0.0
     needs_prior = [m for m in args.methods if m in ENGINE_METHODS or m == "DPS"]
-    prior_path, prior_s = (None, 0.0)
+    prior_path, prior_s, prior_steps = (None, 0.0, "")
     if needs_prior:
         prior_path, prior_s = prior_checkpoint(problem, ds, args.runs, args.prior_steps, args.quick)
+        prior_steps = trained_steps(prior_path)
         engines, seconds = train_amortized_engines(
             ds,
             prior_path,
@@ -356,7 +357,7 @@ def run_problem(name: str, args) -> list[dict]:
             "dps_steps": args.dps_steps if method == "DPS" else "",
             "dps_guidance": guidance if method == "DPS" else "",
             "engine_steps": args.engine_steps if method in ENGINE_METHODS else "",
-            "prior_steps": trained_steps(prior_path) if method in ENGINE_METHODS + ("DPS",) else "",
+            "prior_steps": prior_steps if method in ENGINE_METHODS + ("DPS",) else "",
         }
         print(row, flush=True)
         rows.append(row)

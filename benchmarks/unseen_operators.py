@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import train_amortized_engines, trained_steps, tune_dps, write_csv
+from common import (
+    FIRST_PRIOR_STEPS,
+    keep_earlier,
+    read_csv,
+    train_amortized_engines,
+    trained_steps,
+    tune_dps,
+    write_csv,
+)
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
@@ -106,19 +114,8 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     Returns:
         Those earlier rows, then `rows`.
     """
-    import csv
-
-    if not path.exists():
-        return rows
-
-    def key(r):
-        steps = str(r.get("engine_steps", "")), str(r.get("prior_steps", ""))
-        return r["problem"], r["operator"], r["method"], *steps
-
-    new = {key(r) for r in rows}
-    with open(path, newline="") as fh:
-        old = [r for r in csv.DictReader(fh) if key(r) not in new]
-    return old + rows
+    columns = ("problem", "operator", "method", "engine_steps", "prior_steps")
+    return keep_earlier(read_csv(path), rows, columns)
 
 
 def main() -> None:
@@ -167,10 +164,11 @@ def main() -> None:
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
         avi_steps = args.avi_steps or args.steps
-        # a score prior's training length names its rows and, off the suite's 1000, its engines'
+        # a score prior's training length names its rows and, off the first rows', its engines'
         prior_steps = "" if prior_arg == "exact" else trained_steps(prior_arg)
         run_dir = args.runs / "unseen" / name
-        run_dir = run_dir if prior_steps in ("", 1000) else run_dir / f"prior-{prior_steps}-steps"
+        if prior_steps not in ("", FIRST_PRIOR_STEPS):
+            run_dir = run_dir / f"prior-{prior_steps}-steps"
         methods = [m for m in args.methods if m != "AVI" or avi_steps == args.steps]
         engines, train_s = train_amortized_engines(ds, prior_arg, run_dir, 0.1, args.steps, methods)
         if "AVI" in args.methods and avi_steps != args.steps:
