@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import textwrap
@@ -249,9 +248,7 @@ def prior_checkpoint(
 ) -> tuple[Path, float]:
     """The problem's trained score prior (trained now when missing) and its training seconds."""
     run = runs / problem.dataset / "prior"
-    done = run / "train.json"
-    info = json.loads(done.read_text()) if done.exists() else {"step": 0}
-    if info["step"] < steps:
+    if not (run / "train.json").exists() or trained_steps(run) < steps:
         print(
             f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True
         )
