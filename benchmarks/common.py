@@ -18,6 +18,7 @@ __all__ = [
     "FIRST_PRIOR_STEPS",
     "PeakMemory",
     "keep_earlier",
+    "mask_validation",
     "read_csv",
     "train_amortized_engines",
     "trained_steps",
@@ -179,36 +180,39 @@ def trained_steps(run: Path) -> int:
     return int(torch.load(run, weights_only=True, map_location="cpu")["step"])
 
 
-def tune_dps(
-    prior, noise, ds, weight, *, steps: int, choices=(0.1, 0.3, 1.0), samples: int = 2
-) -> float:
-    """The DPS guidance of lowest validation RMSE of the `samples`-sample mean.
+def mask_validation(ds, noise, masks: str = "random", n: int = 2, seed: int = 99):
+    """`(y, operator, truth, where)`: `n` observations of validation signals through `masks`.
 
-    It is scored on two validation observations (random masks, `steps` steps). The guidance is a
-    step per reverse step, so the best value depends on `steps`: it is required, and must be the
-    step count the tuned sampler will run (tuned at 200 and run at 1000, guidance 1.0 and 0.3 won
-    and then diverged).
+    Never the test fields: what `tune_dps` chooses on. `where` marks the hidden cells.
+    """
+    from manifold_aps.posterior.distill import held_out_observations
+
+    val = held_out_observations(ds, noise, n, masks=masks, seed=seed, split="validation")
+    return val.y, val.operator(ds.domain), val.truth, ~val.mask.expand_as(val.truth)
+
+
+def tune_dps(
+    prior, noise, weight, validation, *, steps: int, choices=(0.1, 0.3, 1.0), samples: int = 2
+) -> float:
+    """The DPS guidance of lowest RMSE of the `samples`-sample mean on `validation`.
+
+    `validation` is `(y, operator, truth, where)` of validation signals (`mask_validation`, or
+    another operator's), scored at the cells `where`. The guidance is a step per reverse step, so
+    the best value depends on `steps`: it is required, and must be the step count the tuned
+    sampler will run (tuned at 200 and run at 1000, guidance 1.0 and 0.3 won and then diverged).
     """
     from manifold_aps.metrics import weighted_rmse
     from manifold_aps.posterior import DPS
-    from manifold_aps.posterior.distill import held_out_observations
 
-    val = held_out_observations(ds, noise, 2, masks="random", seed=99)
+    y, operator, truth, where = validation
     best, best_rmse = choices[-1], float("inf")
     for zeta in choices:
         s = (
             DPS(prior, noise, steps=steps, guidance=zeta)
-            .sample(
-                val.y.float(),
-                val.operator(ds.domain),
-                samples,
-                rng=torch.Generator().manual_seed(5),
-            )
+            .sample(y.float(), operator, samples, rng=torch.Generator().manual_seed(5))
             .double()
         )
-        rmse = float(
-            weighted_rmse(s.mean(0), val.truth.double(), weight, ~val.mask.expand_as(val.truth))
-        )
+        rmse = float(weighted_rmse(s.mean(0), truth.double(), weight, where))
         rmse = rmse if math.isfinite(rmse) else float("inf")
         print(f"  DPS guidance {zeta}: validation RMSE {rmse:.4f}", flush=True)
         if rmse < best_rmse:

@@ -1,7 +1,7 @@
 """Engines trained on random masks, tested on operators they never saw: caps, swaths, a heat blur.
 
-For each problem (ERA5 t2m UK with its trained score prior; the bumpy mesh with a known Matérn
-prior; Spot with the benchmark suite's trained score prior and engines, `--problems mesh-spot`)
+For each problem (ERA5 t2m UK and Spot with the benchmark suite's trained score priors, trained
+here for `--prior-steps` when missing; the bumpy mesh with a known Matérn prior)
 every amortized engine (APS flow, implicit generator, amortized VI) is trained on observations
 with *random* masks (50-95 % missing) only, then all engines sample posteriors for held-out test
 signals observed through
@@ -11,18 +11,20 @@ signals observed through
 
 all with noise 0.1. Scores per engine and operator, over the hidden cells (every cell for the
 blur), area-weighted: RMSE of the mean of S samples and of one sample, fair CRPS, coverage of
-the samples' central 90 % interval, and seconds per sample measured in this run. DPS (1000 steps)
-is the zero-shot baseline; its guidance step is chosen among 0.1, 0.3, 1 on separate validation
-observations. MGDM, the zero-shot sampler the amortized VI accelerates, runs at the amortizer's
-own grid (``MGDM-8``: K = 8, one Adam step per iteration, what an untrained amortizer samples)
-and at the yardstick's best setting (``MGDM-20``: K = 20, 10 Adam steps at lr 0.05;
-`amortized_vi_yardstick.py`). Where the prior is Gaussian the exact posterior is scored too.
+the samples' central 90 % interval, and seconds per sample measured in this run. DPS
+(`--dps-steps`, 200 as in the suite) is the zero-shot baseline; its guidance step is chosen among
+0.1, 0.3, 1 per operator, on two observations of validation signals through that operator
+(never the test fields) at that step count. MGDM, the zero-shot sampler the amortized VI
+accelerates, runs at the amortizer's own grid (``MGDM-8``: K = 8, one Adam step per iteration,
+what an untrained amortizer samples) and at the yardstick's best setting (``MGDM-20``: K = 20,
+10 Adam steps at lr 0.05; `amortized_vi_yardstick.py`). Where the prior is Gaussian the exact
+posterior is scored too.
 
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
 redo, a row being a problem, operator, method and training length; the speed-ups use the DPS rows
 of the file). Usage:
   python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
-      [--methods AVI] [--avi-steps 2500]
+      [--methods AVI] [--avi-steps 2500] [--prior-steps 3000]
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from common import (
     tune_dps,
     write_csv,
 )
+from suite import PRIOR_STEPS, prior_checkpoint
+from suite import PROBLEMS as SUITE_PROBLEMS
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, crps_ensemble, interval_coverage, weighted_rmse
@@ -53,13 +57,9 @@ from manifold_aps.posterior.distill import (
 from manifold_aps.posterior.mgdm import MGDM
 from manifold_aps.priors.gaussian import GaussianPrior
 
-# score priors are checkpoints below --runs
-# (mesh-spot: the benchmark suite's, engines shared with it)
-PRIORS = {
-    "era5-uk": "era5-uk/checkpoint.pt",
-    "gaussian-bumpy": "exact",
-    "mesh-spot": "suite/mesh-spot/prior/checkpoint.pt",
-}
+# score priors: the benchmark suite's, below --runs/suite (trained by the suite's recipe when
+# missing); "exact": the dataset's known Gaussian prior
+PRIORS = {"era5-uk": "suite", "gaussian-bumpy": "exact", "mesh-spot": "suite"}
 OPERATORS = ("random", "caps", "swaths", "blur")
 METHODS = ("APS", "implicit", "AVI", "MGDM-8", "MGDM-20", "DPS", "exact")
 MGDM_SETTINGS = {  # zero-shot MGDM: (K, Adam steps M, lr)
@@ -69,14 +69,18 @@ MGDM_SETTINGS = {  # zero-shot MGDM: (K, Adam steps M, lr)
 GRADIENT_METHODS = ("DPS", "AVI", *MGDM_SETTINGS)  # they differentiate the likelihood
 
 
-def observations(ds, noise, kind: str, n: int, seed: int):
-    """Held-out test observations of one operator kind: `(y, operator, truth, where)`."""
+def observations(ds, noise, kind: str, n: int, seed: int, split: str = "test"):
+    """Held-out observations of one operator kind: `(y, operator, truth, where)`.
+
+    `split`: the test signals (the validation ones where a dataset has no test split), or the
+    validation signals, which DPS's guidance is tuned on.
+    """
     if kind != "blur":
-        batch = held_out_observations(ds, noise, n, masks=kind, seed=seed)
+        batch = held_out_observations(ds, noise, n, masks=kind, seed=seed, split=split)
         return batch.y, batch.operator(ds.domain), batch.truth, ~batch.mask.expand_as(batch.truth)
     lam, _ = ds.domain.eigenbasis(31)
     blur = HeatBlur(ds.domain, 1.0 / float(lam[30]))
-    test = ds.test if ds.test.numel() else ds.source.validation()
+    test = ds.test if split == "test" and ds.test.numel() else ds.source.validation()
     truth = test[
         torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     ].double()
@@ -140,7 +144,15 @@ def main() -> None:
     parser.add_argument(
         "--samples", type=int, default=4, help="samples per observation, every engine"
     )
-    parser.add_argument("--dps-steps", type=int, default=1000)
+    parser.add_argument(
+        "--dps-steps", type=int, default=200, help="DPS steps (guidance tuned at this count)"
+    )
+    parser.add_argument(
+        "--prior-steps",
+        type=int,
+        default=PRIOR_STEPS,
+        help="training steps of a score prior trained here (a longer trained one is used as is)",
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -159,7 +171,11 @@ def main() -> None:
     rows = []
     for name in args.problems:
         ds = build_prior_dataset(name)
-        prior_arg = PRIORS[name] if PRIORS[name] == "exact" else args.runs / PRIORS[name]
+        prior_arg = "exact"
+        if PRIORS[name] == "suite":
+            prior_arg, _ = prior_checkpoint(
+                SUITE_PROBLEMS[name], ds, args.runs / "suite", args.prior_steps, quick=False
+            )
         prior = resolve_prior(ds, prior_arg)
         noise = GaussianNoise(0.1)
         weight = ds.domain.mass
@@ -181,14 +197,16 @@ def main() -> None:
         for method, (k, m, lr) in MGDM_SETTINGS.items():
             if method in args.methods:
                 samplers[method] = MGDM(prior, noise, steps=k, inner_steps=m, lr=lr)
-        zeta = ""
-        if "DPS" in args.methods:
-            zeta = tune_dps(prior, noise, ds, weight, steps=args.dps_steps)
-            samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
         if isinstance(prior, GaussianPrior) and "exact" in args.methods:
             samplers["exact"] = ExactGaussianPosterior(prior, noise)
         for kind in OPERATORS:
             y, op, truth, where = observations(ds, noise, kind, args.observations, seed=4242)
+            zeta = ""
+            if "DPS" in args.methods:  # its guidance per operator, on validation signals
+                print(f"[{name}] DPS guidance for {kind}", flush=True)
+                validation = observations(ds, noise, kind, 2, seed=99, split="validation")
+                zeta = tune_dps(prior, noise, weight, validation, steps=args.dps_steps)
+                samplers["DPS"] = DPS(prior, noise, steps=args.dps_steps, guidance=zeta)
             for method, sampler in samplers.items():
                 g = torch.Generator().manual_seed(11)
                 t0 = time.perf_counter()
@@ -210,6 +228,8 @@ def main() -> None:
                     **denoiser_passes(sampler),
                     "train_seconds_this_run": round(train_s.get(method, 0.0), 1),
                     "dps_guidance": zeta if method == "DPS" else "",
+                    # what the guidance was chosen on (earlier rows: random masks of test fields)
+                    "dps_tuned_on": f"{kind}, validation signals" if method == "DPS" else "",
                 }
                 print(row, flush=True)
                 rows.append(row)

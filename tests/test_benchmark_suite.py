@@ -112,6 +112,23 @@ def test_holdout_datasets_are_observed_where_visible_and_scored_on_the_holdout()
     assert torch.all(y[:, ~visible] == 0) and t.shape == (2, 48, 1)
 
 
+def test_dps_is_tuned_on_validation_signals_never_the_test_fields():
+    from manifold_aps.datasets import PriorDataset, TensorSource
+    from manifold_aps.geometry import HealpixSphere
+    from manifold_aps.operators import GaussianNoise
+    from manifold_aps.posterior.distill import held_out_observations
+
+    train, val, test = torch.zeros(4, 48, 1), torch.ones(3, 48, 1), torch.full((5, 48, 1), 2.0)
+    ds = PriorDataset("x", HealpixSphere(2), TensorSource(train, val), test, "1", "")
+    y, op, truth, where = common.mask_validation(ds, GaussianNoise(0.1), n=2)
+    assert truth.shape == (2, 48, 1) and torch.all(truth == 1.0)
+    assert torch.equal(where, ~op.mask.expand_as(truth)) and where.any()
+    # the scored test observations are still the test split's
+    assert torch.all(held_out_observations(ds, GaussianNoise(0.1), 2).truth == 2.0)
+    with pytest.raises(ValueError, match="split"):
+        held_out_observations(ds, GaussianNoise(0.1), 2, split="train")
+
+
 def test_scores_carry_bootstrap_intervals_and_a_rank_histogram_the_table_shows(tmp_path):
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(6, 40, 1, generator=g, dtype=torch.float64)

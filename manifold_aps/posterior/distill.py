@@ -374,14 +374,23 @@ def aps_recipe() -> EngineRecipe:
 
 
 def held_out_observations(
-    dataset: PriorDataset, noise: GaussianNoise, n: int, *, masks: str = "random", seed: int = 0
+    dataset: PriorDataset,
+    noise: GaussianNoise,
+    n: int,
+    *,
+    masks: str = "random",
+    seed: int = 0,
+    split: str = "test",
 ):
-    """`n` observations of the dataset's test signals: an `ObservationBatch` never seen in training.
+    """`n` observations of held-out signals: an `ObservationBatch` never seen in training.
 
-    The signals are the validation ones if the dataset has no test split; the masks are of the
-    family `masks`, and masks and noise are drawn from `seed`.
+    `split="test"`: the dataset's test signals (the validation ones if it has no test split);
+    `split="validation"`: its validation signals, to tune a setting without touching the test
+    fields. The masks are of the family `masks`, and masks and noise are drawn from `seed`.
     """
-    test = dataset.test if dataset.test.numel() else dataset.source.validation()
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    test = dataset.test if split == "test" and dataset.test.numel() else dataset.source.validation()
     stream = SimulatedObservations(
         TensorSource(test, test), mask_family(masks, dataset.domain), noise
     )
