@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import common  # noqa: E402
 import suite  # noqa: E402
+import unseen_operators  # noqa: E402
 
 
 def _row(method, rmse, crps, sec, **kw):
@@ -158,3 +159,40 @@ def test_a_rerun_of_one_method_keeps_the_others_and_recomputes_the_speed_ups(tmp
     assert [r["speedup_vs_dps"] for r in rows] == [20.0, 100.0, 1.0]
     with pytest.raises(SystemExit, match="samples"):
         suite.merged_rows(path, [_row("DPS", 0.5, 0.3, 10.0, samples=16)])
+
+
+def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
+    def row(operator, method, crps, sec, rmse=1.0, single=1.0, steps=""):
+        return {
+            "problem": "p",
+            "prior_steps": "3000",
+            "operator": operator,
+            "method": method,
+            "crps": crps,
+            "seconds_per_sample": sec,
+            "rmse_mean": rmse,
+            "rmse_single_median": single,
+            "engine_steps": steps,
+        }
+
+    rows = [
+        row("caps", "DPS", 0.50, 2.0),
+        row("caps", "MGDM-20", 0.40, 3.0),
+        row("caps", "MGDM-8", 0.10, 0.1),  # the amortizer's own base: not the reference
+        row("caps", "APS", 0.60, 0.01, steps="300"),
+        row("caps", "implicit", 0.45, 0.01, steps="300"),
+        row("caps", "AVI", 0.43, 0.1, steps="300"),
+        row("blur", "DPS", 0.10, 2.0),
+        row("blur", "AVI", 0.105, 0.5, rmse=1.5, single=1.0, steps="300"),
+        row("random", "APS", 0.1, 0.01, rmse=0.50, steps="300"),
+        row("random", "AVI", 0.1, 0.1, rmse=0.54, steps="300"),
+    ]
+    t = {r["operator"]: r for r in unseen_operators.avi_targets(rows)}
+    caps = t["caps"]
+    assert caps["best_zero_shot"] == "MGDM-20" and caps["crps_over_best_zero_shot"] == 1.075
+    assert caps["time_saving_over_it"] == 30.0 and caps["crps_over_implicit"] == 0.956
+    assert caps["meets"]
+    # within the CRPS band, but only 4x faster and its mean runs away (1.5x the single RMSE)
+    assert t["blur"]["time_saving_over_it"] == 4.0 and not t["blur"]["meets"]
+    assert t["blur"]["mean_over_median_single_rmse"] == 1.5
+    assert t["random"]["rmse_over_aps"] == 1.08 and t["random"]["meets"]
