@@ -271,6 +271,32 @@ def test_swath_width_on_the_sphere():
     assert covered.mean() == pytest.approx(np.sin(np.deg2rad(10.0)), abs=0.01)
 
 
+def test_swaths_through_the_domain_keep_the_sphere_law_and_fit_a_regional_grid():
+    """Circles through area-drawn nodes at uniform headings are uniform great circles.
+
+    So on the sphere they cover sin(w) as before; on a regional box the family fits the box.
+    """
+    from manifold_aps.geometry import SphereGrid
+    from manifold_aps.operators.masks import angular_radius
+    from manifold_aps.posterior.distill import mask_family
+
+    d = HealpixSphere(16)
+    m = SwathMaskGenerator(d, num_swaths=1, half_width_deg=10.0, through_domain=True).step(
+        200, seed=0
+    )["mask"]
+    covered = (m[..., 0].double() * d.mass).sum(1) / d.total_area
+    assert covered.mean() == pytest.approx(np.sin(np.deg2rad(10.0)), abs=0.01)
+    assert angular_radius(d) == pytest.approx(180.0, abs=1.0)
+
+    box = SphereGrid(np.arange(58, 49.75, -0.25), np.arange(-10, 2.25, 0.25))  # the UK box
+    assert 4.0 < angular_radius(box) < 8.0
+    observed = mask_family("swaths", box).step(100, seed=1)["mask"][..., 0].double().mean(1)
+    # whole-sphere widths on this box: many masks observe all of it (hide nothing to score)
+    whole = SwathMaskGenerator(box, num_swaths=(1, 4), half_width_deg=(5.0, 15.0))
+    assert (whole.step(100, seed=1)["mask"][..., 0].all(1)).float().mean() > 0.3
+    assert 0.15 < float(observed.mean()) < 0.5 and bool((observed < 1).all())
+
+
 def test_generator_argument_errors():
     with pytest.raises(ValueError, match="missing must be a fraction"):
         RandomMaskGenerator(HEALPIX, missing=1.5)

@@ -29,6 +29,7 @@ __all__ = [
     "RandomMaskGenerator",
     "StationMaskGenerator",
     "SwathMaskGenerator",
+    "angular_radius",
     "directions",
     "great_circle_bands",
     "lat_lon_box",
@@ -320,15 +321,27 @@ class SwathMaskGenerator(MaskGenerator):
     """Satellite swaths: bands of half-width `half_width_deg` around random great circles observed.
 
     A node is observed when the angle between its direction (from the centroid) and the plane of
-    a great circle is below the half-width; the circles' poles are uniform on the sphere.
+    a great circle is below the half-width; the circles' poles are uniform on the sphere, or with
+    `through_domain` each circle passes through a node drawn by area, with a uniform heading (the
+    same law on the whole sphere; on a regional grid every swath then crosses the domain instead
+    of most missing it).
 
     Arguments:
         domain: the domain.
         num_swaths: swaths per mask (an int or a range of ints).
         half_width_deg: angular half-width of each swath in degrees (a number or a range).
+        through_domain: draw each circle through a node of the domain.
     """
 
-    def __init__(self, domain, num_swaths=(1, 4), half_width_deg=(5.0, 15.0), *, rng=None):
+    def __init__(
+        self,
+        domain,
+        num_swaths=(1, 4),
+        half_width_deg=(5.0, 15.0),
+        *,
+        through_domain: bool = False,
+        rng=None,
+    ):
         super().__init__(domain, rng=rng)
         lo, hi = (num_swaths,) * 2 if np.isscalar(num_swaths) else num_swaths
         if not 1 <= lo <= hi:
@@ -337,15 +350,35 @@ class SwathMaskGenerator(MaskGenerator):
         if not 0 < wlo <= whi <= 90:
             raise ValueError(f"half_width_deg must lie in (0, 90], got {half_width_deg!r}")
         self.num_swaths, self.half_width_deg = (int(lo), int(hi)), (float(wlo), float(whi))
+        self.through_domain = bool(through_domain)
 
     def _one(self, rng):
         k = int(torch.randint(self.num_swaths[0], self.num_swaths[1] + 1, (), generator=rng))
         poles, halves = [], []
         for _ in range(k):
-            pole = torch.randn(3, generator=rng, dtype=torch.float64)
+            if self.through_domain:
+                node = self._dirs[self._area_weighted_nodes(1, rng)[0]].to(torch.float64)
+                heading = 2 * math.pi * float(torch.rand((), generator=rng, dtype=torch.float64))
+                pole = pole_through(node, heading)
+            else:
+                pole = torch.randn(3, generator=rng, dtype=torch.float64)
             poles.append(pole / pole.norm())
             halves.append(math.radians(self._uniform(*self.half_width_deg, rng)))
         return great_circle_bands(self._dirs, torch.stack(poles), halves)
+
+
+def angular_radius(domain: Domain) -> float:
+    """Largest angle [deg] between a node's direction (`directions`) and their mean direction.
+
+    180 or near it on a closed surface or the whole sphere; the half-extent of a regional grid
+    (about 5.4 for the ERA5 UK box).
+    """
+    dirs = directions(domain).to(torch.float64)
+    mean = (domain.mass[:, None].to(torch.float64) * dirs).sum(0)
+    if float(mean.norm()) < 1e-9:
+        return 180.0
+    cos = (dirs @ (mean / mean.norm())).clamp(-1.0, 1.0)
+    return math.degrees(float(torch.arccos(cos.min())))
 
 
 class MixtureMaskGenerator(MaskGenerator):
