@@ -23,7 +23,8 @@ posterior is scored too.
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
 redo, a row being a problem, operator, method and training length; the speed-ups use the DPS rows
 of the file) and results/unseen_operators_targets.csv: every amortized-VI row against the
-issue's targets (`avi_targets`; `--targets-only` rechecks them on the file without running). Usage:
+issue's targets (`avi_targets`; `--targets-only` rechecks them on the file without running), and
+results/unseen_operators.md, the tables of CRPS and time per sample (`report`). Usage:
   python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
       [--methods AVI] [--avi-steps 2500] [--prior-steps 3000]
 """
@@ -178,6 +179,7 @@ def main() -> None:
     if args.targets_only:
         rows = read_csv(args.out / "unseen_operators.csv")
         write_targets(args.out / "unseen_operators_targets.csv", rows)
+        (args.out / "unseen_operators.md").write_text(report(rows))
         return
     if args.runs is None:
         parser.error("--runs is required (except with --targets-only)")
@@ -261,6 +263,59 @@ def main() -> None:
         )
     write_csv(out, rows)
     write_targets(args.out / "unseen_operators_targets.csv", rows)
+    (args.out / "unseen_operators.md").write_text(report(rows))
+
+
+def report(rows: list[dict]) -> str:
+    """Markdown: per problem and score prior, CRPS / seconds per sample by operator and method.
+
+    Rows of one (problem, prior) group come from one run unless an AVI of another length was
+    merged in (its column names its steps); the lowest CRPS of each operator is in bold.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["problem"], str(r.get("prior_steps", ""))), []).append(r)
+    parts = []
+    for (problem, prior_steps), group in groups.items():
+        avi_lengths = sorted({int(r["engine_steps"]) for r in group if r["method"] == "AVI"})
+
+        named = len(avi_lengths) > 1
+
+        def column(r, named=named):
+            if named and r["method"] == "AVI":
+                return f"AVI ({r['engine_steps']} steps)"
+            return r["method"]
+
+        order = [m for m in METHODS if m != "AVI"]
+        order[order.index("implicit") + 1 : order.index("implicit") + 1] = (
+            [f"AVI ({n} steps)" for n in avi_lengths] if len(avi_lengths) > 1 else ["AVI"]
+        )
+        present = {column(r) for r in group}
+        columns = [c for c in order if c in present]
+        prior = f"score prior {prior_steps} steps" if prior_steps else "first rows' prior"
+        lines = [
+            f"**{problem}** ({prior}): CRPS / seconds per sample, {group[0]['samples']} samples",
+            "",
+            "| operator | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        for operator in OPERATORS:
+            cells = {column(r): r for r in group if r["operator"] == operator}
+            if not cells:
+                continue
+            best = min(float(r["crps"]) for r in cells.values())
+            row = []
+            for c in columns:
+                r = cells.get(c)
+                if r is None:
+                    row.append("")
+                    continue
+                crps = f"{float(r['crps']):.3g}"
+                crps = f"**{crps}**" if float(r["crps"]) == best else crps
+                row.append(f"{crps} / {float(r['seconds_per_sample']):.3g} s")
+            lines.append(f"| {operator} | " + " | ".join(row) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
 
 
 def write_targets(path: Path, rows: list[dict]) -> None:

@@ -196,3 +196,10 @@ def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
     assert t["blur"]["time_saving_over_it"] == 4.0 and not t["blur"]["meets"]
     assert t["blur"]["mean_over_median_single_rmse"] == 1.5
     assert t["random"]["rmse_over_aps"] == 1.08 and t["random"]["meets"]
+    for r in rows:
+        r["samples"] = 8
+    table = unseen_operators.report(rows)
+    caps_line = next(line for line in table.splitlines() if line.startswith("| caps"))
+    # columns in the script's order; the lowest CRPS of the operator in bold
+    assert "| operator | APS | implicit | AVI | MGDM-8 | MGDM-20 | DPS |" in table
+    assert caps_line.split(" | ")[4] == "**0.1** / 0.1 s" and "score prior 3000 steps" in table
