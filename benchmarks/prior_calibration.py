@@ -30,6 +30,7 @@ from suite import PROBLEMS
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.metrics import central_interval, interval_coverage
+from manifold_aps.posterior.distill import held_out_signals
 from manifold_aps.priors.checks import band_power
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior
@@ -72,7 +73,7 @@ def main() -> None:
     ds = build_prior_dataset(problem.dataset)
     prior = load_prior(ckpt, ds.domain)
     prior_steps = trained_steps(ckpt)
-    test = (ds.test if ds.test.numel() else ds.source.validation()).double()
+    test = held_out_signals(ds).double()
     mass = ds.domain.mass
     _, power_data = band_power(ds.domain, test, MODES, BANDS)
     rows = []

@@ -77,6 +77,7 @@ from manifold_aps.posterior import (
     HarmonicInterpolation,
     NearestNeighbour,
 )
+from manifold_aps.posterior.distill import held_out_signals
 from manifold_aps.posterior.dps import GUIDANCE_CHOICES
 from manifold_aps.priors import fit_matern
 from manifold_aps.priors.train import train_prior
@@ -128,7 +129,7 @@ def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: in
     under its analysis mask) is observed where visible and scored on the held-out regions instead
     (one map; `n` copies with independent noise).
     """
-    test = ds.test if ds.test.numel() else ds.source.validation()
+    test = held_out_signals(ds)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(test.shape[0], generator=g)[:n]
     truth = test[idx].double()

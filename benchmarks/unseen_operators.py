@@ -54,6 +54,7 @@ from manifold_aps.operators import GaussianNoise, HeatBlur
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
 from manifold_aps.posterior.distill import (
     held_out_observations,
+    held_out_signals,
     resolve_prior,
 )
 from manifold_aps.posterior.mgdm import MGDM
@@ -82,7 +83,7 @@ def observations(ds, noise, kind: str, n: int, seed: int, split: str = "test"):
         return batch.y, batch.operator(ds.domain), batch.truth, ~batch.mask.expand_as(batch.truth)
     lam, _ = ds.domain.eigenbasis(31)
     blur = HeatBlur(ds.domain, 1.0 / float(lam[30]))
-    test = ds.test if split == "test" and ds.test.numel() else ds.source.validation()
+    test = held_out_signals(ds, split)
     truth = test[
         torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     ].double()

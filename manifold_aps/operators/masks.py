@@ -358,8 +358,7 @@ class SwathMaskGenerator(MaskGenerator):
         for _ in range(k):
             if self.through_domain:
                 node = self._dirs[self._area_weighted_nodes(1, rng)[0]].to(torch.float64)
-                heading = 2 * math.pi * float(torch.rand((), generator=rng, dtype=torch.float64))
-                pole = pole_through(node, heading)
+                pole = pole_through(node, self._uniform(0.0, 2 * math.pi, rng))
             else:
                 pole = torch.randn(3, generator=rng, dtype=torch.float64)
             poles.append(pole / pole.norm())

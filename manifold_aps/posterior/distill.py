@@ -46,6 +46,7 @@ __all__ = [
     "checkpoint_dataset",
     "checkpoint_prior",
     "held_out_observations",
+    "held_out_signals",
     "load_with_recipe",
     "mask_family",
     "prior_mode_variances",
@@ -54,15 +55,6 @@ __all__ = [
 ]
 
 KIND = "aps-flow"
-
-MASK_FAMILIES = {
-    "random": lambda d: RandomMaskGenerator(d, missing=(0.5, 0.95)),
-    "caps": lambda d: CapMaskGenerator(d, num_caps=(1), cap_area=(0.05, 0.3)),
-    "stations": lambda d: StationMaskGenerator(
-        d, num_stations=(max(1, d.num_nodes // 20), max(1, d.num_nodes // 4))
-    ),
-    "swaths": lambda d: swath_family(d),
-}
 
 
 def swath_family(domain) -> SwathMaskGenerator:
@@ -80,6 +72,16 @@ def swath_family(domain) -> SwathMaskGenerator:
     return SwathMaskGenerator(
         domain, num_swaths=(1, 4), half_width_deg=(5.0 * f, 15.0 * f), through_domain=True
     )
+
+
+MASK_FAMILIES = {
+    "random": lambda d: RandomMaskGenerator(d, missing=(0.5, 0.95)),
+    "caps": lambda d: CapMaskGenerator(d, num_caps=(1), cap_area=(0.05, 0.3)),
+    "stations": lambda d: StationMaskGenerator(
+        d, num_stations=(max(1, d.num_nodes // 20), max(1, d.num_nodes // 4))
+    ),
+    "swaths": swath_family,
+}
 
 
 def mask_family(name: str, domain) -> MaskGenerator:
@@ -391,6 +393,18 @@ def aps_recipe() -> EngineRecipe:
     )
 
 
+def held_out_signals(dataset: PriorDataset, split: str = "test") -> torch.Tensor:
+    """Signals `(n, N, C)` never trained on: the test split, or the validation split.
+
+    `split="test"` falls back to the validation split where a dataset has no test split.
+    """
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    if split == "test" and dataset.test.numel():
+        return dataset.test
+    return dataset.source.validation()
+
+
 def held_out_observations(
     dataset: PriorDataset,
     noise: GaussianNoise,
@@ -406,9 +420,7 @@ def held_out_observations(
     `split="validation"`: its validation signals, to tune a setting without touching the test
     fields. The masks are of the family `masks`, and masks and noise are drawn from `seed`.
     """
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
-    test = dataset.test if split == "test" and dataset.test.numel() else dataset.source.validation()
+    test = held_out_signals(dataset, split)
     stream = SimulatedObservations(
         TensorSource(test, test), mask_family(masks, dataset.domain), noise
     )
