@@ -58,17 +58,24 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     """Write `rows` to `path`, creating the folder; nothing if empty.
 
     The columns are every key of any row, in the order they first appear; a row without one leaves
-    it empty.
+    it empty. Written to a temporary file beside `path` and moved over it, so a run killed while
+    writing leaves the earlier file whole (the scripts rewrite their CSV after every row).
     """
     if not rows:
         return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval=""
-        )
-        writer.writeheader()
-        writer.writerows(rows)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "w", newline="") as fh:
+            writer = csv.DictWriter(
+                fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval=""
+            )
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def table_cell(value, width: int, digits: int = 3) -> str:

@@ -3,7 +3,9 @@
 Every learned engine targets the posterior of the trained score prior, so a prior that is too
 rough, too smooth or too wide shows in every engine. This script draws unconditional samples of a
 problem's suite prior (`--runs/<problem>/prior`, reverse SDE) and compares them with the
-problem's held-out test fields (the suite's, never seen in training):
+problem's held-out test fields (the suite's, never seen in training; `--split validation` takes
+the validation fields instead, `--split train` the (unaugmented) training fields, to tell a prior
+that misses its data from a shift between the training and the test period):
 
 * **marginal coverage**: the share of the test values (area-weighted, every node of every field)
   inside each node's interval between the 5 % and 95 % quantiles of the S prior samples; a
@@ -13,8 +15,10 @@ problem's held-out test fields (the suite's, never seen in training):
   1-256 in four bands of 64, and their ratio (1 for a prior with the data's spectrum).
 
 Writes `results/prior_calibration-<problem>.csv`, keeping its rows of other priors (another
-training length, or another `--prior-run` note) and replacing those of this one. Usage:
+training length, or another `--prior-run` note) and of the other split, and replacing those of
+this one. Usage:
   python benchmarks/prior_calibration.py --problem mesh-spot [--samples 64 --steps 200 1000]
+  python benchmarks/prior_calibration.py --problem era5-uk --split validation --steps 200
   [--out DIR]   (the CSV's name carries the problem; give another --out to keep a second run)
 """
 
@@ -58,6 +62,13 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation", "train"],
+        help="the fields to compare with (default test, the suite's; train: the training fields, "
+        "not held out, as an in-sample check)",
+    )
+    parser.add_argument(
         "--prior-run",
         default="",
         help="a note on the prior's training run, in the rows' prior_run column (rows of another "
@@ -73,7 +84,12 @@ def main() -> None:
     ds = build_prior_dataset(problem.dataset)
     prior = load_prior(ckpt, ds.domain)
     prior_steps = trained_steps(ckpt)
-    test = held_out_signals(ds).double()
+    if args.split == "train":
+        if not hasattr(ds.source, "train"):
+            raise SystemExit(f"{args.problem}'s prior trains on fresh draws: no training fields")
+        test = ds.source.train.double()
+    else:
+        test = held_out_signals(ds, args.split).double()
     mass = ds.domain.mass
     _, power_data = band_power(ds.domain, test, MODES, BANDS)
     rows = []
@@ -91,6 +107,7 @@ def main() -> None:
             "problem": args.problem,
             "sde_steps": steps,
             "samples": args.samples,
+            "split": args.split,
             "test_fields": test.shape[0],
             "sample_seconds": round(time.perf_counter() - t0, 1),
             "prior_steps": prior_steps,
@@ -127,7 +144,9 @@ def main() -> None:
     for row in rows:
         print(row, flush=True)
     path = args.out / f"prior_calibration-{args.problem}.csv"
-    write_csv(path, keep_earlier(read_csv(path), rows, ("sde_steps", "prior_steps", "prior_run")))
+    # rows written before the split was a setting are of the test split
+    earlier = [{**r, "split": r.get("split") or "test"} for r in read_csv(path)]
+    write_csv(path, keep_earlier(earlier, rows, ("sde_steps", "prior_steps", "prior_run", "split")))
 
 
 if __name__ == "__main__":

@@ -122,14 +122,22 @@ PROBLEMS = {
 }
 
 
-def test_observations(ds, noise: GaussianNoise, n: int, missing: float, seed: int):
+def test_observations(
+    ds, noise: GaussianNoise, n: int, missing: float, seed: int, split: str = "test"
+):
     """`(y, operator, truth, where)`: `n` test fields with `missing` of the cells hidden at random.
 
     A dataset with a real mask and held-out regions (`extra["visible"]`, `extra["holdout"]`: WMAP
     under its analysis mask) is observed where visible and scored on the held-out regions instead
-    (one map; `n` copies with independent noise).
+    (one map; `n` copies with independent noise). `split="validation"` draws the fields from the
+    validation split instead (not for such a dataset: its held-out regions are its only truth).
     """
-    test = held_out_signals(ds)
+    if split != "test" and "holdout" in ds.extra:
+        raise SystemExit(
+            f"--split {split}: this problem is scored on held-out regions of one map, "
+            "it has no other split"
+        )
+    test = held_out_signals(ds, split)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(test.shape[0], generator=g)[:n]
     truth = test[idx].double()
@@ -268,8 +276,12 @@ def prior_checkpoint(
     return run / "checkpoint.pt", training_seconds(run)
 
 
-def run_problem(name: str, args) -> list[dict]:
-    """Every method of `args.methods` on one problem; rows for the CSV."""
+def run_problem(name: str, args, on_row=None) -> list[dict]:
+    """Every method of `args.methods` on one problem; rows for the CSV.
+
+    `on_row(rows)`, if given, is called with the rows so far after each method, so a long run
+    killed part-way keeps the methods it finished.
+    """
     from manifold_aps.priors.train import load_prior
 
     problem = PROBLEMS[name]
@@ -277,7 +289,7 @@ def run_problem(name: str, args) -> list[dict]:
     noise = GaussianNoise(problem.noise_std)
     weight = ds.domain.mass
     y, operator, truth, where = test_observations(
-        ds, noise, args.observations, args.missing, seed=2024
+        ds, noise, args.observations, args.missing, seed=2024, split=args.split
     )
     samplers, train_s = {}, {}
 
@@ -359,6 +371,7 @@ def run_problem(name: str, args) -> list[dict]:
             "observations": args.observations,
             "samples": args.samples,
             "missing": args.missing,
+            "split": args.split,
             "noise_std": problem.noise_std,
             "dps_steps": args.dps_steps if method == "DPS" else "",
             "dps_guidance": guidance if method == "DPS" else "",
@@ -367,6 +380,8 @@ def run_problem(name: str, args) -> list[dict]:
         }
         print(row, flush=True)
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -443,8 +458,9 @@ def report(out: Path, rows: list[dict], machine_line: str) -> str:
         best = {k: min(float(r[k]) for r in prows) for k in ("rmse_mean", "crps")}
         loads = [float(r["load_average"]) for r in prows if r.get("load_average") not in ("", None)]
         priors = sorted({r["prior_steps"] for r in prows if r.get("prior_steps")}, key=int)
+        split = prows[0].get("split") or "test"
         setting = (
-            f"{prows[0]['observations']} test fields × {prows[0]['samples']} samples"
+            f"{prows[0]['observations']} {split} fields × {prows[0]['samples']} samples"
             + (f"; score prior {' / '.join(priors)} steps" if priors else "")
             + (f"; {prows[0]['machine']}" if prows[0].get("machine") else "")
             + (f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else "")
@@ -522,7 +538,19 @@ def main() -> None:
         help="folder of the trained priors and engines (default: runs/suite)",
     )
     parser.add_argument(
-        "--out", type=Path, default=HERE / "results", help="folder of the CSV and Markdown files"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder of the CSV and Markdown files (default: results, or results/validation "
+        "with --split validation)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="the held-out fields scored (default test; validation: the dataset's validation "
+        "fields, e.g. to tell an engine's own miscalibration from a shift between the training "
+        "and the test period; DPS's guidance is then tuned on the same fields, other masks)",
     )
     parser.add_argument(
         "--readme",
@@ -574,11 +602,23 @@ def main() -> None:
         args.prior_steps, args.engine_steps, args.dps_steps = 4, 2, 4
         args.observations, args.samples, args.throughput, args.fit_fields = 2, 2, 4, 16
     torch.set_num_threads(1)
+    if args.out is None:
+        args.out = HERE / "results" / ("validation" if args.split == "validation" else "")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.problems:
             path = args.out / f"suite-{name}.csv"
-            rows = merged_rows(path, run_problem(name, args))
+            scored = {r.get("split") or "test" for r in load_rows(args.out) if r["problem"] == name}
+            if scored - {args.split}:  # checked before hours of work, not when merging
+                raise SystemExit(
+                    f"{path} is scored on the {scored.pop()} split, this run on {args.split}: "
+                    "give another --out"
+                )
+
+            def save(rows, path=path):
+                write_csv(path, merged_rows(path, rows))
+
+            rows = merged_rows(path, run_problem(name, args, on_row=save))
             write_csv(path, rows)
             save_rank_histograms(args.out / f"rank-{name}.png", PROBLEMS[name].label, rows)
     rows = load_rows(args.out)

@@ -113,8 +113,8 @@ def denoiser_passes(sampler) -> dict:
     return {"denoiser_forward": forward, "denoiser_backward": backward}
 
 
-def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
-    """Earlier rows at `path` that `rows` do not redo (same problem, operator, method, lengths).
+def merge_rows(earlier: list[dict], rows: list[dict]) -> list[dict]:
+    """The `earlier` rows that `rows` do not redo (same problem, operator, method, lengths).
 
     A row's lengths: its engine's and its score prior's training steps.
 
@@ -122,7 +122,27 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
         Those earlier rows, then `rows`.
     """
     columns = ("problem", "operator", "method", "engine_steps", "prior_steps")
-    return keep_earlier(read_csv(path), rows, columns)
+    return keep_earlier(earlier, rows, columns)
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """`rows` with their speed-ups over DPS into `out`: the CSV, the targets' CSV, the report.
+
+    A speed-up is against DPS's time on the same problem, operator and prior (blank without it).
+    """
+    dps = {
+        (r["problem"], r["operator"], str(r.get("prior_steps", ""))): float(r["seconds_per_sample"])
+        for r in rows
+        if r["method"] == "DPS"
+    }
+    for r in rows:
+        key = (r["problem"], r["operator"], str(r.get("prior_steps", "")))
+        r["speedup_vs_dps"] = (
+            round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
+        )
+    write_csv(out / "unseen_operators.csv", rows)
+    write_targets(out / "unseen_operators_targets.csv", rows, quiet=True)
+    (out / "unseen_operators.md").write_text(report(rows))
 
 
 def main() -> None:
@@ -185,6 +205,8 @@ def main() -> None:
     if args.runs is None:
         parser.error("--runs is required (except with --targets-only)")
     torch.set_num_threads(1)
+    # rows of an earlier run that this one keeps; the files are rewritten after every row
+    earlier = read_csv(args.out / "unseen_operators.csv") if args.merge else []
     rows = []
     for name in args.problems:
         ds = build_prior_dataset(name)
@@ -250,21 +272,8 @@ def main() -> None:
                 }
                 print(row, flush=True)
                 rows.append(row)
-    out = args.out / "unseen_operators.csv"
-    rows = merge_rows(out, rows) if args.merge else rows
-    dps = {  # DPS's time on the same problem, operator and prior
-        (r["problem"], r["operator"], str(r.get("prior_steps", ""))): float(r["seconds_per_sample"])
-        for r in rows
-        if r["method"] == "DPS"
-    }
-    for r in rows:
-        key = (r["problem"], r["operator"], str(r.get("prior_steps", "")))
-        r["speedup_vs_dps"] = (
-            round(dps[key] / max(float(r["seconds_per_sample"]), 1e-9), 1) if key in dps else ""
-        )
-    write_csv(out, rows)
-    write_targets(args.out / "unseen_operators_targets.csv", rows)
-    (args.out / "unseen_operators.md").write_text(report(rows))
+                write_results(args.out, merge_rows(earlier, rows))
+    write_targets(args.out / "unseen_operators_targets.csv", merge_rows(earlier, rows))
 
 
 def report(rows: list[dict]) -> str:
@@ -319,10 +328,10 @@ def report(rows: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_targets(path: Path, rows: list[dict]) -> None:
-    """Print the issue's targets for every AVI row of `rows` and write them to `path` (CSV)."""
+def write_targets(path: Path, rows: list[dict], quiet: bool = False) -> None:
+    """Write the targets of every AVI row of `rows` to `path` (CSV); print them unless `quiet`."""
     checked = avi_targets(rows)
-    for t in checked:
+    for t in [] if quiet else checked:
         print(
             f"[{t['problem']}, prior {t['prior_steps'] or '-'}, AVI {t['avi_steps']} steps] "
             f"{t['operator']}: " + ", ".join(f"{k} {t[k]}" for k in list(t)[5:]),

@@ -130,6 +130,41 @@ def test_dps_is_tuned_on_validation_signals_never_the_test_fields():
         held_out_observations(ds, GaussianNoise(0.1), 2, split="train")
 
 
+def test_the_suite_scores_the_validation_split_when_asked_and_never_mixes_splits(tmp_path):
+    from manifold_aps.datasets import PriorDataset, TensorSource
+    from manifold_aps.geometry import HealpixSphere
+    from manifold_aps.operators import GaussianNoise
+
+    train, val, test = torch.zeros(4, 48, 1), torch.ones(3, 48, 1), torch.full((5, 48, 1), 2.0)
+    ds = PriorDataset("x", HealpixSphere(2), TensorSource(train, val), test, "1", "")
+    noise = GaussianNoise(0.1)
+    assert torch.all(suite.test_observations(ds, noise, 2, 0.7, seed=0)[2] == 2.0)
+    assert torch.all(suite.test_observations(ds, noise, 2, 0.7, 0, split="validation")[2] == 1.0)
+    # a problem scored on held-out regions of one map has no other split
+    held = PriorDataset(
+        "x",
+        HealpixSphere(2),
+        TensorSource(val, val),
+        val,
+        "1",
+        "",
+        extra={
+            "visible": torch.ones(48, dtype=torch.bool),
+            "holdout": torch.zeros(48, dtype=torch.bool),
+        },
+    )
+    with pytest.raises(SystemExit, match="no other split"):
+        suite.test_observations(held, noise, 2, 0.7, 0, split="validation")
+    # a validation run into a folder of test rows is refused before any work
+    common.write_csv(tmp_path / "suite-era5-uk.csv", [_row("nearest", 1.0, 1.0, 1.0)])
+    argv = ["suite.py", "--problems", "era5-uk", "--split", "validation", "--out", str(tmp_path)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", argv)
+        mp.setattr(suite, "run_problem", lambda *a, **k: pytest.fail("ran before refusing"))
+        with pytest.raises(SystemExit, match="test split, this run on validation"):
+            suite.main()
+
+
 def test_scores_carry_bootstrap_intervals_and_a_rank_histogram_the_table_shows(tmp_path):
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(6, 40, 1, generator=g, dtype=torch.float64)
@@ -159,6 +194,52 @@ def test_a_rerun_of_one_method_keeps_the_others_and_recomputes_the_speed_ups(tmp
     assert [r["speedup_vs_dps"] for r in rows] == [20.0, 100.0, 1.0]
     with pytest.raises(SystemExit, match="samples"):
         suite.merged_rows(path, [_row("DPS", 0.5, 0.3, 10.0, samples=16)])
+
+
+def test_results_files_are_whole_after_every_row_and_a_failed_write_keeps_the_last(
+    tmp_path, monkeypatch
+):
+    def row(operator, method, crps):
+        return {
+            "problem": "p",
+            "prior_steps": "3000",
+            "operator": operator,
+            "method": method,
+            "crps": crps,
+            "seconds_per_sample": 0.5 if method == "AVI" else 5.0,
+            "rmse_mean": 1.0,
+            "rmse_single_median": 1.0,
+            "engine_steps": "300",
+            "samples": 4,
+        }
+
+    rows = []
+    # the script writes after every row: the first ones have no DPS to compare with yet
+    for r in (row("caps", "AVI", 0.3), row("caps", "DPS", 0.2)):
+        rows.append(r)
+        unseen_operators.write_results(tmp_path, unseen_operators.merge_rows([], rows))
+        written = common.read_csv(tmp_path / "unseen_operators.csv")
+        assert [w["method"] for w in written] == [x["method"] for x in rows]
+    assert written[0]["speedup_vs_dps"] == "10.0" and written[1]["speedup_vs_dps"] == "1.0"
+    targets = common.read_csv(tmp_path / "unseen_operators_targets.csv")
+    assert targets[0]["crps_over_best_zero_shot"] == "1.5"
+    assert "**0.2** / 5 s" in (tmp_path / "unseen_operators.md").read_text()
+
+    def fail(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(common.csv.DictWriter, "writerows", fail)
+    with pytest.raises(OSError, match="disk full"):
+        common.write_csv(tmp_path / "unseen_operators.csv", [row("caps", "APS", 0.9)])
+    assert [w["method"] for w in common.read_csv(tmp_path / "unseen_operators.csv")] == [
+        "AVI",
+        "DPS",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "unseen_operators.csv",
+        "unseen_operators.md",
+        "unseen_operators_targets.csv",
+    ]
 
 
 def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
