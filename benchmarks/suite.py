@@ -235,7 +235,7 @@ def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int 
         f"{label}: rank histograms ({shown[0]['observations']} fields × "
         f"{shown[0]['samples']} samples; flat = calibrated, U = over-confident)"
     )
-    fig.suptitle(textwrap.fill(title, 45 * cols), fontsize=9)
+    fig.suptitle(textwrap.fill(title, 34 * cols), fontsize=9)  # ~34 characters a panel
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

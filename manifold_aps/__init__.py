@@ -26,8 +26,8 @@ building blocks behind it.
 * Datasets: `build_prior_dataset`, `dataset_names`, `PriorDataset`, `TensorSource`,
   `GaussianSource`, `data_dir`, `wmap_masked_problem`.
 * Scores: `weighted_mean`, `weighted_rmse`, `crps_ensemble`, `central_interval`,
-  `interval_coverage`, `spread_skill_ratio`, `rank_histogram`, `bootstrap_interval`,
-  `posterior_scores`, `band_power_ratios`; on xarray
+  `interval_coverage`, `pit_coverage`, `spread_skill_ratio`, `rank_histogram`,
+  `bootstrap_interval`, `posterior_scores`, `band_power_ratios`; on xarray
   fields `cell_area_weights`, `xr_rmse`, `xr_bias`, `xr_crps`, `xr_coverage`,
   `xr_spread_skill`.
 * Sparse linear algebra: `SparseCholesky`, `NotPositiveDefiniteError`. Figures: `plot_signals`,
@@ -72,6 +72,7 @@ from manifold_aps.metrics import (
     central_interval,
     crps_ensemble,
     interval_coverage,
+    pit_coverage,
     rank_histogram,
     spread_skill_ratio,
     weighted_mean,
@@ -239,6 +240,7 @@ __all__ = [
     "fit_matern",
     "healpix_panel",
     "interval_coverage",
+    "pit_coverage",
     "load_checkpoint",
     "load_engine",
     "load_prior",

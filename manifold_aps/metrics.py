@@ -110,6 +110,35 @@ def interval_coverage(
     return weighted_mean(inside, weight, where)
 
 
+def pit_coverage(frequencies: torch.Tensor, level: float = 0.9) -> torch.Tensor:
+    """Coverage of an ensemble's central `level` predictive interval, from its rank histogram.
+
+    The empirical interval of `S` members (`central_interval`) holds a calibrated truth with
+    probability `level (S - 1) / (S + 1)` only (79.4 % for 90 % at `S = 16`), so its coverage
+    mixes the ensemble's calibration with its size. The randomised PIT does not: a truth of rank
+    `r` (`rank_histogram`) has a PIT uniform on `[r, r + 1] / (S + 1)`, and the share of it inside
+    `[(1 - level) / 2, (1 + level) / 2]`, averaged over the ranks, is `level` exactly for a
+    calibrated ensemble of any size (below for an over-confident one, above for a too wide one).
+
+    Arguments:
+        frequencies: `(S + 1,)` rank frequencies summing to 1 (`rank_histogram`).
+        level: the interval's nominal probability, in (0, 1).
+
+    Returns:
+        0-d float64 tensor in [0, 1].
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    f = torch.as_tensor(frequencies, dtype=torch.float64).flatten()
+    n = f.numel()
+    if n < 2:
+        raise ValueError("a rank histogram has S + 1 >= 2 frequencies")
+    edges = torch.arange(n + 1, dtype=torch.float64) / n
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    inside = (edges[1:].clamp(lo, hi) - edges[:-1].clamp(lo, hi)) * n  # share of each rank's PIT
+    return (f * inside).sum()
+
+
 def spread_skill_ratio(
     samples: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor, where=None
 ) -> torch.Tensor:

@@ -247,6 +247,40 @@ def test_prior_variance_of_the_estimator_matches_the_prior():
     )
 
 
+def test_the_spectrum_fit_recovers_a_polynomial_spectrum_on_a_small_region_scale():
+    """p = 3 lambda^2 at eigenvalues of a small region (x 240: lambda_1 ~ 480, as on ERA5 UK).
+
+    The fit used to run in log a_j from the estimator's start (log a = [11.4, -2.3, -18.3] on the
+    UK grid): L-BFGS stopped at a misfit of 0.49 here, and on a UK prior ran log a_0 to -123,
+    whose exp is 0 in float32, so p(0) = 0 on the constant mode, its gain inf and every APS loss
+    NaN at step 1. The fit must reach the exact polynomial (a_0, a_1 left free by the modes), keep
+    finite float32 parameters and the exact precisions 1 / v_k on the gain modes, lambda_0 = 0
+    included.
+    """
+    est = TikhonovEstimate(DOMAIN, num_modes=8)
+    with torch.no_grad():
+        est.log_a.copy_(torch.tensor([11.4013, -2.3026, -18.3091]))  # the UK grid's start
+    lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
+    lam = lam * 240.0
+    assert float(lam[0]) == pytest.approx(0.0, abs=1e-6)
+    var = 1.0 / (3.0 * lam.clamp_min(float(lam[1])) ** 2)
+    misfit = est.fit_to_spectrum(lam, var)
+    assert misfit < 1e-10
+    assert torch.isfinite(est.log_a).all() and torch.isfinite(est.log_gain).all()
+    assert float(est.log_a[2].exp()) == pytest.approx(3.0, rel=1e-4)
+    precision = est._poly(lam[:8]) * est.log_gain.exp()  # e^{g_k}: the gain modes' precision
+    assert torch.allclose(precision.double(), 1.0 / var[:8], rtol=1e-4)
+
+
+def test_a_spectrum_that_is_not_finite_is_refused():
+    est = TikhonovEstimate(DOMAIN, num_modes=8)
+    lam, _ = DOMAIN.eigenbasis(DOMAIN.num_nodes)
+    var = torch.ones_like(lam)
+    var[20] = float("nan")
+    with pytest.raises(ValueError, match="1 non-finite"):
+        est.fit_to_spectrum(lam, var)
+
+
 @pytest.mark.parametrize("signals", ["data", "prior"])
 def test_forward_kl_term_adds_weight_times_minus_log_q_of_the_pairs(signals):
     from dataclasses import replace

@@ -20,6 +20,9 @@ from manifold_aps.operators import LinearOperator, Mask
 
 __all__ = ["TikhonovEstimate"]
 
+# |log a_j| of the fitted polynomial p: e^{+-60} and p stay normal float32 numbers
+LOG_COEFFICIENT_BOUND = 60.0
+
 
 class TikhonovEstimate(SavedEigenpairs):
     r"""A cheap, mask-aware first estimate of the posterior mean, with a learned Gaussian prior.
@@ -119,26 +122,70 @@ class TikhonovEstimate(SavedEigenpairs):
         """
         import scipy.optimize
 
+        if not torch.isfinite(variances).all() or (variances < 0).any():
+            raise ValueError(
+                "the prior's mode variances must be finite and non-negative; got "
+                f"{int((~torch.isfinite(variances)).sum())} non-finite and "
+                f"{int((variances < 0).sum())} negative of {variances.numel()}"
+            )
         lam = eigenvalues.double()
         target = -torch.log(variances.double().clamp_min(1e-30))
         hi = slice(self.num_modes, None) if lam.numel() > self.num_modes + 3 else slice(None)
 
+        # The fit runs on the rescaled eigenvalues x = lambda / lambda_max, p = b_0 + b_1 x + b_2 x^2
+        # (b_j = a_j lambda_max^j), from a start at the targets' mean level: on a small region
+        # lambda_max ~ 1e5 and the fit in log a_j, from the estimator's start, was so badly scaled
+        # that L-BFGS stopped far from a polynomial the modes admit exactly (misfit 0.49 for
+        # p = 3 lambda^2) or ran log a_0 to -123 (on an ERA5 UK prior: e^-123 is 0 in float32, so
+        # p(0) = 0 on the constant mode, its gain was inf and every APS loss NaN at step 1). The
+        # bounds keep every a_j a normal float32 (e^{+-60}) wherever the modes leave it free.
+        scale = float(lam[hi].abs().max().clamp_min(1e-12))
+        x = lam[hi] / scale
+        shift = torch.arange(3, dtype=torch.float64) * math.log(scale)  # log b_j - log a_j
+
         def objective(theta):
             with torch.enable_grad():
                 t = torch.tensor(theta, requires_grad=True)
-                a = t.exp()
-                p = a[0] + a[1] * lam[hi] + a[2] * lam[hi] ** 2
+                b = t.exp()
+                p = b[0] + b[1] * x + b[2] * x**2
                 loss = (torch.log(p) - target[hi]).pow(2).mean()
                 (grad,) = torch.autograd.grad(loss, t)
             return float(loss), grad.numpy()
 
+        level = float(target[hi].mean()) - math.log(3.0)  # p = 3 e^level ... e^level on [0, 1]
         res = scipy.optimize.minimize(
-            objective, self.log_a.detach().double().numpy(), jac=True, method="L-BFGS-B"
+            objective,
+            (torch.full((3,), level, dtype=torch.float64))
+            .clamp(-LOG_COEFFICIENT_BOUND + shift, LOG_COEFFICIENT_BOUND + shift)
+            .numpy(),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=list(
+                zip(
+                    (shift - LOG_COEFFICIENT_BOUND).tolist(),
+                    (shift + LOG_COEFFICIENT_BOUND).tolist(),
+                    strict=True,
+                )
+            ),
+            options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12},
         )
-        self.log_a.copy_(torch.from_numpy(res.x).to(self.log_a.dtype))
+        res.x = res.x - shift.numpy()  # log a_j
+        log_a = torch.from_numpy(res.x).to(self.log_a.dtype)
+        log_gain = None
         if self.num_modes:
-            p_low = self._poly(lam[: self.num_modes].to(self.log_a.dtype))
-            self.log_gain.copy_((target[: self.num_modes].to(p_low.dtype) - torch.log(p_low)))
+            a = log_a.double().exp()
+            low = lam[: self.num_modes]
+            log_gain = target[: self.num_modes] - torch.log(a[0] + a[1] * low + a[2] * low**2)
+        if not (
+            torch.isfinite(log_a).all() and (log_gain is None or torch.isfinite(log_gain).all())
+        ):
+            raise FloatingPointError(
+                "the first estimate's fit to the prior's spectrum is not finite "
+                f"(log a = {res.x.tolist()})"
+            )
+        self.log_a.copy_(log_a)
+        if log_gain is not None:
+            self.log_gain.copy_(log_gain.to(self.log_gain.dtype))
         return float(res.fun)
 
     def _poly(self, lam):
