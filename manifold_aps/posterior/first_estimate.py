@@ -132,7 +132,7 @@ class TikhonovEstimate(SavedEigenpairs):
         target = -torch.log(variances.double().clamp_min(1e-30))
         hi = slice(self.num_modes, None) if lam.numel() > self.num_modes + 3 else slice(None)
 
-        # The fit runs on the rescaled eigenvalues x = lambda / lambda_max, p = b_0 + b_1 x + b_2 x^2
+        # The fit runs on rescaled eigenvalues x = lambda / lambda_max, p = b_0 + b_1 x + b_2 x^2
         # (b_j = a_j lambda_max^j), from a start at the targets' mean level: on a small region
         # lambda_max ~ 1e5 and the fit in log a_j, from the estimator's start, was so badly scaled
         # that L-BFGS stopped far from a polynomial the modes admit exactly (misfit 0.49 for
