@@ -248,7 +248,7 @@ def test_prior_variance_of_the_estimator_matches_the_prior():
 
 
 def test_the_spectrum_fit_recovers_a_polynomial_spectrum_on_a_small_region_scale():
-    """A spectrum p = 3 lambda^2 at eigenvalues of a small region (x 240: lambda_1 ~ 480, as on ERA5 UK).
+    """A spectrum p = 3 lambda^2 at small-region eigenvalues (x 240: lambda_1 ~ 480, as on UK).
 
     The fit used to run in log a_j from the estimator's start (log a = [11.4, -2.3, -18.3] on the
     UK grid): L-BFGS stopped at a misfit of 0.49 here, and on a UK prior ran log a_0 to -123,
