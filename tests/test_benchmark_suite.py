@@ -12,6 +12,8 @@ import common  # noqa: E402
 import suite  # noqa: E402
 import unseen_operators  # noqa: E402
 
+from manifold_aps import pit_coverage  # noqa: E402
+
 
 def _row(method, rmse, crps, sec, **kw):
     row = {
@@ -171,16 +173,24 @@ def test_scores_carry_bootstrap_intervals_and_a_rank_histogram_the_table_shows(t
     samples = truth + torch.randn(16, 6, 40, 1, generator=g, dtype=torch.float64)
     where = torch.ones_like(truth, dtype=torch.bool)
     out = suite.scores(samples, truth, where, torch.ones(40, dtype=torch.float64), point=False)
-    for key in ("rmse_mean", "crps", "spread_skill", "coverage_90"):
+    for key in ("rmse_mean", "crps", "spread_skill", "coverage_90", "coverage_90_pit"):
         assert out[f"{key}_lo"] <= out[key] <= out[f"{key}_hi"], key
     hist = [float(v) for v in out["rank_histogram"].split(";")]
     assert len(hist) == 17 and sum(hist) == pytest.approx(1.0, abs=1e-4)
+    # the PIT coverage is the one its rank histogram determines; a row written before the column
+    # existed gets it from the histogram it stored
+    assert out["coverage_90_pit"] == pytest.approx(
+        float(pit_coverage(torch.tensor(hist, dtype=torch.float64))), abs=1e-4
+    )
+    older = {k: v for k, v in out.items() if not k.startswith("coverage_90_pit")}
+    assert suite._pit_coverage(older) == pytest.approx(out["coverage_90_pit"], abs=1e-4)
     point = suite.scores(samples[:1], truth, where, torch.ones(40), point=True)
     assert "rank_histogram" not in point and point["coverage_90"] == ""
     row = _row("APS", 0.0, 0.0, 0.01)
     row.update(out)
     line = next(x for x in suite.report(tmp_path, [row], "m").splitlines() if x.startswith("| APS"))
     assert f"{out['coverage_90']:.0%} [{out['coverage_90_lo']:.0%}–" in line
+    assert f"| {out['coverage_90_pit']:.0%} [{out['coverage_90_pit_lo']:.0%}–" in line
     suite.save_rank_histograms(tmp_path / "rank.png", "test", [row])
     assert (tmp_path / "rank.png").stat().st_size > 5_000
 
