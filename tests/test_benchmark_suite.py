@@ -206,22 +206,27 @@ def test_a_rerun_of_one_method_keeps_the_others_and_recomputes_the_speed_ups(tmp
         suite.merged_rows(path, [_row("DPS", 0.5, 0.3, 10.0, samples=16)])
 
 
+def _unseen_row(operator, method, crps, sec, rmse=1.0, single=1.0, steps=""):
+    """A row of `unseen_operators.py`'s results with the columns its merge and targets read."""
+    return {
+        "problem": "p",
+        "prior_steps": "3000",
+        "operator": operator,
+        "method": method,
+        "crps": crps,
+        "seconds_per_sample": sec,
+        "rmse_mean": rmse,
+        "rmse_single_median": single,
+        "engine_steps": steps,
+    }
+
+
 def test_results_files_are_whole_after_every_row_and_a_failed_write_keeps_the_last(
     tmp_path, monkeypatch
 ):
     def row(operator, method, crps):
-        return {
-            "problem": "p",
-            "prior_steps": "3000",
-            "operator": operator,
-            "method": method,
-            "crps": crps,
-            "seconds_per_sample": 0.5 if method == "AVI" else 5.0,
-            "rmse_mean": 1.0,
-            "rmse_single_median": 1.0,
-            "engine_steps": "300",
-            "samples": 4,
-        }
+        sec = 0.5 if method == "AVI" else 5.0
+        return {**_unseen_row(operator, method, crps, sec, steps="300"), "samples": 4}
 
     rows = []
     # the script writes after every row: the first ones have no DPS to compare with yet
@@ -253,19 +258,7 @@ def test_results_files_are_whole_after_every_row_and_a_failed_write_keeps_the_la
 
 
 def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
-    def row(operator, method, crps, sec, rmse=1.0, single=1.0, steps=""):
-        return {
-            "problem": "p",
-            "prior_steps": "3000",
-            "operator": operator,
-            "method": method,
-            "crps": crps,
-            "seconds_per_sample": sec,
-            "rmse_mean": rmse,
-            "rmse_single_median": single,
-            "engine_steps": steps,
-        }
-
+    row = _unseen_row
     rows = [
         row("caps", "DPS", 0.50, 2.0),
         row("caps", "MGDM-20", 0.40, 3.0),
