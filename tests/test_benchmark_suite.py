@@ -287,3 +287,16 @@ def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
     # columns in the script's order; the lowest CRPS of the operator in bold
     assert "| operator | APS | implicit | AVI | MGDM-8 | MGDM-20 | DPS |" in table
     assert caps_line.split(" | ")[4] == "**0.1** / 0.1 s" and "score prior 3000 steps" in table
+
+
+def test_unseen_operator_coverage_reads_seventy_percent_for_a_calibrated_eight_sample_ensemble():
+    # 8 exchangeable uniform samples and a truth: their own 5-95 % interval holds 0.9 * 7/9 = 70 %
+    # of the truths (the tables' coverage), the rank histogram's 90 % level 90 %
+    g = torch.Generator().manual_seed(5)
+    draws = torch.rand(9, 2, 20000, 1, generator=g, dtype=torch.float64)
+    where = torch.ones(2, 20000, 1, dtype=torch.bool)
+    out = unseen_operators.scores(
+        draws[:8], draws[8], where, torch.ones(20000, dtype=torch.float64)
+    )
+    assert out["coverage_90"] == pytest.approx(0.9 * 7 / 9, abs=0.01)
+    assert out["coverage_90_pit"] == pytest.approx(0.9, abs=0.01)
