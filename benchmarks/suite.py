@@ -216,6 +216,11 @@ def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
     return out
 
 
+def rank_frequencies(row: dict) -> torch.Tensor:
+    """A row's stored rank histogram `(S + 1,)` float64 (`scores` joins it with ";")."""
+    return torch.tensor([float(v) for v in row["rank_histogram"].split(";")], dtype=torch.float64)
+
+
 def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int = 5) -> None:
     """One panel per probabilistic method (`per_row` a row): its rank histogram, flat = 1."""
     import matplotlib
@@ -234,7 +239,7 @@ def save_rank_histograms(path: Path, label: str, rows: list[dict], per_row: int 
     for ax in axes.flat[len(shown) :]:
         ax.set_visible(False)
     for ax, r in zip(axes.flat, shown, strict=False):
-        freq = np.array([float(v) for v in r["rank_histogram"].split(";")])
+        freq = rank_frequencies(r).numpy()
         ax.bar(np.arange(freq.size), freq * freq.size, width=1.0, color="tab:blue")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_title(textwrap.fill(r["method"], 30), fontsize=8)
@@ -263,6 +268,20 @@ def timed_sample(method: str, sampler, y, operator, n: int, seed: int):
     return s.detach().double(), sec, mem.peak_mb
 
 
+def prior_train_config(steps: int, quick: bool = False) -> TrainConfig:
+    """The suite's score-prior training recipe for `steps` steps (`quick`: a tiny batch)."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=4 if quick else 32,
+        lr=2e-3,
+        warmup=min(100, steps // 4),
+        ema_decay=0.999,
+        checkpoint_every=250,
+        validate_every=0 if quick else 250,
+        log_every=25,
+    )
+
+
 def prior_checkpoint(
     problem: Problem, ds, runs: Path, steps: int, quick: bool
 ) -> tuple[Path, float]:
@@ -272,17 +291,7 @@ def prior_checkpoint(
         print(
             f"[{problem.dataset}] training the score prior for {steps} steps into {run}", flush=True
         )
-        cfg = TrainConfig(
-            steps=steps,
-            batch_size=4 if quick else 32,
-            lr=2e-3,
-            warmup=min(100, steps // 4),
-            ema_decay=0.999,
-            checkpoint_every=250,
-            validate_every=0 if quick else 250,
-            log_every=25,
-        )
-        train_prior(ds, run, cfg, resume=True, progress=not quick)
+        train_prior(ds, run, prior_train_config(steps, quick), resume=True, progress=not quick)
     return run / "checkpoint.pt", training_seconds(run)
 
 
@@ -532,8 +541,7 @@ def _pit_coverage(row: dict) -> float | None:
         return float(row["coverage_90_pit"])
     if row.get("rank_histogram") in ("", None):
         return None
-    freq = torch.tensor([float(v) for v in row["rank_histogram"].split(";")], dtype=torch.float64)
-    return float(pit_coverage(freq, 0.9))
+    return float(pit_coverage(rank_frequencies(row), 0.9))
 
 
 def insert_into_readme(readme: Path, table: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from common import training_seconds, write_csv
 from prior_calibration import BANDS, MODES
+from suite import prior_train_config
 
 from climate.demo import default_sample_path
 from climate.era5 import grid_domain, open_era5, to_signal
@@ -28,7 +29,6 @@ from manifold_aps.metrics import central_interval, interval_coverage
 from manifold_aps.priors.checks import band_power
 from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior, train_prior
-from manifold_aps.training import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 HELD_OUT_DAYS = (4, 10, 16, 22, 28)
@@ -67,17 +67,7 @@ def main() -> None:
     torch.set_num_threads(1)
     ds = interleaved_dataset()
     run = args.runs / "prior"
-    config = TrainConfig(  # the suite's prior recipe (suite.prior_checkpoint)
-        steps=args.steps,
-        batch_size=32,
-        lr=2e-3,
-        warmup=min(100, args.steps // 4),
-        ema_decay=0.999,
-        checkpoint_every=250,
-        validate_every=250,
-        log_every=25,
-    )
-    train_prior(ds, run, config, resume=True, progress=True)
+    train_prior(ds, run, prior_train_config(args.steps), resume=True, progress=True)
     prior = load_prior(run / "checkpoint.pt", ds.domain)
     with torch.no_grad():
         z = reverse_sde_sample(
@@ -89,11 +79,11 @@ def main() -> None:
         ).sample
     samples = prior.denormalize(z).double()
     interval = central_interval(samples, 0.9)
+    _, power_prior = band_power(ds.domain, samples, MODES, BANDS)
     rows = []
     for split, fields in (("train", ds.source.train), ("held-out days", ds.test)):
         fields = fields.double()
         _, power_data = band_power(ds.domain, fields, MODES, BANDS)
-        _, power_prior = band_power(ds.domain, samples, MODES, BANDS)
         rows.append(
             {
                 "split": split,

@@ -173,9 +173,8 @@ class TikhonovEstimate(SavedEigenpairs):
         log_a = torch.from_numpy(res.x).to(self.log_a.dtype)
         log_gain = None
         if self.num_modes:
-            a = log_a.double().exp()
-            low = lam[: self.num_modes]
-            log_gain = target[: self.num_modes] - torch.log(a[0] + a[1] * low + a[2] * low**2)
+            p_low = self._poly(lam[: self.num_modes], log_a.double())
+            log_gain = target[: self.num_modes] - torch.log(p_low)
         if not (
             torch.isfinite(log_a).all() and (log_gain is None or torch.isfinite(log_gain).all())
         ):
@@ -188,8 +187,9 @@ class TikhonovEstimate(SavedEigenpairs):
             self.log_gain.copy_(log_gain.to(self.log_gain.dtype))
         return float(res.fun)
 
-    def _poly(self, lam):
-        a = self.log_a.exp()
+    def _poly(self, lam, log_a: torch.Tensor | None = None):
+        """p(lambda) = a_0 + a_1 lambda + a_2 lambda^2, of `log_a` (default this estimator's)."""
+        a = (self.log_a if log_a is None else log_a).exp()
         return a[0] + a[1] * lam + a[2] * lam**2
 
     def _sparse(self, v):
