@@ -16,12 +16,55 @@ from torch import nn
 
 from manifold_aps.geometry import Domain
 
-__all__ = ["Compose", "Identity", "LinearOperator", "Mask", "Subsample"]
+__all__ = ["Compose", "Identity", "LinearOperator", "Mask", "Subsample", "conjugate_gradient"]
 
 
 def _batch_dot(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Weighted inner product per batch element: `(B, N, C) x (B, N, C) -> (B, 1, 1)`."""
     return torch.einsum("bnc,n,bnc->b", a, w, b)[:, None, None]
+
+
+def conjugate_gradient(
+    apply,
+    rhs: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    x0: torch.Tensor | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-10,
+) -> torch.Tensor:
+    r"""Solve :math:`H x = b` by conjugate gradients, one system per batch element.
+
+    Arguments:
+        apply: `x -> H x` on `(B, N, C)`, symmetric positive definite in the inner product
+            :math:`\langle a, b\rangle = \sum_{nc} w_n a_{nc} b_{nc}` of every batch element.
+        rhs: `b`, `(B, N, C)`.
+        weight: `w` `(N,)` (default all ones: the Euclidean inner product).
+        x0: the first guess `(B, N, C)` (default 0).
+        max_iter: iterations at most.
+        tol: stop when every residual's norm is below `tol` times its right-hand side's.
+
+    Returns:
+        `x` `(B, N, C)`.
+    """
+    w = torch.ones(rhs.shape[1], dtype=rhs.dtype, device=rhs.device) if weight is None else weight
+    tiny = torch.finfo(rhs.dtype).tiny
+    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
+    r = rhs - apply(x) if x0 is not None else rhs.clone()
+    p = r.clone()
+    rr = _batch_dot(r, r, w)
+    stop = tol**2 * _batch_dot(rhs, rhs, w).clamp_min(tiny)
+    for _ in range(max_iter):
+        if bool(torch.all(rr <= stop)):
+            break
+        hp = apply(p)
+        alpha = rr / _batch_dot(p, hp, w).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * hp
+        rr_new = _batch_dot(r, r, w)
+        p = r + (rr_new / rr.clamp_min(tiny)) * p
+        rr = rr_new
+    return x
 
 
 class LinearOperator(nn.Module):
@@ -104,24 +147,14 @@ class LinearOperator(nn.Module):
         Returns:
             `(B, N, C)`.
         """
-        m = self.mass.to(y.dtype)
         rhs = self.adjoint(y)
-        x = torch.zeros_like(rhs)
-        r = rhs.clone()
-        p = r.clone()
-        rr = _batch_dot(r, r, m)
-        stop = tol**2 * rr.clamp_min(torch.finfo(y.dtype).tiny)
-        for _ in range(max_iter):
-            if bool(torch.all(rr <= stop)):
-                break
-            hp = self.normal(p) + damping * p
-            alpha = rr / _batch_dot(p, hp, m).clamp_min(torch.finfo(y.dtype).tiny)
-            x = x + alpha * p
-            r = r - alpha * hp
-            rr_new = _batch_dot(r, r, m)
-            p = r + (rr_new / rr.clamp_min(torch.finfo(y.dtype).tiny)) * p
-            rr = rr_new
-        return x
+        return conjugate_gradient(
+            lambda p: self.normal(p) + damping * p,
+            rhs,
+            weight=self.mass.to(y.dtype),
+            max_iter=max_iter,
+            tol=tol,
+        )
 
     def __matmul__(self, other: LinearOperator) -> LinearOperator:
         """`A @ B` is the composition `x -> A(B(x))`."""
