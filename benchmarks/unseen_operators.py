@@ -17,13 +17,17 @@ the samples' central 90 % interval, and seconds per sample measured in this run.
 (never the test fields) at that step count. MGDM, the zero-shot sampler the amortized VI
 accelerates, runs at the amortizer's own grid (``MGDM-8``: K = 8, one Adam step per iteration,
 what an untrained amortizer samples) and at the yardstick's best setting (``MGDM-20``: K = 20,
-10 Adam steps at lr 0.05; `amortized_vi_yardstick.py`). Where the prior is Gaussian the exact
-posterior is scored too.
+10 Adam steps at lr 0.05; `amortized_vi_yardstick.py`). ``DAPS-20`` is decoupled annealing
+(`manifold_aps.posterior.daps`) at K = 20 levels: 20 network passes, no backward pass, the exact
+Gaussian inner step, nothing tuned; zero-shot, yet it keeps the amortized engine's contract
+(explicit likelihood at test time, <= 20 network evaluations), so it is held to the same targets.
+Where the prior is Gaussian the exact posterior is scored too.
 
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
 redo, a row being a problem, operator, method and training length; the speed-ups use the DPS rows
-of the file) and results/unseen_operators_targets.csv: every amortized-VI row against the
-issue's targets (`avi_targets`; `--targets-only` rechecks them on the file without running), and
+of the file) and results/unseen_operators_targets.csv: every amortized-VI and DAPS row against
+the issue's targets (`engine_targets`; `--targets-only` rechecks them on the file without
+running), and
 results/unseen_operators.md, the tables of CRPS and time per sample (`report`). Usage:
   python benchmarks/unseen_operators.py --runs /path/to/runs [--problems era5-uk gaussian-bumpy]
       [--methods AVI] [--avi-steps 2500] [--prior-steps 3000]
@@ -59,6 +63,7 @@ from manifold_aps.metrics import (
 )
 from manifold_aps.operators import GaussianNoise, HeatBlur
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
+from manifold_aps.posterior.daps import DAPS
 from manifold_aps.posterior.distill import (
     held_out_observations,
     held_out_signals,
@@ -71,12 +76,15 @@ from manifold_aps.priors.gaussian import GaussianPrior
 # missing); "exact": the dataset's known Gaussian prior
 PRIORS = {"era5-uk": "suite", "gaussian-bumpy": "exact", "mesh-spot": "suite"}
 OPERATORS = ("random", "caps", "swaths", "blur")
-METHODS = ("APS", "implicit", "AVI", "MGDM-8", "MGDM-20", "DPS", "exact")
+METHODS = ("APS", "implicit", "AVI", "DAPS-20", "MGDM-8", "MGDM-20", "DPS", "exact")
 MGDM_SETTINGS = {  # zero-shot MGDM: (K, Adam steps M, lr)
     "MGDM-8": (8, 1, 0.01),  # the amortizer's grid and outer-window steps: AVI untrained
     "MGDM-20": (20, 10, 0.05),  # the best fixed-cost setting of amortized_vi_yardstick.py
 }
+DAPS_SETTINGS = {"DAPS-20": 20}  # zero-shot DAPS with the exact inner step: K levels
 GRADIENT_METHODS = ("DPS", "AVI", *MGDM_SETTINGS)  # they differentiate the likelihood
+# the engines held to the issue's targets: fast, explicit likelihood, <= 20 network passes
+CANDIDATES = ("AVI", *DAPS_SETTINGS)
 
 
 def observations(ds, noise, kind: str, n: int, seed: int, split: str = "test"):
@@ -250,6 +258,9 @@ def main() -> None:
         for method, (k, m, lr) in MGDM_SETTINGS.items():
             if method in args.methods:
                 samplers[method] = MGDM(prior, noise, steps=k, inner_steps=m, lr=lr)
+        for method, k in DAPS_SETTINGS.items():
+            if method in args.methods:
+                samplers[method] = DAPS(prior, noise, steps=k)
         if isinstance(prior, GaussianPrior) and "exact" in args.methods:
             samplers["exact"] = ExactGaussianPosterior(prior, noise)
         for kind in OPERATORS:
@@ -344,18 +355,21 @@ def report(rows: list[dict]) -> str:
 
 def write_targets(path: Path, rows: list[dict], quiet: bool = False) -> None:
     """Write the targets of every AVI row of `rows` to `path` (CSV); print them unless `quiet`."""
-    checked = avi_targets(rows)
+    checked = engine_targets(rows)
     for t in [] if quiet else checked:
+        steps = f" {t['engine_steps']} steps" if t["engine_steps"] else ""
         print(
-            f"[{t['problem']}, prior {t['prior_steps'] or '-'}, AVI {t['avi_steps']} steps] "
-            f"{t['operator']}: " + ", ".join(f"{k} {t[k]}" for k in list(t)[5:]),
+            f"[{t['problem']}, prior {t['prior_steps'] or '-'}, {t['method']}{steps}] "
+            f"{t['operator']}: " + ", ".join(f"{k} {t[k]}" for k in list(t)[6:]),
             flush=True,
         )
     write_csv(path, checked)
 
 
-def avi_targets(rows: list[dict]) -> list[dict]:
-    """The amortized VI against the issue's targets, per problem, prior, operator and AVI row.
+def engine_targets(rows: list[dict]) -> list[dict]:
+    """The fast engines (`CANDIDATES`: the amortized VI, DAPS) against the issue's targets.
+
+    One result per problem, prior, operator and row of a candidate engine.
 
     Unseen operators: CRPS at most 1.10x the best zero-shot sampler's (the lower CRPS of DPS and
     MGDM at its best setting, MGDM-20; not MGDM-8, the amortizer's own untrained grid at its own
@@ -378,14 +392,15 @@ def avi_targets(rows: list[dict]) -> list[dict]:
             equal = [r for r in same if str(r.get("engine_steps", "")) == steps]
             return (equal or same or [None])[0]
 
-        for avi in (r for r in group if r["method"] == "AVI"):
+        for avi in (r for r in group if r["method"] in CANDIDATES):
             steps = str(avi.get("engine_steps", ""))
             crps, sec = float(avi["crps"]), float(avi["seconds_per_sample"])
             t = {
                 "problem": problem,
                 "prior_steps": prior_steps,
                 "operator": operator,
-                "avi_steps": steps,
+                "method": avi["method"],
+                "engine_steps": steps,
                 "seen_in_training": operator == "random",
             }
             checks = []

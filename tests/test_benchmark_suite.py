@@ -266,12 +266,17 @@ def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
         row("caps", "APS", 0.60, 0.01, steps="300"),
         row("caps", "implicit", 0.45, 0.01, steps="300"),
         row("caps", "AVI", 0.43, 0.1, steps="300"),
+        row("caps", "DAPS-20", 0.46, 0.2),  # a candidate too: zero-shot, 20 network passes
         row("blur", "DPS", 0.10, 2.0),
         row("blur", "AVI", 0.105, 0.5, rmse=1.5, single=1.0, steps="300"),
         row("random", "APS", 0.1, 0.01, rmse=0.50, steps="300"),
         row("random", "AVI", 0.1, 0.1, rmse=0.54, steps="300"),
     ]
-    t = {r["operator"]: r for r in unseen_operators.avi_targets(rows)}
+    checked = unseen_operators.engine_targets(rows)
+    daps = next(r for r in checked if r["method"] == "DAPS-20")
+    assert daps["crps_over_best_zero_shot"] == 1.15 and daps["time_saving_over_it"] == 15.0
+    assert daps["engine_steps"] == "" and not daps["meets"]
+    t = {r["operator"]: r for r in checked if r["method"] == "AVI"}
     caps = t["caps"]
     assert caps["best_zero_shot"] == "MGDM-20" and caps["crps_over_best_zero_shot"] == 1.075
     assert caps["time_saving_over_it"] == 30.0 and caps["crps_over_implicit"] == 0.956
@@ -285,8 +290,8 @@ def test_the_amortized_vi_targets_are_checked_against_the_rows_of_one_run():
     table = unseen_operators.report(rows)
     caps_line = next(line for line in table.splitlines() if line.startswith("| caps"))
     # columns in the script's order; the lowest CRPS of the operator in bold
-    assert "| operator | APS | implicit | AVI | MGDM-8 | MGDM-20 | DPS |" in table
-    assert caps_line.split(" | ")[4] == "**0.1** / 0.1 s" and "score prior 3000 steps" in table
+    assert "| operator | APS | implicit | AVI | DAPS-20 | MGDM-8 | MGDM-20 | DPS |" in table
+    assert caps_line.split(" | ")[5] == "**0.1** / 0.1 s" and "score prior 3000 steps" in table
 
 
 def test_unseen_operator_coverage_reads_seventy_percent_for_a_calibrated_eight_sample_ensemble():
