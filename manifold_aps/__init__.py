@@ -14,9 +14,9 @@ building blocks behind it.
   the trained `ScorePrior` (`train_prior`, `load_prior`; `reverse_sde_sample`,
   `probability_flow_sample`, `SamplerOutput`).
 * Posterior engines: exact `ExactGaussianPosterior` (`GaussianConditional`) and `GMRFPosterior`
-  (`GMRFConditional`, `GMRFObservation`, `fit_gmrf`, `GMRFFit`); zero-shot `DPS` (`DPSOutput`)
-  and `MGDM`; distilled `AmortizedFlowPosterior` (APS, `APSConfig`), `ImplicitGenerator`
-  (`ImplicitConfig`) and `AmortizedVI` (`AmortizedVIConfig`); point estimates
+  (`GMRFConditional`, `GMRFObservation`, `fit_gmrf`, `GMRFFit`); zero-shot `DPS` (`DPSOutput`),
+  `DAPS` (`DAPSOutput`) and `MGDM`; distilled `AmortizedFlowPosterior` (APS, `APSConfig`),
+  `ImplicitGenerator` (`ImplicitConfig`) and `AmortizedVI` (`AmortizedVIConfig`); point estimates
   `NearestNeighbour` and `HarmonicInterpolation`.
 * The engine registry `ENGINES` (`EngineSpec`, `engine_names`, `distilled_engines`,
   `engine_for_checkpoint`), `train_engine`, `load_engine`, `load_trained_engine`; any engine on
@@ -113,6 +113,7 @@ from manifold_aps.posterior import (
     NearestNeighbour,
     fit_gmrf,
 )
+from manifold_aps.posterior.daps import DAPS, DAPSOutput
 from manifold_aps.posterior.engines import (
     ENGINES,
     EngineSpec,
@@ -172,6 +173,8 @@ __all__ = [
     "Coarsening",
     "Compose",
     "ConditionalFlow",
+    "DAPS",
+    "DAPSOutput",
     "DPS",
     "DPSOutput",
     "Domain",

@@ -27,6 +27,7 @@ REQUIRED = {
     "manifold_aps": {
         # engines and their registry
         "DPS",
+        "DAPS",
         "MGDM",
         "AmortizedFlowPosterior",
         "ImplicitGenerator",
