@@ -27,10 +27,11 @@ with `S`, :math:`\mu` the prior's per-channel std and mean (`denorm(z) = \mu + S
 operator's observed entries and :math:`A^T` its Euclidean transpose. For masks and subsampling
 :math:`A^T O A` is diagonal and the solve is elementwise. For any other operator (a heat blur) on
 a domain of at most `DENSE_MAX_NODES` nodes, :math:`A^T O A = V\Lambda V^T` is diagonalised
-once per operator (dense, :math:`O(N^3)`; the operator's matrix from `operator_matrix`) and every
-solve is two matrix products; on larger domains it is a batched conjugate-gradient solve started
-at :math:`\hat z_0`. There are no network gradients and no guidance step to tune: `K` network
-evaluations per sample, no backward pass.
+once per operator (dense, :math:`O(N^3)`; the operator's matrix from `operator_matrix`), and
+every level is a few matrix products, with no application of the operator itself; on larger
+domains it is a batched conjugate-gradient solve started at :math:`\hat z_0`. There are no
+network gradients and no guidance step to tune: `K` network evaluations per sample, no backward
+pass.
 
 The conditional's width is :math:`r_i = \rho\,\sigma_{t_i}/\sqrt{\alpha_{t_i}^2 +
 \sigma_{t_i}^2}`, the exact posterior std of :math:`z_0` given :math:`z_{t_i}` for a white
@@ -133,7 +134,7 @@ class DAPS:
         if solver not in INNER_SOLVERS:
             raise ValueError(f"solver must be one of {list(INNER_SOLVERS)}, got {solver!r}")
         self.solver = solver
-        self._eigen: dict[int, tuple] = {}  # id(operator) -> (operator, V, lambda)
+        self._eigen: dict[int, tuple] = {}  # id(operator) -> (operator, O A, V, lambda)
         self.prior, self.noise = prior, noise
         self.steps, self.t_min, self.inner_scale, self.clip = steps, t_min, inner_scale, clip
         self.cg_iter, self.cg_tol, self.max_batch = cg_iter, cg_tol, max_batch
@@ -181,15 +182,29 @@ class DAPS:
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
         sigma2 = self.noise.sigma**2
-        mean_field = mu.expand_as(centre)
-        data = operator.transpose(obs * (y - operator(mean_field) + self.noise.sigma * eps_noise))
+        diagonal = isinstance(operator, (Mask, Subsample))  # A^T O A is diagonal
+        dense = None if diagonal or self.solver == "cg" else self._dense(operator)
+        if dense is not None:  # A as a matrix: no operator applications at all
+            h, vecs, lam = (v.to(dtype=dtype, device=centre.device) for v in dense)
+
+            def forward(x):
+                return torch.einsum("mn,bnc->bmc", h, x)
+
+            def transpose_observed(v):  # A^T O v (the rows of h are zero where O is)
+                return torch.einsum("mn,bmc->bnc", h, v)
+        else:
+            forward = operator
+
+            def transpose_observed(v):
+                return operator.transpose(obs * v)
+
+        mean_field = mu.expand_as(centre) if dense is None else mu.expand(1, *centre.shape[1:])
+        data = transpose_observed(y - forward(mean_field) + self.noise.sigma * eps_noise)
         rhs = (centre + r * eps_prior) / r**2 + scale * data / sigma2
-        if isinstance(operator, (Mask, Subsample)):  # A^T O A is diagonal
+        if diagonal:
             diag = operator.transpose(obs * operator(torch.ones_like(centre)))
             return rhs / (1 / r**2 + scale**2 * diag / sigma2), 0
-        eigen = self._eigenbasis(operator) if self.solver == "auto" else None
-        if eigen is not None:
-            vecs, lam = (v.to(dtype=dtype, device=centre.device) for v in eigen)
+        if dense is not None:
             coef = torch.einsum("nk,bnc->bkc", vecs, rhs)
             coef = coef / (1 / r**2 + scale**2 * lam[None, :, None] / sigma2)
             return torch.einsum("nk,bkc->bnc", vecs, coef), 0
@@ -197,16 +212,17 @@ class DAPS:
 
         def precision(v):
             count[0] += 1
-            return v / r**2 + scale * operator.transpose(obs * operator(scale * v)) / sigma2
+            return v / r**2 + scale * transpose_observed(operator(scale * v)) / sigma2
 
         z0 = conjugate_gradient(precision, rhs, x0=centre, max_iter=self.cg_iter, tol=self.cg_tol)
         return z0, count[0] - 1  # the first call is the start's residual
 
-    def _eigenbasis(self, operator: LinearOperator) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`(V (N, N), lambda (N,))` float64 of :math:`A^T O A`, once per operator; None if too big.
+    def _dense(self, operator: LinearOperator) -> tuple[torch.Tensor, ...] | None:
+        r"""`(O A (N_out, N), V (N, N), lambda (N,))` float64, :math:`A^T O A = V\Lambda V^T`.
 
-        None too when the observed entries differ between batch elements or channels (then
-        conjugate gradients solve it).
+        Built once per operator (and kept); None above `DENSE_MAX_NODES` nodes, or when the
+        observed entries differ between batch elements or channels (then conjugate gradients
+        solve it).
         """
         if operator.domain.num_nodes > DENSE_MAX_NODES:
             return None
@@ -219,8 +235,8 @@ class DAPS:
             if obs is not None:
                 h = h * obs[0, :, 0].to(h.dtype)[:, None]
             lam, vecs = torch.linalg.eigh(h.T @ h)
-            held = self._eigen[id(operator)] = (operator, vecs, lam.clamp_min(0))
-        return held[1], held[2]
+            held = self._eigen[id(operator)] = (operator, h, vecs, lam.clamp_min(0))
+        return held[1:]
 
     def _chunk(self, y, operator, generator, dtype) -> tuple[torch.Tensor, int]:
         sde = self.prior.sde
