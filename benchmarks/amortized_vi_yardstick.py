@@ -47,6 +47,7 @@ from manifold_aps.posterior.amortized_vi import (
     AmortizedVIConfig,
     AmortizedVIObjective,
 )
+from manifold_aps.posterior.daps import DAPS
 from manifold_aps.posterior.distill import held_out_observations, mask_family
 from manifold_aps.posterior.engines import load_engine, train_engine
 from manifold_aps.posterior.gaussian import ExactGaussianPosterior
@@ -168,6 +169,8 @@ def main() -> None:
             "K=50 M=10 lr=0.05 mix",
             MGDM(prior, noise, steps=50, inner_steps=10, lr=0.05, midpoint="mix"),
         ),
+        ("daps", "K=20 (exact inner step)", DAPS(prior, noise, steps=20)),
+        ("daps", "K=50 (exact inner step)", DAPS(prior, noise, steps=50)),
         ("amortized-vi", "K=8 window=0..3 best-of M_in=0 M_out=1 (default)", amortized()),
         ("amortized-vi", "K=8 window=0..3 no best-of M_in=0 M_out=1", amortized(best_of=False)),
     ]

@@ -67,14 +67,16 @@ class DAPSOutput:
         sample: posterior samples `(n, B, N, C)` in physical units.
         nfe: score-network evaluations per sample (`K`).
         timesteps: the annealing levels `(K,)`, from 1 down to `t_min`.
-        cg_iterations: the most conjugate-gradient iterations one inner solve took (0 for
-            diagonal operators).
+        cg_iterations: the most conjugate-gradient iterations one inner solve took (0 without
+            conjugate gradients).
+        backward: backward passes through the network per sample: none.
     """
 
     sample: torch.Tensor
     nfe: int
     timesteps: torch.Tensor
     cg_iterations: int = 0
+    backward: int = 0
 
 
 class DAPS:
