@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from manifold_aps.geometry import HealpixSphere, PlanarGrid
-from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator
+from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator, Subsample
 from manifold_aps.posterior import ExactGaussianPosterior, operator_matrix
 from manifold_aps.posterior.daps import DAPS
 from manifold_aps.priors import GaussianPrior
@@ -28,12 +28,14 @@ def _dense_conditional(centre, r, y, a, obs, scale, mu, sigma):
     return cov @ rhs, cov
 
 
-@pytest.mark.parametrize(("kind", "solver"), [("mask", "auto"), ("blur", "auto"), ("blur", "cg")])
+@pytest.mark.parametrize(
+    ("kind", "solver"), [("mask", "auto"), ("subsample", "auto"), ("blur", "auto"), ("blur", "cg")]
+)
 def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
     """With zero noise draws it returns the dense conditional mean; its draws have its covariance.
 
-    On an 8 x 8 grid; the mask's solve is elementwise, the blur's in the dense eigenbasis of
-    A^T A ("auto") or by conjugate gradients.
+    On an 8 x 8 grid; the mask's and the subsampling's solves are elementwise, the blur's in the
+    dense eigenbasis of A^T A ("auto") or by conjugate gradients.
     """
     domain = PlanarGrid(8, 8)
     nodes = domain.num_nodes
@@ -41,6 +43,8 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
     g = torch.Generator().manual_seed(0)
     if kind == "mask":
         op = Mask(domain, torch.arange(nodes) % 3 != 0)
+    elif kind == "subsample":
+        op = Subsample(domain, torch.arange(0, nodes, 5))
     else:
         op = HeatBlur(domain, t=0.3)
     daps = DAPS(prior, noise, solver=solver, cg_tol=1e-12, cg_iter=500)
@@ -49,12 +53,14 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
     y = noise(op(truth), op.range_mask, rng=g)
     r = 0.4
     a = operator_matrix(op).double()
-    obs = torch.ones(nodes, dtype=torch.float64) if kind == "blur" else op.mask[0, :, 0].double()
+    obs = (
+        op.mask[0, :, 0].double() if kind == "mask" else torch.ones(a.shape[0], dtype=torch.float64)
+    )
     mean, cov = _dense_conditional(centre[0, :, 0], r, y[0, :, 0], a, obs, 3.0, 2.0, 0.2)
     zero = torch.zeros_like(centre)
     got, iters = daps.conditional_sample(centre, r, y, op, zero, torch.zeros_like(y))
     torch.testing.assert_close(got[0, :, 0], mean, rtol=1e-7, atol=1e-8)
-    assert (iters == 0) == (solver == "auto")
+    assert (iters == 0) == (solver == "auto")  # CG only when asked for
     n = 1000
     many = DAPS(prior, noise, solver=solver, cg_tol=1e-6).conditional_sample(
         centre.expand(n, -1, -1),
@@ -62,7 +68,7 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
         y.expand(n, -1, -1),
         op,
         torch.randn(n, nodes, 1, generator=g, dtype=torch.float64),
-        torch.randn(n, nodes, 1, generator=g, dtype=torch.float64),
+        torch.randn(n, *y.shape[1:], generator=g, dtype=torch.float64),
     )[0][:, :, 0]
     # whitened by the exact covariance, the draws are white: their covariance is I up to
     # Monte Carlo error (entries' std 1/sqrt(n) = 0.03)
