@@ -202,17 +202,19 @@ def scores(samples: torch.Tensor, truth, where, weight, point: bool) -> dict:
         "coverage_90": "",
         "coverage_90_pit": "",
     }
+    full = {}  # scores on all fields that are read off something computed once
+    if not point:
+        hist = rank_histogram(samples, truth, weight, where)
+        full["coverage_90_pit"] = float(pit_coverage(hist, 0.9))
     for key, metric in metrics.items():
-        out[key] = float(metric(ensemble, truth, where))
+        out[key] = full[key] if key in full else float(metric(ensemble, truth, where))
         if truth.shape[0] >= 2:
             out[f"{key}_lo"], out[f"{key}_hi"] = bootstrap_interval(
                 lambda i, metric=metric: metric(ensemble[:, i], truth[i], where[i]),
                 truth.shape[0],
             )
     if not point:
-        out["rank_histogram"] = ";".join(
-            f"{v:.5f}" for v in rank_histogram(samples, truth, weight, where).tolist()
-        )
+        out["rank_histogram"] = ";".join(f"{v:.5f}" for v in hist.tolist())
     return out
 
 
