@@ -22,9 +22,7 @@ from common import training_seconds, write_csv
 from prior_calibration import BANDS, MODES
 from suite import prior_train_config
 
-from climate.demo import default_sample_path
-from climate.era5 import grid_domain, open_era5, to_signal
-from manifold_aps.datasets import PriorDataset, TensorSource
+from climate.datasets import era5_uk_days
 from manifold_aps.metrics import central_interval, interval_coverage
 from manifold_aps.priors.checks import band_power
 from manifold_aps.priors.sampling import reverse_sde_sample
@@ -33,26 +31,6 @@ from manifold_aps.priors.train import load_prior, train_prior
 HERE = Path(__file__).resolve().parent
 HELD_OUT_DAYS = (4, 10, 16, 22, 28)
 VALIDATION_DAYS = (1, 31)
-
-
-def interleaved_dataset() -> PriorDataset:
-    """The UK sample split by interleaved days (see the module's docstring)."""
-    da = open_era5(default_sample_path(), "t2m")["t2m"].load()
-    day = da["time"].dt.day
-    gap = sorted({d + s for d in HELD_OUT_DAYS for s in (-1, 1)})
-    held, val = day.isin(list(HELD_OUT_DAYS)), day.isin(list(VALIDATION_DAYS))
-    train, _ = to_signal(da.where(~(held | val | day.isin(gap)), drop=True), dtype=torch.float32)
-    validation, _ = to_signal(da.where(val, drop=True), dtype=torch.float32)
-    test, _ = to_signal(da.where(held, drop=True), dtype=torch.float32)
-    return PriorDataset(
-        "era5-uk-interleaved",
-        grid_domain(da),
-        TensorSource(train, validation),
-        test,
-        "K",
-        f"ERA5 t2m UK 0.25°, hourly, March 2019; held-out days {HELD_OUT_DAYS}",
-        extra={"variable": "t2m"},
-    )
 
 
 def main() -> None:
@@ -65,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ds = interleaved_dataset()
+    ds = era5_uk_days(HELD_OUT_DAYS, VALIDATION_DAYS)
     run = args.runs / "prior"
     train_prior(ds, run, prior_train_config(args.steps), resume=True, progress=True)
     prior = load_prior(run / "checkpoint.pt", ds.domain)

@@ -33,7 +33,14 @@ from manifold_aps.datasets import (
 from manifold_aps.geometry import HealpixSphere
 from manifold_aps.geometry.domain import sparse_to_torch
 
-__all__ = ["AUGMENTATIONS", "era5_global", "era5_uk", "grid_file_dataset", "longitude_rolls"]
+__all__ = [
+    "AUGMENTATIONS",
+    "era5_global",
+    "era5_uk",
+    "era5_uk_days",
+    "grid_file_dataset",
+    "longitude_rolls",
+]
 
 AUGMENTATIONS = ("auto", "longitude", "so3", "none")  # grid_file_dataset's `augment`
 
@@ -254,16 +261,50 @@ def era5_uk(root: Path) -> PriorDataset:
     """``era5-uk``: the shipped UK sample (33 x 49 cells, K); `root` is not used (it ships)."""
     da = open_era5(default_sample_path(), "t2m")["t2m"].load()
     day = da["time"].dt.day
-    train, _ = to_signal(da.where(day <= 18, drop=True), dtype=torch.float32)
-    val, _ = to_signal(da.where((day >= 19) & (day <= 21), drop=True), dtype=torch.float32)
-    test, _ = to_signal(da.where(day >= 25, drop=True), dtype=torch.float32)
-    return PriorDataset(
+    return _uk_split(
+        da,
+        day <= 18,
+        (day >= 19) & (day <= 21),
+        day >= 25,
         "era5-uk",
-        grid_domain(da),
-        TensorSource(train, val),
-        test,
-        "K",
         "ERA5 t2m UK 0.25°, hourly; train 1-18 Mar 2019, val 19-21, test 25-31",
+    )
+
+
+def era5_uk_days(held_out: tuple[int, ...], validation: tuple[int, ...]) -> PriorDataset:
+    """The UK sample split by days of March 2019: `held_out` days test, `validation` days val.
+
+    The days next to each held-out day are left out (hourly fields a day apart are not
+    independent); every other day trains. E.g. `era5_uk_days((4, 10, 16, 22, 28), (1, 31))`:
+    336 training hours, 48 validation and 120 test hours (`benchmarks/uk_interleaved_days.py`).
+    """
+    da = open_era5(default_sample_path(), "t2m")["t2m"].load()
+    day = da["time"].dt.day
+    gap = sorted({d + s for d in held_out for s in (-1, 1)})
+    test, val = day.isin(list(held_out)), day.isin(list(validation))
+    return _uk_split(
+        da,
+        ~(test | val | day.isin(gap)),
+        val,
+        test,
+        "era5-uk-interleaved",
+        f"ERA5 t2m UK 0.25°, hourly, March 2019; held-out days {held_out}",
+    )
+
+
+def _uk_split(da, train, val, test, name: str, description: str) -> PriorDataset:
+    """A `PriorDataset` of the UK field `da` from three boolean selections of its times."""
+
+    def signals(selected):
+        return to_signal(da.where(selected, drop=True), dtype=torch.float32)[0]
+
+    return PriorDataset(
+        name,
+        grid_domain(da),
+        TensorSource(signals(train), signals(val)),
+        signals(test),
+        "K",
+        description,
         extra={"variable": "t2m"},
     )
 
