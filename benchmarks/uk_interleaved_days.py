@@ -19,13 +19,10 @@ from pathlib import Path
 
 import torch
 from common import training_seconds, write_csv
-from prior_calibration import BANDS, MODES
+from prior_calibration import prior_against, prior_samples
 from suite import prior_train_config
 
 from climate.datasets import era5_uk_days
-from manifold_aps.metrics import central_interval, interval_coverage
-from manifold_aps.priors.checks import band_power
-from manifold_aps.priors.sampling import reverse_sde_sample
 from manifold_aps.priors.train import load_prior, train_prior
 
 HERE = Path(__file__).resolve().parent
@@ -47,21 +44,13 @@ def main() -> None:
     run = args.runs / "prior"
     train_prior(ds, run, prior_train_config(args.steps), resume=True, progress=True)
     prior = load_prior(run / "checkpoint.pt", ds.domain)
-    with torch.no_grad():
-        z = reverse_sde_sample(
-            prior,
-            (args.samples, ds.domain.num_nodes, prior.channels),
-            steps=200,
-            generator=torch.Generator().manual_seed(0),
-            progress="prior samples, 200 steps",
-        ).sample
-    samples = prior.denormalize(z).double()
-    interval = central_interval(samples, 0.9)
-    _, power_prior = band_power(ds.domain, samples, MODES, BANDS)
+    samples = prior_samples(prior, ds.domain, args.samples, 200, seed=0)
+    splits = {"train": ds.source.train.double(), "held-out days": ds.test.double()}
     rows = []
-    for split, fields in (("train", ds.source.train), ("held-out days", ds.test)):
-        fields = fields.double()
-        _, power_data = band_power(ds.domain, fields, MODES, BANDS)
+    for (split, fields), check in zip(
+        splits.items(), prior_against(ds.domain, samples, *splits.values()), strict=True
+    ):
+        ratios = zip(check["power_prior"], check["power_data"], strict=True)
         rows.append(
             {
                 "split": split,
@@ -69,11 +58,10 @@ def main() -> None:
                 "prior_steps": args.steps,
                 "train_seconds": round(training_seconds(run), 1),
                 "samples": args.samples,
-                "coverage": round(float(interval_coverage(*interval, fields, ds.domain.mass)), 4),
-                "calibrated": round(0.9 * (args.samples - 1) / (args.samples + 1), 4),
+                "coverage": round(check["coverage"], 4),
+                "calibrated": round(check["calibrated"], 4),
                 **{
-                    f"band_ratio_{i + 1}": round(float(p / d), 3)
-                    for i, (p, d) in enumerate(zip(power_prior, power_data, strict=True))
+                    f"band_ratio_{i + 1}": round(float(p / d), 3) for i, (p, d) in enumerate(ratios)
                 },
             }
         )
