@@ -38,12 +38,16 @@ from climate.schema import LATITUDE, TIME
 from manifold_aps.checkpoint import atomic_path
 from manifold_aps.geometry import HealpixSphere, SphereGrid
 from manifold_aps.geometry.spec import domain_from_spec, domain_spec
-from manifold_aps.operators import GaussianNoise, Mask
-from manifold_aps.posterior import DPS, GMRFObservation, fit_gmrf
+from manifold_aps.operators import Mask
+from manifold_aps.posterior import GMRFObservation, fit_gmrf
 from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, sampler_scale, warn_if_diverged
-from manifold_aps.posterior.dps import DPS_CLIP, guidance_text
 from manifold_aps.posterior.engines import ENGINES as REGISTRY
-from manifold_aps.posterior.engines import engine_for_checkpoint, engine_names
+from manifold_aps.posterior.engines import (
+    ZERO_SHOT_ENGINES,
+    engine_for_checkpoint,
+    engine_names,
+    zero_shot_sampler,
+)
 from manifold_aps.posterior.gmrf_fit import COARSE_START_NODES, coarser_problem
 from manifold_aps.priors import MaternGMRF
 from manifold_aps.priors.gmrf import ALPHAS
@@ -276,7 +280,7 @@ class ImputationModel:
     `done(k)` as fields are finished (those not reported are counted when it returns).
 
     Attributes:
-        engine: "gaussian", "dps", "aps", "implicit" or "avi".
+        engine: "gaussian", "dps", "daps", "aps", "implicit" or "avi".
         variable: the variable name it was made for (e.g. "t2m"; several channels: their
             variables, comma-separated).
         units: its units (e.g. "K"); `impute` refuses a field in other units (several channels:
@@ -847,8 +851,8 @@ class ScoreImputer(ImputationModel):
     Arguments:
         variable, units, domain, noise_std, channels: as `ImputationModel`.
         sampler: an object with `sample(y, operator, n, rng=...) -> (n, B, N, C)` in physical units
-            (`manifold_aps.posterior.DPS`, `AmortizedFlowPosterior`, `ImplicitGenerator`).
-        engine: "dps", "aps", "implicit" or "avi".
+            (`manifold_aps.posterior.DPS`, `DAPS`, `AmortizedFlowPosterior`, `ImplicitGenerator`).
+        engine: "dps", "daps", "aps", "implicit" or "avi".
         description: for the `history` attribute.
     """
 
@@ -938,17 +942,21 @@ def load_model(
     noise_std: float = 0.1,
     dps_steps: int = 1000,
     guidance: float | str = "auto",
+    daps_steps: int = 20,
 ) -> ImputationModel:
     """Open an imputation model from a checkpoint.
 
     Arguments:
         path: a `GaussianImputer.save` file, a `manifold-aps train-prior` checkpoint (used with
-            DPS) or a `manifold-aps distill` checkpoint (APS).
-        engine: check that the file is of this engine ("gaussian", "dps", "aps"); None accepts any.
-        noise_std: observation error of DPS's likelihood, physical units (the others store theirs).
+            DPS, or DAPS when `engine` says so) or a `manifold-aps distill` checkpoint (APS).
+        engine: check that the file is of this engine ("gaussian", "dps", "daps", "aps", ...);
+            None accepts any (a score prior then runs with DPS).
+        noise_std: observation error of the zero-shot engines' likelihood (DPS, DAPS), physical
+            units (the others store theirs).
         dps_steps: DPS's number of reverse-diffusion steps.
         guidance: DPS's guidance step size, or "auto" (tuned on held-out observed cells of the
             first fields it imputes: `manifold_aps.DPS`).
+        daps_steps: DAPS's annealing levels, its network passes per sample (`manifold_aps.DAPS`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -965,23 +973,27 @@ def load_model(
     found = "gaussian" if kind == KIND else (spec.name if spec is not None else None)
     if found is None:
         raise ValueError(f"{path} is not a manifold-aps model checkpoint (kind {kind!r})")
+    if engine in REGISTRY and spec is not None and REGISTRY[engine].checkpoint_kind == kind:
+        found = engine  # another engine of the same checkpoint kind (daps on a score prior)
     if engine is not None and engine != found:
         raise ValueError(f"{path} holds a {found!r} model ({kind}), not a {engine!r} one")
     if found == "gaussian":
         return GaussianImputer.from_state(state)
     dataset, variable, channels = _trained_field(state, path)
-    if found == "dps":
+    if found in ZERO_SHOT_ENGINES:
         from manifold_aps.priors.train import load_prior
 
-        prior = load_prior(path, dataset.domain)
-        sampler = DPS(prior, GaussianNoise(noise_std), steps=dps_steps, guidance=guidance)
-        desc = (
-            f"DPS ({dps_steps} steps, guidance {guidance_text(guidance)}, clip {DPS_CLIP:g} std) "
-            "with the score "
-            f"prior {path.name} of {dataset.name}"
+        sampler, settings = zero_shot_sampler(
+            found,
+            load_prior(path, dataset.domain),
+            noise_std,
+            dps_steps=dps_steps,
+            guidance=guidance,
+            daps_steps=daps_steps,
         )
+        desc = f"{settings} with the score prior {path.name} of {dataset.name}"
         return ScoreImputer(
-            variable, dataset.units, dataset.domain, noise_std, sampler, "dps", desc, channels
+            variable, dataset.units, dataset.domain, noise_std, sampler, found, desc, channels
         )
     from manifold_aps.posterior.engines import load_trained_engine
 

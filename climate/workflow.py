@@ -24,7 +24,7 @@ from climate.plot import ATTRIBUTION_ATTRS, plot_imputation
 from climate.regrid import healpix_cell_index, healpix_field, healpix_to_cells, parse_grid
 from climate.schema import LATITUDE, LONGITUDE, TIME
 from climate.scores import imputation_scores
-from manifold_aps.posterior.engines import ENGINES
+from manifold_aps.posterior.engines import ENGINES, ZERO_SHOT_ENGINES
 from manifold_aps.training import read_weights_file
 
 __all__ = [
@@ -54,12 +54,12 @@ class ImputeRequest:
         input: file, glob or zarr store.
         skip_corrupt_grib: read GRIB files with corrupted messages without them (else refused).
         variable: variable name, or several (a tuple): imputed jointly as the channels of a
-            dps/aps/implicit/avi `checkpoint` trained on them, in its order.
+            dps/daps/aps/implicit/avi `checkpoint` trained on them, in its order.
         channels_from: `DIM=V1,V2,...` or `DIM`: each value of DIM a channel of each variable, as
             given to `train-prior --channels-from` (`parse_channels_from`), or None.
         masks: mask specs, combined with "and" (observed only where all observe).
-        engine: "gaussian", "dps", "aps", "implicit" or "avi".
-        checkpoint: model file (required for dps/aps).
+        engine: "gaussian", "dps", "daps", "aps", "implicit" or "avi".
+        checkpoint: model file (required but for gaussian).
         fit_period: times of the gaussian fit (`parse_period`: stamps and START:END ranges,
             comma-separated), or None.
         period: the imputed times (as `fit_period`), or None (all).
@@ -86,7 +86,8 @@ class ImputeRequest:
             re-estimated from each field's observed values; `GaussianImputer`), "fitted" (the
             training fields'), "refit" (range, std and nugget re-fitted to each field's observed
             values), or None (a loaded model's own setting; "observed" for a model fitted here).
-        quantiles, seed, chunk_size, dps_steps, guidance: as in `impute`, `load_model`.
+        quantiles, seed, chunk_size, dps_steps, guidance, daps_steps: as in `impute`,
+            `load_model`.
         output: output netCDF path.
         plot: output PNG path, or None.
         plot_time: time to map, or None (the first).
@@ -124,6 +125,7 @@ class ImputeRequest:
     chunk_size: int | None = None
     dps_steps: int = 1000
     guidance: float | str = "auto"
+    daps_steps: int = 20
     output: str = "imputed.nc"
     plot: str | None = None
     plot_time: str | None = None
@@ -714,10 +716,10 @@ def _with_noise_std(model: ImputationModel, req: ImputeRequest, log) -> Imputati
     """A loaded model with the likelihood noise of `req.noise_std` (None: the model's own)."""
     if (
         req.noise_std is None
-        or model.engine == "dps"
+        or model.engine in ZERO_SHOT_ENGINES
         or math.isclose(req.noise_std, model.noise_std)
     ):
-        return model  # load_model gave DPS the value asked for
+        return model  # load_model gave DPS / DAPS the value asked for
     if isinstance(model, GaussianImputer):
         log(
             f"likelihood noise std {req.noise_std:g} {model.units} from --noise-std "
@@ -750,6 +752,7 @@ def _model(
             noise_std=DEFAULT_NOISE_STD if req.noise_std is None else req.noise_std,
             dps_steps=req.dps_steps,
             guidance=req.guidance,
+            daps_steps=req.daps_steps,
         )
         model = _with_noise_std(model, req, log)
         if req.variance_scale is not None and isinstance(model, GaussianImputer):

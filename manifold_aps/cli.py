@@ -63,6 +63,18 @@ def _guidance(text: str) -> float | str:
     return value
 
 
+def _daps_steps(text: str) -> int:
+    """Argparse type of `--daps-steps`: an integer >= 3 (DAPS's annealing levels)."""
+    value = _positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3 (annealing levels), got {text!r}")
+    return value
+
+
+DAPS_STEPS_HELP = (
+    "DAPS annealing levels = network passes per sample (default: 20; more are more accurate on "
+    "scattered gaps: 50 halves the gap to DPS on ERA5 UK random masks)"
+)
 GUIDANCE_HELP = (
     "DPS guidance step size, or 'auto' (default): tuned once on the first fields, by hiding 10 %% "
     "of their observed cells and keeping the candidate of 0.01, 0.03, 0.1, 0.3, 1 whose sample "
@@ -211,6 +223,8 @@ Engines:
             --period; if there are none, the observed values of the imputed fields themselves),
             or loaded from --checkpoint (saved with --save-model)
   dps       diffusion posterior sampling with a prior from `manifold-aps train-prior` (--checkpoint)
+  daps      decoupled annealing with the same prior: --daps-steps network passes a sample (20),
+            no gradients, no guidance to tune
   aps       a flow distilled with `manifold-aps distill` (--checkpoint); one pass per sample
   implicit  a generator from `manifold-aps distill --engine implicit` (--checkpoint); one pass
   avi       a few-step guided sampler from `manifold-aps distill --engine avi` (--checkpoint)
@@ -284,6 +298,7 @@ def _impute(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         dps_steps=args.dps_steps,
         guidance=args.guidance,
+        daps_steps=args.daps_steps,
         output=args.output,
         plot=args.plot,
         plot_time=args.plot_time,
@@ -521,6 +536,7 @@ engines:
   harmonic  harmonic (Laplace) interpolation: a point estimate (std NaN, no samples)
   nearest   value of the nearest observed vertex along the edges: a point estimate
   dps       diffusion posterior sampling with a `train-prior --mesh` checkpoint (--checkpoint)
+  daps      decoupled annealing with the same checkpoint: --daps-steps network passes a sample
   aps, implicit, avi  an engine from `distill` (--checkpoint); the checkpoint must be of this mesh
 
 --healpix MAP.fits [--mask MASK.fits] reads a map instead (healpy; the header's ordering; UNSEEN
@@ -607,6 +623,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         noise_std=args.noise_std,
         dps_steps=args.dps_steps,
         guidance=args.guidance,
+        daps_steps=args.daps_steps,
         progress=not args.quiet,
     )
 
@@ -1100,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="observation error std of the likelihood, variable units (default: 0.1 for a gaussian "
-        "engine fitted here and for dps; a saved gaussian model's own value, which this "
+        "engine fitted here and for dps/daps; a saved gaussian model's own value, which this "
         "replaces, its prior unchanged; aps/implicit/avi keep the value they were distilled for)",
     )
     im.add_argument(
@@ -1116,6 +1133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DPS reverse-diffusion steps (default: 1000)",
     )
     im.add_argument("--guidance", type=_guidance, default="auto", help=GUIDANCE_HELP)
+    im.add_argument("--daps-steps", type=_daps_steps, default=20, help=DAPS_STEPS_HELP)
     im.add_argument(
         "--output",
         required=True,
@@ -1393,7 +1411,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="see above (default: gaussian)",
     )
     rc.add_argument(
-        "--checkpoint", help="dps: a train-prior checkpoint; aps/implicit/avi: a distill checkpoint"
+        "--checkpoint",
+        help="dps/daps: a train-prior checkpoint; aps/implicit/avi: a distill checkpoint",
     )
     rc.add_argument(
         "--samples",
@@ -1415,7 +1434,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-std",
         type=_positive_float,
         default=0.1,
-        help="dps: observation noise std (default: 0.1)",
+        help="dps/daps: observation noise std (default: 0.1)",
     )
     rc.add_argument(
         "--dps-steps",
@@ -1424,6 +1443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dps: reverse-diffusion steps (default: 1000)",
     )
     rc.add_argument("--guidance", type=_guidance, default="auto", help="dps: " + GUIDANCE_HELP)
+    rc.add_argument("--daps-steps", type=_daps_steps, default=20, help="daps: " + DAPS_STEPS_HELP)
     rc.add_argument(
         "--output",
         required=True,

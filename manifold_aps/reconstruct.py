@@ -13,8 +13,9 @@ Engines (`ENGINES` of `manifold_aps.posterior.engines`, plus two point estimates
   samples).
 * ``harmonic`` / ``nearest``: `HarmonicInterpolation` / `NearestNeighbour` (geodesic along edges)
   point estimates: no std (NaN) and no samples.
-* ``dps``: diffusion posterior sampling with a `train-prior` checkpoint; ``aps``, ``implicit``,
-  ``avi``: a `distill` checkpoint. The checkpoint must have been trained on this very domain
+* ``dps`` (diffusion posterior sampling) and ``daps`` (decoupled annealing, 20 network passes a
+  sample, nothing tuned): a `train-prior` checkpoint; ``aps``, ``implicit``, ``avi``: a
+  `distill` checkpoint. The checkpoint must have been trained on this very domain
   (fingerprints compared, both named otherwise); the std is that of the samples.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from manifold_aps.geometry import Domain
-from manifold_aps.operators import GaussianNoise, Mask
+from manifold_aps.operators import Mask
 from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, warn_if_diverged
 
 __all__ = [
@@ -127,8 +128,14 @@ def _learned(
     noise_std,
     dps_steps,
     guidance,
+    daps_steps,
 ):
-    from manifold_aps.posterior.engines import ENGINES, engine_for_checkpoint, load_trained_engine
+    from manifold_aps.posterior.engines import (
+        ENGINES,
+        ZERO_SHOT_ENGINES,
+        load_trained_engine,
+        zero_shot_sampler,
+    )
     from manifold_aps.training import checkpoint_domain, load_checkpoint
 
     if checkpoint is None:
@@ -136,28 +143,24 @@ def _learned(
             f"--engine {engine} needs --checkpoint (a {ENGINES[engine].checkpoint_kind!r} file)"
         )
     ckpt = load_checkpoint(checkpoint)
-    found = engine_for_checkpoint(ckpt["kind"])
-    if found is None or found.name != engine:
+    if ckpt["kind"] != ENGINES[engine].checkpoint_kind:
         raise ValueError(
             f"{checkpoint} holds a {ckpt['kind']!r}, "
             f"not a {ENGINES[engine].checkpoint_kind!r} for --engine {engine}"
         )
     checkpoint_domain(ckpt, checkpoint, domain)  # another mesh or grid: refused, both named
-    if engine == "dps":
-        from manifold_aps.posterior.dps import DPS, DPS_CLIP, guidance_text
+    if engine in ZERO_SHOT_ENGINES:
         from manifold_aps.priors.train import load_prior
 
-        sampler = DPS(
+        sampler, settings = zero_shot_sampler(
+            engine,
             load_prior(checkpoint, domain),
-            GaussianNoise(noise_std),
-            steps=dps_steps,
+            noise_std,
+            dps_steps=dps_steps,
             guidance=guidance,
+            daps_steps=daps_steps,
         )
-        details = (
-            f"DPS ({dps_steps} steps, guidance {guidance_text(guidance)}, clip {DPS_CLIP:g} std, "
-            f"noise std {noise_std:g}) "
-            f"with {checkpoint}"
-        )
+        details = f"{settings}, noise std {noise_std:g}, with {checkpoint}"
     else:
         _, sampler, _, _ = load_trained_engine(checkpoint)
         details = f"{ENGINES[engine].title} {checkpoint} (noise std {sampler.noise.sigma:g})"
@@ -165,7 +168,7 @@ def _learned(
     y = torch.from_numpy(np.where(observed, values, 0.0))[..., None]
     drawn = sampler.sample(y, Mask(domain, mask), n, rng=torch.Generator().manual_seed(seed))
     warn_if_diverged(drawn, sampler, ENGINES[engine].title, hint=DIVERGENCE_HINTS.get(engine, ""))
-    if engine == "dps" and sampler.tuning_summary():
+    if engine == "dps" and sampler.tuning_summary():  # what guidance="auto" chose
         details += f"; {sampler.tuning_summary()}"
     samples = drawn.detach().double()[..., 0].numpy()
     return samples.mean(0), samples.std(0, ddof=1), samples, details
@@ -184,6 +187,7 @@ def reconstruct(
     noise_std: float = 0.1,
     dps_steps: int = 1000,
     guidance: float | str = "auto",
+    daps_steps: int = 20,
     progress: bool = False,
 ) -> Reconstruction:
     """Posterior mean, std and samples of signals on `domain` from their observed values.
@@ -193,15 +197,17 @@ def reconstruct(
         values: `(S, N)` or `(N,)`; NaN marks an unobserved value (unless `observed` is given).
         observed: optional boolean of the same shape, True = observed (values elsewhere ignored).
         engine: see the module docstring (`reconstruction_engines()`).
-        checkpoint: the `train-prior` (dps) or `distill` (aps, implicit, avi) checkpoint.
+        checkpoint: the `train-prior` (dps, daps) or `distill` (aps, implicit, avi) checkpoint.
         samples: posterior samples per signal (>= 2 for the sampling engines: their std is the
             samples'; ignored by the point estimates).
         seed: seed of the samples.
         alpha: the gaussian engine's smoothness order (1, 2, 3; nu = alpha - 1).
-        noise_std: DPS's observation noise std, signal units (the distilled engines keep theirs).
+        noise_std: the zero-shot engines' (DPS, DAPS) observation noise std, signal units (the
+            distilled engines keep theirs).
         dps_steps: DPS's reverse-diffusion steps.
         guidance: DPS's guidance step size, or "auto" (tuned on held-out observed values:
             `manifold_aps.DPS`).
+        daps_steps: DAPS's annealing levels, its network passes per sample (`manifold_aps.DAPS`).
         progress: a bar over the gaussian engine's likelihood evaluations.
 
     Raises:
@@ -253,6 +259,7 @@ def reconstruct(
             noise_std,
             dps_steps,
             guidance,
+            daps_steps,
         )
     else:
         from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour

@@ -260,11 +260,45 @@ class SparseCholesky:
             (what `trace_product` needs).
         """
         lower = self.lower  # under PARDISO: a SuperLU factorisation on first use
-        sigma_diag, sigma_lower = _takahashi(lower.indptr, lower.indices, lower.data, self.diag)
+        try:
+            sigma_diag, sigma_lower = _takahashi(lower.indptr, lower.indices, lower.data, self.diag)
+        except _PatternNotClosed:
+            # SuperLU stores no exact zeros (e.g. underflowed fill of a near-diagonal matrix), so
+            # its L can miss entries the recursion needs: complete the pattern symbolically
+            lower = self._lower = self._completed_lower()
+            sigma_diag, sigma_lower = _takahashi(lower.indptr, lower.indices, lower.data, self.diag)
         inv_lower = sp.csc_matrix((sigma_lower, lower.indices, lower.indptr), shape=lower.shape)
         diag = np.empty(self.num_rows)
         diag[self.perm] = sigma_diag
         return diag, inv_lower
+
+    def _completed_lower(self) -> sp.csc_matrix:
+        """`L` on its full symbolic pattern, with explicit zeros where SuperLU stored none.
+
+        The pattern is that of the factor of an M-matrix with the pattern of the permuted `A`
+        (off-diagonal -1, a dominant diagonal), whose elimination cannot cancel.
+        """
+        lower = self.lower
+        n = self.num_rows
+        a = sp.csc_matrix(self._matrix)[self.perm][:, self.perm].tocsc()
+        m = sp.csc_matrix((-np.ones(a.nnz), a.indices, a.indptr), shape=a.shape)
+        m.setdiag(0.0)
+        m = (m + sp.diags(np.asarray(-m.sum(axis=0)).ravel() + 1.0)).tocsc()
+        symbolic = spla.splu(
+            m, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+        ).L.tocsc()
+        symbolic.sort_indices()
+
+        def keys(mat):  # column-major linear index of every stored entry, ascending
+            cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(mat.indptr))
+            return cols * n + mat.indices.astype(np.int64)
+
+        have, want = keys(lower), keys(symbolic)
+        union = np.union1d(want, have)
+        pos = np.searchsorted(have, union).clip(max=max(have.size - 1, 0))
+        data = np.where(have[pos] == union, lower.data[pos], 0.0)
+        indptr = np.searchsorted(union // n, np.arange(n + 1))
+        return sp.csc_matrix((data, union % n, indptr), shape=(n, n))
 
     def trace_product(
         self, other: sp.spmatrix, selected: tuple[np.ndarray, sp.csc_matrix] | None = None
@@ -331,10 +365,16 @@ def _takahashi_compiled(indptr, indices, data, d):  # pragma: no cover - compile
     return sig_diag, sig_lower, missing
 
 
+class _PatternNotClosed(RuntimeError):
+    """The pattern of `L` misses entries the selected inversion needs (`_completed_lower`)."""
+
+
 def _takahashi(indptr, indices, data, d):
     sig_diag, sig_lower, missing = _takahashi_compiled(
         indptr.astype(np.int64), indices.astype(np.int64), data, d
     )
     if missing:
-        raise RuntimeError(f"selected inversion: {missing} entries outside the factor's pattern")
+        raise _PatternNotClosed(
+            f"selected inversion: {missing} entries outside the factor's pattern"
+        )
     return sig_diag, sig_lower

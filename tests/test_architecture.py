@@ -115,7 +115,12 @@ def test_era5_datasets_are_reached_through_entry_points():
 def test_one_engine_registry_feeds_the_command_line_and_the_climate_models():
     import climate.model
     from manifold_aps.cli import build_parser
-    from manifold_aps.posterior.engines import ENGINES, distilled_engines, engine_for_checkpoint
+    from manifold_aps.posterior.engines import (
+        ENGINES,
+        distilled_engines,
+        engine_for_checkpoint,
+        engines_for_checkpoint,
+    )
 
     parser = build_parser()
     sub = next(
@@ -132,6 +137,8 @@ def test_one_engine_registry_feeds_the_command_line_and_the_climate_models():
     assert list(choices["distill"]) == distilled_engines() == ["aps", "implicit", "avi"]
     assert climate.model.ENGINES == tuple(ENGINES)
     for spec in ENGINES.values():
-        if spec.checkpoint_kind:
-            assert engine_for_checkpoint(spec.checkpoint_kind) is spec
+        if spec.checkpoint_kind:  # the first engine of a kind is the default of its files
+            assert spec in engines_for_checkpoint(spec.checkpoint_kind)
+            assert engine_for_checkpoint(spec.checkpoint_kind).name in (spec.name, "dps")
+    assert [s.name for s in engines_for_checkpoint("score-prior")] == ["dps", "daps"]
     assert engine_for_checkpoint("not-a-kind") is None

@@ -33,6 +33,23 @@ def _random_spd(n: int, rng) -> sp.csc_matrix:
     return (a @ a.T + sp.eye(n) * 0.5).tocsc()
 
 
+def test_selected_inversion_completes_a_pattern_superlu_left_short():
+    """A near-diagonal matrix: its fill underflows to exact zeros, which SuperLU does not store.
+
+    The Takahashi recursion needs those entries (measured: 408 stored of 1093 on this 12 x 12
+    grid); it completes the pattern symbolically and is exact (a degenerate GMRF fit gave such
+    a factor in `impute`).
+    """
+    n = 12
+    ring = sp.diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1])
+    grid = (sp.kron(sp.eye(n), ring) + sp.kron(ring, sp.eye(n))).tocsc()
+    a = (sp.eye(n * n) + 1e-170 * grid).tocsc()
+    f = SparseCholesky(a)
+    stored = f.lower.nnz
+    np.testing.assert_allclose(f.inverse_diagonal(), np.diag(np.linalg.inv(a.toarray())))
+    assert f.lower.nnz > stored  # the completed pattern replaced SuperLU's
+
+
 def test_sparse_cholesky_matches_dense(np_rng):
     a = _random_spd(150, np_rng)
     dense = a.toarray()

@@ -21,7 +21,7 @@ from climate.demo import default_sample_path
 from climate.impute import OBSERVED, impute, write_imputation
 from climate.model import GaussianImputer, ScoreImputer, load_model
 from manifold_aps.nn import ScoreNetConfig
-from manifold_aps.posterior import DPS
+from manifold_aps.posterior import DAPS, DPS
 from manifold_aps.training import TrainConfig
 
 TINY_NET = ScoreNetConfig(channels=(8,), num_modes=8, num_positional=2)
@@ -213,6 +213,12 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     out = impute(hours, mask, dps, n_samples=2, progress=False)
     assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
     assert np.isfinite(out.t2m_samples.values).all() and "DPS (3 steps" in out.attrs["history"]
+    daps = load_model(ckpt, engine="daps", daps_steps=4, noise_std=0.2)  # the same prior file
+    assert isinstance(daps.sampler, DAPS) and daps.engine == "daps" and daps.sampler.steps == 4
+    out = impute(hours, mask, daps, n_samples=2, progress=False)
+    assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
+    assert "DAPS (4 levels" in out.attrs["history"]
+    assert load_model(ckpt).engine == "dps"  # a score prior's default engine
     aps_cfg = APSConfig(
         flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2, dense_limit=0
     )

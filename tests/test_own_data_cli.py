@@ -228,6 +228,7 @@ def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path)
     for engine, ckpt, extra in (
         ("aps", root / "aps" / "checkpoint.pt", []),
         ("dps", root / "prior" / "checkpoint.pt", ["--dps-steps", "3"]),
+        ("daps", root / "prior" / "checkpoint.pt", ["--daps-steps", "4"]),
         ("harmonic", None, []),
     ):
         args = ["--checkpoint", ckpt] if ckpt else []

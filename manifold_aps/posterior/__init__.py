@@ -1,6 +1,7 @@
 """Posterior engines; the exact Gaussian posterior is the yardstick for all the others."""
 
 from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour
+from manifold_aps.posterior.daps import DAPS, DAPSOutput
 from manifold_aps.posterior.dps import DPS, DPSOutput
 from manifold_aps.posterior.gaussian import (
     ExactGaussianPosterior,
@@ -11,6 +12,8 @@ from manifold_aps.posterior.gmrf import GMRFConditional, GMRFObservation, GMRFPo
 from manifold_aps.posterior.gmrf_fit import GMRFFit, fit_gmrf
 
 __all__ = [
+    "DAPS",
+    "DAPSOutput",
     "DPS",
     "DPSOutput",
     "ExactGaussianPosterior",

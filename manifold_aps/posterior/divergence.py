@@ -23,6 +23,7 @@ __all__ = [
 DIVERGED_STD = 10.0  # training standard deviations from the training mean: "left the range by far"
 DIVERGENCE_HINTS = {  # engine name -> what to change, appended to the warning
     "dps": "; lower --guidance or raise --dps-steps",
+    "daps": "; raise --daps-steps",
 }
 
 

@@ -4,13 +4,16 @@ Every place that lists engines reads `ENGINES` — the `impute`, `distill` and `
 command lines, the climate models (`climate.load_model`, `climate.ImputeRequest`), the
 benchmarks and the tests — so an engine added here is known everywhere. The distilled engines
 train with `train_engine(name, ...)` and load with `load_engine(path)` (any kind: the checkpoint
-says which), both through the engine's `EngineRecipe`.
+says which), both through the engine's `EngineRecipe`. The zero-shot engines (dps, daps) share the
+score prior's checkpoint kind; `engine_for_checkpoint` names the first, the default of a file that
+does not say more, and `zero_shot_sampler` builds either from a loaded prior.
 
 =========  =========================================  ==================  ===========  ==========
 name       what                                       checkpoint kind     distilled    exact std
 =========  =========================================  ==================  ===========  ==========
 gaussian   exact posterior of a sparse Matérn GMRF    (climate's model)   no           yes
 dps        diffusion posterior sampling               ``score-prior``     no           no
+daps       decoupled annealing, exact inner step      ``score-prior``     no           no
 aps        APS conditional flow (one pass/sample)     ``aps-flow``        yes          no
 implicit   implicit generator (DAVI-style)            ``implicit-generator``  yes      no
 avi        amortized inner VI (LAVPS-style)           ``amortized-vi``    yes          no
@@ -29,11 +32,14 @@ __all__ = [
     "ENGINES",
     "EngineSpec",
     "distilled_engines",
+    "ZERO_SHOT_ENGINES",
     "engine_for_checkpoint",
     "engine_names",
+    "engines_for_checkpoint",
     "load_engine",
     "load_trained_engine",
     "train_engine",
+    "zero_shot_sampler",
 ]
 
 
@@ -73,6 +79,9 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec("gaussian", "exact Gaussian posterior (sparse Matérn GMRF)", None, False, True),
         EngineSpec("dps", "diffusion posterior sampling", "score-prior", False, False),
         EngineSpec(
+            "daps", "decoupled annealing posterior sampling (DAPS)", "score-prior", False, False
+        ),
+        EngineSpec(
             "aps",
             "APS conditional flow",
             "aps-flow",
@@ -111,8 +120,54 @@ def distilled_engines() -> list[str]:
 
 
 def engine_for_checkpoint(kind: str) -> EngineSpec | None:
-    """The engine whose checkpoints have this `kind`, or None."""
-    return next((spec for spec in ENGINES.values() if spec.checkpoint_kind == kind), None)
+    """The default engine of checkpoints of this `kind` (the first registered), or None."""
+    return next(iter(engines_for_checkpoint(kind)), None)
+
+
+def engines_for_checkpoint(kind: str) -> list[EngineSpec]:
+    """Every engine that runs from checkpoints of this `kind`, the default first."""
+    return [spec for spec in ENGINES.values() if spec.checkpoint_kind == kind]
+
+
+ZERO_SHOT_ENGINES = ("dps", "daps")  # sample with a score prior as it is: no distillation
+
+
+def zero_shot_sampler(
+    name: str,
+    prior,
+    noise_std: float,
+    *,
+    dps_steps: int = 1000,
+    guidance: float | str = "auto",
+    daps_steps: int = 20,
+):
+    """The sampler of a zero-shot engine ("dps" or "daps") on a loaded prior, and its settings.
+
+    Arguments:
+        name: "dps" or "daps".
+        prior: a `ScorePrior` (or `GaussianPrior`).
+        noise_std: the likelihood's observation noise std, physical units.
+        dps_steps: DPS's reverse-diffusion steps.
+        guidance: DPS's guidance step, or "auto" (`DPS`).
+        daps_steps: DAPS's annealing levels `K` = network passes per sample (`DAPS`).
+
+    Returns:
+        `(sampler, text)`: a `DPS` or `DAPS` and its settings in words, for logs and history.
+    """
+    from manifold_aps.operators import GaussianNoise
+
+    noise = GaussianNoise(noise_std)
+    if name == "dps":
+        from manifold_aps.posterior.dps import DPS, DPS_CLIP, guidance_text
+
+        text = f"DPS ({dps_steps} steps, guidance {guidance_text(guidance)}, clip {DPS_CLIP:g} std"
+        return DPS(prior, noise, steps=dps_steps, guidance=guidance), text + ")"
+    if name == "daps":
+        from manifold_aps.posterior.daps import DAPS
+
+        text = f"DAPS ({daps_steps} levels, exact inner step, no guidance)"
+        return DAPS(prior, noise, steps=daps_steps), text
+    raise ValueError(f"zero-shot engine must be one of {list(ZERO_SHOT_ENGINES)}, got {name!r}")
 
 
 def train_engine(
