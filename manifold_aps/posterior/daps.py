@@ -49,7 +49,7 @@ from manifold_aps.operators import GaussianNoise, LinearOperator, Mask, Subsampl
 from manifold_aps.operators.linear import conjugate_gradient
 from manifold_aps.posterior.dps import DPS_CLIP
 from manifold_aps.posterior.gaussian import operator_matrix
-from manifold_aps.posterior.mgdm import check_grid, prior_dtype, repeat_operator
+from manifold_aps.posterior.mgdm import check_grid, copy_chunks, prior_dtype
 from manifold_aps.posterior.observations import check_observations
 from manifold_aps.priors.gaussian import DENSE_MAX_NODES
 from manifold_aps.priors.sampling import time_grid
@@ -281,12 +281,8 @@ class DAPS:
         y = y.to(dtype)
         b, _, c = y.shape
         nodes = operator.domain.num_nodes
-        repeatable = repeat_operator(operator, 2) is not None
-        per_chunk = max(1, self.max_batch // b) if repeatable else 1
         out, most = [], 0
-        for start in range(0, n, per_chunk):
-            copies = min(per_chunk, n - start)
-            rep = repeat_operator(operator, copies)
+        for copies, rep in copy_chunks(operator, n, b, self.max_batch):
             x, iters = self._chunk(y.repeat(copies, 1, 1), rep, generator, dtype)
             out.append(x.reshape(copies, b, nodes, c))
             most = max(most, iters)

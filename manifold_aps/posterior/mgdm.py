@@ -79,6 +79,7 @@ __all__ = [
     "log_alpha_bar",
     "mgdm_drive",
     "prior_dtype",
+    "copy_chunks",
     "repeat_operator",
     "run_driver",
     "select_candidate",
@@ -170,6 +171,18 @@ def repeat_operator(operator: LinearOperator, n: int) -> LinearOperator | None:
     if rmask is None or rmask.shape[0] == 1:
         return operator
     return None
+
+
+def copy_chunks(operator: LinearOperator, n: int, batch: int, max_batch: int):
+    """Yield `(copies, operator for them)`: `n` sample-major copies of a batch of `batch` signals.
+
+    At most `max_batch` signals a chunk (`copies * batch`, at least one copy); one copy a chunk
+    when the operator cannot be repeated (`repeat_operator`).
+    """
+    per_chunk = max(1, max_batch // batch) if repeat_operator(operator, 2) is not None else 1
+    for start in range(0, n, per_chunk):
+        copies = min(per_chunk, n - start)
+        yield copies, repeat_operator(operator, copies)
 
 
 class MGDMProblem:
@@ -643,11 +656,8 @@ def run_driver(sampler, y: torch.Tensor, operator: LinearOperator, n: int, gener
     b, _, c = y.shape
     nodes = operator.domain.num_nodes
     times = sampler.timesteps()
-    per_chunk = max(1, sampler.max_batch // b) if repeat_operator(operator, 2) is not None else 1
     out, nfe, backward, chosen = [], 0.0, 0.0, None
-    for start in range(0, n, per_chunk):
-        copies = min(per_chunk, n - start)
-        rep = repeat_operator(operator, copies)
+    for copies, rep in copy_chunks(operator, n, b, sampler.max_batch):
         problem = MGDMProblem(sampler.prior, sampler.noise, y.repeat(copies, 1, 1), rep)
         res = mgdm_drive(
             problem,
