@@ -136,7 +136,7 @@ class DAPS:
         if solver not in INNER_SOLVERS:
             raise ValueError(f"solver must be one of {list(INNER_SOLVERS)}, got {solver!r}")
         self.solver = solver
-        self._eigen: dict[int, tuple] = {}  # id(operator) -> (operator, O A, V, lambda)
+        self._eigen: dict[int, tuple] = {}  # id(operator) -> (operator, copies, float64 arrays)
         self.prior, self.noise = prior, noise
         self.steps, self.t_min, self.inner_scale, self.clip = steps, t_min, inner_scale, clip
         self.cg_iter, self.cg_tol, self.max_batch = cg_iter, cg_tol, max_batch
@@ -185,9 +185,11 @@ class DAPS:
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
         sigma2 = self.noise.sigma**2
         diagonal = isinstance(operator, (Mask, Subsample))  # A^T O A is diagonal
-        dense = None if diagonal or self.solver == "cg" else self._dense(operator)
+        dense = None
+        if not diagonal and self.solver == "auto":
+            dense = self._dense(operator, dtype, centre.device)
         if dense is not None:  # A as a matrix: no operator applications at all
-            h, vecs, lam = (v.to(dtype=dtype, device=centre.device) for v in dense)
+            h, vecs, lam = dense
 
             def forward(x):
                 return torch.einsum("mn,bnc->bmc", h, x)
@@ -219,12 +221,12 @@ class DAPS:
         z0 = conjugate_gradient(precision, rhs, x0=centre, max_iter=self.cg_iter, tol=self.cg_tol)
         return z0, count[0] - 1  # the first call is the start's residual
 
-    def _dense(self, operator: LinearOperator) -> tuple[torch.Tensor, ...] | None:
-        r"""`(O A (N_out, N), V (N, N), lambda (N,))` float64, :math:`A^T O A = V\Lambda V^T`.
+    def _dense(self, operator: LinearOperator, dtype, device) -> tuple[torch.Tensor, ...] | None:
+        r"""`(O A (N_out, N), V (N, N), lambda (N,))` in `dtype`, :math:`A^T O A = V\Lambda V^T`.
 
-        Built once per operator (and kept); None above `DENSE_MAX_NODES` nodes, or when the
-        observed entries differ between batch elements or channels (then conjugate gradients
-        solve it).
+        Computed in float64 once per operator and kept (with its copy in `dtype` on `device`);
+        None above `DENSE_MAX_NODES` nodes, or when the observed entries differ between batch
+        elements or channels (then conjugate gradients solve it).
         """
         if operator.domain.num_nodes > DENSE_MAX_NODES:
             return None
@@ -237,8 +239,11 @@ class DAPS:
             if obs is not None:
                 h = h * obs[0, :, 0].to(h.dtype)[:, None]
             lam, vecs = torch.linalg.eigh(h.T @ h)
-            held = self._eigen[id(operator)] = (operator, h, vecs, lam.clamp_min(0))
-        return held[1:]
+            held = self._eigen[id(operator)] = (operator, {}, (h, vecs, lam.clamp_min(0)))
+        copies = held[1]
+        if (dtype, device) not in copies:
+            copies[dtype, device] = tuple(v.to(dtype=dtype, device=device) for v in held[2])
+        return copies[dtype, device]
 
     def _chunk(self, y, operator, generator, dtype) -> tuple[torch.Tensor, int]:
         sde = self.prior.sde
