@@ -41,25 +41,29 @@ class ExactCovarianceDAPS(DAPS):
     r = sigma_t, alpha_t^2 = 1 - r^2.
     """
 
-    def conditional_sample(self, centre, r, y, operator, eps_prior, eps_noise):
-        """One exact draw of x0 from N(x0; centre, Cov_t) p(y | x0), `(B, N, C)`, C = 1."""
+    def inner_step(self, y, operator, dtype, device):
+        """The exact draw of x0 from N(x0; centre, Cov_t) p(y | x0), `(B, N, C)`, C = 1."""
         c = self.prior.cov_eigenvalues.double()
         u = self.prior.cov_eigenvectors.double()
-        s2, a2 = r**2, 1.0 - r**2
-        var = c * s2 / (a2 * c + s2)  # eigenvalues of Cov[x0 | z_t]
-        prior_precision = (u / var) @ u.T
-        draw = centre[..., 0] + eps_prior[..., 0] @ (u * var.sqrt()).T
-        observed = operator.range_mask.expand_as(centre)[..., 0].to(centre.dtype)
+        observed = operator.range_mask.expand_as(y)[..., 0].to(dtype)
         sigma2 = self.noise.sigma**2
-        data = observed * (y[..., 0] + self.noise.sigma * eps_noise[..., 0]) / sigma2
-        rhs = draw @ prior_precision + data
-        out = torch.stack(
-            [
-                torch.linalg.solve(prior_precision + torch.diag(observed[b]) / sigma2, rhs[b])
-                for b in range(centre.shape[0])
-            ]
-        )
-        return out[..., None], 0
+
+        def draw(centre, r, eps_prior, eps_noise):
+            s2, a2 = r**2, 1.0 - r**2
+            var = c * s2 / (a2 * c + s2)  # eigenvalues of Cov[x0 | z_t]
+            prior_precision = (u / var) @ u.T
+            sample = centre[..., 0] + eps_prior[..., 0] @ (u * var.sqrt()).T
+            data = observed * (y[..., 0] + self.noise.sigma * eps_noise[..., 0]) / sigma2
+            rhs = sample @ prior_precision + data
+            out = torch.stack(
+                [
+                    torch.linalg.solve(prior_precision + torch.diag(observed[b]) / sigma2, rhs[b])
+                    for b in range(centre.shape[0])
+                ]
+            )
+            return out[..., None], 0
+
+        return draw
 
 
 def main() -> None:

@@ -177,49 +177,68 @@ class DAPS:
         Returns:
             `(z0 (B, N, C), CG iterations used)` (0 without conjugate gradients).
         """
-        dtype = centre.dtype
-        one = torch.ones(1, 1, centre.shape[2], dtype=dtype, device=centre.device)
+        draw = self.inner_step(y, operator, centre.dtype, centre.device)
+        return draw(centre, r, eps_prior, eps_noise)
+
+    def inner_step(self, y: torch.Tensor, operator: LinearOperator, dtype, device):
+        r"""The exact inner draw for observations `y` `(B, N_out, C)` through `operator`.
+
+        What does not change between levels (the residual of the prior mean, the diagonal of
+        :math:`A^T O A`, the dense eigenbasis) is computed here, once per batch of signals.
+
+        Returns:
+            `draw(centre, r, eps_prior, eps_noise) -> (z0, CG iterations)`, as
+            `conditional_sample`.
+        """
+        b, _, c = y.shape
+        n = operator.domain.num_nodes
+        one = torch.ones(1, 1, c, dtype=dtype, device=device)
         mu = self.prior.denormalize(0 * one)
         scale = self.prior.denormalize(one) - mu  # (1, 1, C): denorm(z) = mu + scale * z
         obs = operator.range_mask
         obs = torch.ones_like(y) if obs is None else obs.to(dtype).expand_as(y)
-        sigma2 = self.noise.sigma**2
+        sigma2, sigma = self.noise.sigma**2, self.noise.sigma
         diagonal = isinstance(operator, (Mask, Subsample))  # A^T O A is diagonal
         dense = None
         if not diagonal and self.solver == "auto":
-            dense = self._dense(operator, dtype, centre.device)
+            dense = self._dense(operator, dtype, device)
         if dense is not None:  # A as a matrix: no operator applications at all
             h, vecs, lam = dense
 
-            def forward(x):
-                return torch.einsum("mn,bnc->bmc", h, x)
-
             def transpose_observed(v):  # A^T O v (the rows of h are zero where O is)
                 return torch.einsum("mn,bmc->bnc", h, v)
+
+            residual = y - torch.einsum("mn,bnc->bmc", h, mu.expand(1, n, c))
         else:
-            forward = operator
 
             def transpose_observed(v):
                 return operator.transpose(obs * v)
 
-        mean_field = mu.expand_as(centre) if dense is None else mu.expand(1, *centre.shape[1:])
-        data = transpose_observed(y - forward(mean_field) + self.noise.sigma * eps_noise)
-        rhs = (centre + r * eps_prior) / r**2 + scale * data / sigma2
+            residual = y - operator(mu.expand(b, n, c))
         if diagonal:
-            diag = operator.transpose(obs * operator(torch.ones_like(centre)))
-            return rhs / (1 / r**2 + scale**2 * diag / sigma2), 0
-        if dense is not None:
-            coef = torch.einsum("nk,bnc->bkc", vecs, rhs)
-            coef = coef / (1 / r**2 + scale**2 * lam[None, :, None] / sigma2)
-            return torch.einsum("nk,bkc->bnc", vecs, coef), 0
-        count = [0]
+            diag = transpose_observed(operator(torch.ones(b, n, c, dtype=dtype, device=device)))
 
-        def precision(v):
-            count[0] += 1
-            return v / r**2 + scale * transpose_observed(operator(scale * v)) / sigma2
+        def draw(centre, r, eps_prior, eps_noise):
+            data = transpose_observed(residual + sigma * eps_noise)
+            rhs = (centre + r * eps_prior) / r**2 + scale * data / sigma2
+            if diagonal:
+                return rhs / (1 / r**2 + scale**2 * diag / sigma2), 0
+            if dense is not None:
+                coef = torch.einsum("nk,bnc->bkc", vecs, rhs)
+                coef = coef / (1 / r**2 + scale**2 * lam[None, :, None] / sigma2)
+                return torch.einsum("nk,bkc->bnc", vecs, coef), 0
+            count = [0]
 
-        z0 = conjugate_gradient(precision, rhs, x0=centre, max_iter=self.cg_iter, tol=self.cg_tol)
-        return z0, count[0] - 1  # the first call is the start's residual
+            def precision(v):
+                count[0] += 1
+                return v / r**2 + scale * transpose_observed(operator(scale * v)) / sigma2
+
+            z0 = conjugate_gradient(
+                precision, rhs, x0=centre, max_iter=self.cg_iter, tol=self.cg_tol
+            )
+            return z0, count[0] - 1  # the first call is the start's residual
+
+        return draw
 
     def _dense(self, operator: LinearOperator, dtype, device) -> tuple[torch.Tensor, ...] | None:
         r"""`(O A (N_out, N), V (N, N), lambda (N,))` in `dtype`, :math:`A^T O A = V\Lambda V^T`.
@@ -253,6 +272,7 @@ class DAPS:
         def randn(s):
             return torch.randn(s, generator=generator, dtype=dtype, device=y.device)
 
+        draw = self.inner_step(y, operator, dtype, y.device)
         z, most = randn(shape), 0
         for i, t in enumerate(ts):
             a, sig = sde.scale_t(t), sde.sigma_t(t)
@@ -261,9 +281,7 @@ class DAPS:
             if self.clip is not None:
                 centre = centre.clamp(-self.clip, self.clip)
             r = float(self.inner_width(t))
-            z0, iters = self.conditional_sample(
-                centre, r, y, operator, randn(shape), randn(y.shape)
-            )
+            z0, iters = draw(centre, r, randn(shape), randn(y.shape))
             most = max(most, iters)
             if i + 1 < len(ts):
                 nxt = ts[i + 1]
