@@ -129,7 +129,8 @@ def engines_for_checkpoint(kind: str) -> list[EngineSpec]:
     return [spec for spec in ENGINES.values() if spec.checkpoint_kind == kind]
 
 
-ZERO_SHOT_ENGINES = ("dps", "daps")  # sample with a score prior as it is: no distillation
+# the engines that sample with a score prior as it is (no distillation): dps, daps
+ZERO_SHOT_ENGINES = tuple(spec.name for spec in engines_for_checkpoint("score-prior"))
 
 
 def zero_shot_sampler(
