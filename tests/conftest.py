@@ -25,6 +25,27 @@ def data_dir() -> Path:
     return Path(os.environ.get("MANIFOLD_APS_DATA", REPO.parent / "shared" / "data"))
 
 
+def masked_gaussian_problem(nside: int, missing: float, sigma: float, fields: int = 2):
+    """`(domain, prior, noise, operator, y, generator)`: Matérn prior draws seen through a mask.
+
+    `fields` draws of a Matérn prior (variance 1, length scale 0.5, smoothness 1.5) on HEALPix
+    `nside`, a random mask hiding `missing` of each, noise std `sigma`; the generator (seed 0)
+    made the draws and the noise and goes on from there.
+    """
+    from manifold_aps.geometry import HealpixSphere
+    from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
+    from manifold_aps.priors import GaussianPrior
+
+    domain = HealpixSphere(nside)
+    prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
+    g = torch.Generator().manual_seed(0)
+    x = prior.sample(fields, rng=g)
+    mask = RandomMaskGenerator(domain, missing=missing).step(fields, seed=0)["mask"]
+    op = Mask(domain, mask)
+    noise = GaussianNoise(sigma)
+    return domain, prior, noise, op, noise(op(x), op.range_mask, rng=g), g
+
+
 def pytest_configure(config):
     torch.set_num_threads(1)
     torch.backends.cuda.matmul.allow_tf32 = False

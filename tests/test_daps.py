@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import masked_gaussian_problem
 
-from manifold_aps.geometry import HealpixSphere, PlanarGrid
-from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, RandomMaskGenerator, Subsample
+from manifold_aps.geometry import PlanarGrid
+from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, Subsample
 from manifold_aps.posterior import ExactGaussianPosterior, operator_matrix
 from manifold_aps.posterior.daps import DAPS
-from manifold_aps.priors import GaussianPrior
 from manifold_aps.priors.score import ChannelNormalizer, ScorePrior
 
 
@@ -78,13 +78,9 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
 
 
 def _gaussian_problem():
-    domain = HealpixSphere(4)
-    prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
-    g = torch.Generator().manual_seed(0)
-    x = prior.sample(2, rng=g)
-    op = Mask(domain, RandomMaskGenerator(domain, missing=0.7).step(2, seed=0)["mask"])
-    noise = GaussianNoise(0.1)
-    return prior, noise, op, noise(op(x), op.range_mask, rng=g)
+    """`(prior, noise, operator, y)`: two Matérn draws on HEALPix 4, 70 % hidden, noise 0.1."""
+    _, prior, noise, op, y, _ = masked_gaussian_problem(4, 0.7, 0.1)
+    return prior, noise, op, y
 
 
 def test_daps_with_the_exact_score_approaches_the_exact_posterior():

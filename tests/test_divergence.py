@@ -7,12 +7,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import masked_gaussian_problem
 
-from manifold_aps.geometry import HealpixSphere
-from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
 from manifold_aps.posterior import DPS
 from manifold_aps.posterior.divergence import DivergenceWarning, warn_if_diverged
-from manifold_aps.priors import GaussianPrior
 
 
 def _fake_sampler(mean: float, std: float):
@@ -36,13 +34,7 @@ def test_samples_far_outside_the_training_range_are_named_and_kept():
 
 
 def test_dps_clip_keeps_a_run_away_guidance_in_range():
-    domain = HealpixSphere(2)
-    prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
-    g = torch.Generator().manual_seed(0)
-    x = prior.sample(1, rng=g)
-    op = Mask(domain, RandomMaskGenerator(domain, missing=0.7).step(1, seed=0)["mask"])
-    noise = GaussianNoise(0.1)
-    y = noise(op(x), op.range_mask, rng=g)
+    _, prior, noise, op, y, g = masked_gaussian_problem(2, 0.7, 0.1, fields=1)
     wild = DPS(prior, noise, steps=10, guidance=200.0, clip=None).run(y, op, 2, generator=g)
     assert wild.sample.abs().max() > 50  # the guidance alone runs away
     tame = DPS(prior, noise, steps=10, guidance=200.0).run(y, op, 2, generator=g)

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import masked_gaussian_problem
 
 from manifold_aps.geometry import HealpixSphere
-from manifold_aps.operators import GaussianNoise, Mask, RandomMaskGenerator
+from manifold_aps.operators import GaussianNoise, Mask
 from manifold_aps.posterior import DPS, ExactGaussianPosterior
 from manifold_aps.priors import GaussianPrior
-
-
-def _problem(nside: int, missing: float, sigma: float):
-    """`(domain, prior, noise, operator, y, generator)`: two prior draws seen through a mask."""
-    domain = HealpixSphere(nside)
-    prior = GaussianPrior(domain, variance=1.0, length_scale=0.5, smoothness=1.5)
-    g = torch.Generator().manual_seed(0)
-    x = prior.sample(2, rng=g)
-    op = Mask(domain, RandomMaskGenerator(domain, missing=missing).step(2, seed=0)["mask"])
-    noise = GaussianNoise(sigma)
-    return domain, prior, noise, op, noise(op(x), op.range_mask, rng=g), g
 
 
 def test_dps_mean_approaches_exact_posterior_mean():
@@ -28,7 +18,7 @@ def test_dps_mean_approaches_exact_posterior_mean():
     It is far closer than the prior mean is (measured: 0.17 of the prior's error with 100 steps and
     32 samples; DPS is biased, so the ratio does not go to 0 with more steps).
     """
-    domain, prior, noise, op, y, g = _problem(4, 0.7, 0.1)
+    domain, prior, noise, op, y, g = masked_gaussian_problem(4, 0.7, 0.1)
     exact = ExactGaussianPosterior(prior, noise).condition(y, op)
     out = DPS(prior, noise, steps=100, guidance=1.0).run(y, op, 32, generator=g)
     assert out.sample.shape == (32, 2, domain.num_nodes, 1)
@@ -51,7 +41,7 @@ def test_auto_guidance_is_the_candidate_best_at_held_out_observed_entries_and_ke
     from manifold_aps.operators import HeatBlur
     from manifold_aps.posterior.dps import GUIDANCE_CHOICES
 
-    domain, prior, noise, op, y, _ = _problem(2, 0.5, 0.05)
+    domain, prior, noise, op, y, _ = masked_gaussian_problem(2, 0.5, 0.05)
     dps = DPS(prior, noise, steps=30, guidance="auto", holdout=0.3)
     first = dps.sample(y, op, 2, rng=torch.Generator().manual_seed(1))
     assert sorted(dps.tuning) == sorted(GUIDANCE_CHOICES)
