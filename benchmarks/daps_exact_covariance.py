@@ -1,16 +1,18 @@
-"""Where DAPS's error comes from: its white inner Gaussian, not its number of levels.
+"""Where DAPS's error comes from: its inner Gaussian's covariance, not its number of levels.
 
-DAPS (`manifold_aps.posterior.daps`) draws x0 at each level from N(x0; D(z_t), r_t^2 I) times the
-likelihood, a white surrogate of p(x0 | z_t). With the exact conditional p(x0 | z_t, y) every
-level maps the posterior's marginal at t to the posterior's marginal at the next level, so the
-sampler is exact at any number of levels K. For a Gaussian prior p(x0 | z_t) is known:
+DAPS (`manifold_aps.posterior.daps`) draws x0 at each level from a Gaussian surrogate of
+p(x0 | z_t) times the likelihood. With the exact conditional every level maps the posterior's
+marginal at t to the posterior's marginal at the next level, so the sampler is exact at any number
+of levels K. For a Gaussian prior p(x0 | z_t) is known (`exact_inner_covariance`):
 N(D(z_t), Cov) with Cov = U diag(c s^2 / (a^2 c + s^2)) U^T (C = U diag(c) U^T, a = alpha_t,
 s = sigma_t). This script runs DAPS on the HEALPix-8 yardstick (the "gaussian-healpix8" dataset,
 16 held-out random-mask observations, noise 0.1, `--samples` draws each, as
-`amortized_vi_yardstick.py` scores them) with the white width and with that exact covariance
-(a dense solve per observation and level), and exact posterior samples for the floor.
+`amortized_vi_yardstick.py` scores them) with the white width r_t^2 I (the default), with that
+exact covariance, and with the covariance `fit_inner_covariance` estimates from 512 training
+draws (64 and 256 EOFs, 256 denoised draws per level: what a learned prior gets), and exact
+posterior samples for the floor.
 
-Writes results/daps_exact_covariance.csv. About 5 minutes on two CPU threads. Usage:
+Writes results/daps_exact_covariance.csv. About 3 minutes on two CPU threads. Usage:
   python benchmarks/daps_exact_covariance.py [--samples 64]
 """
 
@@ -22,48 +24,17 @@ from pathlib import Path
 
 import torch
 from amortized_vi_yardstick import scores
-from common import write_csv
+from common import training_signals, write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.operators import GaussianNoise
 from manifold_aps.posterior.daps import DAPS
 from manifold_aps.posterior.distill import held_out_observations
 from manifold_aps.posterior.gaussian import ExactGaussianPosterior
+from manifold_aps.posterior.inner_covariance import exact_inner_covariance, fit_inner_covariance
 
 HERE = Path(__file__).resolve().parent
 SHOWN = ("w2_per_dim", "mean_rmse_vs_exact", "std_ratio", "coverage_90")
-
-
-class ExactCovarianceDAPS(DAPS):
-    """DAPS whose inner Gaussian has the exact covariance of x0 given z_t (a `GaussianPrior`).
-
-    Masks only. The level enters through the width: for the VP diffusion with `inner_scale` 1,
-    r = sigma_t, alpha_t^2 = 1 - r^2.
-    """
-
-    def inner_step(self, y, operator, dtype, device):
-        """The exact draw of x0 from N(x0; centre, Cov_t) p(y | x0), `(B, N, C)`, C = 1."""
-        c = self.prior.cov_eigenvalues.double()
-        u = self.prior.cov_eigenvectors.double()
-        observed = operator.range_mask.expand_as(y)[..., 0].to(dtype)
-        sigma2 = self.noise.sigma**2
-
-        def draw(centre, r, eps_prior, eps_noise):
-            s2, a2 = r**2, 1.0 - r**2
-            var = c * s2 / (a2 * c + s2)  # eigenvalues of Cov[x0 | z_t]
-            prior_precision = (u / var) @ u.T
-            sample = centre[..., 0] + eps_prior[..., 0] @ (u * var.sqrt()).T
-            data = observed * (y[..., 0] + self.noise.sigma * eps_noise[..., 0]) / sigma2
-            rhs = sample @ prior_precision + data
-            out = torch.stack(
-                [
-                    torch.linalg.solve(prior_precision + torch.diag(observed[b]) / sigma2, rhs[b])
-                    for b in range(centre.shape[0])
-                ]
-            )
-            return out[..., None], 0
-
-        return draw
 
 
 def main() -> None:
@@ -80,11 +51,21 @@ def main() -> None:
     op, prior = held.operator(ds.domain), ds.reference
     exact = ExactGaussianPosterior(prior, noise).condition(held.y.double(), op)
     rows = []
-    runs = [("white width (the default)", DAPS, 20)]
-    runs += [("exact Cov[x0 | z_t]", ExactCovarianceDAPS, k) for k in (5, 20)]
-    for inner, cls, k in runs:
+    runs = [("white width (the default)", None, 20)]
+    runs += [("exact Cov[x0 | z_t]", exact_inner_covariance(prior, steps=k), k) for k in (5, 20)]
+    for rank in (64, 256):
+        fitted = fit_inner_covariance(
+            prior,
+            training_signals(ds),
+            steps=20,
+            rank=rank,
+            draws=256,
+            generator=torch.Generator().manual_seed(3),
+        )
+        runs.append((f"fitted, {rank} EOFs", fitted, 20))
+    for inner, cov, k in runs:
         t0 = time.perf_counter()
-        sampler = cls(prior, noise, steps=k, max_batch=10**6)
+        sampler = DAPS(prior, noise, steps=k, max_batch=10**6, inner_covariance=cov)
         out = sampler.run(
             held.y.double(), op, args.samples, generator=torch.Generator().manual_seed(1)
         )

@@ -22,6 +22,10 @@ what an untrained amortizer samples) and at the yardstick's best setting (``MGDM
 Gaussian inner step, nothing tuned; zero-shot, yet it keeps the amortized engine's contract
 (explicit likelihood at test time, <= 20 network evaluations), so it is held to the same targets
 (``DAPS-20-w0.5``, half the inner width, too; ``DAPS-50``, 50 levels, is not: over budget).
+``DAPS-20-EOF`` and ``DAPS-20-LB`` amortize DAPS's inner step: its Gaussian takes the covariance
+of the denoiser's errors (`fit_inner_covariance`), fitted once per prior on the training signals,
+no operator, in 256 EOFs of them or the 400 lowest Laplace-Beltrami eigenvectors (its
+`train_seconds_this_run`; `engine_steps` counts its 20 x 256 denoised draws).
 Where the prior is Gaussian the exact posterior is scored too.
 
 Writes results/unseen_operators.csv (`--merge` keeps an earlier file's rows that this run does not
@@ -47,6 +51,7 @@ from common import (
     read_csv,
     train_amortized_engines,
     trained_steps,
+    training_signals,
     tune_dps,
     write_csv,
 )
@@ -70,6 +75,7 @@ from manifold_aps.posterior.distill import (
     held_out_signals,
     resolve_prior,
 )
+from manifold_aps.posterior.inner_covariance import fit_inner_covariance
 from manifold_aps.posterior.mgdm import MGDM
 from manifold_aps.priors.gaussian import GaussianPrior
 
@@ -84,6 +90,8 @@ METHODS = (
     "DAPS-20",
     "DAPS-20-w0.5",
     "DAPS-50",
+    "DAPS-20-EOF",
+    "DAPS-20-LB",
     "MGDM-8",
     "MGDM-20",
     "DPS",
@@ -93,14 +101,19 @@ MGDM_SETTINGS = {  # zero-shot MGDM: (K, Adam steps M, lr)
     "MGDM-8": (8, 1, 0.01),  # the amortizer's grid and outer-window steps: AVI untrained
     "MGDM-20": (20, 10, 0.05),  # the best fixed-cost setting of amortized_vi_yardstick.py
 }
-DAPS_SETTINGS = {  # zero-shot DAPS with the exact inner step: (K levels, inner_scale)
-    "DAPS-20": (20, 1.0),  # the default: 20 network passes, r = sigma_t
-    "DAPS-20-w0.5": (20, 0.5),  # half the width (the better one on UK validation hours)
-    "DAPS-50": (50, 1.0),  # over the engines' budget of 20 passes: what more levels buy
+DAPS_SETTINGS = {  # DAPS, exact inner step: (K levels, inner_scale, fitted covariance's basis, m)
+    "DAPS-20": (20, 1.0, "", 0),  # the default: 20 network passes, white width r = sigma_t
+    "DAPS-20-w0.5": (20, 0.5, "", 0),  # half the width (the better one on UK validation hours)
+    "DAPS-50": (50, 1.0, "", 0),  # over the engines' budget of 20 passes: what more levels buy
+    # the inner covariance fitted on the training signals, 256 draws per level, in the training
+    # signals' 256 leading EOFs or the domain's 400 lowest Laplace-Beltrami eigenvectors
+    "DAPS-20-EOF": (20, 1.0, "eof", 256),
+    "DAPS-20-LB": (20, 1.0, "laplacian", 400),
 }
+INNER_COVARIANCE_DRAWS = 256
 GRADIENT_METHODS = ("DPS", "AVI", *MGDM_SETTINGS)  # they differentiate the likelihood
 # the engines held to the issue's targets: fast, explicit likelihood, <= 20 network passes
-CANDIDATES = ("AVI", "DAPS-20", "DAPS-20-w0.5")
+CANDIDATES = ("AVI", "DAPS-20", "DAPS-20-w0.5", "DAPS-20-EOF", "DAPS-20-LB")
 
 
 def observations(ds, noise, kind: str, n: int, seed: int, split: str = "test"):
@@ -274,9 +287,24 @@ def main() -> None:
         for method, (k, m, lr) in MGDM_SETTINGS.items():
             if method in args.methods:
                 samplers[method] = MGDM(prior, noise, steps=k, inner_steps=m, lr=lr)
-        for method, (k, width) in DAPS_SETTINGS.items():
+        for method, (k, width, basis, rank) in DAPS_SETTINGS.items():
             if method in args.methods:
-                samplers[method] = DAPS(prior, noise, steps=k, inner_scale=width)
+                cov, t0 = None, time.perf_counter()
+                if basis:  # fitted on the training signals: its cost counts as training
+                    cov = fit_inner_covariance(
+                        prior,
+                        training_signals(ds),
+                        steps=k,
+                        basis=basis,
+                        rank=rank,
+                        draws=INNER_COVARIANCE_DRAWS,
+                        generator=torch.Generator().manual_seed(0),
+                    )
+                    train_s[method] = time.perf_counter() - t0
+                    engine_steps[method] = INNER_COVARIANCE_DRAWS * k
+                samplers[method] = DAPS(
+                    prior, noise, steps=k, inner_scale=width, inner_covariance=cov
+                )
         if isinstance(prior, GaussianPrior) and "exact" in args.methods:
             samplers["exact"] = ExactGaussianPosterior(prior, noise)
         for kind in OPERATORS:

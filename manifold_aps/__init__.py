@@ -15,7 +15,8 @@ building blocks behind it.
   `probability_flow_sample`, `SamplerOutput`).
 * Posterior engines: exact `ExactGaussianPosterior` (`GaussianConditional`) and `GMRFPosterior`
   (`GMRFConditional`, `GMRFObservation`, `fit_gmrf`, `GMRFFit`); zero-shot `DPS` (`DPSOutput`),
-  `DAPS` (`DAPSOutput`) and `MGDM`; distilled `AmortizedFlowPosterior` (APS, `APSConfig`),
+  `DAPS` (`DAPSOutput`; its fitted inner covariance `InnerCovariance`, `fit_inner_covariance`)
+  and `MGDM`; distilled `AmortizedFlowPosterior` (APS, `APSConfig`),
   `ImplicitGenerator` (`ImplicitConfig`) and `AmortizedVI` (`AmortizedVIConfig`); point estimates
   `NearestNeighbour` and `HarmonicInterpolation`.
 * The engine registry `ENGINES` (`EngineSpec`, `engine_names`, `distilled_engines`,
@@ -124,6 +125,7 @@ from manifold_aps.posterior.engines import (
     load_trained_engine,
     train_engine,
 )
+from manifold_aps.posterior.inner_covariance import InnerCovariance, fit_inner_covariance
 from manifold_aps.posterior.mgdm import MGDM
 from manifold_aps.priors import VPSDE, GaussianPrior, MaternFit, MaternGMRF, fit_matern
 from manifold_aps.priors.sampling import SamplerOutput, probability_flow_sample, reverse_sde_sample
@@ -198,6 +200,7 @@ __all__ = [
     "Identity",
     "ImplicitConfig",
     "ImplicitGenerator",
+    "InnerCovariance",
     "LinearOperator",
     "MGDM",
     "Mask",
@@ -240,6 +243,7 @@ __all__ = [
     "engine_for_checkpoint",
     "engine_names",
     "fit_gmrf",
+    "fit_inner_covariance",
     "fit_matern",
     "healpix_panel",
     "interval_coverage",

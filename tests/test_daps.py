@@ -9,7 +9,8 @@ from conftest import masked_gaussian_problem
 from manifold_aps.geometry import PlanarGrid
 from manifold_aps.operators import GaussianNoise, HeatBlur, Mask, Subsample
 from manifold_aps.posterior import ExactGaussianPosterior, operator_matrix
-from manifold_aps.posterior.daps import DAPS
+from manifold_aps.posterior.daps import DAPS, distinct_rows
+from manifold_aps.posterior.inner_covariance import InnerCovariance
 from manifold_aps.priors.score import ChannelNormalizer, ScorePrior
 
 
@@ -19,23 +20,36 @@ def _scaled_prior(domain):
     return prior.double()
 
 
-def _dense_conditional(centre, r, y, a, obs, scale, mu, sigma):
-    """Mean `(N,)`, covariance `(N, N)` of N(z; c, r^2 I) N(y; mu + A scale z, sigma^2) on obs."""
+def _dense_conditional(centre, prior_cov, y, a, obs, scale, mu, sigma):
+    """Mean `(N,)`, covariance `(N, N)` of N(z; c, prior_cov) N(y; mu + A scale z, sigma^2), obs."""
     ao = a * obs[:, None]  # rows of A that are observed
-    precision = torch.eye(a.shape[1], dtype=torch.float64) / r**2 + scale**2 * ao.T @ ao / sigma**2
-    cov = torch.linalg.inv(precision)
-    rhs = centre / r**2 + scale * ao.T @ ((y - a @ torch.full_like(centre, mu)) * obs) / sigma**2
+    inv = torch.linalg.inv(prior_cov)
+    cov = torch.linalg.inv(inv + scale**2 * ao.T @ ao / sigma**2)
+    rhs = inv @ centre + scale * ao.T @ ((y - a @ torch.full_like(centre, mu)) * obs) / sigma**2
     return cov @ rhs, cov
 
 
+def _inner_covariance(nodes, rank, generator):
+    """A random `InnerCovariance`, the same at DAPS's 3 levels: `(it, its dense matrix (N, N))`."""
+    basis = torch.linalg.qr(torch.randn(nodes, rank, generator=generator, dtype=torch.float64))[0]
+    c = 0.05 + torch.rand(rank, generator=generator, dtype=torch.float64)
+    w = torch.tensor([0.3], dtype=torch.float64)
+    dense = basis @ torch.diag(c) @ basis.T + w * (torch.eye(nodes) - basis @ basis.T)
+    ts = torch.linspace(1, 1e-3, 3, dtype=torch.float64)
+    return InnerCovariance(ts, basis[None], c.expand(3, 1, rank), w.expand(3, 1)), dense
+
+
+@pytest.mark.parametrize("structured", [False, True])
 @pytest.mark.parametrize(
     ("kind", "solver"), [("mask", "auto"), ("subsample", "auto"), ("blur", "auto"), ("blur", "cg")]
 )
-def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
+def test_inner_step_is_the_exact_gaussian_conditional(kind, solver, structured):
     """With zero noise draws it returns the dense conditional mean; its draws have its covariance.
 
     On an 8 x 8 grid; the mask's and the subsampling's solves are elementwise, the blur's in the
-    dense eigenbasis of A^T A ("auto") or by conjugate gradients.
+    dense eigenbasis of A^T A ("auto") or by conjugate gradients; the inner Gaussian white
+    (r^2 I) or `structured`, an `InnerCovariance` of rank 10 (Woodbury on the first two, a
+    preconditioned-free CG on the last).
     """
     domain = PlanarGrid(8, 8)
     nodes = domain.num_nodes
@@ -47,26 +61,36 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
         op = Subsample(domain, torch.arange(0, nodes, 5))
     else:
         op = HeatBlur(domain, t=0.3)
-    daps = DAPS(prior, noise, solver=solver, cg_tol=1e-12, cg_iter=500)
+    r, w, c, cov_fit = 0.4, 0.16, None, None  # white: r^2 I
+    prior_cov = r**2 * torch.eye(nodes, dtype=torch.float64)
+    if structured:
+        cov_fit, prior_cov = _inner_covariance(nodes, 10, g)
+        w, c = cov_fit.rest[0], cov_fit.variances[0]
+    settings = {"solver": solver, "steps": 3, "t_min": 1e-3, "inner_covariance": cov_fit}
+    daps = DAPS(prior, noise, cg_tol=1e-12, cg_iter=500, **settings)
     centre = torch.randn(1, nodes, 1, generator=g, dtype=torch.float64)
     truth = 2 + 3 * torch.randn(1, nodes, 1, generator=g, dtype=torch.float64)
     y = noise(op(truth), op.range_mask, rng=g)
-    r = 0.4
     a = operator_matrix(op).double()
     obs = (
         op.mask[0, :, 0].double() if kind == "mask" else torch.ones(a.shape[0], dtype=torch.float64)
     )
-    mean, cov = _dense_conditional(centre[0, :, 0], r, y[0, :, 0], a, obs, 3.0, 2.0, 0.2)
+    mean, cov = _dense_conditional(centre[0, :, 0], prior_cov, y[0, :, 0], a, obs, 3.0, 2.0, 0.2)
     zero = torch.zeros_like(centre)
-    got, iters = daps.conditional_sample(centre, r, y, op, zero, torch.zeros_like(y))
+    if structured:
+        draw = daps.inner_step(y, op, torch.float64, "cpu")
+        got, iters = draw(centre, w, c, zero, torch.zeros_like(y))
+    else:
+        got, iters = daps.conditional_sample(centre, r, y, op, zero, torch.zeros_like(y))
     torch.testing.assert_close(got[0, :, 0], mean, rtol=1e-7, atol=1e-8)
     assert (iters == 0) == (solver == "auto")  # CG only when asked for
     n = 1000
-    many = DAPS(prior, noise, solver=solver, cg_tol=1e-6).conditional_sample(
+    loose = DAPS(prior, noise, cg_tol=1e-6, **settings)
+    draw = loose.inner_step(y.expand(n, -1, -1), op, torch.float64, "cpu")
+    many = draw(
         centre.expand(n, -1, -1),
-        r,
-        y.expand(n, -1, -1),
-        op,
+        w,
+        c,
         torch.randn(n, nodes, 1, generator=g, dtype=torch.float64),
         torch.randn(n, *y.shape[1:], generator=g, dtype=torch.float64),
     )[0][:, :, 0]
@@ -75,6 +99,34 @@ def test_inner_step_is_the_exact_gaussian_conditional(kind, solver):
     white = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), (many - mean).T, upper=False)
     assert white.mean(1).abs().max() < 0.2
     assert (torch.cov(white) - torch.eye(nodes, dtype=torch.float64)).abs().max() < 0.25
+
+
+def test_structured_inner_step_solves_each_distinct_mask_once_and_right():
+    """Copies of two masks, interleaved as `run` batches them: each row as if drawn alone.
+
+    `distinct_rows` groups the four rows into the two masks; unequal groups fall back to one
+    group per row.
+    """
+    domain = PlanarGrid(8, 8)
+    g = torch.Generator().manual_seed(2)
+    keep = torch.rand(2, 64, 1, generator=g) < 0.5
+    op = Mask(domain, keep.repeat(2, 1, 1))  # rows: mask 0, mask 1, mask 0, mask 1
+    cov, _ = _inner_covariance(64, 6, g)
+    daps = DAPS(_scaled_prior(domain), GaussianNoise(0.2), steps=3, inner_covariance=cov)
+    y = GaussianNoise(0.2)(op(torch.randn(4, 64, 1, generator=g, dtype=torch.float64)), None, rng=g)
+    centre = torch.randn(4, 64, 1, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 64, 1, generator=g, dtype=torch.float64), torch.randn_like(y)
+    w, c = cov.rest[0], cov.variances[0]
+    both = daps.inner_step(y, op, torch.float64, "cpu")(centre, w, c, *eps)[0]
+    for i in range(4):
+        alone = Mask(domain, op.mask[i : i + 1])
+        draw = daps.inner_step(y[i : i + 1], alone, torch.float64, "cpu")
+        one = draw(centre[i : i + 1], w, c, eps[0][i : i + 1], eps[1][i : i + 1])[0]
+        torch.testing.assert_close(both[i : i + 1], one)
+    rows, order = distinct_rows(op.mask.double())
+    assert rows.shape[0] == 2 and order.tolist() == [0, 2, 1, 3]
+    _, order = distinct_rows(torch.tensor([[0.0], [0.0], [1.0]]))
+    assert order.tolist() == [0, 1, 2]
 
 
 def _gaussian_problem():

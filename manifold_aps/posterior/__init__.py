@@ -10,6 +10,7 @@ from manifold_aps.posterior.gaussian import (
 )
 from manifold_aps.posterior.gmrf import GMRFConditional, GMRFObservation, GMRFPosterior
 from manifold_aps.posterior.gmrf_fit import GMRFFit, fit_gmrf
+from manifold_aps.posterior.inner_covariance import InnerCovariance, fit_inner_covariance
 
 __all__ = [
     "DAPS",
@@ -23,7 +24,9 @@ __all__ = [
     "GMRFPosterior",
     "GaussianConditional",
     "HarmonicInterpolation",
+    "InnerCovariance",
     "NearestNeighbour",
     "fit_gmrf",
+    "fit_inner_covariance",
     "operator_matrix",
 ]

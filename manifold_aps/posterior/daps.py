@@ -49,6 +49,7 @@ from manifold_aps.operators import GaussianNoise, LinearOperator, Mask, Subsampl
 from manifold_aps.operators.linear import conjugate_gradient
 from manifold_aps.posterior.dps import DPS_CLIP
 from manifold_aps.posterior.gaussian import operator_matrix
+from manifold_aps.posterior.inner_covariance import InnerCovariance
 from manifold_aps.posterior.mgdm import check_grid, copy_chunks, prior_dtype
 from manifold_aps.posterior.observations import check_observations
 from manifold_aps.priors.gaussian import DENSE_MAX_NODES
@@ -79,6 +80,20 @@ class DAPSOutput:
     backward: int = 0
 
 
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of `x` `(B, ...)` and the order that groups equal rows together.
+
+    Returns `(rows (G, ...), order (B,))`: `x[order]` is `G` consecutive groups of `B / G`
+    copies of `rows[0]`, `rows[1]`, ... When the groups differ in size, every row is its own:
+    `(x, arange(B))`.
+    """
+    rows, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
+    counts = torch.bincount(inverse)
+    if not (counts == counts[0]).all():
+        return x, torch.arange(x.shape[0], device=x.device)
+    return rows.reshape(-1, *x.shape[1:]), torch.argsort(inverse, stable=True)
+
+
 class DAPS:
     r"""DAPS sampler for any prior (`sde`, `eps`, `normalize`, `denormalize`) and linear operator.
 
@@ -94,6 +109,10 @@ class DAPS:
         cg_iter: conjugate-gradient iterations at most per inner solve.
         cg_tol: their relative residual tolerance.
         max_batch: signals per network pass (samples times observations); more run in chunks.
+        inner_covariance: an `InnerCovariance` fitted for these levels
+            (`fit_inner_covariance(prior, training_signals, steps=, t_min=)`): the inner Gaussian
+            takes its covariance instead of :math:`r_i^2 I` (`inner_scale` still multiplies its
+            std). None: white.
 
     Example:
         >>> import torch
@@ -121,6 +140,7 @@ class DAPS:
         cg_iter: int = 200,
         cg_tol: float = 1e-5,
         max_batch: int = 256,
+        inner_covariance: InnerCovariance | None = None,
     ):
         check_grid(steps, t_min)
         if not inner_scale > 0:
@@ -136,6 +156,16 @@ class DAPS:
         if solver not in INNER_SOLVERS:
             raise ValueError(f"solver must be one of {list(INNER_SOLVERS)}, got {solver!r}")
         self.solver = solver
+        if inner_covariance is not None:
+            levels = inner_covariance.timesteps.double()
+            grid = time_grid(steps - 1, t_min)
+            if levels.shape != grid.shape or not torch.allclose(levels, grid):
+                raise ValueError(
+                    f"the inner covariance was fitted for {levels.shape[0]} levels down to "
+                    f"{float(levels[-1]):.3g}, this sampler has {steps} down to {t_min:.3g}: "
+                    "fit it with the sampler's steps and t_min"
+                )
+        self.inner_covariance = inner_covariance
         self._eigen: dict[int, tuple] = {}  # id(operator) -> (operator, copies, float64 arrays)
         self.prior, self.noise = prior, noise
         self.steps, self.t_min, self.inner_scale, self.clip = steps, t_min, inner_scale, clip
@@ -154,6 +184,18 @@ class DAPS:
         sde = self.prior.sde
         a, s = sde.scale_t(t), sde.sigma_t(t)
         return self.inner_scale * s / (a**2 + s**2).sqrt()
+
+    def inner_variances(self, level: int, t: torch.Tensor) -> tuple:
+        """The inner Gaussian at level index `level` (time `t`): `(w, c)` for `inner_step`'s draw.
+
+        White: `(r^2, None)`; with an `inner_covariance`: its `rest[level]` `(C,)` and
+        `variances[level]` `(C, m)`, times `inner_scale^2`.
+        """
+        if self.inner_covariance is None:
+            return float(self.inner_width(t)) ** 2, None
+        rho2 = self.inner_scale**2
+        cov = self.inner_covariance
+        return rho2 * cov.rest[level], rho2 * cov.variances[level]
 
     def conditional_sample(
         self,
@@ -178,17 +220,21 @@ class DAPS:
             `(z0 (B, N, C), CG iterations used)` (0 without conjugate gradients).
         """
         draw = self.inner_step(y, operator, centre.dtype, centre.device)
-        return draw(centre, r, eps_prior, eps_noise)
+        return draw(centre, r**2, None, eps_prior, eps_noise)
 
     def inner_step(self, y: torch.Tensor, operator: LinearOperator, dtype, device):
         r"""The exact inner draw for observations `y` `(B, N_out, C)` through `operator`.
 
         What does not change between levels (the residual of the prior mean, the diagonal of
-        :math:`A^T O A`, the dense eigenbasis) is computed here, once per batch of signals.
+        :math:`A^T O A`, the dense eigenbasis, the inner covariance's basis through it) is
+        computed here, once per batch of signals.
 
         Returns:
-            `draw(centre, r, eps_prior, eps_noise) -> (z0, CG iterations)`, as
-            `conditional_sample`.
+            `draw(centre, w, c, eps_prior, eps_noise) -> (z0, CG iterations)`: a draw of
+            :math:`z_0 \propto N(z_0; \mathrm{centre}, \Sigma)\,p(y \mid \mathrm{denorm}(z_0))`
+            with :math:`\Sigma = w I` (`c` None; `w` a number) or, with an `inner_covariance`
+            of basis `U`, :math:`\Sigma = U \mathrm{diag}(c) U^T + w (I - U U^T)` per channel
+            (`c` `(C, m)`, `w` `(C,)`); `centre`, `eps_prior` `(B, N, C)`, `eps_noise` as `y`.
         """
         b, _, c = y.shape
         n = operator.domain.num_nodes
@@ -215,23 +261,82 @@ class DAPS:
                 return operator.transpose(obs * v)
 
             residual = y - operator(mu.expand(b, n, c))
+        order = torch.arange(b, device=device)  # the batch grouped by distinct A^T O A
         if diagonal:
             diag = transpose_observed(operator(torch.ones(b, n, c, dtype=dtype, device=device)))
-
-        def draw(centre, r, eps_prior, eps_noise):
-            data = transpose_observed(residual + sigma * eps_noise)
-            rhs = (centre + r * eps_prior) / r**2 + scale * data / sigma2
-            if diagonal:
-                return rhs / (1 / r**2 + scale**2 * diag / sigma2), 0
+            distinct = diag
+            if self.inner_covariance is not None:
+                distinct, order = distinct_rows(diag)
+        u = ut_vecs = None
+        if self.inner_covariance is not None:
+            u = self.inner_covariance.basis.to(dtype=dtype, device=device)  # (C, N, m)
             if dense is not None:
-                coef = torch.einsum("nk,bnc->bkc", vecs, rhs)
-                coef = coef / (1 / r**2 + scale**2 * lam[None, :, None] / sigma2)
-                return torch.einsum("nk,bkc->bnc", vecs, coef), 0
+                ut_vecs = torch.einsum("nj,cnk->cjk", vecs, u)  # V^T U, (C, N, m)
+
+        def along(v):  # U^T v per channel: (B, N, C) -> (B, C, m)
+            return torch.einsum("bnc,cnk->bck", v, u)
+
+        def spread(coef):  # U coef: (B, C, m) -> (B, N, C)
+            return torch.einsum("cnk,bck->bnc", u, coef)
+
+        def white_solve(rhs, w):  # (I / w + S A^T O A S / sigma^2)^-1 rhs, w (1, 1, C)
+            if diagonal:
+                return rhs / (1 / w + scale**2 * diag / sigma2)
+            coef = torch.einsum("nk,bnc->bkc", vecs, rhs)
+            coef = coef / (1 / w + scale**2 * lam[None, :, None] / sigma2)
+            return torch.einsum("nk,bkc->bnc", vecs, coef)
+
+        def draw(centre, w, cov, eps_prior, eps_noise):
+            w = torch.as_tensor(w, dtype=dtype, device=device).reshape(-1)
+            w = w.expand(c).reshape(1, 1, c)
+            data = scale * transpose_observed(residual + sigma * eps_noise) / sigma2
+            start = centre + w.sqrt() * eps_prior  # a draw of N(centre, w I) ...
+            if cov is None:
+                rhs, g = start / w, None
+            else:  # ... made one of N(centre, U diag(c) U^T + w (I - U U^T))
+                cov = cov.to(dtype=dtype, device=device)
+                wc = w.reshape(c, 1)
+                start = start + spread((cov.sqrt() - wc.sqrt()) * along(eps_prior))
+                g = 1 / cov - 1 / wc  # Sigma^-1 = I / w + U diag(g) U^T
+                rhs = start / w + spread(g * along(start))
+            rhs = rhs + data
+            if diagonal or dense is not None:
+                x = white_solve(rhs, w)
+                if g is None:
+                    return x, 0
+                # Woodbury: (D + U G U^T)^-1 = D^-1 - D^-1 U (I + G U^T D^-1 U)^-1 G U^T D^-1,
+                # one small system per distinct D (an observation, not each of its copies)
+                if diagonal:
+                    inv = 1 / (1 / w + scale**2 * distinct / sigma2)  # (U, N, C)
+                    du = torch.einsum("unc,cnk->ucnk", inv, u)
+                    small = torch.einsum("cnj,ucnk->ucjk", u, du)
+                else:
+                    inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
+                    du = torch.einsum("nj,jc,cjk->cnk", vecs, inv, ut_vecs)[None]
+                    small = torch.einsum("cjm,jc,cjk->cmk", ut_vecs, inv, ut_vecs)[None]
+                groups = small.shape[0]
+                eye = torch.eye(g.shape[1], dtype=dtype, device=device)
+                proj = (g * along(x))[order].reshape(groups, -1, c, g.shape[1])
+                mat = eye + g[None, :, :, None] * small  # (G, C, m, m), not symmetric
+                rhs_small = proj.permute(0, 2, 3, 1)  # (G, C, m, copies)
+                t = torch.stack(  # one 2-D solve each: MKL's batched LU can hang (torch 2.13)
+                    [
+                        torch.stack(
+                            [torch.linalg.solve(mat[i, k], rhs_small[i, k]) for k in range(c)]
+                        )
+                        for i in range(groups)
+                    ]
+                )
+                fix = torch.einsum("ucnk,uckq->uqnc", du, t).reshape(x.shape)
+                out = x.clone()
+                out[order] = x[order] - fix
+                return out, 0
             count = [0]
 
             def precision(v):
                 count[0] += 1
-                return v / r**2 + scale * transpose_observed(operator(scale * v)) / sigma2
+                out = v / w + scale * transpose_observed(operator(scale * v)) / sigma2
+                return out if g is None else out + spread(g * along(v))
 
             z0 = conjugate_gradient(
                 precision, rhs, x0=centre, max_iter=self.cg_iter, tol=self.cg_tol
@@ -280,8 +385,8 @@ class DAPS:
             centre = (z - sig.to(dtype) * eps) / a.to(dtype)
             if self.clip is not None:
                 centre = centre.clamp(-self.clip, self.clip)
-            r = float(self.inner_width(t))
-            z0, iters = draw(centre, r, randn(shape), randn(y.shape))
+            w, cov = self.inner_variances(i, t)
+            z0, iters = draw(centre, w, cov, randn(shape), randn(y.shape))
             most = max(most, iters)
             if i + 1 < len(ts):
                 nxt = ts[i + 1]
