@@ -267,11 +267,17 @@ class DAPS:
             distinct = diag
             if self.inner_covariance is not None:
                 distinct, order = distinct_rows(diag)
-        u = ut_vecs = None
+        u = ut_vecs = gram = level = None
         if self.inner_covariance is not None:
             u = self.inner_covariance.basis.to(dtype=dtype, device=device)  # (C, N, m)
             if dense is not None:
                 ut_vecs = torch.einsum("nj,cnk->cjk", vecs, u)  # V^T U, (C, N, m)
+            if diagonal:  # a mask's or subsampling's A^T O A: 0, or one value per row
+                level = distinct.amax(dim=1, keepdim=True)  # (U, 1, C)
+                if not ((distinct == 0) | (distinct == level)).all():
+                    raise RuntimeError(f"{operator!r}: A^T O A is not a 0/1 diagonal")
+                seen = (distinct > 0).to(dtype)
+                gram = torch.einsum("cnj,unc,cnk->ucjk", u, seen, u)  # U^T diag(seen) U
 
         def along(v):  # U^T v per channel: (B, N, C) -> (B, C, m)
             return torch.einsum("bnc,cnk->bck", v, u)
@@ -309,7 +315,11 @@ class DAPS:
                 if diagonal:
                     inv = 1 / (1 / w + scale**2 * distinct / sigma2)  # (U, N, C)
                     du = torch.einsum("unc,cnk->ucnk", inv, u)
-                    small = torch.einsum("cnj,ucnk->ucjk", u, du)
+                    # U^T diag(inv) U: inv is w off the observed entries and `hit` on them
+                    hit = 1 / (1 / w + scale**2 * level / sigma2)  # (U, 1, C)
+                    eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
+                    small = w[0, 0][None, :, None, None] * eye_m
+                    small = small + (hit[:, 0] - w[0, 0])[:, :, None, None] * gram
                 else:
                     inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
                     du = torch.einsum("nj,jc,cjk->cnk", vecs, inv, ut_vecs)[None]
