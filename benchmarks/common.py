@@ -187,17 +187,6 @@ def trained_steps(run: Path) -> int:
     return int(torch.load(run, weights_only=True, map_location="cpu")["step"])
 
 
-def training_signals(ds, n: int = 512) -> torch.Tensor:
-    """A dataset's training signals `(M, N, C)`: all it stores, or `n` draws of a Gaussian source.
-
-    What a fit on training data reads (`fit_inner_covariance`), never a held-out signal.
-    """
-    stored = getattr(ds.source, "train", None)
-    if stored is not None:
-        return stored
-    return ds.source.batch(torch.Generator().manual_seed(0), n)
-
-
 def mask_validation(ds, noise, masks: str = "random", n: int = 2, seed: int = 99):
     """`(y, operator, truth, where)`: `n` observations of validation signals through `masks`.
 

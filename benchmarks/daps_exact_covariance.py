@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from amortized_vi_yardstick import scores
-from common import training_signals, write_csv
+from common import write_csv
 
 from manifold_aps.datasets import build_prior_dataset
 from manifold_aps.operators import GaussianNoise
@@ -56,7 +56,7 @@ def main() -> None:
     for rank in (64, 256):
         fitted = fit_inner_covariance(
             prior,
-            training_signals(ds),
+            ds.training_signals(),
             steps=20,
             rank=rank,
             draws=256,

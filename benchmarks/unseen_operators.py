@@ -51,7 +51,6 @@ from common import (
     read_csv,
     train_amortized_engines,
     trained_steps,
-    training_signals,
     tune_dps,
     write_csv,
 )
@@ -293,7 +292,7 @@ def main() -> None:
                 if basis:  # fitted on the training signals: its cost counts as training
                     cov = fit_inner_covariance(
                         prior,
-                        training_signals(ds),
+                        ds.training_signals(),
                         steps=k,
                         basis=basis,
                         rank=rank,

@@ -44,6 +44,7 @@ from manifold_aps.posterior.divergence import DIVERGENCE_HINTS, sampler_scale, w
 from manifold_aps.posterior.engines import ENGINES as REGISTRY
 from manifold_aps.posterior.engines import (
     ZERO_SHOT_ENGINES,
+    daps_inner_covariance,
     engine_for_checkpoint,
     engine_names,
     zero_shot_sampler,
@@ -943,6 +944,8 @@ def load_model(
     dps_steps: int = 1000,
     guidance: float | str = "auto",
     daps_steps: int = 20,
+    daps_covariance: str = "white",
+    progress: bool = False,
 ) -> ImputationModel:
     """Open an imputation model from a checkpoint.
 
@@ -957,6 +960,10 @@ def load_model(
         guidance: DPS's guidance step size, or "auto" (tuned on held-out observed cells of the
             first fields it imputes: `manifold_aps.DPS`).
         daps_steps: DAPS's annealing levels, its network passes per sample (`manifold_aps.DAPS`).
+        daps_covariance: DAPS's inner Gaussian: "white", or "laplacian" / "eof", fitted on the
+            prior's training signals read again from its source files
+            (`manifold_aps.posterior.engines.daps_inner_covariance`).
+        progress: a bar over that fit.
 
     Raises:
         FileNotFoundError: no such file.
@@ -983,13 +990,20 @@ def load_model(
     if found in ZERO_SHOT_ENGINES:
         from manifold_aps.priors.train import load_prior
 
+        prior = load_prior(path, dataset.domain)
+        inner = None
+        if found == "daps":
+            inner = daps_inner_covariance(
+                daps_covariance, prior, path, daps_steps, progress=progress
+            )
         sampler, settings = zero_shot_sampler(
             found,
-            load_prior(path, dataset.domain),
+            prior,
             noise_std,
             dps_steps=dps_steps,
             guidance=guidance,
             daps_steps=daps_steps,
+            inner_covariance=inner,
         )
         desc = f"{settings} with the score prior {path.name} of {dataset.name}"
         return ScoreImputer(

@@ -87,6 +87,7 @@ class ImputeRequest:
             training fields'), "refit" (range, std and nugget re-fitted to each field's observed
             values), or None (a loaded model's own setting; "observed" for a model fitted here).
         quantiles, seed, chunk_size, dps_steps, guidance, daps_steps: as in `impute`,
+        daps_covariance: DAPS's inner Gaussian (`climate.load_model`),
             `load_model`.
         output: output netCDF path.
         plot: output PNG path, or None.
@@ -126,6 +127,7 @@ class ImputeRequest:
     dps_steps: int = 1000
     guidance: float | str = "auto"
     daps_steps: int = 20
+    daps_covariance: str = "white"
     output: str = "imputed.nc"
     plot: str | None = None
     plot_time: str | None = None
@@ -753,6 +755,8 @@ def _model(
             dps_steps=req.dps_steps,
             guidance=req.guidance,
             daps_steps=req.daps_steps,
+            daps_covariance=req.daps_covariance,
+            progress=req.progress,
         )
         model = _with_noise_std(model, req, log)
         if req.variance_scale is not None and isinstance(model, GaussianImputer):

@@ -151,6 +151,22 @@ class PriorDataset:
     reference: GaussianPrior | None = None
     extra: dict = field(default_factory=dict)
 
+    def training_signals(self, n: int = 512) -> torch.Tensor:
+        """Training signals `(M, N, C)`, physical units: a `TensorSource`'s, else `n` draws.
+
+        What a fit on training data reads (e.g. DAPS's `fit_inner_covariance`), never a
+        held-out signal; the draws of other sources are seeded (seed 0).
+
+        Raises:
+            ValueError: a dataset described by a checkpoint without its signals.
+        """
+        if isinstance(self.source, SignalsNotStored):
+            raise ValueError(f"dataset {self.name!r} was loaded without its training signals")
+        stored = getattr(self.source, "train", None)
+        if stored is not None:
+            return stored
+        return self.source.batch(torch.Generator().manual_seed(0), n)
+
     @property
     def channels(self) -> int:
         """`C`."""

@@ -129,10 +129,13 @@ def _learned(
     dps_steps,
     guidance,
     daps_steps,
+    daps_covariance,
+    progress,
 ):
     from manifold_aps.posterior.engines import (
         ENGINES,
         ZERO_SHOT_ENGINES,
+        daps_inner_covariance,
         load_trained_engine,
         zero_shot_sampler,
     )
@@ -152,13 +155,20 @@ def _learned(
     if engine in ZERO_SHOT_ENGINES:
         from manifold_aps.priors.train import load_prior
 
+        prior = load_prior(checkpoint, domain)
+        inner = None
+        if engine == "daps":
+            inner = daps_inner_covariance(
+                daps_covariance, prior, checkpoint, daps_steps, progress=progress
+            )
         sampler, settings = zero_shot_sampler(
             engine,
-            load_prior(checkpoint, domain),
+            prior,
             noise_std,
             dps_steps=dps_steps,
             guidance=guidance,
             daps_steps=daps_steps,
+            inner_covariance=inner,
         )
         details = f"{settings}, noise std {noise_std:g}, with {checkpoint}"
     else:
@@ -188,6 +198,7 @@ def reconstruct(
     dps_steps: int = 1000,
     guidance: float | str = "auto",
     daps_steps: int = 20,
+    daps_covariance: str = "white",
     progress: bool = False,
 ) -> Reconstruction:
     """Posterior mean, std and samples of signals on `domain` from their observed values.
@@ -208,7 +219,9 @@ def reconstruct(
         guidance: DPS's guidance step size, or "auto" (tuned on held-out observed values:
             `manifold_aps.DPS`).
         daps_steps: DAPS's annealing levels, its network passes per sample (`manifold_aps.DAPS`).
-        progress: a bar over the gaussian engine's likelihood evaluations.
+        daps_covariance: DAPS's inner Gaussian: "white", or "laplacian" / "eof", fitted on the
+            checkpoint's training signals (`manifold_aps.posterior.engines.daps_inner_covariance`).
+        progress: a bar over the gaussian engine's likelihood evaluations (and DAPS's fit).
 
     Raises:
         ValueError: shapes that do not match the domain, a signal with no observed value,
@@ -260,6 +273,8 @@ def reconstruct(
             dps_steps,
             guidance,
             daps_steps,
+            daps_covariance,
+            progress,
         )
     else:
         from manifold_aps.posterior.classical import HarmonicInterpolation, NearestNeighbour

@@ -84,6 +84,10 @@ def test_eof_basis_and_a_fitted_covariance_are_sound():
     assert torch.equal(again.variances, fit.variances)
     # the variances shrink along the annealing: the denoiser is better at low noise
     assert (fit.variances[-1] < fit.variances[0]).all() and fit.rest[-1] < fit.rest[0]
+    # a basis of every direction leaves nothing to `rest`: a typical variance, not ~0
+    full = fit_inner_covariance(prior, signals, steps=4, basis="laplacian", rank=48, draws=8)
+    assert full.rank == 48
+    torch.testing.assert_close(full.rest[:, 0], full.variances[:, 0].median(1).values)
 
 
 def test_inner_covariance_bad_input_errors():

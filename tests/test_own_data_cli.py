@@ -4,6 +4,8 @@ They go train-prior -> distill (no --dataset: the prior knows its data) -> imput
 runs them, on files this test writes; bad input is one line, exit 2, nothing written.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -225,11 +227,16 @@ def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path)
     assert out["samples"].shape == (16, 2, len(mesh.vertices)) and (out["std"][~seen] > 0).all()
     assert "property double mean" in (tmp_path / "g.ply").read_text()[:1000]
     assert (tmp_path / "g.png").stat().st_size > 10_000
-    for engine, ckpt, extra in (
-        ("aps", root / "aps" / "checkpoint.pt", []),
-        ("dps", root / "prior" / "checkpoint.pt", ["--dps-steps", "3"]),
-        ("daps", root / "prior" / "checkpoint.pt", ["--daps-steps", "4"]),
-        ("harmonic", None, []),
+    prior = root / "prior" / "checkpoint.pt"
+    for i, (engine, ckpt, extra) in enumerate(
+        (
+            ("aps", root / "aps" / "checkpoint.pt", []),
+            ("dps", prior, ["--dps-steps", "3"]),
+            ("daps", prior, ["--daps-steps", "4"]),
+            # its inner covariance fitted on the training signals, read again from signals.npz
+            ("daps", prior, ["--daps-steps", "4", "--daps-covariance", "laplacian"]),
+            ("harmonic", None, []),
+        )
     ):
         args = ["--checkpoint", ckpt] if ckpt else []
         res = run_cli(
@@ -245,14 +252,40 @@ def test_reconstruct_keeps_the_file_order_with_every_engine(mesh_runs, tmp_path)
             "--samples",
             "3",
             "--output",
-            f"{engine}.npz",
+            f"{i}-{engine}.npz",
             "--quiet",
             cwd=tmp_path,
         )
         assert res.returncode == 0, (engine, res.stderr)
-        out = np.load(tmp_path / f"{engine}.npz")
+        out = np.load(tmp_path / f"{i}-{engine}.npz")
         np.testing.assert_array_equal(out["mean"][seen], test[:, order][seen])
         assert np.isfinite(out["mean"]).all()
+
+
+def test_daps_covariance_refuses_a_prior_whose_training_files_are_gone(mesh_runs, tmp_path):
+    """The fit reads the training files again; a prior moved away from them: one line, exit 2."""
+    root, mesh, signals = mesh_runs
+    (tmp_path / "moved").mkdir()
+    shutil.copy(root / "prior" / "checkpoint.pt", tmp_path / "moved" / "checkpoint.pt")
+    test = np.where(np.arange(len(mesh.vertices)) % 3 == 0, 1.0, np.nan)[None]
+    np.savez(tmp_path / "t.npz", signals=test, positions=np.asarray(mesh.vertices))
+    args = ["--signals", "t.npz", "--engine", "daps", "--checkpoint", "moved/checkpoint.pt"]
+    line = refused(
+        run_cli(
+            "reconstruct",
+            "--mesh",
+            root / "blob.obj",
+            *args,
+            "--daps-covariance",
+            "eof",
+            "--output",
+            "o.npz",
+            cwd=tmp_path,
+        ),
+        "--daps-covariance eof",
+        "cannot be read again",
+    )
+    assert "not found" in line and not (tmp_path / "o.npz").exists()
 
 
 def test_reconstruct_refuses_another_mesh_and_its_own_input(mesh_runs, tmp_path):

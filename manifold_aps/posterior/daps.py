@@ -330,6 +330,7 @@ class DAPS:
                 proj = (g * along(x))[order].reshape(groups, -1, c, g.shape[1])
                 mat = eye + g[None, :, :, None] * small  # (G, C, m, m), not symmetric
                 rhs_small = proj.permute(0, 2, 3, 1)  # (G, C, m, copies)
+                mat, rhs_small = mat.double(), rhs_small.double()  # m x m: float64 is cheap
                 t = torch.stack(  # one 2-D solve each: MKL's batched LU can hang (torch 2.13)
                     [
                         torch.stack(
@@ -337,7 +338,7 @@ class DAPS:
                         )
                         for i in range(groups)
                     ]
-                )
+                ).to(dtype)
                 fix = torch.einsum("ucnk,uckq->uqnc", du, t).reshape(x.shape)
                 out = x.clone()
                 out[order] = x[order] - fix

@@ -40,7 +40,13 @@ __all__ = [
     "load_trained_engine",
     "train_engine",
     "zero_shot_sampler",
+    "DAPS_COVARIANCES",
+    "daps_inner_covariance",
+    "recorded_training_data",
 ]
+
+# DAPS's inner Gaussian (`--daps-covariance`): white, or fitted in that basis with that many modes
+DAPS_COVARIANCES = {"white": 0, "laplacian": 400, "eof": 256}
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ def zero_shot_sampler(
     dps_steps: int = 1000,
     guidance: float | str = "auto",
     daps_steps: int = 20,
+    inner_covariance=None,
 ):
     """The sampler of a zero-shot engine ("dps" or "daps") on a loaded prior, and its settings.
 
@@ -151,6 +158,7 @@ def zero_shot_sampler(
         dps_steps: DPS's reverse-diffusion steps.
         guidance: DPS's guidance step, or "auto" (`DPS`).
         daps_steps: DAPS's annealing levels `K` = network passes per sample (`DAPS`).
+        inner_covariance: DAPS's fitted `InnerCovariance` (`daps_inner_covariance`); None: white.
 
     Returns:
         `(sampler, text)`: a `DPS` or `DAPS` and its settings in words, for logs and history.
@@ -158,6 +166,8 @@ def zero_shot_sampler(
     from manifold_aps.operators import GaussianNoise
 
     noise = GaussianNoise(noise_std)
+    if inner_covariance is not None and name != "daps":
+        raise ValueError(f"an inner covariance is DAPS's, not {name}'s")
     if name == "dps":
         from manifold_aps.posterior.dps import DPS, DPS_CLIP, guidance_text
 
@@ -166,9 +176,94 @@ def zero_shot_sampler(
     if name == "daps":
         from manifold_aps.posterior.daps import DAPS
 
-        text = f"DAPS ({daps_steps} levels, exact inner step, no guidance)"
-        return DAPS(prior, noise, steps=daps_steps), text
+        inner = "white inner Gaussian"
+        if inner_covariance is not None:
+            inner = f"inner covariance fitted in {inner_covariance.rank} modes"
+        text = f"DAPS ({daps_steps} levels, exact inner step, {inner}, no guidance)"
+        return DAPS(prior, noise, steps=daps_steps, inner_covariance=inner_covariance), text
     raise ValueError(f"zero-shot engine must be one of {list(ZERO_SHOT_ENGINES)}, got {name!r}")
+
+
+def recorded_training_data(checkpoint: str | os.PathLike):
+    """The training data a prior checkpoint records: its files read again, or a dataset name.
+
+    Returns a `PriorDataset` rebuilt from the source files the checkpoint names (a relative path
+    that is not found from the working directory is looked for beside the checkpoint's run
+    folder, as `train-prior` leaves them; the builder checks the file's digest), or the name of
+    the registered dataset it was trained on.
+
+    Raises:
+        ValueError: a checkpoint that records neither (older files: no description).
+    """
+    from pathlib import Path
+
+    from manifold_aps.datasets import dataset_from_source, dataset_names
+
+    data = load_checkpoint(checkpoint).get("data")
+    if data is None:
+        raise ValueError(f"{checkpoint} was written before priors described their data")
+    if "source" in data:
+        source, moved = data["source"], {}
+        run = Path(checkpoint).resolve().parent
+        for key, value in source["args"].items():
+            if key == "digest" or not isinstance(value, str) or not value:
+                continue
+            path = Path(value)
+            if path.is_absolute() or path.exists():
+                continue
+            found = [d / path for d in (run, run.parent) if (d / path).exists()]
+            if found:
+                moved[key] = str(found[0])
+        return dataset_from_source(source, **moved)
+    if data["name"] in dataset_names():
+        return data["name"]
+    raise ValueError(
+        f"{checkpoint} was trained on {data['name']!r}, "
+        "which is neither a registered dataset nor a file it recorded"
+    )
+
+
+def daps_inner_covariance(
+    kind: str, prior, checkpoint: str | os.PathLike, steps: int, *, progress: bool = False
+):
+    """DAPS's inner covariance of `kind` (`DAPS_COVARIANCES`) for the prior in `checkpoint`.
+
+    "white": None. Otherwise fitted (`fit_inner_covariance`, 256 denoised draws per level, seed
+    0) on the prior's training signals, read again from what the checkpoint describes: its source
+    files, or its named dataset. Seconds on thousands of nodes; nothing is cached.
+
+    Raises:
+        ValueError: an unknown kind, or training signals that cannot be read again (files moved,
+            a dataset described only by its name that is not registered).
+    """
+    if kind not in DAPS_COVARIANCES:
+        raise ValueError(f"DAPS covariance must be one of {list(DAPS_COVARIANCES)}, got {kind!r}")
+    if kind == "white":
+        return None
+    import torch
+
+    from manifold_aps.datasets import build_prior_dataset
+    from manifold_aps.posterior.inner_covariance import fit_inner_covariance
+
+    try:
+        dataset = recorded_training_data(checkpoint)
+        dataset = build_prior_dataset(dataset) if isinstance(dataset, str) else dataset
+        signals = dataset.training_signals()
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--daps-covariance {kind} fits on the prior's training signals, and those of "
+            f"{checkpoint} cannot be read again: {err}"
+        ) from None
+    return fit_inner_covariance(
+        prior,
+        signals,
+        steps=steps,
+        basis=kind,
+        rank=DAPS_COVARIANCES[kind],
+        draws=256,
+        generator=torch.Generator().manual_seed(0),
+        progress=progress,
+    )
 
 
 def train_engine(

@@ -204,7 +204,10 @@ def fit_inner_covariance(
             total += (err.double() ** 2).sum((0, 1))
             done += b
         c = along / draws
-        off = (total / draws - c.sum(1)) / max(n - basis.shape[2], 1)
+        if basis.shape[2] < n:
+            off = (total / draws - c.sum(1)) / (n - basis.shape[2])
+        else:  # the basis spans every direction: w plays no part; a typical c conditions best
+            off = c.median(1).values
         tiny = 1e-12 * (1 + c.max())
         variances.append(c.clamp_min(tiny))
         rest.append(off.clamp_min(tiny))
