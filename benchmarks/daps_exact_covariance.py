@@ -9,8 +9,8 @@ s = sigma_t). This script runs DAPS on the HEALPix-8 yardstick (the "gaussian-he
 16 held-out random-mask observations, noise 0.1, `--samples` draws each, as
 `amortized_vi_yardstick.py` scores them) with the white width r_t^2 I (the default), with that
 exact covariance, and with the covariance `fit_inner_covariance` estimates from 512 training
-draws (64 and 256 EOFs, 256 denoised draws per level: what a learned prior gets), and exact
-posterior samples for the floor.
+draws (in 64 or 256 EOFs of them, or the 400 lowest Laplace-Beltrami modes; 256 denoised draws
+per level: what a learned prior gets), and exact posterior samples for the floor.
 
 Writes results/daps_exact_covariance.csv. About 3 minutes on two CPU threads. Usage:
   python benchmarks/daps_exact_covariance.py [--samples 64]
@@ -34,6 +34,7 @@ from manifold_aps.posterior.gaussian import ExactGaussianPosterior
 from manifold_aps.posterior.inner_covariance import exact_inner_covariance, fit_inner_covariance
 
 HERE = Path(__file__).resolve().parent
+BASIS_NAMES = {"eof": "EOFs", "laplacian": "Laplace-Beltrami modes"}
 SHOWN = ("w2_per_dim", "mean_rmse_vs_exact", "std_ratio", "coverage_90")
 
 
@@ -53,16 +54,17 @@ def main() -> None:
     rows = []
     runs = [("white width (the default)", None, 20)]
     runs += [("exact Cov[x0 | z_t]", exact_inner_covariance(prior, steps=k), k) for k in (5, 20)]
-    for rank in (64, 256):
+    for basis, rank in (("eof", 64), ("eof", 256), ("laplacian", 400)):
         fitted = fit_inner_covariance(
             prior,
             ds.training_signals(),
             steps=20,
+            basis=basis,
             rank=rank,
             draws=256,
             generator=torch.Generator().manual_seed(3),
         )
-        runs.append((f"fitted, {rank} EOFs", fitted, 20))
+        runs.append((f"fitted, {rank} {BASIS_NAMES[basis]}", fitted, 20))
     for inner, cov, k in runs:
         t0 = time.perf_counter()
         sampler = DAPS(prior, noise, steps=k, max_batch=10**6, inner_covariance=cov)

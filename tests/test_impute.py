@@ -218,6 +218,12 @@ def test_dps_aps_and_implicit_checkpoints_impute(tmp_path, test_hours):
     out = impute(hours, mask, daps, n_samples=2, progress=False)
     assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
     assert "DAPS (4 levels" in out.attrs["history"]
+    # its inner covariance fitted on the prior's training hours (the named dataset, built again)
+    fitted = load_model(ckpt, engine="daps", daps_steps=4, daps_covariance="laplacian")
+    assert fitted.sampler.inner_covariance.rank == 400
+    out = impute(hours, mask, fitted, n_samples=2, progress=False)
+    assert np.array_equal(out.t2m_mean.values[mask.values], hours.values[mask.values])
+    assert "inner covariance fitted in 400 modes" in out.attrs["history"]
     assert load_model(ckpt).engine == "dps"  # a score prior's default engine
     aps_cfg = APSConfig(
         flow=FlowConfig(couplings=1, width=8, depth=1, num_modes=8), cg_iterations=2, dense_limit=0

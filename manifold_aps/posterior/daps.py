@@ -298,24 +298,24 @@ class DAPS:
             w = w.expand(c).reshape(1, 1, c)
             data = scale * transpose_observed(residual + sigma * eps_noise) / sigma2
             start = centre + w.sqrt() * eps_prior  # a draw of N(centre, w I) ...
-            if cov is None:
-                rhs, g = start / w, None
-            else:  # ... made one of N(centre, U diag(c) U^T + w (I - U U^T))
+            rhs, g = start / w + data, None
+            if cov is not None:  # ... made one of N(centre, U diag(c) U^T + w (I - U U^T)):
                 cov = cov.to(dtype=dtype, device=device)
                 wc = w.reshape(c, 1)
-                start = start + spread((cov.sqrt() - wc.sqrt()) * along(eps_prior))
                 g = 1 / cov - 1 / wc  # Sigma^-1 = I / w + U diag(g) U^T
-                rhs = start / w + spread(g * along(start))
-            rhs = rhs + data
+                # U^T of the draw: U^T centre + sqrt(c) U^T eps; its Sigma^-1 in one spread
+                noise_modes = along(eps_prior)
+                modes = along(centre) + cov.sqrt() * noise_modes
+                rhs = rhs + spread((cov.sqrt() - wc.sqrt()) * noise_modes / wc + g * modes)
             if diagonal or dense is not None:
                 x = white_solve(rhs, w)
                 if g is None:
                     return x, 0
                 # Woodbury: (D + U G U^T)^-1 = D^-1 - D^-1 U (I + G U^T D^-1 U)^-1 G U^T D^-1,
                 # one small system per distinct D (an observation, not each of its copies)
+                du = None
                 if diagonal:
                     inv = 1 / (1 / w + scale**2 * distinct / sigma2)  # (U, N, C)
-                    du = torch.einsum("unc,cnk->ucnk", inv, u)
                     # U^T diag(inv) U: inv is w off the observed entries and `hit` on them
                     hit = 1 / (1 / w + scale**2 * level / sigma2)  # (U, 1, C)
                     eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
@@ -330,7 +330,6 @@ class DAPS:
                 proj = (g * along(x))[order].reshape(groups, -1, c, g.shape[1])
                 mat = eye + g[None, :, :, None] * small  # (G, C, m, m), not symmetric
                 rhs_small = proj.permute(0, 2, 3, 1)  # (G, C, m, copies)
-                mat, rhs_small = mat.double(), rhs_small.double()  # m x m: float64 is cheap
                 t = torch.stack(  # one 2-D solve each: MKL's batched LU can hang (torch 2.13)
                     [
                         torch.stack(
@@ -338,8 +337,12 @@ class DAPS:
                         )
                         for i in range(groups)
                     ]
-                ).to(dtype)
-                fix = torch.einsum("ucnk,uckq->uqnc", du, t).reshape(x.shape)
+                )
+                if du is None:  # D^-1 U t = inv * (U t)
+                    fix = torch.einsum("cnk,uckq->uqnc", u, t) * inv[:, None]
+                else:
+                    fix = torch.einsum("ucnk,uckq->uqnc", du, t)
+                fix = fix.reshape(x.shape)
                 out = x.clone()
                 out[order] = x[order] - fix
                 return out, 0
