@@ -267,6 +267,7 @@ class DAPS:
             distinct = diag
             if self.inner_covariance is not None:
                 distinct, order = distinct_rows(diag)
+        groups = distinct.shape[0] if diagonal else 1
         u = ut_vecs = gram = level = None
         if self.inner_covariance is not None:
             u = self.inner_covariance.basis.to(dtype=dtype, device=device)  # (C, N, m)
@@ -293,6 +294,44 @@ class DAPS:
             coef = coef / (1 / w + scale**2 * lam[None, :, None] / sigma2)
             return torch.einsum("nk,bkc->bnc", vecs, coef)
 
+        def solve_small(mat, rhs_small):  # (G, C, m, m) and (G, C, m, q): one 2-D solve each
+            # (MKL's batched LU can hang, torch 2.13)
+            return torch.stack(
+                [
+                    torch.stack([torch.linalg.solve(mat[i, k], rhs_small[i, k]) for k in range(c)])
+                    for i in range(mat.shape[0])
+                ]
+            )
+
+        def grouped(v):  # (B, C, m) -> (G, copies, C, m), the copies of one A^T O A together
+            return v[order].reshape(groups, -1, *v.shape[1:])
+
+        def masked_draw(rhs, w, cov, g, centre, eps_prior):
+            # Woodbury with D = I / w + S diag S / sigma^2 diagonal, per distinct D:
+            # (D + U G U^T)^-1 = D^-1 - D^-1 U (I + G K)^-1 G U^T D^-1, K = U^T D^-1 U; the
+            # draw is D^-1 (rhs + U (h - t)) with rhs + U h the right-hand side: three U^T
+            # products (one call) and one U product a level
+            wc = w.reshape(c, 1)
+            xr = white_solve(rhs, w)  # D^-1 rhs
+            noise_modes, centre_modes, xr_modes = along(torch.cat([eps_prior, centre, xr])).chunk(3)
+            # U^T of the draw of N(centre, Sigma): U^T centre + sqrt(c) U^T eps; Sigma^-1 of it
+            h = (cov.sqrt() - wc.sqrt()) * noise_modes / wc
+            h = h + g * (centre_modes + cov.sqrt() * noise_modes)
+            # K = U^T D^-1 U: D^-1 is w off the observed entries and `hit` on them
+            hit = 1 / (1 / w + scale**2 * level / sigma2)  # (G, 1, C)
+            eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
+            excess = (hit[:, 0] - w[0, 0])[:, :, None, None]  # (G, C, 1, 1)
+            seen_part = excess * gram  # (G, C, m, m)
+            k = w[0, 0][None, :, None, None] * eye_m + seen_part
+            hg = grouped(h)  # (G, q, C, m)
+            k_h = w[0, 0][:, None] * hg + torch.einsum("ucjk,uqck->uqcj", seen_part, hg)
+            proj = g * (grouped(xr_modes) + k_h)  # G U^T D^-1 (rhs + U h)
+            mat = torch.eye(g.shape[1], dtype=dtype, device=device) + g[None, :, :, None] * k
+            t = solve_small(mat, proj.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (G, q, C, m)
+            coef = torch.empty_like(h)
+            coef[order] = (hg - t).reshape(h.shape)
+            return xr + white_solve(spread(coef), w)
+
         def draw(centre, w, cov, eps_prior, eps_noise):
             w = torch.as_tensor(w, dtype=dtype, device=device).reshape(-1)
             w = w.expand(c).reshape(1, 1, c)
@@ -303,49 +342,26 @@ class DAPS:
                 cov = cov.to(dtype=dtype, device=device)
                 wc = w.reshape(c, 1)
                 g = 1 / cov - 1 / wc  # Sigma^-1 = I / w + U diag(g) U^T
+                if diagonal:
+                    return masked_draw(rhs, w, cov, g, centre, eps_prior), 0
                 # U^T of the draw: U^T centre + sqrt(c) U^T eps; its Sigma^-1 in one spread
                 noise_modes = along(eps_prior)
                 modes = along(centre) + cov.sqrt() * noise_modes
                 rhs = rhs + spread((cov.sqrt() - wc.sqrt()) * noise_modes / wc + g * modes)
-            if diagonal or dense is not None:
+            if dense is not None or diagonal:
                 x = white_solve(rhs, w)
                 if g is None:
                     return x, 0
-                # Woodbury: (D + U G U^T)^-1 = D^-1 - D^-1 U (I + G U^T D^-1 U)^-1 G U^T D^-1,
-                # one small system per distinct D (an observation, not each of its copies)
-                du = None
-                if diagonal:
-                    inv = 1 / (1 / w + scale**2 * distinct / sigma2)  # (U, N, C)
-                    # U^T diag(inv) U: inv is w off the observed entries and `hit` on them
-                    hit = 1 / (1 / w + scale**2 * level / sigma2)  # (U, 1, C)
-                    eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
-                    small = w[0, 0][None, :, None, None] * eye_m
-                    small = small + (hit[:, 0] - w[0, 0])[:, :, None, None] * gram
-                else:
-                    inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
-                    du = torch.einsum("nj,jc,cjk->cnk", vecs, inv, ut_vecs)[None]
-                    small = torch.einsum("cjm,jc,cjk->cmk", ut_vecs, inv, ut_vecs)[None]
-                groups = small.shape[0]
-                eye = torch.eye(g.shape[1], dtype=dtype, device=device)
-                proj = (g * along(x))[order].reshape(groups, -1, c, g.shape[1])
-                mat = eye + g[None, :, :, None] * small  # (G, C, m, m), not symmetric
-                rhs_small = proj.permute(0, 2, 3, 1)  # (G, C, m, copies)
-                t = torch.stack(  # one 2-D solve each: MKL's batched LU can hang (torch 2.13)
-                    [
-                        torch.stack(
-                            [torch.linalg.solve(mat[i, k], rhs_small[i, k]) for k in range(c)]
-                        )
-                        for i in range(groups)
-                    ]
+                # Woodbury with D = I / w + S V Lambda V^T S / sigma^2 (one D for the batch)
+                inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
+                du = torch.einsum("nj,jc,cjk->cnk", vecs, inv, ut_vecs)  # D^-1 U, (C, N, m)
+                small = torch.einsum("cjm,jc,cjk->cmk", ut_vecs, inv, ut_vecs)[None]  # K
+                mat = (
+                    torch.eye(g.shape[1], dtype=dtype, device=device) + g[None, :, :, None] * small
                 )
-                if du is None:  # D^-1 U t = inv * (U t)
-                    fix = torch.einsum("cnk,uckq->uqnc", u, t) * inv[:, None]
-                else:
-                    fix = torch.einsum("ucnk,uckq->uqnc", du, t)
-                fix = fix.reshape(x.shape)
-                out = x.clone()
-                out[order] = x[order] - fix
-                return out, 0
+                proj = (g * along(x)).permute(1, 2, 0)[None]  # (1, C, m, B)
+                t = solve_small(mat, proj)[0]  # (C, m, B)
+                return x - torch.einsum("cnk,ckb->bnc", du, t), 0
             count = [0]
 
             def precision(v):
