@@ -352,16 +352,17 @@ class DAPS:
                 x = white_solve(rhs, w)
                 if g is None:
                     return x, 0
-                # Woodbury with D = I / w + S V Lambda V^T S / sigma^2 (one D for the batch)
+                # Woodbury with D = I / w + S V Lambda V^T S / sigma^2 (one D for the batch):
+                # D^-1 U t = V (inv * (V^T U t)), never D^-1 U itself (N^2 m a level)
                 inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
-                du = torch.einsum("nj,jc,cjk->cnk", vecs, inv, ut_vecs)  # D^-1 U, (C, N, m)
                 small = torch.einsum("cjm,jc,cjk->cmk", ut_vecs, inv, ut_vecs)[None]  # K
                 mat = (
                     torch.eye(g.shape[1], dtype=dtype, device=device) + g[None, :, :, None] * small
                 )
                 proj = (g * along(x)).permute(1, 2, 0)[None]  # (1, C, m, B)
                 t = solve_small(mat, proj)[0]  # (C, m, B)
-                return x - torch.einsum("cnk,ckb->bnc", du, t), 0
+                modes_t = torch.einsum("cjk,ckb->bjc", ut_vecs, t) * inv  # (B, N, C)
+                return x - torch.einsum("nj,bjc->bnc", vecs, modes_t), 0
             count = [0]
 
             def precision(v):
