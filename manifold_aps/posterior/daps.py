@@ -267,10 +267,10 @@ class DAPS:
             distinct = diag
             if self.inner_covariance is not None:
                 distinct, order = distinct_rows(diag)
-        groups = distinct.shape[0] if diagonal else 1
-        u = ut_vecs = gram = level = None
+        u = ut_vecs = gram = level = eye_m = None
         if self.inner_covariance is not None:
             u = self.inner_covariance.basis.to(dtype=dtype, device=device)  # (C, N, m)
+            eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
             if dense is not None:
                 ut_vecs = torch.einsum("nj,cnk->cjk", vecs, u)  # V^T U, (C, N, m)
             if diagonal:  # a mask's or subsampling's A^T O A: 0, or one value per row
@@ -304,14 +304,13 @@ class DAPS:
             )
 
         def grouped(v):  # (B, C, m) -> (G, copies, C, m), the copies of one A^T O A together
-            return v[order].reshape(groups, -1, *v.shape[1:])
+            return v[order].reshape(distinct.shape[0], -1, *v.shape[1:])
 
-        def masked_draw(rhs, w, cov, g, centre, eps_prior):
+        def masked_draw(rhs, w, wc, cov, g, centre, eps_prior):
             # Woodbury with D = I / w + S diag S / sigma^2 diagonal, per distinct D:
             # (D + U G U^T)^-1 = D^-1 - D^-1 U (I + G K)^-1 G U^T D^-1, K = U^T D^-1 U; the
             # draw is D^-1 (rhs + U (h - t)) with rhs + U h the right-hand side: three U^T
             # products (one call) and one U product a level
-            wc = w.reshape(c, 1)
             xr = white_solve(rhs, w)  # D^-1 rhs
             noise_modes, centre_modes, xr_modes = along(torch.cat([eps_prior, centre, xr])).chunk(3)
             # U^T of the draw of N(centre, Sigma): U^T centre + sqrt(c) U^T eps; Sigma^-1 of it
@@ -319,14 +318,13 @@ class DAPS:
             h = h + g * (centre_modes + cov.sqrt() * noise_modes)
             # K = U^T D^-1 U: D^-1 is w off the observed entries and `hit` on them
             hit = 1 / (1 / w + scale**2 * level / sigma2)  # (G, 1, C)
-            eye_m = torch.eye(u.shape[2], dtype=dtype, device=device)
             excess = (hit[:, 0] - w[0, 0])[:, :, None, None]  # (G, C, 1, 1)
             seen_part = excess * gram  # (G, C, m, m)
             k = w[0, 0][None, :, None, None] * eye_m + seen_part
             hg = grouped(h)  # (G, q, C, m)
             k_h = w[0, 0][:, None] * hg + torch.einsum("ucjk,uqck->uqcj", seen_part, hg)
             proj = g * (grouped(xr_modes) + k_h)  # G U^T D^-1 (rhs + U h)
-            mat = torch.eye(g.shape[1], dtype=dtype, device=device) + g[None, :, :, None] * k
+            mat = eye_m + g[None, :, :, None] * k
             t = solve_small(mat, proj.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (G, q, C, m)
             coef = torch.empty_like(h)
             coef[order] = (hg - t).reshape(h.shape)
@@ -343,22 +341,20 @@ class DAPS:
                 wc = w.reshape(c, 1)
                 g = 1 / cov - 1 / wc  # Sigma^-1 = I / w + U diag(g) U^T
                 if diagonal:
-                    return masked_draw(rhs, w, cov, g, centre, eps_prior), 0
+                    return masked_draw(rhs, w, wc, cov, g, centre, eps_prior), 0
                 # U^T of the draw: U^T centre + sqrt(c) U^T eps; its Sigma^-1 in one spread
                 noise_modes = along(eps_prior)
                 modes = along(centre) + cov.sqrt() * noise_modes
                 rhs = rhs + spread((cov.sqrt() - wc.sqrt()) * noise_modes / wc + g * modes)
-            if dense is not None or diagonal:
+            if g is None and (diagonal or dense is not None):
+                return white_solve(rhs, w), 0
+            if dense is not None:
                 x = white_solve(rhs, w)
-                if g is None:
-                    return x, 0
                 # Woodbury with D = I / w + S V Lambda V^T S / sigma^2 (one D for the batch):
                 # D^-1 U t = V (inv * (V^T U t)), never D^-1 U itself (N^2 m a level)
                 inv = 1 / (1 / w[0] + scale[0] ** 2 * lam[:, None] / sigma2)  # (N, C)
                 small = torch.einsum("cjm,jc,cjk->cmk", ut_vecs, inv, ut_vecs)[None]  # K
-                mat = (
-                    torch.eye(g.shape[1], dtype=dtype, device=device) + g[None, :, :, None] * small
-                )
+                mat = eye_m + g[None, :, :, None] * small
                 proj = (g * along(x)).permute(1, 2, 0)[None]  # (1, C, m, B)
                 t = solve_small(mat, proj)[0]  # (C, m, B)
                 modes_t = torch.einsum("cjk,ckb->bjc", ut_vecs, t) * inv  # (B, N, C)
